@@ -1,0 +1,1 @@
+"""The ``fleetcast`` command: one module per command group, heavy imports inside handlers."""

@@ -1,0 +1,130 @@
+"""Every error fleetcast raises on purpose.
+
+The tree (each subsystem translates foreign errors -- OSError, struct.error, zstd errors,
+subprocess failures -- at its boundary with ``raise X(...) from exc``)::
+
+    FleetcastError                 root; .hint is an optional "what to do about it"
+    ├── UsageError                 bad arguments or settings (CLI exit 2)
+    ├── NotFoundError              a named thing does not exist (CLI exit 3)
+    │   ├── ImageNotFound
+    │   └── ClientNotFound
+    ├── IntegrityError             data does not match its hash or checksum (CLI exit 4)
+    │   └── ChunkCorrupt
+    ├── CommandError               an external command failed (stderr tail attached)
+    ├── DiskError                  block devices, partition tables, target-disk rules
+    │   └── FilesystemError        allocation maps, grow, unsupported/unsafe filesystems
+    ├── StoreError                 the image store (chunks, manifests, publish, gc)
+    │   └── ManifestError          a manifest that does not parse or validate
+    ├── CaptureError
+    ├── RestoreError
+    ├── TransportError             HTTP / multicast chunk delivery
+    ├── ServerError                orchestrator and API state
+    ├── AgentError                 the client-side task runner
+    └── IdentityError              personalizing a deployed system
+        └── HiveError              a Windows registry hive that cannot be read or written safely
+
+The CLI maps classes to exit codes in one place (``fleetcast.cli.main``); the API maps them to
+JSON problem responses. Library code never exits.
+"""
+
+from __future__ import annotations
+
+
+class FleetcastError(Exception):
+    """Root of every deliberate fleetcast error. ``hint`` tells the technician what to do."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(FleetcastError):
+    exit_code = 2
+
+
+class NotFoundError(FleetcastError):
+    exit_code = 3
+
+
+class ImageNotFound(NotFoundError):
+    pass
+
+
+class ClientNotFound(NotFoundError):
+    pass
+
+
+class IntegrityError(FleetcastError):
+    exit_code = 4
+
+
+class ChunkCorrupt(IntegrityError):
+    pass
+
+
+class CommandError(FleetcastError):
+    """An external command failed. ``argv``, ``returncode`` and ``stderr`` describe it."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        argv: list[str] | None = None,
+        returncode: int | None = None,
+        stderr: str = "",
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.argv = argv or []
+        self.returncode = returncode
+        self.stderr = stderr
+
+
+class DiskError(FleetcastError):
+    pass
+
+
+class FilesystemError(DiskError):
+    pass
+
+
+class StoreError(FleetcastError):
+    pass
+
+
+class ManifestError(StoreError):
+    pass
+
+
+class CaptureError(FleetcastError):
+    pass
+
+
+class RestoreError(FleetcastError):
+    pass
+
+
+class TransportError(FleetcastError):
+    pass
+
+
+class ServerError(FleetcastError):
+    pass
+
+
+class AgentError(FleetcastError):
+    pass
+
+
+class IdentityError(FleetcastError):
+    pass
+
+
+class HiveError(IdentityError):
+    pass
