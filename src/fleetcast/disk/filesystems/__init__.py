@@ -1,0 +1,86 @@
+"""Filesystem detection and allocation maps: which byte ranges of a partition hold data.
+
+``detect`` looks at superblock magic (BitLocker "-FVE-FS-", NTFS "NTFS    ", FAT boot sector with a sane
+BPB, ext magic 0xEF53 at byte 1080, swap "SWAPSPACE2"; everything else is RAW). ``used_extents`` returns
+sorted, merged byte ranges relative to the partition start, read from the filesystem's own allocation
+map by the parsers in this package (no mount, read access only). ``check_capturable`` refuses BitLocker
+and hibernated or unclean NTFS, naming the partition.
+
+Callers pass an already-open file (the disk image or block device, opened read-only) and the
+partition's byte offset and size; for an unpartitioned disk, offset 0 and the disk size.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import BinaryIO
+
+from fleetcast.disk.filesystems import ext, fat, ntfs, raw
+from fleetcast.disk.filesystems.base import REGISTRY, Extent, Filesystem, FsType, merge, total
+from fleetcast.errors import FilesystemError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "REGISTRY",
+    "Extent",
+    "Filesystem",
+    "FsType",
+    "check_capturable",
+    "detect",
+    "ext",
+    "fat",
+    "merge",
+    "ntfs",
+    "raw",
+    "total",
+    "used_extents",
+]
+
+PROBE_BYTES = 65536
+
+
+def _head(f: BinaryIO, offset: int, size: int) -> bytes:
+    try:
+        f.seek(offset)
+        return f.read(min(PROBE_BYTES, size))
+    except OSError as exc:
+        raise FilesystemError(
+            f"cannot read the first bytes of the partition at byte {offset}: {exc.strerror}"
+        ) from exc
+
+
+def detect(f: BinaryIO, offset: int, size: int) -> FsType:
+    """The filesystem in [offset, offset+size) of ``f``, from its magic numbers; RAW when unknown."""
+    head = _head(f, offset, size)
+    for fs in sorted(REGISTRY.values(), key=lambda fs: fs.priority):
+        if fs.probe(head):
+            return fs.fstype
+    return FsType.RAW
+
+
+def used_extents(fstype: FsType | str, f: BinaryIO, offset: int, size: int) -> list[Extent]:
+    """Byte ranges (relative to the partition start) the filesystem uses: sorted, merged, within [0, size)."""
+    fs = REGISTRY.get(FsType(fstype)) if fstype in FsType.__members__.values() else None
+    if fs is None:
+        fs = REGISTRY[FsType.RAW]
+    extents = merge(fs.used_extents(f, offset, size), size)
+    logger.debug(
+        "%s at byte %d: %d extents, %d of %d bytes used",
+        fs.fstype,
+        offset,
+        len(extents),
+        total(extents),
+        size,
+    )
+    return extents
+
+
+def check_capturable(fstype: FsType | str, f: BinaryIO, offset: int, size: int, name: str) -> None:
+    """Raise FilesystemError when the partition cannot be captured by its allocation map.
+
+    ``name`` is how messages name it: "partition 3", or "the disk" for a bare filesystem.
+    """
+    fs = REGISTRY.get(FsType(fstype)) if fstype in FsType.__members__.values() else None
+    if fs is not None:
+        fs.check_capturable(f, offset, size, name)
