@@ -1,0 +1,284 @@
+"""``fleetcast image``: capture, restore, list, info, verify, rm, export, import."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fleetcast.cli.common import add_json, add_store, print_json, print_table
+
+if TYPE_CHECKING:
+    from fleetcast.store.images import ImageStore
+    from fleetcast.store.manifest import Manifest
+
+
+def register(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], parent: argparse.ArgumentParser
+) -> None:
+    group = sub.add_parser("image", parents=[parent], help="capture, restore and manage disk images")
+    cmds = group.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = cmds.add_parser("capture", parents=[parent], help="capture a disk or raw disk-image file")
+    p.add_argument(
+        "source", type=Path, metavar="SOURCE", help="block device or raw disk-image file (read-only)"
+    )
+    p.add_argument("name", metavar="NAME", help="image name")
+    p.add_argument(
+        "--force-raw", action="store_true", help="capture BitLocker/hibernated/unclean volumes raw"
+    )
+    add_store(p)
+    add_json(p)
+    p.set_defaults(func=cmd_capture)
+
+    p = cmds.add_parser("restore", parents=[parent], help="write an image onto a disk or file")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("target", type=Path, metavar="TARGET", help="block device or file (created if missing)")
+    p.add_argument(
+        "--grow", action="store_true", help="grow the last partition and its filesystem to the disk"
+    )
+    add_store(p)
+    add_json(p)
+    p.set_defaults(func=cmd_restore)
+
+    p = cmds.add_parser("list", parents=[parent], help="list the images in the store")
+    add_store(p)
+    add_json(p)
+    p.set_defaults(func=cmd_list)
+
+    p = cmds.add_parser("info", parents=[parent], help="show an image's disk, partitions and sizes")
+    p.add_argument("name", metavar="NAME")
+    add_store(p)
+    add_json(p)
+    p.set_defaults(func=cmd_info)
+
+    p = cmds.add_parser("verify", parents=[parent], help="re-hash every chunk an image uses")
+    p.add_argument("name", metavar="NAME")
+    add_store(p)
+    add_json(p)
+    p.set_defaults(func=cmd_verify)
+
+    p = cmds.add_parser("rm", parents=[parent], help="remove an image (its chunks go at the next gc)")
+    p.add_argument("name", metavar="NAME")
+    add_store(p)
+    add_json(p)
+    p.set_defaults(func=cmd_rm)
+
+    p = cmds.add_parser("export", parents=[parent], help="write an image as a raw or qcow2 file")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("file", type=Path, metavar="FILE", help="*.qcow2 for qcow2, anything else raw")
+    add_store(p)
+    add_json(p)
+    p.set_defaults(func=cmd_export)
+
+    p = cmds.add_parser("import", parents=[parent], help="capture a raw, qcow2 or vhdx disk-image file")
+    p.add_argument("file", type=Path, metavar="FILE")
+    p.add_argument("name", metavar="NAME")
+    add_store(p)
+    add_json(p)
+    p.set_defaults(func=cmd_import)
+
+
+def _store(args: argparse.Namespace) -> ImageStore:
+    from fleetcast.config import store_dir
+    from fleetcast.store.images import ImageStore
+
+    return ImageStore(store_dir(getattr(args, "store", None)))
+
+
+def summary(m: Manifest) -> dict[str, Any]:
+    return {
+        "name": m.name,
+        "created": m.created,
+        "tool_version": m.tool_version,
+        "disk_size": m.disk_size,
+        "logical_sector_size": m.logical_sector_size,
+        "physical_sector_size": m.physical_sector_size,
+        "table_label": m.table.label,
+        "os_hint": m.os_hint,
+        "used_bytes": m.used_bytes,
+        "data_bytes": m.data_bytes,
+        "stored_bytes": m.stored_bytes,
+        "chunks": len(m.chunk_ids()),
+        "partitions": [
+            {
+                "number": a.number,
+                "kind": a.kind,
+                "start": a.start,
+                "size": a.size,
+                "fstype": a.fstype,
+                "os_hint": a.os_hint,
+                "used_bytes": a.used,
+                "stored_bytes": a.stored_bytes,
+            }
+            for a in m.areas
+            if a.kind != "gap"
+        ],
+    }
+
+
+def _hb(n: int) -> str:
+    from fleetcast.progress import human_bytes
+
+    return human_bytes(n)
+
+
+def cmd_capture(args: argparse.Namespace) -> int:
+    from fleetcast.progress import ProgressBar
+    from fleetcast.store.capture import CaptureStats, capture
+
+    store = _store(args)
+    stats = CaptureStats()
+    started = time.monotonic()
+    with ProgressBar(f"capture {args.name}", enabled=not args.json) as bar:
+        m = capture(args.source, args.name, store, force_raw=args.force_raw, progress=bar, stats=stats)
+    seconds = time.monotonic() - started
+    out = summary(m) | {
+        "source": str(args.source),
+        "store": str(store.root),
+        "new_chunks": stats.new_chunks,
+        "new_bytes": stats.new_bytes,
+        "seconds": round(seconds, 3),
+    }
+    if args.json:
+        print_json(out)
+    else:
+        print(
+            f"captured {m.name!r} from {args.source}: {_hb(m.used_bytes)} used, {_hb(m.data_bytes)} data, "
+            f"{_hb(stats.new_bytes)} new in the store ({stats.new_chunks} new chunks) in {seconds:.1f} s"
+        )
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from fleetcast.progress import ProgressBar
+    from fleetcast.store.restore import restore
+
+    store = _store(args)
+    manifest = store.open(args.name)
+    started = time.monotonic()
+    with ProgressBar(f"restore {args.name}", enabled=not args.json) as bar:
+        result = restore(manifest, store.source(), args.target, grow=args.grow, progress=bar)
+    seconds = time.monotonic() - started
+    if args.json:
+        print_json(result.to_dict() | {"seconds": round(seconds, 3)})
+    else:
+        print(
+            f"restored {args.name!r} onto {args.target}: {_hb(result.bytes_written)} in "
+            f"{result.chunks_written} verified chunks in {seconds:.1f} s"
+            + (", grown" if result.grown else "")
+        )
+        for note in result.notes:
+            print(f"note: {note}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    store = _store(args)
+    images = store.list()
+    if args.json:
+        print_json([summary(m) for m in images])
+        return 0
+    if not images:
+        print(f"no images in {store.root}")
+        return 0
+    rows = [
+        [
+            m.name,
+            m.created,
+            _hb(m.disk_size),
+            _hb(m.used_bytes),
+            _hb(m.stored_bytes),
+            m.os_hint or "-",
+            ",".join(a.fstype for a in m.areas if a.kind != "gap"),
+        ]
+        for m in images
+    ]
+    print_table(["NAME", "CREATED", "DISK", "USED", "STORED", "OS", "FILESYSTEMS"], rows)
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    m = _store(args).open(args.name)
+    info = summary(m)
+    if args.json:
+        print_json(info | {"table": m.table_dict})
+        return 0
+    print(f"image      {m.name}")
+    print(f"created    {m.created} (fleetcast {m.tool_version})")
+    print(
+        f"disk       {_hb(m.disk_size)} ({m.disk_size} bytes), "
+        f"sectors {m.logical_sector_size}/{m.physical_sector_size}"
+    )
+    print(f"table      {m.table.label} {m.table.id}")
+    print(f"os         {m.os_hint or '-'}")
+    print(f"used       {_hb(m.used_bytes)}, data {_hb(m.data_bytes)}, stored {_hb(m.stored_bytes)}")
+    print()
+    rows = [
+        [a.label, str(a.start), _hb(a.size), a.fstype, _hb(a.used), _hb(a.stored_bytes), str(len(a.chunks))]
+        for a in m.areas
+    ]
+    print_table(["AREA", "START", "SIZE", "FS", "USED", "STORED", "CHUNKS"], rows)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from fleetcast.errors import IntegrityError
+
+    report = _store(args).verify(args.name)
+    if args.json:
+        print_json(report.to_dict())
+    if not report.ok:
+        raise IntegrityError(
+            f"image {args.name!r} failed verification: {len(report.problems)} bad chunk(s): "
+            f"{report.problems[0]}",
+            hint="run 'fleetcast store check'; re-capture the image",
+        )
+    if not args.json:
+        print(f"image {args.name!r} is intact: {report.chunks} chunks, {_hb(report.bytes)} verified")
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    store = _store(args)
+    store.remove(args.name)
+    if args.json:
+        print_json({"removed": args.name})
+    else:
+        print(f"removed image {args.name!r}; run 'fleetcast store gc' to free its unshared chunks")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from fleetcast.progress import ProgressBar
+    from fleetcast.store.exchange import export_image
+
+    with ProgressBar(f"export {args.name}", enabled=not args.json) as bar:
+        fmt = export_image(_store(args), args.name, args.file, progress=bar)
+    if args.json:
+        print_json({"image": args.name, "file": str(args.file), "format": fmt})
+    else:
+        print(f"exported {args.name!r} to {args.file} ({fmt})")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from fleetcast.progress import ProgressBar
+    from fleetcast.store.capture import CaptureStats
+    from fleetcast.store.exchange import import_image
+
+    stats = CaptureStats()
+    with ProgressBar(f"import {args.name}", enabled=not args.json) as bar:
+        m = import_image(_store(args), args.file, args.name, progress=bar, stats=stats)
+    if args.json:
+        print_json(
+            summary(m)
+            | {"file": str(args.file), "new_chunks": stats.new_chunks, "new_bytes": stats.new_bytes}
+        )
+    else:
+        print(
+            f"imported {args.file} as {m.name!r}: {_hb(m.used_bytes)} used, "
+            f"{_hb(stats.new_bytes)} new in the store"
+        )
+    return 0

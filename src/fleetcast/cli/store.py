@@ -1,0 +1,89 @@
+"""``fleetcast store``: check (leftovers, damaged chunks) and gc (free what no image references)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from fleetcast.cli.common import add_json, add_store, print_json
+
+if TYPE_CHECKING:
+    from fleetcast.store.images import ImageStore
+
+
+def register(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], parent: argparse.ArgumentParser
+) -> None:
+    group = sub.add_parser("store", parents=[parent], help="image store housekeeping")
+    cmds = group.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = cmds.add_parser("check", parents=[parent], help="report leftovers, damaged and missing chunks")
+    add_store(p)
+    add_json(p)
+    p.set_defaults(func=cmd_check)
+
+    p = cmds.add_parser("gc", parents=[parent], help="remove unreferenced chunks and leftovers")
+    add_store(p)
+    add_json(p)
+    p.set_defaults(func=cmd_gc)
+
+
+def _store_root(args: argparse.Namespace) -> ImageStore:
+    from fleetcast.config import store_dir
+    from fleetcast.store.images import ImageStore
+
+    return ImageStore(store_dir(getattr(args, "store", None)))
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from fleetcast.errors import IntegrityError
+    from fleetcast.progress import human_bytes
+
+    store = _store_root(args)
+    report = store.check()
+    if args.json:
+        print_json(report.to_dict() | {"store": str(store.root)})
+    else:
+        print(f"store {store.root}: {report.images} images, {report.chunks} chunks")
+        for title, items in (
+            ("damaged manifest", report.damaged_manifests),
+            ("damaged chunk", report.damaged_chunks),
+            ("missing chunk", report.missing_chunks),
+            ("leftover", report.leftovers),
+            ("running capture", report.running_captures),
+        ):
+            for item in items:
+                print(f"{title}: {item}")
+        print(
+            f"unreferenced: {report.unreferenced_chunks} chunks, {human_bytes(report.unreferenced_bytes)} "
+            "('fleetcast store gc' frees them)"
+        )
+        print("ok" if report.ok else "PROBLEMS FOUND")
+    if not report.ok:
+        problems = (
+            len(report.damaged_manifests)
+            + len(report.damaged_chunks)
+            + len(report.missing_chunks)
+            + len(report.leftovers)
+        )
+        raise IntegrityError(
+            f"store {store.root} has {problems} problem(s)",
+            hint="'fleetcast store gc' removes leftovers; damaged images must be re-captured",
+        )
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from fleetcast.progress import human_bytes
+
+    store = _store_root(args)
+    report = store.gc()
+    if args.json:
+        print_json(report.to_dict() | {"store": str(store.root)})
+    else:
+        print(
+            f"freed {human_bytes(report.freed_bytes)} ({report.freed_bytes} bytes): "
+            f"{report.removed_chunks} unreferenced chunks ({report.freed_chunk_bytes} bytes), "
+            f"{report.removed_leftovers} leftovers ({report.freed_leftover_bytes} bytes)"
+        )
+    return 0

@@ -1,0 +1,325 @@
+"""The image store: where images live, how a capture publishes one atomically, how gc stays out of its way.
+
+Layout::
+
+    STORE/lock                      flock: captures hold it shared, gc holds it exclusive
+    STORE/chunks/ab/abcd...         zstd frames named by the blake3 of their content
+    STORE/images/NAME/manifest.json an image is visible exactly when this file exists
+    STORE/tmp/cap-*/                one directory per running capture (its own lock file inside)
+
+Atomic publish (``CaptureTransaction.commit``): new chunks are written into the capture's tmp directory;
+at the end one ``syncfs`` makes them durable, they are renamed into ``chunks/``, a second ``syncfs`` makes
+the renames durable, and only then the manifest is written to ``tmp/cap-*/image/manifest.json``, fsynced,
+and the ``image`` directory renamed to ``images/NAME`` (then ``images/`` is fsynced). A capture killed at
+any moment leaves a tmp directory and possibly unreferenced chunks, never a visible image; ``store check``
+reports them and ``store gc`` removes them.
+
+Concurrency: a capture holds ``STORE/lock`` shared from before its first dedupe look-up until its manifest
+is published, so the chunks it found already present cannot be collected under it; ``gc`` takes the lock
+exclusive (and refuses when a capture is running). ``check`` tells a live capture's tmp directory from a
+leftover by trying its lock file.
+"""
+
+from __future__ import annotations
+
+import builtins
+import errno
+import fcntl
+import logging
+import os
+import secrets
+import shutil
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from fleetcast.errors import CaptureError, ImageNotFound, ManifestError, StoreError, UsageError
+from fleetcast.store.chunkstore import ChunkStore, fsync_dir, syncfs, write_file_durable
+from fleetcast.store.manifest import Manifest, valid_name
+
+if TYPE_CHECKING:
+    from fleetcast.store.maintenance import CheckReport, GcReport, VerifyReport
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+TMP_PREFIX = "cap-"
+
+
+def check_name(name: str) -> str:
+    if not valid_name(name):
+        raise UsageError(
+            f"image name {name!r} is not valid: expected 1-128 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+class LocalChunkSource:
+    """``ChunkSource`` over the local store's files."""
+
+    def __init__(self, chunks: ChunkStore) -> None:
+        self.chunks = chunks
+
+    def fetch(self, chunk_id: str) -> bytes:
+        return self.chunks.read(chunk_id)
+
+    def fetch_many(self, chunk_ids: Iterable[str]) -> Iterator[tuple[str, bytes]]:
+        for cid in chunk_ids:
+            yield cid, self.chunks.read(cid)
+
+
+class ImageStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.chunks = ChunkStore(self.root / "chunks")
+        self.images_dir = self.root / "images"
+        self.tmp_dir = self.root / "tmp"
+        self.lock_path = self.root / "lock"
+
+    def __repr__(self) -> str:
+        return f"ImageStore({str(self.root)!r})"
+
+    def ensure(self) -> None:
+        """Create the store's directories (a capture does this; reading commands never create a store)."""
+        try:
+            for d in (self.root, self.chunks.root, self.images_dir, self.tmp_dir):
+                d.mkdir(parents=True, exist_ok=True)
+            self.lock_path.touch(exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the image store at {self.root}: {exc.strerror}") from exc
+
+    # -- images -----------------------------------------------------------------------------------------
+    def manifest_path(self, name: str) -> Path:
+        return self.images_dir / check_name(name) / MANIFEST
+
+    def names(self) -> list[str]:
+        if not self.images_dir.is_dir():
+            return []
+        return sorted(p.name for p in self.images_dir.iterdir() if (p / MANIFEST).is_file())
+
+    def exists(self, name: str) -> bool:
+        return self.manifest_path(name).is_file()
+
+    def open(self, name: str) -> Manifest:
+        path = self.manifest_path(name)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError as exc:
+            raise ImageNotFound(
+                f"image {name!r} does not exist in the store {self.root}",
+                hint="'fleetcast image list' shows the images in this store",
+            ) from exc
+        except OSError as exc:
+            raise StoreError(f"cannot read the manifest of image {name!r}: {exc.strerror}") from exc
+        try:
+            manifest = Manifest.from_json(data)
+        except ManifestError as exc:
+            raise ManifestError(
+                f"image {name!r} has an invalid manifest: {exc.message}", hint=exc.hint
+            ) from exc
+        if manifest.name != name:
+            raise ManifestError(f"image {name!r} has an invalid manifest: it names image {manifest.name!r}")
+        return manifest
+
+    def read_manifest_bytes(self, name: str) -> bytes:
+        """The manifest exactly as stored (what the server hands to agents)."""
+        self.open(name)
+        return self.manifest_path(name).read_bytes()
+
+    def list(self) -> list[Manifest]:
+        """Every readable image, by name; damaged manifests are skipped here (``check`` reports them)."""
+        out: list[Manifest] = []
+        for name in self.names():
+            try:
+                out.append(self.open(name))
+            except StoreError as exc:
+                logger.warning("skipping image %s: %s", name, exc)
+        return out
+
+    def remove(self, name: str) -> None:
+        """Unpublish an image (its chunks stay until ``gc``). Atomic: the directory is renamed away first."""
+        self.open(name)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        trash = self.tmp_dir / f"rm-{name}-{secrets.token_hex(4)}"
+        try:
+            os.rename(self.images_dir / name, trash)
+            fsync_dir(self.images_dir)
+            shutil.rmtree(trash)
+        except OSError as exc:
+            raise StoreError(f"cannot remove image {name!r}: {exc.strerror}") from exc
+        logger.info("removed image %s", name)
+
+    # -- chunks -----------------------------------------------------------------------------------------
+    def chunk_path(self, chunk_id: str) -> Path:
+        return self.chunks.path(chunk_id)
+
+    def source(self) -> LocalChunkSource:
+        return LocalChunkSource(self.chunks)
+
+    # -- maintenance (implemented in store.maintenance) --------------------------------------------------
+    def verify(self, name: str) -> VerifyReport:
+        from fleetcast.store.maintenance import verify_image
+
+        return verify_image(self, name)
+
+    def check(self) -> CheckReport:
+        from fleetcast.store.maintenance import check_store
+
+        return check_store(self)
+
+    def gc(self) -> GcReport:
+        from fleetcast.store.maintenance import gc_store
+
+        return gc_store(self)
+
+    # -- locking ----------------------------------------------------------------------------------------
+    @contextmanager
+    def locked(self, *, exclusive: bool, wait: bool = False) -> Iterator[None]:
+        self.ensure()
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            flags = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | (0 if wait else fcntl.LOCK_NB)
+            try:
+                fcntl.flock(fd, flags)
+            except OSError as exc:
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise StoreError(
+                        f"the store {self.root} is busy: a capture is running",
+                        hint="wait for the capture to finish, then retry",
+                    ) from exc
+                raise
+            yield
+        finally:
+            os.close(fd)
+
+    def begin_capture(self, name: str) -> CaptureTransaction:
+        return CaptureTransaction(self, name)
+
+    def tmp_entries(self) -> builtins.list[tuple[Path, bool]]:
+        """Everything in tmp/ as (path, live): live means a running capture holds its lock."""
+        if not self.tmp_dir.is_dir():
+            return []
+        out = []
+        for p in sorted(self.tmp_dir.iterdir()):
+            out.append((p, _is_live(p)))
+        return out
+
+
+def _is_live(tmp: Path) -> bool:
+    lock = tmp / "lock"
+    if not tmp.is_dir() or not lock.is_file():
+        return False
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+class CaptureTransaction:
+    """A capture in progress: new chunks go to its tmp directory; ``commit`` publishes the image atomically.
+
+    Used as a context manager; leaving it without ``commit`` (an error) removes the tmp directory.
+    """
+
+    def __init__(self, store: ImageStore, name: str) -> None:
+        self.store = store
+        self.name = check_name(name)
+        self.dir = store.tmp_dir / f"{TMP_PREFIX}{name}-{os.getpid()}-{secrets.token_hex(4)}"
+        self.new_dir = self.dir / "chunks"
+        self.new_chunks: dict[str, int] = {}
+        self._fds: list[int] = []
+        self.committed = False
+
+    def __enter__(self) -> CaptureTransaction:
+        store = self.store
+        store.ensure()
+        if store.exists(self.name):
+            raise CaptureError(
+                f"image {self.name!r} already exists in the store {store.root}",
+                hint=f"pick another name, or remove it first: fleetcast image rm {self.name}",
+            )
+        lock_fd = os.open(store.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        self._fds.append(lock_fd)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_SH)  # waits while gc runs
+            self.new_dir.mkdir(parents=True)
+            own = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+            self._fds.append(own)
+            fcntl.flock(own, fcntl.LOCK_EX)
+        except OSError as exc:
+            self._close()
+            raise StoreError(f"cannot start a capture in the store {store.root}: {exc.strerror}") from exc
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if not self.committed:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        self._close()
+
+    def _close(self) -> None:
+        while self._fds:
+            os.close(self._fds.pop())
+
+    def known(self, chunk_id: str) -> bool:
+        """True when the chunk is already in the store or in this capture."""
+        return chunk_id in self.new_chunks or self.store.chunks.has(chunk_id)
+
+    def stored_size(self, chunk_id: str) -> int:
+        if chunk_id in self.new_chunks:
+            return self.new_chunks[chunk_id]
+        return self.store.chunks.size(chunk_id)
+
+    def add_chunk(self, chunk_id: str, stored: bytes) -> None:
+        """Write a new chunk into the tmp directory (thread-safe for distinct ids; durable at commit)."""
+        path = self.new_dir / chunk_id
+        try:
+            with open(path, "wb") as f:
+                f.write(stored)
+        except OSError as exc:
+            raise StoreError(f"cannot write chunk {chunk_id} in {self.dir}: {exc.strerror}") from exc
+        self.new_chunks[chunk_id] = len(stored)
+
+    def commit(self, manifest: Manifest) -> None:
+        store = self.store
+        if manifest.name != self.name:
+            raise CaptureError(f"manifest names image {manifest.name!r}, expected {self.name!r}")
+        try:
+            syncfs(self.dir)
+            subdirs: set[Path] = set()
+            for cid in self.new_chunks:
+                final = store.chunks.path(cid)
+                if final.parent not in subdirs:
+                    final.parent.mkdir(parents=True, exist_ok=True)
+                    subdirs.add(final.parent)
+                os.rename(self.new_dir / cid, final)
+            image_dir = self.dir / "image"
+            image_dir.mkdir()
+            write_file_durable(image_dir / MANIFEST, manifest.to_json())
+            syncfs(store.root)  # chunk renames and the manifest are durable before the image appears
+            try:
+                os.rename(image_dir, store.images_dir / self.name)
+            except OSError as exc:
+                if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise CaptureError(
+                        f"image {self.name!r} appeared in the store while this capture ran",
+                        hint="pick another name",
+                    ) from exc
+                raise
+            fsync_dir(store.images_dir)
+        except OSError as exc:
+            raise StoreError(f"cannot publish image {self.name!r} in {store.root}: {exc.strerror}") from exc
+        self.committed = True
+        shutil.rmtree(self.dir, ignore_errors=True)
+        logger.info("published image %s (%d new chunks)", self.name, len(self.new_chunks))

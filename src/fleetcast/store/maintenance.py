@@ -1,0 +1,238 @@
+"""Keeping a store honest: ``verify`` one image, ``check`` the whole store, ``gc`` what nothing references."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fleetcast.errors import ChunkCorrupt, StoreError
+from fleetcast.store.chunkstore import decompress_verify
+from fleetcast.store.images import ImageStore
+from fleetcast.store.manifest import CHUNK_ID_RE
+
+logger = logging.getLogger(__name__)
+
+WORKERS = 2
+
+
+@dataclass
+class VerifyReport:
+    name: str
+    chunks: int = 0
+    bytes: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "image": self.name,
+            "ok": self.ok,
+            "chunks": self.chunks,
+            "bytes": self.bytes,
+            "problems": self.problems,
+        }
+
+
+def _check_one(store: ImageStore, cid: str, length: int | None, what: str) -> tuple[int, str | None]:
+    try:
+        stored = store.chunks.read(cid)
+    except StoreError as exc:
+        return 0, f"{what}: {exc.message}"
+    try:
+        data = decompress_verify(cid, stored, length, what=what)
+    except ChunkCorrupt as exc:
+        return 0, exc.message
+    return len(data), None
+
+
+def verify_image(store: ImageStore, name: str) -> VerifyReport:
+    """Read, decompress and re-hash every chunk the image uses (each once)."""
+    manifest = store.open(name)
+    lengths: dict[str, int] = {}
+    for _, chunk in manifest.entries():
+        lengths.setdefault(chunk.id, chunk.length)
+    report = VerifyReport(name)
+    what = f"image {name!r}"
+    with ThreadPoolExecutor(WORKERS) as pool:
+        for cid, (n, problem) in zip(
+            lengths,
+            pool.map(lambda c: _check_one(store, c, lengths[c], what), lengths),
+            strict=True,
+        ):
+            report.chunks += 1
+            report.bytes += n
+            if problem:
+                logger.error("%s", problem)
+                report.problems.append(problem)
+            del cid
+    return report
+
+
+@dataclass
+class CheckReport:
+    images: int = 0
+    chunks: int = 0
+    damaged_manifests: list[str] = field(default_factory=list)
+    damaged_chunks: list[str] = field(default_factory=list)
+    missing_chunks: list[str] = field(default_factory=list)
+    leftovers: list[str] = field(default_factory=list)
+    running_captures: list[str] = field(default_factory=list)
+    unreferenced_chunks: int = 0
+    unreferenced_bytes: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not (self.damaged_manifests or self.damaged_chunks or self.missing_chunks or self.leftovers)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "images": self.images,
+            "chunks": self.chunks,
+            "damaged_manifests": self.damaged_manifests,
+            "damaged_chunks": self.damaged_chunks,
+            "missing_chunks": self.missing_chunks,
+            "leftovers": self.leftovers,
+            "running_captures": self.running_captures,
+            "unreferenced_chunks": self.unreferenced_chunks,
+            "unreferenced_bytes": self.unreferenced_bytes,
+        }
+
+
+def _references(store: ImageStore, report: CheckReport | None) -> tuple[dict[str, int], list[str]]:
+    """Chunk id -> expected length over all images, and the names of images whose manifest is damaged."""
+    refs: dict[str, int] = {}
+    damaged: list[str] = []
+    for name in store.names():
+        try:
+            manifest = store.open(name)
+        except StoreError as exc:
+            damaged.append(f"{name}: {exc.message}")
+            continue
+        if report is not None:
+            report.images += 1
+        for _, chunk in manifest.entries():
+            refs.setdefault(chunk.id, chunk.length)
+    return refs, damaged
+
+
+def check_store(store: ImageStore) -> CheckReport:
+    """Leftovers of killed captures, damaged manifests, damaged or missing chunks, what gc would free."""
+    report = CheckReport()
+    if not store.root.is_dir():
+        raise StoreError(
+            f"the store {store.root} does not exist", hint="capture an image first, or pass --store DIR"
+        )
+    refs, report.damaged_manifests = _references(store, report)
+    present: dict[str, Path] = {}
+    for fname, path in store.chunks.iter_files():
+        if CHUNK_ID_RE.fullmatch(fname) and path.parent.name == fname[:2] and path.is_file():
+            present[fname] = path
+        else:
+            report.leftovers.append(str(path))
+    report.chunks = len(present)
+    what = "store"
+
+    def one(cid: str) -> str | None:
+        return _check_one(store, cid, refs.get(cid), what)[1]
+
+    with ThreadPoolExecutor(WORKERS) as pool:
+        for problem in pool.map(one, sorted(present)):
+            if problem:
+                report.damaged_chunks.append(problem)
+    for cid in refs:
+        if cid not in present:
+            report.missing_chunks.append(cid)
+    for cid, path in present.items():
+        if cid not in refs:
+            report.unreferenced_chunks += 1
+            report.unreferenced_bytes += path.stat().st_size
+    for path, live in store.tmp_entries():
+        (report.running_captures if live else report.leftovers).append(str(path))
+    return report
+
+
+@dataclass
+class GcReport:
+    removed_chunks: int = 0
+    freed_chunk_bytes: int = 0
+    removed_leftovers: int = 0
+    freed_leftover_bytes: int = 0
+
+    @property
+    def freed_bytes(self) -> int:
+        return self.freed_chunk_bytes + self.freed_leftover_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "removed_chunks": self.removed_chunks,
+            "freed_chunk_bytes": self.freed_chunk_bytes,
+            "removed_leftovers": self.removed_leftovers,
+            "freed_leftover_bytes": self.freed_leftover_bytes,
+            "freed_bytes": self.freed_bytes,
+        }
+
+
+def _tree_size(path: Path) -> int:
+    if path.is_file() or path.is_symlink():
+        return path.lstat().st_size
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for f in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, f)).st_size
+    return total
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def gc_store(store: ImageStore) -> GcReport:
+    """Remove chunks no image references and leftovers of killed captures (refuses while a capture runs)."""
+    if not store.root.is_dir():
+        raise StoreError(f"the store {store.root} does not exist", hint="pass --store DIR")
+    report = GcReport()
+    with store.locked(exclusive=True):
+        refs, damaged = _references(store, None)
+        if damaged:
+            raise StoreError(
+                f"refusing to collect garbage: {len(damaged)} image(s) have damaged manifests ({damaged[0]})",
+                hint="fix or remove those images first ('fleetcast store check' lists them)",
+            )
+        for fname, path in store.chunks.iter_files():
+            if fname in refs and path.parent.name == fname[:2]:
+                continue
+            size = _tree_size(path)
+            _remove(path)
+            if CHUNK_ID_RE.fullmatch(fname):
+                report.removed_chunks += 1
+                report.freed_chunk_bytes += size
+            else:
+                report.removed_leftovers += 1
+                report.freed_leftover_bytes += size
+        for path, _live in store.tmp_entries():  # the exclusive lock means no capture is running
+            size = _tree_size(path)
+            _remove(path)
+            report.removed_leftovers += 1
+            report.freed_leftover_bytes += size
+    logger.info(
+        "gc: removed %d chunks (%d bytes) and %d leftovers (%d bytes)",
+        report.removed_chunks,
+        report.freed_chunk_bytes,
+        report.removed_leftovers,
+        report.freed_leftover_bytes,
+    )
+    return report
