@@ -29,6 +29,10 @@ RO_COMPAT_BIGALLOC = 0x200
 BG_BLOCK_UNINIT = 0x2
 
 
+class Unsupported(Exception):
+    """A feature the parser does not read; the caller copies the whole partition instead."""
+
+
 class Superblock:
     """The fields of the ext superblock the allocation map needs (parsed with bounds checks)."""
 
@@ -86,6 +90,8 @@ class Superblock:
         self.is64 = bool(self.feature_incompat & INCOMPAT_64BIT)
         self.blocks_count = blocks_lo | (blocks_hi << 32 if self.is64 else 0)
         self.desc_size = desc_size if self.is64 and desc_size >= 64 else 32
+        if self.feature_ro_compat & RO_COMPAT_BIGALLOC:
+            raise Unsupported("bigalloc")
         if self.blocks_per_group == 0 or self.blocks_per_group > self.block_size * 8:
             raise FilesystemError(
                 f"ext blocks per group is {self.blocks_per_group}; expected 1 to {self.block_size * 8}"
@@ -153,8 +159,6 @@ def used_blocks(f: BinaryIO, offset: int, size: int) -> tuple[Superblock, list[t
             f"ext filesystem is {sb.size} bytes but its partition is only {size} bytes",
             hint="the partition was shrunk under the filesystem; capture it with --force-raw",
         )
-    if sb.feature_ro_compat & RO_COMPAT_BIGALLOC:
-        raise _Unsupported("bigalloc")
     bs = sb.block_size
     gdt_block = sb.first_data_block + 1
     limit = offset + size
@@ -212,10 +216,6 @@ def _inode_size(f: BinaryIO, offset: int, limit: int) -> int:
     return int(size)
 
 
-class _Unsupported(Exception):
-    pass
-
-
 class Ext(Filesystem):
     fstype = FsType.EXT
     priority = 40
@@ -226,7 +226,7 @@ class Ext(Filesystem):
     def used_extents(self, f: BinaryIO, offset: int, size: int) -> list[Extent]:
         try:
             sb, blocks = used_blocks(f, offset, size)
-        except _Unsupported as exc:
+        except Unsupported as exc:
             logger.warning("ext feature %s is not parsed; capturing the whole partition", exc)
             return [(0, size)]
         bs = sb.block_size

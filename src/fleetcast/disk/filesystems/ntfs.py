@@ -202,9 +202,8 @@ class Volume:
             raise FilesystemError(f"NTFS {what}: its runs hold {len(out)} bytes; expected {length}")
         return bytes(out)
 
-    def record(self, number: int) -> bytearray:
-        """MFT record ``number``, located through $MFT's own run list."""
-        what = f"MFT record {number}"
+    def record_position(self, number: int) -> int:
+        """Byte position of MFT record ``number`` in the volume, located through $MFT's own run list."""
         pos = number * self.boot.record_size
         cs = self.boot.cluster_size
         vcn_bytes = 0
@@ -212,10 +211,14 @@ class Volume:
             span = count * cs
             if pos < vcn_bytes + span:
                 if lcn is None:
-                    raise FilesystemError(f"NTFS {what} lies in a sparse part of $MFT")
-                return self._read_record_at(lcn * cs + pos - vcn_bytes, what)
+                    raise FilesystemError(f"NTFS MFT record {number} lies in a sparse part of $MFT")
+                return lcn * cs + pos - vcn_bytes
             vcn_bytes += span
-        raise FilesystemError(f"NTFS {what} is beyond the end of $MFT")
+        raise FilesystemError(f"NTFS MFT record {number} is beyond the end of $MFT")
+
+    def record(self, number: int) -> bytearray:
+        """MFT record ``number`` with its fixups applied."""
+        return self._read_record_at(self.record_position(number), f"MFT record {number}")
 
     def cluster_bitmap(self) -> bytes:
         rec = self.record(MFT_RECORD_BITMAP)

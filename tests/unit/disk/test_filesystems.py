@@ -1,0 +1,184 @@
+"""Pure parts of the allocation-map parsers: bitmaps, merging, run lists, fixups, boot-sector checks."""
+
+from __future__ import annotations
+
+import io
+import random
+import struct
+
+import pytest
+
+from fleetcast.disk.filesystems import FsType, detect, used_extents
+from fleetcast.disk.filesystems.base import bitmap_runs, merge, read_at
+from fleetcast.disk.filesystems.fat import parse_bpb, used_clusters
+from fleetcast.disk.filesystems.ntfs import decode_runs, fixup, parse_boot
+from fleetcast.errors import FilesystemError
+
+
+def _naive_runs(bitmap: bytes, nbits: int) -> list[tuple[int, int]]:
+    bits = [bitmap[i // 8] >> (i % 8) & 1 for i in range(nbits)]
+    runs: list[tuple[int, int]] = []
+    for i, b in enumerate(bits):
+        if b:
+            if runs and runs[-1][0] + runs[-1][1] == i:
+                runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+            else:
+                runs.append((i, 1))
+    return runs
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_bitmap_runs_match_naive(seed: int) -> None:
+    rng = random.Random(seed)
+    chunks = [
+        rng.choice([b"\xff" * rng.randrange(1, 9), b"\x00" * rng.randrange(1, 9), rng.randbytes(3)])
+        for _ in range(30)
+    ]
+    bitmap = b"".join(chunks)
+    nbits = rng.randrange(1, len(bitmap) * 8 + 1)
+    assert list(bitmap_runs(bitmap, nbits)) == _naive_runs(bitmap, nbits)
+
+
+def test_bitmap_runs_clip_at_nbits() -> None:
+    assert list(bitmap_runs(bytes([0b10100011]), 3)) == [(0, 2)]
+    assert list(bitmap_runs(b"\xff\xff", 12)) == [(0, 12)]
+
+
+def test_merge() -> None:
+    assert merge([(10, 5), (0, 4), (4, 2), (12, 10), (100, 0), (95, 10)], 100) == [(0, 6), (10, 12), (95, 5)]
+
+
+def test_read_at_outside_partition() -> None:
+    with pytest.raises(FilesystemError) as err:
+        read_at(io.BytesIO(bytes(100)), 90, 20, what="ext superblock", limit=100)
+    assert (
+        str(err.value) == "ext superblock at byte 90 (+20) lies outside the partition, which ends at byte 100"
+    )
+    with pytest.raises(FilesystemError) as err:
+        read_at(io.BytesIO(bytes(100)), 90, 20, what="FAT", limit=200)
+    assert str(err.value) == "cannot read FAT at byte 90: expected 20 bytes, got 10"
+
+
+def test_fat12_entries() -> None:
+    # clusters 2..5: 0xFFF (end), 0x000 (free), 0x005, 0x000
+    entries = [0xFF8, 0xFFF, 0xFFF, 0x000, 0x005, 0x000]
+    fat = bytearray()
+    for i in range(0, len(entries), 2):
+        v = entries[i] | entries[i + 1] << 12
+        fat += v.to_bytes(3, "little")
+    assert used_clusters(bytes(fat) + bytes(4), 12, 4) == [(0, 1), (2, 1)]
+
+
+def test_fat32_masks_high_bits() -> None:
+    fat = struct.pack("<6I", 0x0FFFFFF8, 0x0FFFFFFF, 0xF0000000, 3, 0x0FFFFFFF, 0)
+    assert used_clusters(fat, 32, 4) == [(1, 2)]
+
+
+def _bpb(**over: int) -> bytes:
+    fields = {
+        "bps": 512,
+        "spc": 4,
+        "reserved": 4,
+        "fats": 2,
+        "root": 512,
+        "total16": 40960,
+        "media": 0xF8,
+        "fat16": 40,
+    }
+    fields.update(over)
+    raw = bytearray(512)
+    raw[0:3] = b"\xeb\x3c\x90"
+    raw[3:11] = b"mkfs.fat"
+    struct.pack_into(
+        "<HBHBHHBH",
+        raw,
+        11,
+        fields["bps"],
+        fields["spc"],
+        fields["reserved"],
+        fields["fats"],
+        fields["root"],
+        fields["total16"],
+        fields["media"],
+        fields["fat16"],
+    )
+    raw[510:512] = b"\x55\xaa"
+    return bytes(raw)
+
+
+def test_parse_bpb_ok_and_errors() -> None:
+    bpb = parse_bpb(_bpb())
+    assert (bpb.bits, bpb.first_data_sector, bpb.clusters) == (16, 4 + 80 + 32, (40960 - 116) // 4)
+    cases = [
+        (_bpb(bps=500), "FAT bytes per sector is 500; expected 512, 1024, 2048 or 4096"),
+        (_bpb(spc=3), "FAT sectors per cluster is 3; expected a power of two from 1 to 128"),
+        (_bpb(fats=0), "FAT has 4 reserved sectors and 0 FATs; expected at least 1 and 1-4"),
+        (_bpb(media=0x12), "FAT media descriptor is 0x12; expected 0xf0 or 0xf8-0xff"),
+        (_bpb(fat16=1), "FAT is 512 bytes; 10230 clusters need 20464"),
+        (_bpb()[:510] + b"\0\0", "FAT boot sector lacks the 55 AA signature"),
+    ]
+    for raw, message in cases:
+        with pytest.raises(FilesystemError) as err:
+            parse_bpb(raw)
+        assert str(err.value) == message
+
+
+def test_detect_heads() -> None:
+    def probe(head: bytes) -> FsType:
+        return detect(io.BytesIO(head), 0, len(head))
+
+    assert probe(_bpb() + bytes(4096)) is FsType.FAT
+    ntfs = bytearray(_bpb())
+    ntfs[3:11] = b"NTFS    "
+    assert probe(bytes(ntfs)) is FsType.NTFS
+    ntfs[3:11] = b"-FVE-FS-"
+    assert probe(bytes(ntfs)) is FsType.BITLOCKER
+    ext = bytearray(4096)
+    struct.pack_into("<H", ext, 1080, 0xEF53)
+    assert probe(bytes(ext)) is FsType.EXT
+    swap = bytearray(4096)
+    swap[4086:4096] = b"SWAPSPACE2"
+    assert probe(bytes(swap)) is FsType.SWAP
+    assert probe(bytes(4096)) is FsType.RAW
+    assert probe(b"") is FsType.RAW
+
+
+def test_unknown_type_is_raw() -> None:
+    assert used_extents("zfs", io.BytesIO(bytes(10)), 0, 10) == [(0, 10)]
+
+
+def test_decode_runs() -> None:
+    # 0x21: 1-byte length, 2-byte offset; second run relative (-0x10); 0x01: sparse run
+    data = bytes([0x21, 0x08, 0x00, 0x01, 0x11, 0x04, 0xF0, 0x01, 0x03, 0x00])
+    assert list(decode_runs(data, "t")) == [(0x100, 8), (0xF0, 4), (None, 3)]
+    with pytest.raises(FilesystemError) as err:
+        list(decode_runs(bytes([0x29, 1]), "MFT record 6"))
+    assert str(err.value) == "NTFS MFT record 6 has a malformed run list (header 0x29)"
+
+
+def test_fixup() -> None:
+    rec = bytearray(1024)
+    rec[0:4] = b"FILE"
+    struct.pack_into("<HH", rec, 4, 0x30, 3)
+    rec[0x30:0x36] = b"\x07\x00AABB"
+    rec[510:512] = b"\x07\x00"
+    rec[1022:1024] = b"\x07\x00"
+    fixup(rec, b"FILE", "MFT record 0")
+    assert rec[510:512] == b"AA" and rec[1022:1024] == b"BB"
+    rec[510:512] = b"\x00\x00"
+    rec[1022:1024] = b"\x08\x00"
+    with pytest.raises(FilesystemError) as err:
+        fixup(rec, b"FILE", "MFT record 0")
+    assert str(err.value) == "NTFS MFT record 0 fails its update-sequence check in sector 1"
+
+
+def test_parse_boot_errors() -> None:
+    raw = bytearray(512)
+    raw[3:11] = b"NTFS    "
+    struct.pack_into("<HB", raw, 0x0B, 512, 3)
+    with pytest.raises(FilesystemError) as err:
+        parse_boot(bytes(raw))
+    assert str(err.value) == "NTFS sectors per cluster is 3; expected a power of two"
+    struct.pack_into("<HB", raw, 0x0B, 512, 8)
+    raw[0x40] = 0xF6  # 2^10 = 1024-byte records
+    assert parse_boot(bytes(raw)).record_size == 1024
