@@ -1,0 +1,40 @@
+"""``fleetcast admin``: the server's tokens (printed, made on first use)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+logger = logging.getLogger(__name__)
+
+
+def register(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], parent: argparse.ArgumentParser
+) -> None:
+    p = sub.add_parser("admin", parents=[parent], help="server administration: tokens")
+    cmds = p.add_subparsers(dest="admin_command", metavar="COMMAND", required=True)
+    token = cmds.add_parser(
+        "token",
+        parents=[parent],
+        help="print the admin API token (made on first use, DATA/secrets/admin-token)",
+    )
+    token.set_defaults(func=_print_token, token_file="admin-token")
+    enroll = cmds.add_parser(
+        "enroll-token",
+        parents=[parent],
+        help="print the agents' enrollment token (made on first use, DATA/secrets/enroll-token)",
+    )
+    enroll.set_defaults(func=_print_token, token_file="enroll-token")
+
+
+def _print_token(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fleetcast import config
+    from fleetcast.server.auth import read_or_create
+
+    config_file = getattr(args, "config", None)
+    file_values = config.load_config_file(Path(config_file) if config_file else None)
+    data = Path(config.resolve("data", getattr(args, "data", None), file_values))
+    print(read_or_create(data / "secrets", args.token_file))
+    return 0

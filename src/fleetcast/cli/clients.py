@@ -1,0 +1,57 @@
+"""``fleetcast clients list``: the clients the server knows (inventory, online, what they are doing)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+logger = logging.getLogger(__name__)
+
+
+def register(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], parent: argparse.ArgumentParser
+) -> None:
+    from fleetcast.cli.deploy import add_server_options
+
+    p = sub.add_parser("clients", parents=[parent], help="enrolled clients")
+    cmds = p.add_subparsers(dest="clients_command", metavar="COMMAND", required=True)
+    ls = cmds.add_parser("list", parents=[parent], help="list the enrolled clients")
+    add_server_options(ls)
+    ls.add_argument("--json", action="store_true", help='print {"clients": [...]} on stdout')
+    ls.set_defaults(func=_list)
+
+
+def _disks(disks: list[dict[str, object]]) -> str:
+    parts = []
+    for d in disks:
+        size = d.get("size")
+        gb = f"{int(size) / 1e9:.1f}G" if isinstance(size, int) else "?"
+        parts.append(f"{d.get('path')} {gb}")
+    return ", ".join(parts) or "-"
+
+
+def _list(args: argparse.Namespace) -> int:
+    from fleetcast.cli.common import print_json, print_table
+    from fleetcast.cli.deploy import api_client
+
+    with api_client(args) as api:
+        clients = api.get("/api/clients")["clients"]
+    if args.json:
+        print_json({"clients": clients})
+        return 0
+    rows = [
+        [
+            str(c["id"]),
+            c["mac"],
+            c.get("hostname") or "-",
+            c.get("address") or "-",
+            "yes" if c.get("online") else "no",
+            c["state"]
+            if c.get("deployment_id") is None
+            else f"{c['state']} (deployment {c['deployment_id']})",
+            _disks(c.get("disks") or []),
+        ]
+        for c in clients
+    ]
+    print_table(["id", "mac", "hostname", "address", "online", "state", "disks"], rows)
+    return 0

@@ -1,0 +1,70 @@
+"""``fleetcast serve``: the server (REST API, agent endpoints, event stream) under uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+logger = logging.getLogger(__name__)
+
+
+def register(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], parent: argparse.ArgumentParser
+) -> None:
+    p = sub.add_parser(
+        "serve",
+        parents=[parent],
+        help="run the fleetcast server",
+        description=(
+            "Run the server: REST API (/api, OpenAPI at /api/openapi.json), agent endpoints, image chunks, "
+            "event stream. Settings: flags > config file (/etc/fleetcast/fleetcast.toml or --config) "
+            "> defaults."
+        ),
+    )
+    p.add_argument(
+        "--listen", metavar="ADDR:PORT", help="address and port to listen on (default 0.0.0.0:8080)"
+    )
+    p.add_argument(
+        "--database",
+        metavar="URL",
+        help="SQLAlchemy URL, e.g. postgresql+psycopg://... (default: DATA/fleetcast.db)",
+    )
+    p.add_argument("--store", metavar="DIR", help="image store (default: $FLEETCAST_STORE or DATA/store)")
+    p.set_defaults(func=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from fleetcast.server.app import create_app
+    from fleetcast.server.settings import build
+
+    settings = build(
+        data=getattr(args, "data", None),
+        listen=args.listen,
+        database=args.database,
+        config_file=getattr(args, "config", None),
+        store=args.store,
+    )
+    app = create_app(settings)
+    debug = bool(getattr(args, "debug", False))
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    print(
+        f"fleetcast server: http://{host}:{settings.port}/api "
+        f"(data {settings.data_dir}, store {settings.store})\n"
+        f"admin token: fleetcast --data {settings.data_dir} admin token; "
+        f"enroll token: fleetcast --data {settings.data_dir} admin enroll-token",
+        file=sys.stderr,
+        flush=True,
+    )
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        log_level="debug" if debug else "info",
+        access_log=debug,
+        timeout_graceful_shutdown=5,
+    )
+    return 0

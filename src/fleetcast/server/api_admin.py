@@ -1,0 +1,146 @@
+"""The admin API (bearer: the admin token): clients, images, deployments, events, audit."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+
+from fleetcast.server.api_agent import Catalog, Orch, peer
+from fleetcast.server.auth import Tokens
+from fleetcast.server.events import EventBus, load_events
+from fleetcast.server.orchestrator import DeploymentRequest
+
+logger = logging.getLogger(__name__)
+
+ADMIN_ACTOR = "admin"
+
+
+def require_admin(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
+    tokens: Tokens = request.app.state.tokens
+    tokens.check_admin(authorization)
+
+
+router = APIRouter(prefix="/api", tags=["admin"], dependencies=[Depends(require_admin)])
+
+
+class DeploymentBody(BaseModel):
+    """The body mirrors ``fleetcast deploy``'s flags."""
+
+    image: str = Field(max_length=128)
+    clients: str | list[str] = "all"
+    disk: str = Field(default="0", max_length=255)
+    batch: int = 1
+    name: str | None = Field(default=None, max_length=255)
+    ip: str | None = Field(default=None, max_length=64)
+    gateway: str | None = Field(default=None, max_length=64)
+    dns: str | list[str] = Field(default_factory=list)
+    grow: bool = False
+    then: str = "reboot"
+
+    def request(self) -> DeploymentRequest:
+        dns = self.dns.split(",") if isinstance(self.dns, str) else self.dns
+        return DeploymentRequest(
+            image=self.image,
+            clients=self.clients,
+            disk=self.disk,
+            batch=self.batch,
+            name=self.name or None,
+            ip=self.ip or None,
+            gateway=self.gateway or None,
+            dns=tuple(d.strip() for d in dns if d.strip()),
+            grow=self.grow,
+            then=self.then,
+        )
+
+
+@router.get("/clients")
+def list_clients(orch: Orch) -> dict[str, Any]:
+    return {"clients": orch.clients()}
+
+
+@router.get("/clients/{client_id}")
+def get_client(client_id: int, orch: Orch) -> dict[str, Any]:
+    return orch.client(client_id)
+
+
+@router.get("/images")
+def list_images(cat: Catalog) -> dict[str, Any]:
+    return {"images": [i.to_dict() for i in cat.list()]}
+
+
+@router.get("/images/{name}")
+def get_image(name: str, cat: Catalog) -> dict[str, Any]:
+    return cat.info(name).to_dict()
+
+
+@router.post("/deployments/plan")
+def plan_deployment(body: DeploymentBody, orch: Orch) -> dict[str, Any]:
+    return orch.plan(body.request()).to_dict()
+
+
+@router.post("/deployments", status_code=201)
+def create_deployment(body: DeploymentBody, request: Request, orch: Orch) -> dict[str, Any]:
+    return orch.create(body.request(), actor=ADMIN_ACTOR, address=peer(request))
+
+
+@router.get("/deployments")
+def list_deployments(orch: Orch) -> dict[str, Any]:
+    return {"deployments": orch.deployments()}
+
+
+@router.get("/deployments/{deployment_id}")
+def get_deployment(deployment_id: int, orch: Orch) -> dict[str, Any]:
+    return orch.deployment(deployment_id)
+
+
+@router.post("/deployments/{deployment_id}/cancel")
+def cancel_deployment(deployment_id: int, request: Request, orch: Orch) -> dict[str, Any]:
+    return orch.cancel(deployment_id, actor=ADMIN_ACTOR, address=peer(request))
+
+
+@router.get("/events/log")
+def event_log(
+    orch: Orch,
+    since: Annotated[int, Query(ge=0)] = 0,
+    deployment_id: int | None = None,
+    limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
+) -> dict[str, Any]:
+    with orch.db.sessions() as s:
+        return {"events": load_events(s, since=since, deployment_id=deployment_id, limit=limit)}
+
+
+@router.get("/events", response_class=StreamingResponse)
+def events(
+    request: Request,
+    orch: Orch,
+    *,
+    since: Annotated[int | None, Query(ge=0)] = None,
+    deployment_id: int | None = None,
+    follow: bool = True,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> StreamingResponse:
+    """Server-Sent Events. ``since=ID`` (or ``Last-Event-ID``) replays the log after ID first;
+    ``follow=false`` replays the log and ends (for scripts and tests)."""
+    bus: EventBus = request.app.state.bus
+    if since is None and last_event_id and last_event_id.isdigit():
+        since = int(last_event_id)
+
+    def load_since(after: int) -> list[dict[str, Any]]:
+        with orch.db.sessions() as s:
+            return load_events(s, since=after, deployment_id=deployment_id)
+
+    stream = bus.stream(load_since, since=since, deployment_id=deployment_id, follow=follow)
+    return StreamingResponse(
+        stream,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.get("/audit")
+def audit(orch: Orch, limit: Annotated[int, Query(ge=1, le=100_000)] = 1000) -> dict[str, Any]:
+    return {"audit": orch.audit(limit)}

@@ -1,0 +1,83 @@
+"""The FastAPI application factory: ``create_app(settings)``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI
+
+from fleetcast import __version__
+from fleetcast.server import api_admin, api_agent, problems
+from fleetcast.server.auth import Tokens
+from fleetcast.server.db import Database, redact
+from fleetcast.server.events import EventBus
+from fleetcast.server.images import ImageCatalog
+from fleetcast.server.orchestrator import Orchestrator
+from fleetcast.server.settings import ServerSettings
+
+logger = logging.getLogger(__name__)
+
+SWEEP_SECONDS = 5.0
+
+
+async def _sweeper(orch: Orchestrator, every: float) -> None:
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await asyncio.to_thread(orch.sweep)
+        except Exception:  # keep sweeping; the next round may work (e.g. database restarted)
+            logger.exception("stale-heartbeat sweep failed")
+
+
+def create_app(settings: ServerSettings, *, catalog: ImageCatalog | None = None) -> FastAPI:
+    """The server for ``settings``: database opened and schema created, tokens made if missing."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    tokens = Tokens(settings.secrets_dir)
+    db = Database(settings.db_url)
+    bus = EventBus()
+    cat = catalog or ImageCatalog(settings.store)
+    orch = Orchestrator(db, bus, cat, settings)
+    sweep_every = min(SWEEP_SECONDS, settings.stale_after / 2, settings.task_timeout / 2)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(_sweeper(orch, sweep_every))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            db.close()
+
+    app = FastAPI(
+        title="fleetcast",
+        version=__version__,
+        openapi_url="/api/openapi.json",
+        docs_url="/api/docs",
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.tokens = tokens
+    app.state.db = db
+    app.state.bus = bus
+    app.state.catalog = cat
+    app.state.orchestrator = orch
+    problems.install(app)
+
+    @app.get("/api/health", tags=["meta"])
+    def health() -> dict[str, Any]:
+        """Unauthenticated liveness check (what scripts wait for after starting the server)."""
+        return {"ok": True, "version": __version__}
+
+    app.include_router(api_admin.router)
+    app.include_router(api_agent.router)
+    logger.info(
+        "server ready: data %s, store %s, database %s", settings.data_dir, settings.store, redact(db.url)
+    )
+    return app

@@ -1,0 +1,673 @@
+"""Deployments and the batch queue.
+
+A deployment has one *target* per client (its id is the agent's ``task_id``). Target states:
+
+    queued ──(heartbeat, a place is free)──▶ running ──(result)──▶ done | failed | cancelled
+       └──(cancel)──▶ cancelled                 └──(no report for task_timeout)──▶ failed
+
+At most ``batch`` targets of a deployment are ``running`` at once; a place is taken when the task is
+handed out (so never more than ``batch`` clients write at once) and freed by the result. An idle
+agent whose target is still ``running`` (it was killed and started again, or lost the task) gets
+the task back: with ``resume_chunk`` = its last checkpoint (event ``client-resumed``) or from 0
+when it had none (``client-restarted``). A deployment finishes when every target is done, failed or
+cancelled. All changes happen under one lock (one server process per database).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from fleetcast.disk.rules import parse_rule
+from fleetcast.errors import DiskError, NotFoundError, ServerError, UsageError
+from fleetcast.server import plan as planner
+from fleetcast.server.auth import ForbiddenError, hash_credential, new_secret
+from fleetcast.server.db import AuditRow, Client, Database, Deployment, Target, isoformat, utcnow
+from fleetcast.server.events import EventBus
+from fleetcast.server.images import ImageCatalog
+from fleetcast.server.settings import ServerSettings
+
+logger = logging.getLogger(__name__)
+
+ACTIVE_TARGET = ("queued", "running")
+TERMINAL_TARGET = ("done", "failed", "cancelled")
+ACTIVE_DEPLOYMENT = ("running", "cancelling")
+PHASES = ("selecting-disk", "writing", "verifying", "growing", "personalizing", "finishing")
+RESULT_STATES = ("done", "failed", "cancelled")
+WINDOWS_NAME_MAX = 15
+
+
+class DeploymentNotFound(NotFoundError):
+    pass
+
+
+class TaskNotFound(NotFoundError):
+    pass
+
+
+@dataclass(frozen=True)
+class DeploymentRequest:
+    """What ``fleetcast deploy`` and ``POST /api/deployments`` ask for."""
+
+    image: str
+    clients: str | Sequence[str] = "all"
+    disk: str = "0"
+    batch: int = 1
+    name: str | None = None
+    ip: str | None = None
+    gateway: str | None = None
+    dns: Sequence[str] = ()
+    grow: bool = False
+    then: str = "reboot"
+
+
+@dataclass(frozen=True)
+class ProgressReport:
+    phase: str
+    bytes_done: int = 0
+    bytes_total: int = 0
+    rate_bps: float = 0.0
+    eta_seconds: float | None = None
+    checkpoint_chunk: int | None = None
+    disk: str | None = None
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    state: str
+    error: str | None = None
+    disk: str | None = None
+    action: str | None = None
+    changes: Sequence[str] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class Plan:
+    image: str
+    image_size: int
+    os_hint: str | None
+    disk_rule: str
+    assignments: list[planner.Assignment]
+    network: planner.Network
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "image": self.image,
+            "image_size": self.image_size,
+            "disk": self.disk_rule,
+            "gateway": self.network.gateway,
+            "dns": list(self.network.dns),
+            "clients": [
+                {"n": a.n, "client_id": a.client_id, "mac": a.mac, "name": a.name, "ip": a.ip}
+                for a in self.assignments
+            ],
+        }
+
+
+def _seconds_between(later: datetime, earlier: datetime | None) -> float | None:
+    return (later - earlier).total_seconds() if earlier is not None else None
+
+
+def target_view(t: Target) -> dict[str, Any]:
+    """One client of a deployment; the first nine keys are what ``deploy --wait --json`` prints."""
+    return {
+        "mac": t.mac,
+        "name": t.name,
+        "ip": t.ip,
+        "disk": t.disk,
+        "state": t.state,
+        "bytes": t.bytes_done,
+        "started_at": isoformat(t.started_at),
+        "finished_at": isoformat(t.finished_at),
+        "error": t.error,
+        "n": t.position,
+        "task_id": t.id,
+        "client_id": t.client_id,
+        "phase": t.phase,
+        "bytes_total": t.bytes_total,
+        "rate_bps": t.rate_bps,
+        "eta_seconds": t.eta_seconds,
+        "checkpoint_chunk": t.checkpoint_chunk,
+        "attempt": t.attempt,
+        "resumes": t.resumes,
+        "restarts": t.restarts,
+        "action": t.action,
+        "changes": list(t.changes or []),
+    }
+
+
+def deployment_view(d: Deployment, *, with_clients: bool = True) -> dict[str, Any]:
+    counts: dict[str, int] = {}
+    for t in d.targets:
+        counts[t.state] = counts.get(t.state, 0) + 1
+    view: dict[str, Any] = {
+        "deployment": d.id,
+        "image": d.image,
+        "state": d.state,
+        "disk": d.disk_rule,
+        "batch": d.batch,
+        "name": d.name_pattern,
+        "ip": d.ip_range,
+        "gateway": d.gateway,
+        "dns": list(d.dns or []),
+        "grow": d.grow,
+        "then": d.then,
+        "created_at": isoformat(d.created_at),
+        "finished_at": isoformat(d.finished_at),
+        "created_by": d.created_by,
+        "counts": counts,
+    }
+    if with_clients:
+        view["clients"] = [target_view(t) for t in d.targets]
+    return view
+
+
+class Orchestrator:
+    def __init__(self, db: Database, bus: EventBus, catalog: ImageCatalog, settings: ServerSettings) -> None:
+        self.db = db
+        self.bus = bus
+        self.catalog = catalog
+        self.settings = settings
+        self._lock = threading.RLock()
+        bus.attach(db.sessions)
+
+    @contextmanager
+    def _tx(self) -> Iterator[Session]:
+        with self._lock, self.db.transaction() as session:
+            yield session
+
+    # ---- admin side ---------------------------------------------------------------------------
+
+    def plan(self, request: DeploymentRequest) -> Plan:
+        """Check everything a deployment needs and compute its assignments; nothing is stored."""
+        planner.check_batch(request.batch)
+        planner.check_then(request.then)
+        try:
+            parse_rule(request.disk)
+        except DiskError as exc:
+            raise UsageError(exc.message, hint=exc.hint) from exc
+        info = self.catalog.info(request.image)
+        with self.db.sessions() as session:
+            enrolled = [
+                planner.PlanClient(c.id, c.mac, tuple(c.inventory.get("macs", ()) or ()), c.hostname)
+                for c in session.scalars(select(Client).order_by(Client.mac))
+            ]
+        chosen = planner.select_clients(request.clients, enrolled)
+        max_len = WINDOWS_NAME_MAX if info.os_hint == "windows" else planner.HOSTNAME_MAX
+        assignments, network = planner.make_plan(
+            chosen,
+            name_pattern=request.name,
+            ip_range=request.ip,
+            gateway=request.gateway,
+            dns=request.dns,
+            max_name_length=max_len,
+        )
+        return Plan(request.image, info.disk_size, info.os_hint, request.disk.strip(), assignments, network)
+
+    def create(self, request: DeploymentRequest, *, actor: str, address: str) -> dict[str, Any]:
+        plan = self.plan(request)
+        with self._tx() as s:
+            ids = [a.client_id for a in plan.assignments]
+            busy = s.execute(
+                select(Target.mac, Target.deployment_id)
+                .join(Deployment)
+                .where(Target.client_id.in_(ids), Target.state.in_(ACTIVE_TARGET))
+                .where(Deployment.state.in_(ACTIVE_DEPLOYMENT))
+                .order_by(Target.mac)
+            ).first()
+            if busy is not None:
+                raise ServerError(
+                    f"client {busy.mac} is already in deployment {busy.deployment_id}, "
+                    "which is still running",
+                    hint=f"wait for it or cancel it: POST /api/deployments/{busy.deployment_id}/cancel",
+                )
+            dep = Deployment(
+                image=plan.image,
+                image_size=plan.image_size,
+                disk_rule=plan.disk_rule,
+                batch=request.batch,
+                name_pattern=request.name,
+                ip_range=request.ip.strip() if request.ip else None,
+                gateway=plan.network.gateway,
+                dns=list(plan.network.dns),
+                grow=request.grow,
+                then=request.then,
+                state="running",
+                created_at=utcnow(),
+                created_by=actor,
+            )
+            s.add(dep)
+            s.flush()
+            for a in plan.assignments:
+                dep.targets.append(
+                    Target(
+                        client_id=a.client_id, position=a.n, mac=a.mac, name=a.name, ip=a.ip, state="queued"
+                    )
+                )
+            s.flush()
+            self._audit(
+                s, actor=actor, address=address, action="deployment-create",
+                target=f"deployment {dep.id}", detail=plan.to_dict(),
+            )  # fmt: skip
+            self.bus.record(
+                s,
+                "deployment-created",
+                deployment_id=dep.id,
+                image=dep.image,
+                batch=dep.batch,
+                clients=len(dep.targets),
+            )
+            for t in dep.targets:
+                self.bus.record(
+                    s, "client-queued", deployment_id=dep.id, client_id=t.client_id, mac=t.mac, name=t.name
+                )
+            logger.info("deployment %d: %s to %d clients, batch %d", dep.id, dep.image, len(ids), dep.batch)
+            return deployment_view(dep)
+
+    def cancel(self, deployment_id: int, *, actor: str, address: str) -> dict[str, Any]:
+        with self._tx() as s:
+            dep = self._deployment(s, deployment_id)
+            if dep.state not in ACTIVE_DEPLOYMENT:
+                raise ServerError(f"deployment {deployment_id} is already {dep.state}; nothing to cancel")
+            now = utcnow()
+            if dep.state == "running":
+                dep.state = "cancelling"
+                self._audit(
+                    s, actor=actor, address=address, action="deployment-cancel",
+                    target=f"deployment {dep.id}", detail={},
+                )  # fmt: skip
+                self.bus.record(s, "deployment-cancelled", deployment_id=dep.id)
+            for t in dep.targets:
+                if t.state == "queued":
+                    self._finish_target(s, t, "cancelled", now, error="cancelled before it started")
+                elif t.state == "running":
+                    t.cancel_requested = True
+            self._check_finished(s, dep, now)
+            return deployment_view(dep)
+
+    def deployment(self, deployment_id: int) -> dict[str, Any]:
+        with self.db.sessions() as s:
+            return deployment_view(self._deployment(s, deployment_id))
+
+    def deployments(self) -> list[dict[str, Any]]:
+        with self.db.sessions() as s:
+            deps = s.scalars(select(Deployment).order_by(Deployment.id.desc()))
+            return [deployment_view(d, with_clients=False) for d in deps]
+
+    def clients(self) -> list[dict[str, Any]]:
+        with self.db.sessions() as s:
+            rows = list(s.scalars(select(Client).order_by(Client.mac)))
+            return [self._client_view(s, c) for c in rows]
+
+    def client(self, client_id: int) -> dict[str, Any]:
+        with self.db.sessions() as s:
+            c = s.get(Client, client_id)
+            if c is None:
+                raise NotFoundError(f"client {client_id} does not exist", hint="GET /api/clients lists them")
+            return self._client_view(s, c)
+
+    def audit(self, limit: int = 1000) -> list[dict[str, Any]]:
+        with self.db.sessions() as s:
+            rows = s.scalars(select(AuditRow).order_by(AuditRow.id.desc()).limit(limit))
+            return [
+                {
+                    "id": r.id,
+                    "ts": isoformat(r.ts),
+                    "actor": r.actor,
+                    "address": r.address,
+                    "action": r.action,
+                    "target": r.target,
+                    "detail": r.detail,
+                }
+                for r in rows
+            ]
+
+    # ---- agent side ---------------------------------------------------------------------------
+
+    def enroll(self, inventory: dict[str, Any], *, address: str) -> tuple[int, str]:
+        macs = [planner.normalize_mac(m) for m in inventory.get("macs", [])]
+        if not macs:
+            raise UsageError("inventory.macs is empty: the agent must report at least one MAC address")
+        inventory = {**inventory, "macs": macs}
+        credential = new_secret()
+        with self._tx() as s:
+            client = s.scalars(select(Client).where(Client.mac == macs[0])).first()
+            again = client is not None
+            now = utcnow()
+            if client is None:
+                client = Client(mac=macs[0], enrolled_at=now)
+                s.add(client)
+            client.inventory = inventory
+            client.hostname = str(inventory.get("hostname", ""))
+            client.credential_hash = hash_credential(credential)
+            client.address = address
+            client.last_seen = now
+            client.online = True
+            s.flush()
+            self.bus.record(
+                s,
+                "client-enrolled",
+                client_id=client.id,
+                mac=client.mac,
+                address=address,
+                hostname=client.hostname,
+                again=again,
+            )
+            logger.info("client %s (%s) enrolled from %s", client.mac, client.id, address)
+            return client.id, credential
+
+    def authenticate(self, credential: str) -> int:
+        from fleetcast.server.auth import AuthError
+
+        digest = hash_credential(credential)
+        with self.db.sessions() as s:
+            client_id = s.scalars(select(Client.id).where(Client.credential_hash == digest)).first()
+        if client_id is None:
+            raise AuthError(
+                "the agent credential is not known (or was replaced by a newer enrollment)",
+                hint="enroll again with the enrollment token",
+            )
+        return client_id
+
+    def heartbeat(
+        self, client_id: int, *, task_id: int | None, inventory: dict[str, Any] | None, address: str
+    ) -> dict[str, Any]:
+        with self._tx() as s:
+            now = utcnow()
+            client = self._client(s, client_id)
+            self._seen(s, client, now, address)
+            if inventory is not None:
+                client.inventory = {**inventory, "macs": client.inventory.get("macs", [client.mac])}
+                client.hostname = str(inventory.get("hostname", client.hostname))
+            self._sweep(s, now)
+            reply: dict[str, Any] = {
+                "task": None,
+                "cancel": False,
+                "interval": self.settings.heartbeat_interval,
+            }
+            if task_id is not None:
+                t = s.get(Target, task_id)
+                if t is None or t.client_id != client.id:
+                    reply["cancel"] = True
+                    return reply
+                if t.state == "running":
+                    t.last_report = now
+                    reply["cancel"] = t.cancel_requested
+                else:
+                    reply["cancel"] = t.state in ("failed", "cancelled", "queued")
+                return reply
+            running = s.scalars(
+                select(Target)
+                .where(Target.client_id == client.id, Target.state == "running")
+                .order_by(Target.id)
+            ).first()
+            if running is not None:
+                if running.cancel_requested:  # the agent is idle, so it has stopped
+                    self._finish_target(s, running, "cancelled", now, error="cancelled")
+                    self._check_finished(s, running.deployment, now)
+                else:
+                    reply["task"] = self._hand_back(s, running, now)
+                    return reply
+            reply["task"] = self._next_task(s, client, now)
+            return reply
+
+    def progress(self, client_id: int, task_id: int, report: ProgressReport) -> dict[str, Any]:
+        if report.phase not in PHASES:
+            raise UsageError(f"phase {report.phase!r} is not one of {', '.join(PHASES)}")
+        with self._tx() as s:
+            now = utcnow()
+            t = self._task(s, client_id, task_id)
+            client = self._client(s, client_id)
+            self._seen(s, client, now, None)
+            if t.state != "running":
+                return {"cancel": True}
+            t.last_report = now
+            t.phase = report.phase
+            t.bytes_done = max(0, report.bytes_done)
+            t.bytes_total = max(0, report.bytes_total)
+            t.rate_bps = max(0.0, report.rate_bps)
+            t.eta_seconds = report.eta_seconds
+            if report.checkpoint_chunk is not None:
+                t.checkpoint_chunk = max(0, report.checkpoint_chunk)
+            if report.disk:
+                t.disk = report.disk
+            fields = {"name": t.name, "task_id": t.id}
+            if report.phase == "writing" and t.started_at is None:
+                t.started_at = now
+                self.bus.record(
+                    s, "client-started", deployment_id=t.deployment_id, client_id=t.client_id, mac=t.mac,
+                    disk=t.disk, **fields,
+                )  # fmt: skip
+            self.bus.record(
+                s,
+                "client-progress",
+                deployment_id=t.deployment_id,
+                client_id=t.client_id,
+                mac=t.mac,
+                phase=t.phase,
+                bytes_done=t.bytes_done,
+                bytes_total=t.bytes_total,
+                rate_bps=t.rate_bps,
+                eta_seconds=t.eta_seconds,
+                checkpoint_chunk=t.checkpoint_chunk,
+                **fields,
+            )
+            return {"cancel": t.cancel_requested}
+
+    def result(self, client_id: int, task_id: int, result: TaskResult) -> dict[str, Any]:
+        if result.state not in RESULT_STATES:
+            raise UsageError(f"result state {result.state!r} is not one of {', '.join(RESULT_STATES)}")
+        with self._tx() as s:
+            now = utcnow()
+            t = self._task(s, client_id, task_id)
+            client = self._client(s, client_id)
+            self._seen(s, client, now, None)
+            if t.state in TERMINAL_TARGET:
+                logger.info("task %d: late result %s ignored (already %s)", t.id, result.state, t.state)
+                return {}
+            if result.disk:
+                t.disk = result.disk
+            t.action = result.action
+            t.changes = list(result.changes)
+            error = result.error
+            if result.state == "failed" and not error:
+                error = "the agent reported a failure without a reason"
+            if result.state == "done":
+                t.bytes_done = max(t.bytes_done, t.bytes_total)
+                if t.started_at is None:  # the agent never sent a writing report
+                    t.started_at = t.assigned_at or now
+            self._finish_target(s, t, result.state, now, error=error if result.state != "done" else None)
+            self._check_finished(s, t.deployment, now)
+            return {}
+
+    def sweep(self) -> None:
+        """Stale-heartbeat detection; runs on every heartbeat and from the app's background loop."""
+        with self._tx() as s:
+            self._sweep(s, utcnow())
+
+    # ---- internals ----------------------------------------------------------------------------
+
+    def _deployment(self, s: Session, deployment_id: int) -> Deployment:
+        dep = s.get(Deployment, deployment_id)
+        if dep is None:
+            raise DeploymentNotFound(
+                f"deployment {deployment_id} does not exist", hint="GET /api/deployments lists them"
+            )
+        return dep
+
+    def _client(self, s: Session, client_id: int) -> Client:
+        client = s.get(Client, client_id)
+        if client is None:
+            raise NotFoundError(f"client {client_id} does not exist")
+        return client
+
+    def _task(self, s: Session, client_id: int, task_id: int) -> Target:
+        t = s.get(Target, task_id)
+        if t is None:
+            raise TaskNotFound(f"task {task_id} does not exist")
+        if t.client_id != client_id:
+            raise ForbiddenError(f"task {task_id} belongs to another client")
+        return t
+
+    def _seen(self, s: Session, client: Client, now: datetime, address: str | None) -> None:
+        client.last_seen = now
+        if address:
+            client.address = address
+        if not client.online:
+            client.online = True
+            self.bus.record(s, "client-seen", client_id=client.id, mac=client.mac, address=client.address)
+
+    def _audit(self, s: Session, *, actor: str, address: str, action: str, target: str, detail: Any) -> None:
+        s.add(
+            AuditRow(ts=utcnow(), actor=actor, address=address, action=action, target=target, detail=detail)
+        )
+
+    def _task_dict(self, t: Target) -> dict[str, Any]:
+        d = t.deployment
+        return {
+            "task_id": t.id,
+            "deployment_id": d.id,
+            "kind": "deploy",
+            "image": d.image,
+            "image_size": d.image_size,
+            "disk_rule": d.disk_rule,
+            "grow": d.grow,
+            "name": t.name,
+            "ip": t.ip,
+            "gateway": d.gateway,
+            "dns": list(d.dns or []),
+            "then": d.then,
+            "resume_chunk": t.checkpoint_chunk,
+            "attempt": t.attempt,
+        }
+
+    def _hand_back(self, s: Session, t: Target, now: datetime) -> dict[str, Any]:
+        """The agent is idle but its target still runs: it restarted. Resume from the checkpoint."""
+        t.attempt += 1
+        t.last_report = now
+        kind = "client-resumed" if t.checkpoint_chunk > 0 else "client-restarted"
+        if kind == "client-resumed":
+            t.resumes += 1
+        else:
+            t.restarts += 1
+            t.bytes_done = 0
+        self.bus.record(
+            s, kind, deployment_id=t.deployment_id, client_id=t.client_id, mac=t.mac, name=t.name,
+            task_id=t.id, attempt=t.attempt, resume_chunk=t.checkpoint_chunk,
+        )  # fmt: skip
+        logger.info(
+            "task %d (%s): %s at chunk %d, attempt %d", t.id, t.mac, kind, t.checkpoint_chunk, t.attempt
+        )
+        return self._task_dict(t)
+
+    def _next_task(self, s: Session, client: Client, now: datetime) -> dict[str, Any] | None:
+        queued = s.scalars(
+            select(Target)
+            .join(Deployment)
+            .where(Target.client_id == client.id, Target.state == "queued", Deployment.state == "running")
+            .order_by(Target.deployment_id)
+        ).all()
+        for t in queued:
+            dep = s.get(Deployment, t.deployment_id, with_for_update=True)
+            assert dep is not None
+            running = s.scalar(
+                select(func.count()).where(Target.deployment_id == dep.id, Target.state == "running")
+            )
+            if (running or 0) >= dep.batch:
+                continue
+            t.state = "running"
+            t.attempt = 1
+            t.assigned_at = now
+            t.last_report = now
+            self.bus.record(
+                s, "client-assigned", deployment_id=dep.id, client_id=t.client_id, mac=t.mac, name=t.name,
+                task_id=t.id, running=(running or 0) + 1, batch=dep.batch,
+            )  # fmt: skip
+            return self._task_dict(t)
+        return None
+
+    def _finish_target(self, s: Session, t: Target, state: str, now: datetime, *, error: str | None) -> None:
+        t.state = state
+        t.finished_at = now
+        t.error = error
+        t.cancel_requested = False
+        t.rate_bps = 0.0
+        t.eta_seconds = None
+        took = _seconds_between(now, t.started_at)
+        self.bus.record(
+            s, f"client-{state}", deployment_id=t.deployment_id, client_id=t.client_id, mac=t.mac,
+            name=t.name, task_id=t.id, error=error, disk=t.disk, bytes=t.bytes_done, seconds=took,
+        )  # fmt: skip
+        logger.info("task %d (%s): %s%s", t.id, t.mac, state, f": {error}" if error else "")
+
+    def _check_finished(self, s: Session, dep: Deployment, now: datetime) -> None:
+        if dep.state not in ACTIVE_DEPLOYMENT:
+            return
+        states = [t.state for t in dep.targets]
+        if any(st in ACTIVE_TARGET for st in states):
+            return
+        if dep.state == "cancelling":
+            dep.state = "cancelled"
+        else:
+            dep.state = "failed" if "failed" in states or "cancelled" in states else "done"
+        dep.finished_at = now
+        self.bus.record(
+            s, "deployment-finished", deployment_id=dep.id, state=dep.state,
+            done=states.count("done"), failed=states.count("failed"), cancelled=states.count("cancelled"),
+        )  # fmt: skip
+        logger.info("deployment %d finished: %s", dep.id, dep.state)
+
+    def _sweep(self, s: Session, now: datetime) -> None:
+        stale_before = now - timedelta(seconds=self.settings.stale_after)
+        for client in s.scalars(
+            select(Client).where(Client.online.is_(True), Client.last_seen < stale_before)
+        ).all():
+            client.online = False
+            self.bus.record(
+                s, "client-stale", client_id=client.id, mac=client.mac, last_seen=isoformat(client.last_seen)
+            )
+        timeout = self.settings.task_timeout
+        dead_before = now - timedelta(seconds=timeout)
+        for t in s.scalars(
+            select(Target).where(Target.state == "running", Target.last_report < dead_before)
+        ).all():
+            self._finish_target(
+                s, t, "failed", now,
+                error=f"no report from the agent for {timeout:.0f} s (last at {isoformat(t.last_report)})",
+            )  # fmt: skip
+            self._check_finished(s, t.deployment, now)
+
+    def _client_view(self, s: Session, c: Client) -> dict[str, Any]:
+        active = s.scalars(
+            select(Target)
+            .where(Target.client_id == c.id, Target.state.in_(ACTIVE_TARGET))
+            .order_by(Target.id.desc())
+        ).first()
+        inv = c.inventory or {}
+        return {
+            "id": c.id,
+            "mac": c.mac,
+            "macs": inv.get("macs", [c.mac]),
+            "hostname": c.hostname,
+            "address": c.address,
+            "online": c.online,
+            "last_seen": isoformat(c.last_seen),
+            "enrolled_at": isoformat(c.enrolled_at),
+            "state": "idle" if active is None else active.state,
+            "deployment_id": active.deployment_id if active else None,
+            "task_id": active.id if active else None,
+            "phase": active.phase if active else None,
+            "cpu": inv.get("cpu"),
+            "ram_bytes": inv.get("ram_bytes"),
+            "dmi": inv.get("dmi"),
+            "disks": inv.get("disks", []),
+            "agent_version": inv.get("agent_version"),
+        }

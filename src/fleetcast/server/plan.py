@@ -1,0 +1,248 @@
+"""Pure planning of a deployment: which clients, in which order, with which name and address.
+
+Order: ``--clients all`` takes the enrolled clients sorted by primary MAC (the same room gives the
+same plan every time); an explicit MAC list keeps the technician's order. Client number ``n``
+counts from 1 in that order; names come from a pattern like ``LAB-{n:02}``; addresses are handed
+out upwards from ``START/PREFIX``. Every check raises UsageError / ClientNotFound with an exact text.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from fleetcast.errors import ClientNotFound, UsageError
+
+logger = logging.getLogger(__name__)
+
+THEN_ACTIONS = ("reboot", "shutdown", "none")
+HOSTNAME_MAX = 63
+WINDOWS_NAME_MAX = 15
+_MAC_RE = re.compile(r"^[0-9a-f]{2}([:-]?)[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?$")
+_EXAMPLE_PATTERN = "--name 'LAB-{n:02}'"
+_EXAMPLE_RANGE = "START/PREFIX such as 10.0.0.101/24"
+
+
+@dataclass(frozen=True)
+class PlanClient:
+    """An enrolled client as the planner sees it. ``macs`` are all its MACs, primary first."""
+
+    client_id: int
+    mac: str
+    macs: tuple[str, ...] = ()
+    hostname: str = ""
+
+
+@dataclass(frozen=True)
+class Assignment:
+    n: int
+    client_id: int
+    mac: str
+    name: str | None
+    ip: str | None
+
+
+@dataclass(frozen=True)
+class Network:
+    addresses: tuple[str, ...]
+    gateway: str | None
+    dns: tuple[str, ...]
+
+
+def normalize_mac(text: str) -> str:
+    """``AA-BB-CC-DD-EE-FF`` / ``aabbccddeeff`` / ``aa:bb:..`` -> ``aa:bb:cc:dd:ee:ff``."""
+    value = text.strip().lower()
+    if not _MAC_RE.match(value):
+        raise UsageError(f"client {text!r} is not a MAC address: expected aa:bb:cc:dd:ee:ff")
+    digits = value.replace(":", "").replace("-", "")
+    return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
+
+
+def parse_clients(spec: str | Sequence[str]) -> list[str] | None:
+    """``all`` -> None; ``MAC[,MAC...]`` (or a list of MACs) -> normalized MACs, no repeats."""
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    items = [i.strip() for i in items if i.strip()]
+    if items == ["all"]:
+        return None
+    if not items:
+        raise UsageError("no clients selected", hint="use --clients all or --clients MAC[,MAC...]")
+    macs: list[str] = []
+    for item in items:
+        mac = normalize_mac(item)
+        if mac in macs:
+            raise UsageError(f"client {mac} is listed twice")
+        macs.append(mac)
+    return macs
+
+
+def select_clients(spec: str | Sequence[str], enrolled: Sequence[PlanClient]) -> list[PlanClient]:
+    """The clients a deployment targets, in plan order."""
+    macs = parse_clients(spec)
+    if macs is None:
+        if not enrolled:
+            raise UsageError(
+                "no clients are enrolled", hint="start the agents first; `fleetcast clients list` shows them"
+            )
+        return sorted(enrolled, key=lambda c: c.mac)
+    by_mac: dict[str, PlanClient] = {}
+    for client in enrolled:
+        for mac in (client.mac, *client.macs):
+            by_mac.setdefault(mac, client)
+    chosen: list[PlanClient] = []
+    for mac in macs:
+        found = by_mac.get(mac)
+        if found is None:
+            raise ClientNotFound(
+                f"client {mac} is not enrolled", hint="`fleetcast clients list` shows the enrolled clients"
+            )
+        if found in chosen:
+            raise UsageError(f"client {mac} is listed twice (it is client {found.mac})")
+        chosen.append(found)
+    return chosen
+
+
+def render_names(pattern: str, count: int, *, max_length: int = HOSTNAME_MAX) -> list[str]:
+    """Names 1..count from ``pattern``; only the field ``{n}`` (with a format spec) is allowed."""
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(pattern) if f is not None]
+    except ValueError as exc:
+        raise UsageError(f"name pattern {pattern!r} is not valid: {exc}", hint=_EXAMPLE_PATTERN) from exc
+    for field in fields:
+        if field != "n":
+            shown = "{" + field + "}"
+            raise UsageError(
+                f"name pattern {pattern!r} uses {shown}; only {{n}} (the client number from 1) is allowed",
+                hint=_EXAMPLE_PATTERN,
+            )
+    if not fields and count > 1:
+        raise UsageError(
+            f"name pattern {pattern!r} has no {{n}}: all {count} clients would get the same name",
+            hint=_EXAMPLE_PATTERN,
+        )
+    names: list[str] = []
+    for n in range(1, count + 1):
+        try:
+            name = pattern.format(n=n)
+        except (ValueError, TypeError) as exc:
+            raise UsageError(
+                f"name pattern {pattern!r} cannot format client number {n}: {exc}", hint=_EXAMPLE_PATTERN
+            ) from exc
+        if not _NAME_RE.match(name) or len(name) > HOSTNAME_MAX:
+            raise UsageError(
+                f"name pattern {pattern!r} gives {name!r}, which is not a valid computer name",
+                hint="use letters, digits and '-', at most 63 characters, not starting or ending with '-'",
+            )
+        if len(name) > max_length:
+            raise UsageError(
+                f"name pattern {pattern!r} gives {name!r} ({len(name)} characters); "
+                f"this image's computer names may have at most {max_length}"
+            )
+        if name in names:
+            raise UsageError(f"name pattern {pattern!r} gives the name {name!r} to more than one client")
+        names.append(name)
+    return names
+
+
+def _address(text: str, what: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    try:
+        return ipaddress.ip_address(text.strip())
+    except ValueError as exc:
+        raise UsageError(f"{what} {text!r} is not an IP address") from exc
+
+
+def allocate_ips(ip_range: str | None, count: int, gateway: str | None, dns: Sequence[str]) -> Network:
+    """``count`` addresses upwards from ``START/PREFIX``, checked against the network's bounds and
+    the gateway; ``gateway`` and ``dns`` need a range (they configure static addressing)."""
+    dns_servers = tuple(str(_address(d, "DNS server")) for d in dns if d.strip())
+    if ip_range is None or not ip_range.strip():
+        if gateway:
+            raise UsageError(
+                f"a gateway ({gateway}) only applies to static addresses", hint=f"give --ip {_EXAMPLE_RANGE}"
+            )
+        if dns_servers:
+            raise UsageError(
+                f"DNS servers ({', '.join(dns_servers)}) only apply to static addresses",
+                hint=f"give --ip {_EXAMPLE_RANGE}",
+            )
+        return Network((), None, ())
+    text = ip_range.strip()
+    if "/" not in text:
+        raise UsageError(f"IP range {ip_range!r} has no prefix length: expected {_EXAMPLE_RANGE}")
+    try:
+        iface = ipaddress.ip_interface(text)
+    except ValueError as exc:
+        raise UsageError(f"IP range {ip_range!r} is not valid: expected {_EXAMPLE_RANGE}") from exc
+    net, start = iface.network, iface.ip
+    v4 = isinstance(start, ipaddress.IPv4Address)
+    if v4 and net.prefixlen > 30:
+        raise UsageError(f"IP range {text}: prefix /{net.prefixlen} is too long, expected /30 or shorter")
+    if v4 and start == net.network_address:
+        raise UsageError(
+            f"IP range {text} starts at the network address {start}",
+            hint=f"start at {start + 1}/{net.prefixlen}",
+        )
+    last_usable = net.broadcast_address - 1 if v4 else net.broadcast_address
+    if v4 and start == net.broadcast_address:
+        raise UsageError(f"IP range {text} starts at the broadcast address {start}")
+    room = int(last_usable) - int(start) + 1
+    if room < count:
+        raise UsageError(
+            f"IP range {text} has room for {room} client{'s' if room != 1 else ''} "
+            f"({start}-{last_usable}) but {count} are selected",
+            hint="start lower or use a shorter prefix",
+        )
+    addresses = [start + i for i in range(count)]
+    gw = None
+    if gateway:
+        gw_addr = _address(gateway, "gateway")
+        if gw_addr not in net:
+            raise UsageError(f"gateway {gw_addr} is not in the network {net} of the IP range")
+        if gw_addr in addresses:
+            raise UsageError(
+                f"IP range {text} for {count} clients ({addresses[0]}-{addresses[-1]}) "
+                f"includes the gateway {gw_addr}",
+                hint="start after the gateway or give another --gateway",
+            )
+        gw = str(gw_addr)
+    return Network(tuple(f"{a}/{net.prefixlen}" for a in addresses), gw, dns_servers)
+
+
+def check_batch(batch: int) -> int:
+    if batch < 1:
+        raise UsageError(f"batch must be at least 1, found {batch}")
+    return batch
+
+
+def check_then(then: str) -> str:
+    if then not in THEN_ACTIONS:
+        raise UsageError(f"post action {then!r} is not one of {', '.join(THEN_ACTIONS)}")
+    return then
+
+
+def make_plan(
+    clients: Sequence[PlanClient],
+    *,
+    name_pattern: str | None,
+    ip_range: str | None,
+    gateway: str | None,
+    dns: Sequence[str],
+    max_name_length: int = HOSTNAME_MAX,
+) -> tuple[list[Assignment], Network]:
+    """Assign names and addresses to ``clients`` (already in plan order)."""
+    names: list[str | None] = (
+        list(render_names(name_pattern, len(clients), max_length=max_name_length))
+        if name_pattern
+        else [None] * len(clients)
+    )
+    network = allocate_ips(ip_range, len(clients), gateway, dns)
+    ips: list[str | None] = list(network.addresses) if network.addresses else [None] * len(clients)
+    plan = [
+        Assignment(n=i + 1, client_id=c.client_id, mac=c.mac, name=names[i], ip=ips[i])
+        for i, c in enumerate(clients)
+    ]
+    return plan, network

@@ -1,0 +1,118 @@
+"""The server's settings: one frozen dataclass built once at start-up (by ``fleetcast serve`` or a test)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fleetcast import config
+from fleetcast.errors import UsageError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_HEARTBEAT_INTERVAL = 2.0
+DEFAULT_STALE_AFTER = 15.0
+DEFAULT_TASK_TIMEOUT = 300.0
+
+# Keys accepted in the config file's [server] table, with their defaults (seconds).
+SERVER_TABLE_KEYS: dict[str, float] = {
+    "heartbeat_interval": DEFAULT_HEARTBEAT_INTERVAL,
+    "stale_after": DEFAULT_STALE_AFTER,
+    "task_timeout": DEFAULT_TASK_TIMEOUT,
+}
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Everything the server needs; ``database_url`` empty means a SQLite file ``DATA/fleetcast.db``.
+
+    ``stale_after``: a client not heard from for this long is shown offline.
+    ``task_timeout``: a writing client not heard from for this long is failed and its place freed.
+    """
+
+    data_dir: Path
+    store_dir: Path | None = None
+    database_url: str = ""
+    host: str = "0.0.0.0"
+    port: int = 8080
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
+    stale_after: float = DEFAULT_STALE_AFTER
+    task_timeout: float = DEFAULT_TASK_TIMEOUT
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def store(self) -> Path:
+        return self.store_dir if self.store_dir is not None else self.data_dir / "store"
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.data_dir / "secrets"
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'fleetcast.db'}"
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``ADDR:PORT`` (IPv6 as ``[::1]:8080``) -> (host, port), with exact error texts."""
+    value = text.strip()
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host or not port_text:
+        raise UsageError(
+            f"listen address {text!r} is not ADDR:PORT", hint="for example --listen 127.0.0.1:8080"
+        )
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        port = int(port_text)
+    except ValueError:
+        port = -1
+    if not 0 < port < 65536:
+        raise UsageError(f"listen address {text!r}: port must be 1-65535, found {port_text!r}")
+    return host, port
+
+
+def _seconds(table: Mapping[str, Any], key: str, source: str) -> float:
+    value = table.get(key, SERVER_TABLE_KEYS[key])
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise UsageError(f"{source}: server.{key} must be a positive number of seconds, found {value!r}")
+    return float(value)
+
+
+def build(
+    *,
+    data: str | None,
+    listen: str | None,
+    database: str | None,
+    config_file: str | None,
+    store: str | None = None,
+) -> ServerSettings:
+    """Settings from flags and the config file (flags override the file, the file overrides defaults)."""
+    path = Path(config_file) if config_file else None
+    file_values = config.load_config_file(path)
+    source = str(path or config.DEFAULT_CONFIG_FILE)
+    data_dir = Path(config.resolve("data", data, file_values))
+    store_value = config.resolve("store", store, file_values)
+    host, port = parse_listen(config.resolve("listen", listen, file_values))
+    server_table = file_values.get("server", {})
+    if not isinstance(server_table, dict):
+        raise UsageError(f"{source}: [server] must be a table, found {type(server_table).__name__}")
+    unknown = sorted(set(server_table) - set(SERVER_TABLE_KEYS))
+    if unknown:
+        raise UsageError(
+            f"{source}: unknown server setting(s) {', '.join(unknown)}",
+            hint=f"known: {', '.join(sorted(SERVER_TABLE_KEYS))}",
+        )
+    return ServerSettings(
+        data_dir=data_dir,
+        store_dir=Path(store_value) if store_value else None,
+        database_url=config.resolve("database", database, file_values),
+        host=host,
+        port=port,
+        heartbeat_interval=_seconds(server_table, "heartbeat_interval", source),
+        stale_after=_seconds(server_table, "stale_after", source),
+        task_timeout=_seconds(server_table, "task_timeout", source),
+    )
