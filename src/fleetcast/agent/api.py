@@ -1,0 +1,147 @@
+"""The agent's side of docs/agent-protocol.md: one method per endpoint, every call outage-tolerant."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from fleetcast.errors import AgentError, TransportError
+from fleetcast.transport.http import DEFAULT_OUTAGE_LIMIT, HttpChunkSource, make_client, request
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HeartbeatReply:
+    task: dict[str, Any] | None
+    cancel: bool
+    interval: float
+
+
+def _json_object(response: httpx.Response, what: str) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError as exc:
+        raise AgentError(f"{what}: the server's answer is not JSON: {response.text[:120]!r}") from exc
+    if not isinstance(body, dict):
+        raise AgentError(f"{what}: expected a JSON object from the server, found {type(body).__name__}")
+    return body
+
+
+class AgentApi:
+    """Talks to ``fleetcast serve``. ``credential`` is set by ``enroll``."""
+
+    def __init__(
+        self,
+        server: str,
+        *,
+        outage_limit: float = DEFAULT_OUTAGE_LIMIT,
+        stop: Callable[[], bool] | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        if not server.startswith(("http://", "https://")):
+            raise AgentError(
+                f"server URL {server!r} does not start with http:// or https://",
+                hint="e.g. --server http://10.0.0.1:8080",
+            )
+        self.server = server.rstrip("/")
+        self.outage_limit = outage_limit
+        self.stop = stop
+        self._transport = transport
+        self.credential: str | None = None
+        self.client_id: int | None = None
+        self._client = self._make_client()
+
+    def _make_client(self) -> httpx.Client:
+        if self._transport is not None:
+            headers = {"Authorization": f"Bearer {self.credential}"} if self.credential else {}
+            return httpx.Client(base_url=self.server, transport=self._transport, headers=headers)
+        return make_client(self.server, self.credential)
+
+    def _call(
+        self, method: str, url: str, what: str, *, limit: float | None = None, **kw: Any
+    ) -> dict[str, Any]:
+        response = request(
+            self._client,
+            method,
+            url,
+            outage_limit=self.outage_limit if limit is None else limit,
+            stop=self.stop,
+            what=what,
+            **kw,
+        )
+        return _json_object(response, what)
+
+    def enroll(self, enroll_token: str, inventory: dict[str, Any]) -> int:
+        body = self._call(
+            "POST", "/api/agent/enroll", "enroll", json={"enroll_token": enroll_token, "inventory": inventory}
+        )
+        credential, client_id = body.get("credential"), body.get("client_id")
+        if not isinstance(credential, str) or not isinstance(client_id, int):
+            raise AgentError(f"enroll: the server's answer lacks client_id/credential: {sorted(body)}")
+        self.credential, self.client_id = credential, client_id
+        self._client.close()
+        self._client = self._make_client()
+        return client_id
+
+    def heartbeat(
+        self, inventory: dict[str, Any] | None, task_id: int | None, *, limit: float | None = None
+    ) -> HeartbeatReply:
+        body = self._call(
+            "POST",
+            "/api/agent/heartbeat",
+            "heartbeat",
+            json={"inventory": inventory, "task_id": task_id},
+            limit=limit,
+        )
+        task = body.get("task")
+        interval = body.get("interval", 2)
+        return HeartbeatReply(
+            task=task if isinstance(task, dict) else None,
+            cancel=bool(body.get("cancel", False)),
+            interval=float(interval) if isinstance(interval, int | float) and interval > 0 else 2.0,
+        )
+
+    def progress(self, task_id: int, report: dict[str, Any], *, limit: float | None = None) -> bool:
+        """Post a progress report; True when the server asks the agent to cancel."""
+        body = self._call(
+            "POST", f"/api/agent/tasks/{task_id}/progress", "progress", json=report, limit=limit
+        )
+        return bool(body.get("cancel", False))
+
+    def result(self, task_id: int, result: dict[str, Any]) -> None:
+        self._call("POST", f"/api/agent/tasks/{task_id}/result", "result", json=result)
+
+    def manifest(self, image: str) -> bytes:
+        response = request(
+            self._client,
+            "GET",
+            f"/api/agent/images/{image}/manifest",
+            outage_limit=self.outage_limit,
+            stop=self.stop,
+            what=f"manifest of image {image!r}",
+        )
+        return response.content
+
+    def chunk_source(
+        self, *, workers: int, prefetch: int, stop: Callable[[], bool] | None = None
+    ) -> HttpChunkSource:
+        if self.credential is None:
+            raise TransportError("the agent has not enrolled yet: no credential for chunks")
+        client = self._make_client() if self._transport is not None else None
+        return HttpChunkSource(
+            self.server,
+            self.credential,
+            workers=workers,
+            prefetch=prefetch,
+            outage_limit=self.outage_limit,
+            client=client,
+            stop=stop or self.stop,
+        )
+
+    def close(self) -> None:
+        self._client.close()

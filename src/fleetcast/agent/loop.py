@@ -1,0 +1,151 @@
+"""The agent's main loop: enroll, heartbeat, run the tasks the server hands out.
+
+It runs on a client booted from the network, or as a plain process on any Linux host (tests and the
+lab run several in network namespaces, each with ``--allow-disk`` on its own loop device). The server
+being unreachable never ends the loop: every call is retried through outages (``outage_limit``), and
+after a longer outage the loop keeps heartbeating until the server is back. A credential the server
+no longer knows (its database was reset) leads to a fresh enrollment.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from fleetcast.agent.api import AgentApi
+from fleetcast.agent.inventory import Inventory, collect
+from fleetcast.agent.runner import Stopped, TaskRunner
+from fleetcast.agent.state import DEFAULT_STATE_DIR, StateStore
+from fleetcast.agent.task import parse_task
+from fleetcast.errors import AgentError, FleetcastError, TransportError
+from fleetcast.transport.http import DEFAULT_OUTAGE_LIMIT, HttpStatusError
+
+logger = logging.getLogger(__name__)
+
+INVENTORY_EVERY = 60.0
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    server: str
+    enroll_token: str
+    allow: tuple[Path, ...] = ()
+    state_dir: Path = DEFAULT_STATE_DIR
+    once: bool = False
+    outage_limit: float = DEFAULT_OUTAGE_LIMIT
+    workers: int = 4
+    prefetch: int = 16
+    execute_post_action: bool = True
+    report_interval: float = 1.0
+
+
+class Agent:
+    def __init__(self, settings: AgentSettings) -> None:
+        self.settings = settings
+        self.stop_event = threading.Event()
+        self.api = AgentApi(settings.server, outage_limit=settings.outage_limit, stop=self.stop_event.is_set)
+        self.state = StateStore(settings.state_dir)
+        self.inventory: Inventory | None = None
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum: int, frame: FrameType | None) -> None:
+            logger.info("signal %d: stopping (a running task resumes when the agent starts again)", signum)
+            self.stop_event.set()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def _collect(self) -> Inventory:
+        inv = collect(self.settings.allow or None)
+        if not inv.macs:
+            raise AgentError(
+                "this machine has no Ethernet MAC address to identify it",
+                hint="the agent needs a network interface with a hardware address",
+            )
+        return inv
+
+    def enroll(self) -> int:
+        self.inventory = self._collect()
+        client_id = self.api.enroll(self.settings.enroll_token, self.inventory.to_dict())
+        logger.info(
+            "enrolled with %s as client %d (MAC %s, %d disk(s))",
+            self.api.server, client_id, self.inventory.primary_mac, len(self.inventory.disks),
+        )  # fmt: skip
+        return client_id
+
+    def run(self) -> int:
+        """Loop until stopped (or, with ``once``, until one task ended). Returns an exit status."""
+        while True:
+            try:
+                self.enroll()
+                break
+            except HttpStatusError:
+                raise
+            except TransportError as exc:
+                if self.stop_event.is_set():
+                    return 0
+                logger.warning("enrollment failed: %s; trying again", exc.message)
+                self.stop_event.wait(5)
+        runner = TaskRunner(
+            self.api,
+            mac=self.inventory.primary_mac if self.inventory else "",
+            allow=self.settings.allow,
+            state=self.state,
+            stop=self.stop_event,
+            workers=self.settings.workers,
+            prefetch=self.settings.prefetch,
+            execute_post_action=self.settings.execute_post_action,
+            report_interval=self.settings.report_interval,
+        )
+        last_inventory = 0.0
+        while not self.stop_event.is_set():
+            send_inventory = time.monotonic() - last_inventory >= INVENTORY_EVERY
+            try:
+                inv = self._collect().to_dict() if send_inventory else None
+                reply = self.api.heartbeat(inv, None)
+                if send_inventory:
+                    last_inventory = time.monotonic()
+            except HttpStatusError as exc:
+                if exc.status == 401:
+                    logger.warning("the server no longer knows this agent's credential; enrolling again")
+                    self.enroll()
+                    continue
+                raise
+            except TransportError as exc:
+                logger.warning("heartbeat failed: %s", exc.message)
+                self.stop_event.wait(5)
+                continue
+            if reply.task is not None:
+                state = self._run_task(runner, reply.task)
+                if state is None:  # stopping
+                    return 0
+                if self.settings.once:
+                    return 0 if state == "done" else 1
+                continue
+            self.stop_event.wait(reply.interval)
+        return 0
+
+    def _run_task(self, runner: TaskRunner, raw: dict[str, object]) -> str | None:
+        try:
+            task = parse_task(raw)
+        except AgentError as exc:
+            task_id = raw.get("task_id")
+            logger.error("unusable task from the server: %s", exc.message)
+            if isinstance(task_id, int) and not isinstance(task_id, bool):
+                self.api.result(
+                    task_id,
+                    {"state": "failed", "error": exc.message, "disk": None, "action": "none", "changes": []},
+                )
+            return "failed"
+        try:
+            return runner.run(task)
+        except Stopped:
+            return None
+        except FleetcastError as exc:  # the result could not be delivered; the server will hand it back
+            logger.error("task %d: %s", task.task_id, exc.message)
+            return "failed"

@@ -1,0 +1,83 @@
+"""``fleetcast agent``: the client side -- enroll with the server, heartbeat, run deploy tasks."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], parent: argparse.ArgumentParser
+) -> None:
+    p = sub.add_parser(
+        "agent",
+        parents=[parent],
+        help="run the client agent (enroll, wait for tasks, deploy)",
+        description="Run the fleetcast agent on a client: it enrolls with the server, reports its inventory, "
+        "heartbeats and runs the deploy tasks it is given.",
+    )
+    p.add_argument("--server", required=True, metavar="URL", help="server URL, e.g. http://10.0.0.1:8080")
+    p.add_argument(
+        "--enroll-token",
+        required=True,
+        metavar="TOKEN",
+        help="from 'fleetcast --data DIR admin enroll-token'",
+    )
+    p.add_argument(
+        "--allow-disk",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="only report and touch this disk (repeatable); without it every fixed disk is reported",
+    )
+    p.add_argument(
+        "--state-dir",
+        default="/var/lib/fleetcast-agent",
+        metavar="DIR",
+        help="where the agent keeps what it needs to resume a task (default: /var/lib/fleetcast-agent)",
+    )
+    p.add_argument("--once", action="store_true", help="exit after one task (status 0 when it is done)")
+    p.add_argument(
+        "--outage-limit",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="how long a task waits for an unreachable server before failing (default: 600)",
+    )
+    p.add_argument(
+        "--workers", type=int, default=4, metavar="N", help="parallel chunk downloads (default: 4)"
+    )
+    p.add_argument(
+        "--post-action",
+        choices=("run", "report"),
+        default="run",
+        help="'report' only reports the reboot/shutdown a task asks for (labs and tests); default: run",
+    )
+    p.set_defaults(func=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    from fleetcast.agent.loop import Agent, AgentSettings
+    from fleetcast.errors import UsageError
+
+    if args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    if args.outage_limit < 0:
+        raise UsageError(f"--outage-limit must not be negative, got {args.outage_limit}")
+    settings = AgentSettings(
+        server=args.server,
+        enroll_token=args.enroll_token,
+        allow=tuple(Path(p) for p in args.allow_disk),
+        state_dir=Path(args.state_dir),
+        once=args.once,
+        outage_limit=args.outage_limit,
+        workers=args.workers,
+        prefetch=max(16, args.workers * 2),
+        execute_post_action=args.post_action == "run",
+    )
+    agent = Agent(settings)
+    agent.install_signal_handlers()
+    try:
+        return agent.run()
+    finally:
+        agent.api.close()
