@@ -1,0 +1,255 @@
+"""The agent's task runner against an in-process fake server (httpx.MockTransport) serving a real
+image captured by the engine; the disk is a plain file allowed with --allow-disk."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from fleetcast.agent.api import AgentApi
+from fleetcast.agent.loop import Agent, AgentSettings
+from fleetcast.agent.runner import TaskRunner, plan_post_action
+from fleetcast.agent.state import StateStore, TaskState
+from fleetcast.agent.task import parse_task
+from fleetcast.store.capture import capture
+from fleetcast.store.images import ImageStore
+from fleetcast.store.manifest import Manifest
+from fleetcast.store.restore import restore
+
+SERVER = "http://fake.test"
+CHUNK = 64 * 1024
+
+
+class FakeServer:
+    def __init__(self, store: ImageStore, image: str, task: dict[str, Any] | None = None) -> None:
+        self.store = store
+        self.image = image
+        self.task = task
+        self.lock = threading.Lock()
+        self.progress: list[dict[str, Any]] = []
+        self.results: list[dict[str, Any]] = []
+        self.chunk_gets = 0
+        self.cancel_after_chunks: int | None = None
+        self.chunk_delay = 0.0
+        self.heartbeats = 0
+
+    def __call__(self, req: httpx.Request) -> httpx.Response:
+        path = req.url.path
+        if path == "/api/agent/enroll":
+            body = json.loads(req.content)
+            assert body["enroll_token"] == "tok"
+            return httpx.Response(200, json={"client_id": 7, "credential": "cred"})
+        assert req.headers["authorization"] == "Bearer cred"
+        if path == "/api/agent/heartbeat":
+            with self.lock:
+                self.heartbeats += 1
+                task, self.task = self.task, None
+            return httpx.Response(200, json={"task": task, "cancel": False, "interval": 0.05})
+        if path.startswith("/api/agent/tasks/") and path.endswith("/progress"):
+            with self.lock:
+                self.progress.append(json.loads(req.content))
+                cancel = self.cancel_after_chunks is not None and self.chunk_gets >= self.cancel_after_chunks
+            return httpx.Response(200, json={"cancel": cancel})
+        if path.endswith("/result"):
+            self.results.append(json.loads(req.content))
+            return httpx.Response(200, json={})
+        if path == f"/api/agent/images/{self.image}/manifest":
+            return httpx.Response(200, content=self.store.read_manifest_bytes(self.image))
+        if path.startswith("/api/agent/chunks/"):
+            with self.lock:
+                self.chunk_gets += 1
+            if self.chunk_delay:
+                time.sleep(self.chunk_delay)
+            return httpx.Response(200, content=self.store.chunk_path(path.rsplit("/", 1)[1]).read_bytes())
+        return httpx.Response(404, json={"error": "NotFound", "message": f"no route {path}"})
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> tuple[ImageStore, Manifest, Path]:
+    src = tmp_path / "golden.img"
+    with open(src, "wb") as f:
+        for i in range(48):
+            f.write(bytes([i + 1]) * 40_000 + bytes(CHUNK * 2 - 40_000))
+    store = ImageStore(tmp_path / "store")
+    store.ensure()
+    manifest = capture(src, "golden", store, chunk_size=CHUNK)
+    assert manifest.entry_count >= 40
+    return store, manifest, src
+
+
+def _task(**kw: Any) -> dict[str, Any]:
+    task: dict[str, Any] = {
+        "task_id": 11,
+        "deployment_id": 3,
+        "kind": "deploy",
+        "image": "golden",
+        "image_size": 0,
+        "disk_rule": "0",
+        "grow": False,
+        "name": None,
+        "ip": None,
+        "gateway": None,
+        "dns": [],
+        "then": "none",
+        "resume_chunk": 0,
+        "attempt": 1,
+    }
+    task.update(kw)
+    return task
+
+
+def _runner(server: FakeServer, tmp_path: Path, disk: Path) -> tuple[TaskRunner, AgentApi, StateStore]:
+    api = AgentApi(SERVER, transport=httpx.MockTransport(server), outage_limit=5)
+    api.enroll("tok", {"macs": ["52:54:00:00:00:01"]})
+    state = StateStore(tmp_path / "state")
+    runner = TaskRunner(
+        api,
+        mac="52:54:00:00:00:01",
+        allow=[disk],
+        state=state,
+        stop=threading.Event(),
+        workers=2,
+        prefetch=4,
+        report_interval=0.01,
+    )
+    return runner, api, state
+
+
+def _empty_disk(tmp_path: Path, manifest: Manifest) -> Path:
+    disk = tmp_path / "disk.img"
+    with open(disk, "wb") as f:
+        f.truncate(manifest.disk_size)
+    return disk
+
+
+def test_deploy_done(tmp_path: Path, image: tuple[ImageStore, Manifest, Path]) -> None:
+    store, manifest, src = image
+    server = FakeServer(store, "golden")
+    disk = _empty_disk(tmp_path, manifest)
+    runner, _, state = _runner(server, tmp_path, disk)
+    assert runner.run(parse_task(_task(then="reboot"))) == "done"
+    assert disk.read_bytes() == src.read_bytes()
+    assert server.chunk_gets == manifest.entry_count
+    (result,) = server.results
+    assert result["state"] == "done"
+    assert result["error"] is None
+    assert result["disk"] == str(disk)
+    assert result["action"] == "reboot"
+    assert (
+        result["changes"][-1] == f"post action: would reboot (not performed: {disk} is a loop device or file)"
+    )
+    phases = [p["phase"] for p in server.progress]
+    assert phases[0] == "selecting-disk"
+    assert "writing" in phases
+    assert phases[-1] == "finishing"
+    assert server.progress[-1]["checkpoint_chunk"] == manifest.entry_count
+    assert server.progress[-1]["bytes_done"] == manifest.data_bytes
+    assert state.load() is None  # cleared at the end
+
+
+def test_resume_from_checkpoint(tmp_path: Path, image: tuple[ImageStore, Manifest, Path]) -> None:
+    store, manifest, src = image
+    server = FakeServer(store, "golden")
+    disk = _empty_disk(tmp_path, manifest)
+    restore(manifest, store.source(), disk)  # the disk already holds everything up to (at least) chunk k
+    k = manifest.entry_count // 2
+    runner, _, state = _runner(server, tmp_path, disk)
+    state.save(TaskState(SERVER, 11, 3, "golden", str(disk), k + 1))
+    assert runner.run(parse_task(_task(resume_chunk=k, attempt=2))) == "done"
+    assert server.chunk_gets == manifest.entry_count - k
+    assert disk.read_bytes() == src.read_bytes()
+    first_writing = next(p for p in server.progress if p["phase"] == "writing")
+    assert first_writing["checkpoint_chunk"] == k
+
+
+def test_resume_refused_without_matching_state(
+    tmp_path: Path, image: tuple[ImageStore, Manifest, Path]
+) -> None:
+    store, manifest, src = image
+    server = FakeServer(store, "golden")
+    disk = _empty_disk(tmp_path, manifest)
+    runner, _, state = _runner(server, tmp_path, disk)
+    state.save(TaskState(SERVER, 99, 3, "golden", str(disk), manifest.entry_count))  # another task
+    assert runner.run(parse_task(_task(resume_chunk=5, attempt=2))) == "done"
+    assert server.chunk_gets == manifest.entry_count
+    assert disk.read_bytes() == src.read_bytes()
+
+
+def test_cancel_stops_writing(tmp_path: Path, image: tuple[ImageStore, Manifest, Path]) -> None:
+    store, manifest, _ = image
+    server = FakeServer(store, "golden")
+    server.cancel_after_chunks = 3
+    server.chunk_delay = 0.02
+    disk = _empty_disk(tmp_path, manifest)
+    runner, _, _ = _runner(server, tmp_path, disk)
+    assert runner.run(parse_task(_task())) == "cancelled"
+    (result,) = server.results
+    assert result == {
+        "state": "cancelled",
+        "error": "cancelled by the server",
+        "disk": str(disk),
+        "action": "none",
+        "changes": [],
+    }
+    assert server.chunk_gets < manifest.entry_count
+
+
+def test_bad_disk_rule_fails_before_writing(tmp_path: Path, image: tuple[ImageStore, Manifest, Path]) -> None:
+    store, manifest, _ = image
+    server = FakeServer(store, "golden")
+    disk = _empty_disk(tmp_path, manifest)
+    runner, _, _ = _runner(server, tmp_path, disk)
+    assert runner.run(parse_task(_task(disk_rule="serial=NOPE"))) == "failed"
+    (result,) = server.results
+    assert result["state"] == "failed"
+    assert result["error"].startswith(f"disk rule 'serial=NOPE' matches no disk; disks seen: {disk} (0.0 GB)")
+    assert server.chunk_gets == 0
+    assert disk.read_bytes() == bytes(manifest.disk_size)
+
+
+def test_disk_too_small_fails_before_writing(
+    tmp_path: Path, image: tuple[ImageStore, Manifest, Path]
+) -> None:
+    store, manifest, _ = image
+    server = FakeServer(store, "golden")
+    disk = tmp_path / "small.img"
+    disk.write_bytes(bytes(4096))
+    runner, _, _ = _runner(server, tmp_path, disk)
+    assert runner.run(parse_task(_task())) == "failed"
+    assert server.results[0]["error"].startswith(
+        f"disk {disk} is 4096 bytes (0.0 GB) but the image needs at least {manifest.disk_size} bytes"
+    )
+    assert disk.read_bytes() == bytes(4096)
+
+
+def test_agent_loop_once(tmp_path: Path, image: tuple[ImageStore, Manifest, Path]) -> None:
+    store, manifest, src = image
+    server = FakeServer(store, "golden", task=_task())
+    disk = _empty_disk(tmp_path, manifest)
+    agent = Agent(
+        AgentSettings(
+            SERVER, "tok", allow=(disk,), state_dir=tmp_path / "st", once=True, report_interval=0.01
+        )
+    )
+    agent.api = AgentApi(SERVER, transport=httpx.MockTransport(server), outage_limit=5)
+    assert agent.run() == 0
+    assert disk.read_bytes() == src.read_bytes()
+    assert server.results[0]["state"] == "done"
+
+
+def test_plan_post_action() -> None:
+    assert plan_post_action("none", disk=None, execute=True) == (False, "post action: none")
+    assert plan_post_action("shutdown", disk=None, execute=False) == (
+        False,
+        "post action: would shutdown (not performed: agent runs with --post-action report)",
+    )
+    assert plan_post_action("reboot", disk="/dev/loop0", execute=True) == (
+        False,
+        "post action: would reboot (not performed: /dev/loop0 is a loop device or file)",
+    )
