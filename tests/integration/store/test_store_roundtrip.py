@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from store_disks import MiB, fat_listing, mounted, sha256, tree
 
 from fleetcast.disk.loop import attach
 from fleetcast.disk.partitions import read_table
@@ -15,8 +16,6 @@ from fleetcast.store.capture import CaptureStats, capture
 from fleetcast.store.exchange import export_image, import_image
 from fleetcast.store.images import ImageStore
 from fleetcast.store.restore import restore
-
-from store_disks import MiB, fat_listing, mounted, sha256, tree
 
 pytestmark = pytest.mark.integration
 
@@ -143,7 +142,8 @@ def test_export_import_qcow2(golden: Path, tmp_path: Path) -> None:
     capture(golden, "g", store)
     qcow = tmp_path / "g.qcow2"
     assert export_image(store, "g", qcow) == "qcow2"
-    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", qcow], capture_output=True).stdout)
+    proc = subprocess.run(["qemu-img", "info", "--output=json", qcow], capture_output=True, check=True)
+    info = json.loads(proc.stdout)
     assert info["format"] == "qcow2"
     assert info["virtual-size"] == golden.stat().st_size
     stats = CaptureStats()
