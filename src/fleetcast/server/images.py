@@ -79,8 +79,8 @@ class ImageCatalog:
         path = self.root / "images" / name / "manifest.json"
         if not path.is_file() or not _within(path, self.root):
             raise ImageNotFound(
-                f"image {name!r} is not in the store {self.root}",
-                hint="`fleetcast image list` shows the images; capture one first",
+                f"image {name!r} does not exist in the store {self.root}",
+                hint="'fleetcast image list' shows the images in this store",
             )
         return path
 

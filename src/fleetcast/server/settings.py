@@ -93,7 +93,7 @@ def build(
     """Settings from flags and the config file (flags override the file, the file overrides defaults)."""
     path = Path(config_file) if config_file else None
     file_values = config.load_config_file(path)
-    source = str(path or config.DEFAULT_CONFIG_FILE)
+    source = f"config file {path or config.DEFAULT_CONFIG_FILE}"
     data_dir = Path(config.resolve("data", data, file_values))
     store_value = config.resolve("store", store, file_values)
     host, port = parse_listen(config.resolve("listen", listen, file_values))

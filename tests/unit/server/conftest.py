@@ -133,7 +133,12 @@ class Agent:
         return result
 
     def progress(
-        self, task_id: int, phase: str = "writing", done: int = 0, checkpoint: int = 0, disk: str = "/dev/loop7"
+        self,
+        task_id: int,
+        phase: str = "writing",
+        done: int = 0,
+        checkpoint: int = 0,
+        disk: str = "/dev/loop7",
     ) -> dict[str, Any]:
         body = {
             "phase": phase,
@@ -148,7 +153,13 @@ class Agent:
         return result
 
     def result(self, task_id: int, state: str = "done", error: str | None = None) -> None:
-        body = {"state": state, "error": error, "disk": "/dev/loop7", "action": "none", "changes": ["hostname"]}
+        body = {
+            "state": state,
+            "error": error,
+            "disk": "/dev/loop7",
+            "action": "none",
+            "changes": ["hostname"],
+        }
         assert self.call(f"/api/agent/tasks/{task_id}/result", body) == {}
 
 

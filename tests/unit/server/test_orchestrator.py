@@ -234,7 +234,8 @@ def test_client_in_running_deployment_cannot_be_deployed_twice(server: Server) -
     assert r.status_code == 409
     assert r.json() == {
         "error": "ServerError",
-        "message": f"client 52:54:00:00:00:01 is already in deployment {dep['deployment']}, which is still running",
+        "message": f"client 52:54:00:00:00:01 is already in deployment {dep['deployment']}, "
+        "which is still running",
         "hint": f"wait for it or cancel it: POST /api/deployments/{dep['deployment']}/cancel",
     }
 

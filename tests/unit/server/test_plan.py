@@ -1,0 +1,201 @@
+"""Pure planning: client selection and order, names, addresses; every refusal's exact text."""
+
+from __future__ import annotations
+
+import pytest
+
+from fleetcast.errors import ClientNotFound, UsageError
+from fleetcast.server.plan import (
+    PlanClient,
+    allocate_ips,
+    make_plan,
+    normalize_mac,
+    parse_clients,
+    render_names,
+    select_clients,
+)
+
+ROOM = [
+    PlanClient(3, "52:54:00:00:00:03", ("52:54:00:00:00:03", "52:54:00:00:10:03")),
+    PlanClient(1, "52:54:00:00:00:01"),
+    PlanClient(2, "52:54:00:00:00:02"),
+]
+
+
+def test_all_is_sorted_by_mac_and_a_list_keeps_its_order() -> None:
+    assert [c.client_id for c in select_clients("all", ROOM)] == [1, 2, 3]
+    assert [c.client_id for c in select_clients("all", list(reversed(ROOM)))] == [1, 2, 3]
+    assert [c.client_id for c in select_clients("52:54:00:00:00:02, 52-54-00-00-00-01", ROOM)] == [2, 1]
+    # a secondary MAC finds its client too
+    assert [c.client_id for c in select_clients(["52:54:00:00:10:03"], ROOM)] == [3]
+
+
+@pytest.mark.parametrize(
+    ("spec", "error", "message"),
+    [
+        ("", UsageError, "no clients selected"),
+        (" , ", UsageError, "no clients selected"),
+        ("52:54:00:00:00:01,52:54:00:00:00:01", UsageError, "client 52:54:00:00:00:01 is listed twice"),
+        (
+            "52:54:00:00:00:03,52:54:00:00:10:03",
+            UsageError,
+            "client 52:54:00:00:10:03 is listed twice (it is client 52:54:00:00:00:03)",
+        ),
+        ("52:54:00:00:00:09", ClientNotFound, "client 52:54:00:00:00:09 is not enrolled"),
+        (
+            "52:54:00:00:00",
+            UsageError,
+            "client '52:54:00:00:00' is not a MAC address: expected aa:bb:cc:dd:ee:ff",
+        ),
+        (
+            "52:54-00:00:00:01",
+            UsageError,
+            "client '52:54-00:00:00:01' is not a MAC address: expected aa:bb:cc:dd:ee:ff",
+        ),
+    ],
+)
+def test_client_selection_errors(spec: str, error: type[Exception], message: str) -> None:
+    with pytest.raises(error) as info:
+        select_clients(spec, ROOM)
+    assert str(info.value) == message
+
+
+def test_all_with_nobody_enrolled() -> None:
+    with pytest.raises(UsageError, match=r"^no clients are enrolled$"):
+        select_clients("all", [])
+
+
+def test_mac_forms() -> None:
+    assert normalize_mac("AABBCCDDEEFF") == "aa:bb:cc:dd:ee:ff"
+    assert normalize_mac(" aa-bb-cc-dd-ee-ff ") == "aa:bb:cc:dd:ee:ff"
+    assert parse_clients("all") is None
+    assert parse_clients(["all"]) is None
+
+
+def test_names() -> None:
+    assert render_names("LAB-{n:02}", 3) == ["LAB-01", "LAB-02", "LAB-03"]
+    assert render_names("pc{n}", 11)[-1] == "pc11"
+    assert render_names("SERVER", 1) == ["SERVER"]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "count", "message"),
+    [
+        ("LAB-{n:02", 2, "name pattern 'LAB-{n:02' is not valid: unmatched '{' in format spec"),
+        ("LAB-{}", 2, "name pattern 'LAB-{}' uses {}; only {n} (the client number from 1) is allowed"),
+        ("{mac}", 2, "name pattern '{mac}' uses {mac}; only {n} (the client number from 1) is allowed"),
+        ("LAB", 3, "name pattern 'LAB' has no {n}: all 3 clients would get the same name"),
+        (
+            "LAB-{n:q}",
+            1,
+            "name pattern 'LAB-{n:q}' cannot format client number 1: "
+            "Unknown format code 'q' for object of type 'int'",
+        ),
+        ("-{n}", 1, "name pattern '-{n}' gives '-1', which is not a valid computer name"),
+        ("LAB {n}", 1, "name pattern 'LAB {n}' gives 'LAB 1', which is not a valid computer name"),
+        (
+            "x" * 63 + "{n}",
+            1,
+            f"name pattern '{'x' * 63}{{n}}' gives '{'x' * 63}1', which is not a valid computer name",
+        ),
+        (
+            "LAB-{n:.0}",
+            2,
+            "name pattern 'LAB-{n:.0}' cannot format client number 1: "
+            "Precision not allowed in integer format specifier",
+        ),
+    ],
+)
+def test_name_errors(pattern: str, count: int, message: str) -> None:
+    with pytest.raises(UsageError) as info:
+        render_names(pattern, count)
+    assert str(info.value) == message
+
+
+def test_ips() -> None:
+    net = allocate_ips("10.0.0.101/24", 3, "10.0.0.1", ["10.0.0.1", " 9.9.9.9"])
+    assert net.addresses == ("10.0.0.101/24", "10.0.0.102/24", "10.0.0.103/24")
+    assert net.gateway == "10.0.0.1"
+    assert net.dns == ("10.0.0.1", "9.9.9.9")
+    assert allocate_ips("10.0.0.253/24", 2, None, []).addresses == ("10.0.0.253/24", "10.0.0.254/24")
+    assert allocate_ips(None, 4, None, []).addresses == ()
+    assert allocate_ips("fd00::10/64", 2, "fd00::1", []).addresses == ("fd00::10/64", "fd00::11/64")
+
+
+@pytest.mark.parametrize(
+    ("ip", "count", "gateway", "dns", "message"),
+    [
+        (
+            "10.0.0.101",
+            1,
+            None,
+            [],
+            "IP range '10.0.0.101' has no prefix length: expected START/PREFIX such as 10.0.0.101/24",
+        ),
+        (
+            "10.0.0.300/24",
+            1,
+            None,
+            [],
+            "IP range '10.0.0.300/24' is not valid: expected START/PREFIX such as 10.0.0.101/24",
+        ),
+        (
+            "10.0.0.1/33",
+            1,
+            None,
+            [],
+            "IP range '10.0.0.1/33' is not valid: expected START/PREFIX such as 10.0.0.101/24",
+        ),
+        ("10.0.0.0/24", 1, None, [], "IP range 10.0.0.0/24 starts at the network address 10.0.0.0"),
+        ("10.0.0.255/24", 1, None, [], "IP range 10.0.0.255/24 starts at the broadcast address 10.0.0.255"),
+        ("10.0.0.5/31", 1, None, [], "IP range 10.0.0.5/31: prefix /31 is too long, expected /30 or shorter"),
+        (
+            "10.0.0.250/24",
+            8,
+            None,
+            [],
+            "IP range 10.0.0.250/24 has room for 5 clients (10.0.0.250-10.0.0.254) but 8 are selected",
+        ),
+        (
+            "10.0.0.1/30",
+            3,
+            None,
+            [],
+            "IP range 10.0.0.1/30 has room for 2 clients (10.0.0.1-10.0.0.2) but 3 are selected",
+        ),
+        (
+            "10.0.0.1/24",
+            4,
+            "10.0.0.3",
+            [],
+            "IP range 10.0.0.1/24 for 4 clients (10.0.0.1-10.0.0.4) includes the gateway 10.0.0.3",
+        ),
+        (
+            "10.0.0.10/24",
+            4,
+            "10.0.1.1",
+            [],
+            "gateway 10.0.1.1 is not in the network 10.0.0.0/24 of the IP range",
+        ),
+        ("10.0.0.10/24", 4, "router", [], "gateway 'router' is not an IP address"),
+        ("10.0.0.10/24", 4, None, ["dns.example"], "DNS server 'dns.example' is not an IP address"),
+        (None, 4, "10.0.0.1", [], "a gateway (10.0.0.1) only applies to static addresses"),
+        (None, 4, None, ["10.0.0.1"], "DNS servers (10.0.0.1) only apply to static addresses"),
+    ],
+)
+def test_ip_errors(ip: str | None, count: int, gateway: str | None, dns: list[str], message: str) -> None:
+    with pytest.raises(UsageError) as info:
+        allocate_ips(ip, count, gateway, dns)
+    assert str(info.value) == message
+
+
+def test_make_plan_pairs_names_and_addresses_in_order() -> None:
+    clients = select_clients("all", ROOM)
+    plan, _ = make_plan(clients, name_pattern="LAB-{n:02}", ip_range="10.0.0.101/24", gateway=None, dns=[])
+    assert [(a.n, a.client_id, a.name, a.ip) for a in plan] == [
+        (1, 1, "LAB-01", "10.0.0.101/24"),
+        (2, 2, "LAB-02", "10.0.0.102/24"),
+        (3, 3, "LAB-03", "10.0.0.103/24"),
+    ]
+    plain, _ = make_plan(clients, name_pattern=None, ip_range=None, gateway=None, dns=[])
+    assert [(a.name, a.ip) for a in plain] == [(None, None)] * 3
