@@ -3,7 +3,8 @@
 Detection, first match wins (docs/linux-identity.md):
 
 1. netplan -- ``/etc/netplan/*.yaml`` exists (netplan then renders for networkd or NetworkManager);
-2. NetworkManager -- ``/usr/sbin/NetworkManager`` is installed;
+2. NetworkManager -- ``/usr/sbin/NetworkManager`` is installed, or ``/etc/NetworkManager`` holds its
+   configuration or connection profiles;
 3. systemd-networkd -- ``/etc/systemd/network/*.network`` exists or the service is enabled;
 4. ifupdown -- ``/etc/network/interfaces`` names an interface other than ``lo``;
 5. otherwise, when the image has systemd: systemd-networkd, enabled by fleetcast.
@@ -82,7 +83,12 @@ def _ifupdown_interface(root: Path) -> str | None:
 def detect(root: Path) -> Stack | None:
     if glob.glob(str(root / "etc/netplan/*.yaml")) or glob.glob(str(root / "etc/netplan/*.yml")):
         return Stack.NETPLAN
-    if files.exists(root, "usr/sbin/NetworkManager") or files.exists(root, "usr/bin/NetworkManager"):
+    if (
+        files.exists(root, "usr/sbin/NetworkManager")
+        or files.exists(root, "usr/bin/NetworkManager")
+        or files.exists(root, "etc/NetworkManager/NetworkManager.conf")
+        or glob.glob(str(root / "etc/NetworkManager/system-connections/*.nmconnection"))
+    ):
         return Stack.NETWORK_MANAGER
     if glob.glob(str(root / "etc/systemd/network/*.network")) or files.exists(
         root, "etc/systemd/system/multi-user.target.wants/systemd-networkd.service"
