@@ -41,8 +41,8 @@ def test_flipped_byte_fails_verify_and_restore(golden: Path, tmp_path: Path, fle
     proc = fc(fleetcast_bin, "image", "verify", "g", "--store", store.root)
     assert proc.returncode == 4
     assert (
-        f"fleetcast: error: image 'g' failed verification: 1 bad chunk(s): image 'g': chunk {victim} is corrupt"
-        in (proc.stderr)
+        f"fleetcast: error: image 'g' failed verification: 1 bad chunk(s): "
+        f"image 'g': chunk {victim} is corrupt" in (proc.stderr)
     )
     proc = fc(fleetcast_bin, "image", "verify", "g", "--store", store.root, "--json")
     assert proc.returncode == 4
@@ -156,8 +156,8 @@ def test_bad_arguments(golden: Path, tmp_path: Path, fleetcast_bin: Path) -> Non
     proc = fc(fleetcast_bin, "image", "capture", golden, "../evil", "--store", store)
     assert proc.returncode == 2
     assert proc.stderr.splitlines()[0] == (
-        "fleetcast: error: image name '../evil' is not valid: expected 1-128 letters, digits, '.', '_' or '-', "
-        "starting with a letter or digit"
+        "fleetcast: error: image name '../evil' is not valid: "
+        "expected 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
     )
     proc = fc(fleetcast_bin, "image", "info", "nope", "--store", store)
     assert proc.returncode == 3
@@ -170,8 +170,8 @@ def test_bad_arguments(golden: Path, tmp_path: Path, fleetcast_bin: Path) -> Non
     proc = fc(fleetcast_bin, "image", "restore", "g", tmp_path / "y.img", "--store", store)
     assert proc.returncode == 1
     assert proc.stderr.splitlines()[0] == (
-        "fleetcast: error: image 'g' has an invalid manifest: areas[1].chunks[0].id must be 64 lower-case hex "
-        "digits (blake3); found 'zz'"
+        "fleetcast: error: image 'g' has an invalid manifest: "
+        "areas[1].chunks[0].id must be 64 lower-case hex digits (blake3); found 'zz'"
     )
     assert not (tmp_path / "y.img").exists()
     proc = fc(fleetcast_bin, "store", "gc", "--store", store)
@@ -196,8 +196,8 @@ def test_sector_size_mismatch(golden: Path, tmp_path: Path, fleetcast_bin: Path)
         proc = fc(fleetcast_bin, "image", "restore", "g", dev, "--store", store)
         assert proc.returncode == 1
         assert proc.stderr.splitlines()[0] == (
-            f"fleetcast: error: target {dev} has 4096-byte logical sectors but image 'g' was captured from a disk "
-            "with 512-byte logical sectors"
+            f"fleetcast: error: target {dev} has 4096-byte logical sectors "
+            "but image 'g' was captured from a disk with 512-byte logical sectors"
         )
     finally:
         subprocess.run(["losetup", "--detach", dev], check=True)
