@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from conftest import CHUNK_BYTES, CHUNK_ID, IMAGE, IMAGE_SIZE, Server
+from serverkit import CHUNK_BYTES, CHUNK_ID, IMAGE, IMAGE_SIZE, Server
 
 ADMIN_GETS = [
     "/api/clients",

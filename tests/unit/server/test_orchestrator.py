@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from conftest import IMAGE_SIZE, Server
+from serverkit import IMAGE_SIZE, Server
 
 
 def running_count(server: Server, dep: int) -> int:
