@@ -57,8 +57,13 @@ def register(
 
 
 def handle(args: argparse.Namespace) -> int:
+    import logging
+
     from fleetcast.agent.loop import Agent, AgentSettings
     from fleetcast.errors import UsageError
+
+    if not getattr(args, "debug", False):
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise
 
     if args.workers < 1:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
