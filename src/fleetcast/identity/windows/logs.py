@@ -1,0 +1,129 @@
+"""Dirty hives: detection (base-block sequence numbers, .LOG1/.LOG2 beside the hive) and replay.
+
+A hive whose primary and secondary sequence numbers differ has changes that only its transaction logs
+hold. Editing it and leaving the logs behind would let Windows replay stale log data over the edit, so
+the logs are replayed first (regipy.recovery), the base block checksum is recomputed (regipy leaves it
+stale) and, when the edited hive is put in place, the logs are emptied.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import shutil
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fleetcast.errors import HiveError
+from fleetcast.identity.windows.hive import BASE_BLOCK_SIZE, BaseBlock, fix_checksum, read_base_block
+
+logger = logging.getLogger(__name__)
+
+LOG_SUFFIXES = (".LOG1", ".LOG2", ".LOG")
+
+
+def find_logs(hive: Path) -> list[Path]:
+    """Non-empty transaction logs beside ``hive`` (matched case-insensitively), LOG1 first."""
+    found: dict[str, Path] = {}
+    try:
+        siblings = list(hive.parent.iterdir())
+    except OSError:
+        return []
+    names = {s.name.lower(): s for s in siblings}
+    for suffix in LOG_SUFFIXES:
+        p = names.get((hive.name + suffix).lower())
+        if p is not None and p.is_file() and p.stat().st_size > 0:
+            found[suffix] = p
+    return list(found.values())
+
+
+def all_logs(hive: Path) -> list[Path]:
+    """Every transaction log file beside ``hive``, empty or not."""
+    names = {s.name.lower(): s for s in hive.parent.iterdir()}
+    return [p for s in LOG_SUFFIXES if (p := names.get((hive.name + s).lower())) is not None]
+
+
+@dataclass(frozen=True)
+class HiveState:
+    path: Path
+    base: BaseBlock
+    logs: list[Path]
+
+    @property
+    def dirty(self) -> bool:
+        return self.base.dirty
+
+    def describe(self) -> str:
+        state = "dirty" if self.dirty else "clean"
+        logs = ", ".join(p.name for p in self.logs) or "no logs"
+        return f"{self.path.name}: {state} (sequence {self.base.seq1}/{self.base.seq2}; {logs})"
+
+
+def state(hive: Path) -> HiveState:
+    return HiveState(hive, read_base_block(hive), find_logs(hive))
+
+
+def _log_seq(log: Path) -> int:
+    with log.open("rb") as fh:
+        head = fh.read(12)
+    if len(head) < 12 or head[:4] != b"regf":
+        return -1
+    return int(struct.unpack_from("<I", head, 4)[0])
+
+
+def replay(st: HiveState, workdir: Path) -> Path:
+    """Replay ``st``'s logs into a copy in ``workdir``; return the copy (clean, checksum fixed).
+
+    Raises HiveError with the way out when the hive is dirty and no usable log is there."""
+    hive = st.path
+    if not st.logs:
+        raise HiveError(
+            f"hive {hive} is dirty (sequence numbers {st.base.seq1} and {st.base.seq2} differ) and its "
+            "transaction logs (.LOG1/.LOG2) are missing",
+            hint="boot this Windows once and shut it down completely (shutdown /s /t 0, Fast Startup off), "
+            "or copy the hive's .LOG1/.LOG2 files beside it, then retry",
+        )
+    from regipy.exceptions import RegipyException
+
+    recovery: Any = importlib.import_module("regipy.recovery")
+
+    logs = sorted(st.logs, key=_log_seq)
+    primary = logs[-1]
+    secondary = logs[0] if len(logs) > 1 else None
+    out = workdir / (hive.name + ".replayed")
+    try:
+        _, pages = recovery.apply_transaction_logs(
+            str(hive),
+            str(primary),
+            secondary_log_path=str(secondary) if secondary else None,
+            restored_hive_path=str(out),
+        )
+    except (RegipyException, ValueError, OSError, struct.error, AttributeError) as exc:
+        raise HiveError(
+            f"hive {hive} is dirty and replaying its logs failed: {exc}",
+            hint="boot this Windows once and shut it down completely (shutdown /s /t 0, Fast Startup off), "
+            "then retry",
+        ) from exc
+    with out.open("r+b") as fh:
+        block = bytearray(fh.read(BASE_BLOCK_SIZE))
+        seq1, seq2 = struct.unpack_from("<II", block, 4)
+        if seq1 != seq2:
+            top = max(seq1, seq2)
+            struct.pack_into("<II", block, 4, top, top)
+            fh.seek(0)
+            fh.write(block)
+    fix_checksum(out)
+    logger.info("replayed %d dirty page(s) of %s from %s", pages, hive, ", ".join(p.name for p in logs))
+    return out
+
+
+def working_copy(st: HiveState, workdir: Path) -> tuple[Path, bool]:
+    """The file to open for editing: a replayed copy for a dirty hive, else a plain copy.
+    Returns (path, replayed)."""
+    if st.dirty:
+        return replay(st, workdir), True
+    out = workdir / st.path.name
+    shutil.copyfile(st.path, out)
+    return out, False
