@@ -22,11 +22,12 @@ def register(
 
 
 def _disks(disks: list[dict[str, object]]) -> str:
+    from fleetcast.progress import human_bytes
+
     parts = []
     for d in disks:
         size = d.get("size")
-        gb = f"{int(size) / 1e9:.1f}G" if isinstance(size, int) else "?"
-        parts.append(f"{d.get('path')} {gb}")
+        parts.append(f"{d.get('path')} {human_bytes(size) if isinstance(size, int) else '?'}")
     return ", ".join(parts) or "-"
 
 

@@ -34,6 +34,8 @@ def api_client(args: argparse.Namespace) -> ApiClient:
     from fleetcast.errors import UsageError
     from fleetcast.server.apiclient import ApiClient
 
+    if not getattr(args, "debug", False):  # one line per HTTP request is noise on a technician's terminal
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     server = args.server or os.environ.get(SERVER_ENV)
     token = args.token or os.environ.get(TOKEN_ENV)
     if not server:

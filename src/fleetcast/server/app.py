@@ -41,6 +41,7 @@ def create_app(settings: ServerSettings, *, catalog: ImageCatalog | None = None)
     bus = EventBus()
     cat = catalog or ImageCatalog(settings.store)
     orch = Orchestrator(db, bus, cat, settings)
+    orch.on_start()
     sweep_every = min(SWEEP_SECONDS, settings.stale_after / 2, settings.task_timeout / 2)
 
     @contextlib.asynccontextmanager

@@ -488,6 +488,21 @@ class Orchestrator:
             self._check_finished(s, t.deployment, now)
             return {}
 
+    def on_start(self) -> None:
+        """After a server restart, agents that kept writing while it was down get a fresh grace
+        period: their tasks are timed out only if they stay silent from now on."""
+        with self._tx() as s:
+            now = utcnow()
+            running = s.scalars(select(Target).where(Target.state == "running")).all()
+            for t in running:
+                t.last_report = now
+            for client in s.scalars(select(Client).where(Client.online.is_(True))).all():
+                client.last_seen = max(
+                    client.last_seen, now - timedelta(seconds=self.settings.stale_after / 2)
+                )
+            if running:
+                logger.info("server start: %d task(s) still running; waiting for their agents", len(running))
+
     def sweep(self) -> None:
         """Stale-heartbeat detection; runs on every heartbeat and from the app's background loop."""
         with self._tx() as s:

@@ -311,3 +311,30 @@ def test_late_result_is_ignored(server: Server) -> None:
     view = server.get(f"/api/deployments/{dep['deployment']}")
     assert view["clients"][0]["state"] == "failed"
     assert view["clients"][0]["error"] == "boom"
+
+
+def test_server_restart_gives_running_tasks_a_grace_period(server: Server) -> None:
+    from datetime import timedelta
+
+    from fastapi.testclient import TestClient
+
+    from fleetcast.server.app import create_app
+    from fleetcast.server.db import Target, utcnow
+
+    a = server.agent("52:54:00:00:00:01")
+    dep = server.deploy()
+    t = a.heartbeat()["task"]
+    a.progress(t["task_id"], done=1 << 20, checkpoint=3)
+    orch = server.http.app.state.orchestrator  # type: ignore[attr-defined]
+    with orch.db.transaction() as s:  # the server was down for an hour while the agent kept writing
+        s.get(Target, t["task_id"]).last_report = utcnow() - timedelta(seconds=3600)
+    restarted = create_app(server.settings, catalog=server.catalog)
+    with TestClient(restarted) as http:
+        headers = {"Authorization": f"Bearer {a.credential}"}
+        r = http.post(f"/api/agent/tasks/{t['task_id']}/progress", json={"phase": "writing"}, headers=headers)
+        assert r.json() == {"cancel": False}
+        view = http.get(
+            f"/api/deployments/{dep['deployment']}", headers={"Authorization": f"Bearer {server.admin}"}
+        )
+        assert view.json()["clients"][0]["state"] == "running"
+        assert view.json()["clients"][0]["checkpoint_chunk"] == 3
