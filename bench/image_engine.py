@@ -99,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-gib", type=float, default=2.0)
     ap.add_argument("--fill", type=float, default=0.6)
+    # 260 MiB (the Windows ESP size for 4Kn disks): mtools cannot read the FAT32 mkfs.vfat makes at 256 MiB
+    ap.add_argument("--esp-mib", type=int, default=260)
     ap.add_argument("--sweep", action="store_true", help="also measure other chunk sizes and zstd levels")
     ap.add_argument("--workdir", type=Path, default=None, help="where to put the temporary files")
     args = ap.parse_args(argv)
@@ -111,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         disk = base / "golden.img"
         print(f"building a {args.size_gib} GiB sample disk in {base} ...", flush=True)
         with timed(r, "build sample disk"):
-            build_sample_disk(disk, size=int(args.size_gib * GiB), esp_mib=256, fill=args.fill, seed=1)
+            build_sample_disk(
+                disk, size=int(args.size_gib * 1024) * MiB, esp_mib=args.esp_mib, fill=args.fill, seed=1
+            )
         store = ImageStore(base / "store")
         print("fleetcast:")
         stats = CaptureStats()
@@ -174,12 +178,15 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(f"disk {human_bytes(disk.stat().st_size)}, used by filesystems {human_bytes(used)}")
         print(f"{'method':<22}{'capture s':>10}{'restore s':>10}{'stored':>14}")
-        print(f"{'fleetcast':<22}{r['fleetcast capture']:>10.2f}{r['fleetcast restore']:>10.2f}{fc_stored:>14,}")
-        print(f"{'partclone + zstd -3':<22}{r['partclone capture']:>10.2f}{r['partclone restore']:>10.2f}{pc_stored:>14,}")
+        print(
+            f"{'fleetcast':<22}{r['fleetcast capture']:>10.2f}{r['fleetcast restore']:>10.2f}{fc_stored:>14,}"
+        )
+        pcc, pcr = r["partclone capture"], r["partclone restore"]
+        print(f"{'partclone + zstd -3':<22}{pcc:>10.2f}{pcr:>10.2f}{pc_stored:>14,}")
         print(f"{'dd floor (used bytes)':<22}{r['dd read']:>10.2f}{r['dd read+write']:>10.2f}{used:>14,}")
         print(
-            f"ratios fleetcast / partclone+zstd: capture {r['fleetcast capture'] / r['partclone capture']:.2f}x, "
-            f"restore {r['fleetcast restore'] / r['partclone restore']:.2f}x, stored {fc_stored / pc_stored:.2f}x"
+            f"ratios fleetcast / partclone+zstd: capture {r['fleetcast capture'] / pcc:.2f}x, "
+            f"restore {r['fleetcast restore'] / pcr:.2f}x, stored {fc_stored / pc_stored:.2f}x"
         )
         print(
             f"re-capture after changing {nfiles} files ({human_bytes(nbytes)}, 1 % of the files): "

@@ -243,10 +243,6 @@ class Manifest:
         disk_size = _int(disk["size"], "disk.size", minimum=1)
         lss = _sector(disk["logical_sector_size"], "disk.logical_sector_size")
         pss = _sector(disk["physical_sector_size"], "disk.physical_sector_size")
-        if disk_size % lss:
-            raise ManifestError(
-                f"disk.size must be a multiple of the logical sector size {lss}; found {disk_size}"
-            )
         table_dict = d["table"]
         from fleetcast.disk.partitions import PartitionTable
 

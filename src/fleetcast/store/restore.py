@@ -279,7 +279,8 @@ def _write_chunks(
 
 
 def _last_partition_area(manifest: Manifest) -> Area | None:
-    parts = [a for a in manifest.areas if a.kind == "partition"]
+    """The partition that ends last (the one --grow grows), or the whole-disk area of a bare filesystem."""
+    parts = [a for a in manifest.areas if a.kind in ("partition", "disk")]
     return max(parts, key=lambda a: a.start + a.size) if parts else None
 
 
@@ -289,13 +290,11 @@ def _grow(manifest: Manifest, target: Path, result: RestoreResult) -> None:
 
     last = _last_partition_area(manifest)
     if last is None:
-        result.notes.append("--grow: the image has no partition table; nothing was grown")
+        result.notes.append("--grow: the image has no partitions; nothing was grown")
         return
     fstype = FsType(last.fstype)
-    if fstype == FsType.FAT:
-        result.notes.append(
-            f"--grow: partition {last.number} is FAT; the partition grows, its filesystem is left as is"
-        )
+    if fstype not in (FsType.EXT, FsType.NTFS):
+        result.notes.append(f"--grow: {last.label} holds {fstype}; it grows, its filesystem is left as is")
     try:
         result.table = grow_last_partition(target, manifest.table, fstype)
     except DiskError as exc:

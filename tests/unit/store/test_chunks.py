@@ -42,7 +42,9 @@ def test_wrong_content_is_named() -> None:
     cid = chunk_hash(b"right")
     with pytest.raises(ChunkCorrupt) as err:
         decompress_verify(cid, compress(b"wrong"), 5, what="image 'win'")
-    assert str(err.value) == f"image 'win': chunk {cid} is corrupt: its content hashes to {chunk_hash(b'wrong')}"
+    assert (
+        str(err.value) == f"image 'win': chunk {cid} is corrupt: its content hashes to {chunk_hash(b'wrong')}"
+    )
 
 
 def test_wrong_length_is_named() -> None:
