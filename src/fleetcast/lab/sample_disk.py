@@ -45,7 +45,7 @@ MSDATA_TYPE = "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7"
 LINUX_TYPE = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
 BIOS_BOOT_TYPE = "21686148-6449-6E6F-744E-656564454649"
 
-LAYOUTS = ("gpt-esp-ntfs-ext4", "mbr-ntfs-ext4", "bare-ext4", "bare-ntfs", "bare-fat")
+LAYOUTS = ("gpt-esp-ntfs-ext4", "gpt-esp-ext4-ntfs", "mbr-ntfs-ext4", "bare-ext4", "bare-ntfs", "bare-fat")
 
 _WORDS_TEXT = (
     "the of and to in is was for on that with as by at from it be this are or which an not have his "
@@ -398,21 +398,20 @@ def build_sample_disk(
         kind = layout.removeprefix("bare-")
         contents.append(_build_fs(path, 0, 0, size, kind, fill, seed, "DATA"))
         return SampleDisk(path, read_table(path), contents)
-    if layout == "gpt-esp-ntfs-ext4":
+    if layout.startswith("gpt-"):
         esp = min(esp_mib * MiB, max(size // 4 // MiB, 16) * MiB)
         rest = size - esp - 2 * MiB
-        ntfs = rest // 2 // MiB * MiB
+        half = rest // 2 // MiB * MiB
+        win = (MSDATA_TYPE, "Windows", "ntfs")
+        lin = (LINUX_TYPE, "linux", "ext4")
+        middle, last = (win, lin) if layout == "gpt-esp-ntfs-ext4" else (lin, win)
         table = _partition(
             path,
             "gpt",
-            [
-                (esp, ESP_TYPE, "EFI system partition"),
-                (ntfs, MSDATA_TYPE, "Windows"),
-                (0, LINUX_TYPE, "linux"),
-            ],
+            [(esp, ESP_TYPE, "EFI system partition"), (half, middle[0], middle[1]), (0, last[0], last[1])],
         )
-        kinds = ["fat", "ntfs", "ext4"]
-        labels = ["ESP", "Windows", "linux"]
+        kinds = ["fat", middle[2], last[2]]
+        labels = ["ESP", middle[1], last[1]]
     else:
         rest = size - MiB
         ntfs = rest // 2 // MiB * MiB

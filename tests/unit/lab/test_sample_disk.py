@@ -94,8 +94,8 @@ def test_unknown_layout_and_fill(tmp_path: Path) -> None:
     with pytest.raises(DiskError) as err:
         build_sample_disk(tmp_path / "d.img", layout="zfs")
     assert str(err.value) == (
-        "unknown sample-disk layout 'zfs'; expected one of gpt-esp-ntfs-ext4, mbr-ntfs-ext4, bare-ext4, "
-        "bare-ntfs, bare-fat"
+        "unknown sample-disk layout 'zfs'; expected one of gpt-esp-ntfs-ext4, gpt-esp-ext4-ntfs, "
+        "mbr-ntfs-ext4, bare-ext4, bare-ntfs, bare-fat"
     )
     with pytest.raises(DiskError) as err:
         build_sample_disk(tmp_path / "d.img", fill=1.5)
