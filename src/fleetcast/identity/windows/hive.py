@@ -167,9 +167,15 @@ class Hive:
     """One hive opened with hivex. Paths are backslash-separated, relative to the hive root,
     matched case-insensitively (as Windows does)."""
 
-    def __init__(self, path: Path, *, write: bool = False) -> None:
-        self.path = path
-        self.base = read_base_block(path)
+    def __init__(self, path: Path, *, write: bool = False, label: Path | None = None) -> None:
+        """Open ``path``; errors name ``label`` (the hive on the volume when ``path`` is a working copy)."""
+        self.path = label or path
+        try:
+            self.base = read_base_block(path)
+        except HiveError as exc:
+            if label is None:
+                raise
+            raise HiveError(exc.message.replace(str(path), str(label)), hint=exc.hint) from exc
         try:
             import hivex
         except ImportError as exc:  # pragma: no cover - environment problem
@@ -181,7 +187,7 @@ class Hive:
             self.h.root()
         except (RuntimeError, OSError) as exc:
             raise HiveError(
-                f"hive {path} is damaged: hivex cannot parse it ({exc})",
+                f"hive {self.path} is damaged: hivex cannot parse it ({exc})",
                 hint="nothing was written; restore this hive from a backup "
                 "(Windows\\System32\\config\\RegBack) or let Windows repair it, then retry",
             ) from exc

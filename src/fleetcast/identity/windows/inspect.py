@@ -51,9 +51,7 @@ def open_readonly(path: Path, workdir: Path) -> tuple[Hive, logs.HiveState]:
     st = logs.state(path)
     if st.dirty and st.logs:
         copy = logs.replay(st, workdir)
-        h = Hive(copy)
-        h.path = path
-        return h, st
+        return Hive(copy, label=path), st
     return Hive(path), st
 
 

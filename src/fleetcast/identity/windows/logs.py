@@ -8,10 +8,12 @@ stale) and, when the edited hive is put in place, the logs are emptied.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 import shutil
 import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,12 +96,11 @@ def replay(st: HiveState, workdir: Path) -> Path:
     secondary = logs[0] if len(logs) > 1 else None
     out = workdir / (hive.name + ".replayed")
     try:
-        _, pages = recovery.apply_transaction_logs(
-            str(hive),
-            str(primary),
-            secondary_log_path=str(secondary) if secondary else None,
-            restored_hive_path=str(out),
-        )
+        with warnings.catch_warnings():
+            # regipy leaves its file objects to the garbage collector: collect them here, quietly
+            warnings.simplefilter("ignore", ResourceWarning)
+            pages = _apply(recovery, hive, primary, secondary, out)
+            gc.collect()
     except (RegipyException, ValueError, OSError, struct.error, AttributeError) as exc:
         raise HiveError(
             f"hive {hive} is dirty and replaying its logs failed: {exc}",
@@ -117,6 +118,16 @@ def replay(st: HiveState, workdir: Path) -> Path:
     fix_checksum(out)
     logger.info("replayed %d dirty page(s) of %s from %s", pages, hive, ", ".join(p.name for p in logs))
     return out
+
+
+def _apply(recovery: Any, hive: Path, primary: Path, secondary: Path | None, out: Path) -> int:
+    _, pages = recovery.apply_transaction_logs(
+        str(hive),
+        str(primary),
+        secondary_log_path=str(secondary) if secondary else None,
+        restored_hive_path=str(out),
+    )
+    return int(pages)
 
 
 def working_copy(st: HiveState, workdir: Path) -> tuple[Path, bool]:

@@ -108,8 +108,7 @@ class _Hives:
         assert path is not None
         st = logs.state(path)
         copy, replayed = logs.working_copy(st, self.workdir)
-        hive = Hive(copy, write=True)
-        hive.path = path  # errors name the hive on the volume
+        hive = Hive(copy, write=True, label=path)
         self.opened[name] = _Open(path, hive, logs.find_logs(path), replayed)
         return hive
 
