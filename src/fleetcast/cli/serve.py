@@ -34,6 +34,24 @@ def register(
     p.set_defaults(func=_serve)
 
 
+def check_bind(host: str, port: int) -> None:
+    """Fail early, with a plain message, when the address is taken or not ours."""
+    import socket
+
+    from fleetcast.errors import UsageError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise UsageError(
+                f"cannot listen on {host}:{port}: {exc.strerror}",
+                hint="pick another --listen address or stop what uses it",
+            ) from exc
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -47,6 +65,7 @@ def _serve(args: argparse.Namespace) -> int:
         config_file=getattr(args, "config", None),
         store=args.store,
     )
+    check_bind(settings.host, settings.port)
     app = create_app(settings)
     debug = bool(getattr(args, "debug", False))
     host = f"[{settings.host}]" if ":" in settings.host else settings.host

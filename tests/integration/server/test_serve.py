@@ -67,3 +67,18 @@ def test_serve_refuses_a_bad_listen_address(tmp_path: Path) -> None:
         "fleetcast: error: listen address 'localhost' is not ADDR:PORT",
         "hint: for example --listen 127.0.0.1:8080",
     ]
+
+
+def test_serve_refuses_a_taken_port(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = cli("serve", "--data", str(tmp_path), "--listen", f"127.0.0.1:{port}", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[-2:] == [
+        f"fleetcast: error: cannot listen on 127.0.0.1:{port}: Address already in use",
+        "hint: pick another --listen address or stop what uses it",
+    ]
