@@ -267,7 +267,25 @@ def _mkntfs(dev: Path, label: str, start_sector: int) -> None:
 def _mkfat(img: Path, offset: int, size: int, label: str) -> int:
     """mkfs.vfat into [offset, offset+size) of ``img``: FAT32 when big enough, else FAT16 (returned)."""
     bits = 32 if size >= 64 * MiB else 16
-    run(["mkfs.vfat", "-F", str(bits), "-n", label, "--offset", str(offset // 512), img, str(size // KiB)])
+    # enough clusters for a by-the-book FAT32 (>= 65525; mtools and Windows count them)
+    spc = 1
+    while bits == 32 and spc < 64 and size // 512 // (spc * 2) >= 66000:
+        spc *= 2
+    cluster = ["-s", str(spc)] if bits == 32 else []
+    run(
+        [
+            "mkfs.vfat",
+            "-F",
+            str(bits),
+            *cluster,
+            "-n",
+            label,
+            "--offset",
+            str(offset // 512),
+            img,
+            str(size // KiB),
+        ]
+    )
     return bits
 
 

@@ -139,6 +139,18 @@ def test_ext_bigalloc_falls_back_to_whole_partition(tmp_path: Path, tree: Path) 
     assert _extents(img) == (FsType.EXT, [(0, 64 * MiB)])
 
 
+def test_fat32_with_few_clusters(tmp_path: Path, tree: Path) -> None:
+    """mkfs.fat -F 32 with big clusters makes a FAT32 layout with < 65525 clusters (Linux reads it as
+    FAT32 because BPB_FATSz16 is 0); the parser follows the layout, not the cluster count."""
+    img = _blank(tmp_path / "fat.img", 96 * MiB)
+    subprocess.run(["mkfs.vfat", "-F", "32", "-s", "8", img], check=True, capture_output=True)
+    fstype, empty = _extents(img)
+    assert fstype is FsType.FAT
+    theirs = _partclone_map("partclone.fat", img, tmp_path)
+    assert _sectors(theirs) <= _sectors(empty)
+    assert total(empty) - total(theirs) <= 4096
+
+
 @pytest.mark.parametrize("bits", [12, 16, 32])
 def test_fat_round_trips(tmp_path: Path, tree: Path, bits: int) -> None:
     img = _blank(tmp_path / "fat.img", 40 * MiB)

@@ -123,6 +123,13 @@ def test_parse_bpb_ok_and_errors() -> None:
         assert str(err.value) == message
 
 
+def test_fat32_layout_decides_bits() -> None:
+    raw = bytearray(_bpb(root=0, fat16=0, total16=0))
+    struct.pack_into("<II", raw, 32, 40960, 80)  # total32, FATSz32
+    bpb = parse_bpb(bytes(raw))
+    assert bpb.clusters < 65525 and bpb.bits == 32
+
+
 def test_detect_heads() -> None:
     def probe(head: bytes) -> FsType:
         return detect(io.BytesIO(head), 0, len(head))

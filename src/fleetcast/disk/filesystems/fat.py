@@ -24,6 +24,7 @@ class Bpb:
     root_entries: int
     total_sectors: int
     fat_sectors: int
+    fat32_bpb: bool = False  # BPB_FATSz16 == 0: the FAT32 layout, whatever the cluster count
 
     @property
     def root_dir_sectors(self) -> int:
@@ -39,7 +40,10 @@ class Bpb:
 
     @property
     def bits(self) -> int:
-        """12, 16 or 32, decided by the cluster count as the Microsoft specification says."""
+        """32 for the FAT32 BPB layout (as Linux decides: mkfs.fat -F 32 can make FAT32 volumes with
+        fewer than 65525 clusters), else 12 or 16 by the cluster count, as the specification says."""
+        if self.fat32_bpb:
+            return 32
         if self.clusters < 4085:
             return 12
         if self.clusters < 65525:
@@ -78,7 +82,7 @@ def parse_bpb(raw: bytes) -> Bpb:
         raise FilesystemError(
             f"FAT has {total} sectors and {fat_sectors}-sector FATs; expected non-zero sizes"
         )
-    bpb = Bpb(bps, spc, reserved, fats, root_entries, total, fat_sectors)
+    bpb = Bpb(bps, spc, reserved, fats, root_entries, total, fat_sectors, fat32_bpb=fat16 == 0)
     if bpb.first_data_sector >= total:
         raise FilesystemError(
             f"FAT data area starts at sector {bpb.first_data_sector}, beyond the volume's {total}"
