@@ -42,6 +42,7 @@ class AgentSettings:
     prefetch: int = 16
     execute_post_action: bool = True
     report_interval: float = 1.0
+    checkpoint_bytes: int = 16 << 20
 
 
 class Agent:
@@ -101,6 +102,7 @@ class Agent:
             prefetch=self.settings.prefetch,
             execute_post_action=self.settings.execute_post_action,
             report_interval=self.settings.report_interval,
+            checkpoint_bytes=self.settings.checkpoint_bytes,
         )
         last_inventory = 0.0
         while not self.stop_event.is_set():

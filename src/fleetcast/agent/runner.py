@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 REPORT_INTERVAL = 1.0
 REPORT_OUTAGE_LIMIT = 10.0
+# fsync + checkpoint every 16 MiB written: a restarted agent redoes at most this much
+CHECKPOINT_BYTES = 16 << 20
 
 
 class Cancelled(AgentError):
@@ -168,6 +170,7 @@ class TaskRunner:
         prefetch: int = 16,
         execute_post_action: bool = True,
         report_interval: float = REPORT_INTERVAL,
+        checkpoint_bytes: int = CHECKPOINT_BYTES,
     ) -> None:
         self.api = api
         self.mac = mac
@@ -178,6 +181,7 @@ class TaskRunner:
         self.prefetch = prefetch
         self.execute_post_action = execute_post_action
         self.report_interval = report_interval
+        self.checkpoint_bytes = checkpoint_bytes
 
     def run(self, task: Task) -> str:
         """Run ``task`` to its end and post the result; returns the final state. Raises Stopped when the
@@ -256,7 +260,7 @@ class TaskRunner:
 
         def checkpoint(n: int) -> None:
             self.state.save(self._state(task, disk.path, n))
-            reporter.update(checkpoint_chunk=n)
+            reporter.update(checkpoint_chunk=n, urgent=True)
 
         def stopping() -> bool:
             return self.stop.is_set() or cancel.is_set()
@@ -271,6 +275,7 @@ class TaskRunner:
                 progress=progress,
                 start_chunk=start,
                 on_checkpoint=checkpoint,
+                checkpoint_bytes=self.checkpoint_bytes,
             )
         self._check(cancel)
         changes = list(restored.notes)

@@ -45,6 +45,13 @@ def register(
         help="how long a task waits for an unreachable server before failing (default: 600)",
     )
     p.add_argument(
+        "--checkpoint-mib",
+        type=int,
+        default=16,
+        metavar="MIB",
+        help="fsync and record a resume point every MIB MiB written (default: 16)",
+    )
+    p.add_argument(
         "--workers", type=int, default=4, metavar="N", help="parallel chunk downloads (default: 4)"
     )
     p.add_argument(
@@ -67,6 +74,8 @@ def handle(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    if args.checkpoint_mib < 1:
+        raise UsageError(f"--checkpoint-mib must be at least 1, got {args.checkpoint_mib}")
     if args.outage_limit < 0:
         raise UsageError(f"--outage-limit must not be negative, got {args.outage_limit}")
     settings = AgentSettings(
@@ -79,6 +88,7 @@ def handle(args: argparse.Namespace) -> int:
         workers=args.workers,
         prefetch=max(16, args.workers * 2),
         execute_post_action=args.post_action == "run",
+        checkpoint_bytes=args.checkpoint_mib << 20,
     )
     agent = Agent(settings)
     agent.install_signal_handlers()

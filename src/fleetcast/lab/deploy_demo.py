@@ -261,6 +261,12 @@ class FleetLab:
         deadline = time.monotonic() + timeout
         clients: list[dict[str, Any]] = []
         while time.monotonic() < deadline:
+            for agent in self.agents:
+                if agent.proc is not None and agent.proc.poll() is not None:
+                    tail = agent.log.read_text(errors="replace")[-1500:]
+                    raise LabRunError(
+                        f"agent in {agent.node.name} exited with status {agent.proc.returncode}:\n{tail}"
+                    )
             clients = self.get("/api/clients").get("clients", [])
             if len(clients) >= count:
                 return clients
