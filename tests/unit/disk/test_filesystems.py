@@ -189,3 +189,58 @@ def test_parse_boot_errors() -> None:
     struct.pack_into("<HB", raw, 0x0B, 512, 8)
     raw[0x40] = 0xF6  # 2^10 = 1024-byte records
     assert parse_boot(bytes(raw)).record_size == 1024
+
+
+def _nonres_data(lowest: int, highest: int, runs: bytes, data_size: int) -> bytes:
+    runs = runs + b"\0" * (-len(runs) % 8 or 8)
+    length = 0x40 + len(runs)
+    head = struct.pack("<IIBBHHH", 0x80, length, 1, 0, 0x40, 0, 1) + struct.pack(
+        "<qqH", lowest, highest, 0x40
+    )
+    head = head.ljust(0x30, b"\0") + struct.pack("<qq", data_size, data_size)
+    return head + runs
+
+
+def _attr_list(entries: list[tuple[int, int, int]]) -> bytes:
+    value = b"".join(
+        struct.pack("<IHBBqQH", t, 32, 0, 26, vcn, ref, 0).ljust(32, b"\0") for t, vcn, ref in entries
+    )
+    length = 0x18 + len(value)
+    return (
+        struct.pack("<IIBBHHHIH", 0x20, length, 0, 0, 0x18, 0, 0, len(value), 0x18).ljust(0x18, b"\0") + value
+    )
+
+
+def _record(*attrs: bytes) -> bytearray:
+    body = b"".join(attrs) + struct.pack("<I", 0xFFFFFFFF)
+    head = bytearray(0x38)
+    head[0:4] = b"FILE"
+    struct.pack_into("<H", head, 0x14, 0x38)
+    struct.pack_into("<I", head, 0x18, 0x38 + len(body))
+    return bytearray(head + body)
+
+
+def test_ntfs_data_joined_through_attribute_list() -> None:
+    from fleetcast.disk.filesystems.ntfs import Volume
+
+    records = {
+        6: _record(
+            _attr_list([(0x80, 0, 6), (0x80, 8, 30)]), _nonres_data(0, 7, bytes([0x21, 8, 100, 0]), 16 * 4096)
+        ),
+        30: _record(_nonres_data(8, 15, bytes([0x21, 8, 0xC8, 0]), 0)),
+    }
+
+    class Fake(Volume):
+        def __init__(self) -> None:
+            pass
+
+        def record(self, number: int) -> bytearray:
+            return records[number]
+
+    attr = Fake().data(6)
+    assert attr.runs == ((100, 8), (200, 8))
+    assert attr.data_size == 16 * 4096
+    records[30] = _record(_nonres_data(9, 15, bytes([0x21, 8, 0xC8, 0]), 0))
+    with pytest.raises(FilesystemError) as err:
+        Fake().data(6)
+    assert str(err.value) == "NTFS MFT record 6: $DATA pieces are not contiguous (VCN 9, expected 8)"

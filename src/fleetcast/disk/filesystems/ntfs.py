@@ -10,6 +10,7 @@ $Volume's VOLUME_INFORMATION (record 3), and a hibernated Windows: ``hiberfil.sy
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import struct
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ MFT_RECORD_MFT = 0
 MFT_RECORD_VOLUME = 3
 MFT_RECORD_ROOT = 5
 MFT_RECORD_BITMAP = 6
+AT_ATTRIBUTE_LIST = 0x20
 AT_FILE_NAME = 0x30
 AT_VOLUME_INFORMATION = 0x70
 AT_DATA = 0x80
@@ -103,6 +105,7 @@ class Attribute:
     runs: tuple[tuple[int | None, int], ...]  # non-resident: (lcn or None for sparse, clusters)
     lowest_vcn: int
     data_size: int
+    highest_vcn: int = -1
 
 
 def attributes(record_in: bytes | bytearray, what: str) -> Iterator[Attribute]:
@@ -123,10 +126,11 @@ def attributes(record_in: bytes | bytearray, what: str) -> Iterator[Attribute]:
         if non_resident:
             if alen < 0x40:
                 raise FilesystemError(f"NTFS {what} has a truncated non-resident attribute")
-            lowest, _highest = struct.unpack_from("<qq", a, 0x10)
+            lowest, highest = struct.unpack_from("<qq", a, 0x10)
             (mp_ofs,) = struct.unpack_from("<H", a, 0x20)
             (data_size,) = struct.unpack_from("<q", a, 0x30)
-            yield Attribute(atype, name, False, b"", tuple(decode_runs(a[mp_ofs:], what)), lowest, data_size)
+            runs = tuple(decode_runs(a[mp_ofs:], what))
+            yield Attribute(atype, name, False, b"", runs, lowest, data_size, highest)
         else:
             vlen, vofs = struct.unpack_from("<IH", a, 0x10)
             if vofs + vlen > alen:
@@ -220,23 +224,53 @@ class Volume:
         """MFT record ``number`` with its fixups applied."""
         return self._read_record_at(self.record_position(number), f"MFT record {number}")
 
+    def data(self, number: int, name: str = "") -> Attribute:
+        """The $DATA attribute ``name`` of MFT record ``number`` as one attribute: when an attribute list
+        spreads it over extension records, their run lists are joined in VCN order."""
+        what = f"MFT record {number}"
+        attrs = list(attributes(self.record(number), what))
+        pieces = [a for a in attrs if a.type == AT_DATA and a.name == name]
+        for al in (a for a in attrs if a.type == AT_ATTRIBUTE_LIST):
+            value = (
+                al.value if al.resident else self.read_runs(al.runs, al.data_size, f"{what} attribute list")
+            )
+            for ref in _list_entries(value, AT_DATA, name, what):
+                if ref != number:
+                    ext = f"MFT record {ref} (extension of {number})"
+                    pieces += [
+                        a for a in attributes(self.record(ref), ext) if a.type == AT_DATA and a.name == name
+                    ]
+        if not pieces:
+            raise FilesystemError(f"NTFS {what} has no $DATA attribute named {name!r}")
+        first = next((a for a in pieces if a.resident or a.lowest_vcn == 0), None)
+        if first is None:
+            raise FilesystemError(f"NTFS {what} has no $DATA piece starting at VCN 0")
+        if first.resident:
+            return first
+        runs: list[tuple[int | None, int]] = []
+        next_vcn = 0
+        for piece in sorted(
+            {a.lowest_vcn: a for a in pieces if not a.resident}.values(), key=lambda a: a.lowest_vcn
+        ):
+            if piece.lowest_vcn != next_vcn:
+                raise FilesystemError(
+                    f"NTFS {what}: $DATA pieces are not contiguous "
+                    f"(VCN {piece.lowest_vcn}, expected {next_vcn})"
+                )
+            runs += piece.runs
+            next_vcn = piece.lowest_vcn + sum(count for _, count in piece.runs)
+        return dataclasses.replace(first, runs=tuple(runs))
+
     def cluster_bitmap(self) -> bytes:
-        rec = self.record(MFT_RECORD_BITMAP)
-        for attr in attributes(rec, "MFT record 6 ($Bitmap)"):
-            if attr.type == AT_DATA and not attr.name:
-                need = (self.boot.clusters + 7) // 8
-                if attr.resident:
-                    data = attr.value
-                else:
-                    if attr.lowest_vcn != 0:
-                        break
-                    data = self.read_runs(attr.runs, min(attr.data_size, need), "$Bitmap")
-                if len(data) < need:
-                    raise FilesystemError(
-                        f"NTFS $Bitmap has {len(data)} bytes; expected {need} for the volume"
-                    )
-                return data
-        raise FilesystemError("NTFS MFT record 6 ($Bitmap) has no unnamed $DATA attribute")
+        attr = self.data(MFT_RECORD_BITMAP)
+        need = (self.boot.clusters + 7) // 8
+        if attr.resident:
+            data = attr.value
+        else:
+            data = self.read_runs(attr.runs, min(attr.data_size, need), "$Bitmap")
+        if len(data) < need:
+            raise FilesystemError(f"NTFS $Bitmap has {len(data)} bytes; expected {need} for the volume")
+        return data
 
     def volume_flags(self) -> int:
         for attr in attributes(self.record(MFT_RECORD_VOLUME), "MFT record 3 ($Volume)"):
@@ -270,13 +304,24 @@ class Volume:
         return None
 
     def file_head(self, record_number: int, n: int) -> bytes:
-        rec = self.record(record_number)
-        for attr in attributes(rec, f"MFT record {record_number}"):
-            if attr.type == AT_DATA and not attr.name:
-                if attr.resident:
-                    return attr.value[:n]
-                return self.read_runs(attr.runs, min(n, attr.data_size), f"MFT record {record_number} data")
-        return b""
+        attr = self.data(record_number)
+        if attr.resident:
+            return attr.value[:n]
+        return self.read_runs(attr.runs, min(n, attr.data_size), f"MFT record {record_number} data")
+
+
+def _list_entries(value: bytes, atype: int, name: str, what: str) -> Iterator[int]:
+    """MFT record numbers that the attribute-list ``value`` names for attribute (``atype``, ``name``)."""
+    pos = 0
+    while pos + 26 <= len(value):
+        etype, elen, nlen, nofs = struct.unpack_from("<IHBB", value, pos)
+        if elen < 26 or pos + elen > len(value):
+            raise FilesystemError(f"NTFS {what} has a malformed attribute list entry at offset {pos}")
+        ename = value[pos + nofs : pos + nofs + 2 * nlen].decode("utf-16-le", errors="replace")
+        if etype == atype and ename == name:
+            (ref,) = struct.unpack_from("<Q", value, pos + 16)
+            yield int(ref & 0xFFFFFFFFFFFF)
+        pos += elen
 
 
 def _index_entries(buf: bytes, header_pos: int, wanted: str) -> int | None:
