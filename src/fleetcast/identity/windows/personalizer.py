@@ -13,7 +13,18 @@ from pathlib import Path
 
 from fleetcast.errors import UsageError
 from fleetcast.identity.base import IdentitySettings, OsKind, register
-from fleetcast.identity.windows import acl, drivers, layout, logs, sam, security, software, system, unattend
+from fleetcast.identity.windows import (
+    acl,
+    drivers,
+    layout,
+    logs,
+    profiles,
+    sam,
+    security,
+    software,
+    system,
+    unattend,
+)
 from fleetcast.identity.windows.hive import Hive, scrub
 from fleetcast.identity.windows.sid import (
     Sid,
@@ -146,6 +157,7 @@ def _run(root: Path, opts: Options, hives: _Hives, tx: Transaction, changes: lis
     files: list[tuple[str, bytes]] = []  # (path below root, content)
     old_sid: Sid | None = None
     new_sid: Sid | None = None
+    user_hives: list[profiles.UserHive] = []
     for name, o in hives.opened.items():
         if o.replayed:
             changes.append(
@@ -177,6 +189,7 @@ def _run(root: Path, opts: Options, hives: _Hives, tx: Transaction, changes: lis
         new_sid = _new_sid(opts, old_sid)
         if sec_old != old_sid:
             changes.append(f"warning: SAM machine SID {old_sid} and SECURITY PolAcDmS {sec_old} differed")
+        user_hives = profiles.user_hives(root, software.profiles(soft), old_sid)
         changes += sam.set_machine_sid(samh, new_sid)
         changes += security.set_machine_sid(sec, new_sid)
         changes += software.rename_profiles(soft, old_sid, new_sid)
@@ -278,6 +291,16 @@ def _run(root: Path, opts: Options, hives: _Hives, tx: Transaction, changes: lis
             )
         else:
             changes.append(f"file ACLs: skipped, {root} is not an ntfs-3g mount (no system.ntfs_acl)")
+
+        for uh in user_hives:
+            rewritten = profiles.rewrite(uh.path, old_sid, new_sid, hives.workdir)
+            if rewritten is None:
+                continue
+            data, n = rewritten
+            for log in logs.find_logs(uh.path):
+                tx.stage_file(log, b"")
+            tx.stage_file(uh.path, data)
+            changes.append(f"user hive {uh.path.relative_to(root)}: {n} security descriptor SID(s) rewritten")
 
     for rel, data in files:
         tx.stage_file(layout.target(root, rel), data)

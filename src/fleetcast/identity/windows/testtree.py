@@ -44,18 +44,18 @@ def _filetime() -> int:
     return _FILETIME_EPOCH + int(time.time() * 10_000_000)
 
 
-def empty_hive(path: Path, *, file_name: str = "SOFTWARE", root_name: str = "ROOT") -> None:
+def empty_hive(
+    path: Path, *, file_name: str = "SOFTWARE", root_name: str = "ROOT", user: Sid | None = None
+) -> None:
     """A valid, empty hive (base block + one hive bin: root key, its security descriptor, free space);
-    hivex cannot create one from nothing."""
-    sd = acl.build_sd(
-        ADMINISTRATORS,
-        LOCAL_SYSTEM,
-        [
-            (0, 0x02, 0x000F003F, LOCAL_SYSTEM),
-            (0, 0x02, 0x000F003F, ADMINISTRATORS),
-            (0, 0x02, 0x00020019, EVERYONE),
-        ],
-    )
+    hivex cannot create one from nothing. With ``user``, the descriptor is a user hive's (the user
+    owns it and has full control)."""
+    aces = [(0, 0x02, 0x000F003F, LOCAL_SYSTEM), (0, 0x02, 0x000F003F, ADMINISTRATORS)]
+    if user is not None:
+        aces.insert(0, (0, 0x02, 0x000F003F, user))
+    else:
+        aces.append((0, 0x02, 0x00020019, EVERYONE))
+    sd = acl.build_sd(user or ADMINISTRATORS, LOCAL_SYSTEM, aces)
     name = root_name.encode("ascii")
     nk_len = (4 + 76 + len(name) + 7) & ~7
     nk_off = 0x20
@@ -213,6 +213,18 @@ def build_software(path: Path, spec: SoftwareSpec) -> None:
     tmp.replace(path)
 
 
+def build_user_hive(path: Path, user: Sid, name: str) -> None:
+    """A small NTUSER.DAT whose keys' security descriptor names ``user`` (as Windows makes them)."""
+    empty_hive(path, file_name="ntuser.dat", root_name="ROOT", user=user)
+    h = Hive(path, write=True)
+    _set(h, "Environment", [("TEMP", REG_EXPAND_SZ, encode_sz("%USERPROFILE%\\AppData\\Local\\Temp"))])
+    _set(h, "Volatile Environment", [("USERNAME", REG_SZ, encode_sz(name))])
+    _set(h, "Software\\Microsoft\\Windows\\CurrentVersion\\Explorer", [("ShellState", REG_BINARY, bytes(36))])
+    tmp = path.with_name(path.name + ".tmp")
+    h.commit(tmp)
+    tmp.replace(path)
+
+
 def unpack(rel: str, dest: Path, hives_dir: Path = HIVES_DIR) -> Path:
     """Decompress ``hives_dir/rel`` (an .xz hive) to ``dest``."""
     src = hives_dir / rel
@@ -261,7 +273,7 @@ def build_windows_tree(
     for _rid, name in users:
         home = root / "Users" / name
         (home / "Documents").mkdir(parents=True, exist_ok=True)
-        unpack("winreg-kb/NTUSER.DAT.xz", home / "NTUSER.DAT", hives_dir)
+        build_user_hive(home / "NTUSER.DAT", machine.child(_rid), name)
         doc = home / "Documents" / "notes.txt"
         doc.write_text(f"{name}'s notes\n")
         owned += [home, home / "Documents", doc]

@@ -71,11 +71,18 @@ def _expected(before: dict[str, Dump], old: Sid, new: Sid, name: str) -> dict[st
 def test_personalize_changes_exactly_what_it_should(tree: TreeInfo) -> None:
     root = tree.root
     before = _hives(root)
+    ntuser = root / "Users" / "gold_administrator" / "NTUSER.DAT"
+    ntuser_before = dump(ntuser)
     old = tree.machine_sid
     new = seeded_machine_sid("pc07")
     changes = personalize(root, Options(name=NAME, new_sid=True, sid_seed="pc07"))
     assert any("ComputerName" in c for c in changes)
-    assert changes[-1] == f"file ACLs: skipped, {root} is not an ntfs-3g mount (no system.ntfs_acl)"
+    assert f"file ACLs: skipped, {root} is not an ntfs-3g mount (no system.ntfs_acl)" in changes
+    assert "user hive Users/gold_administrator/NTUSER.DAT: 2 security descriptor SID(s) rewritten" in changes
+    # the user hive: same keys and values, its descriptors name the user's new SID
+    assert dump(ntuser) == ntuser_before
+    raw = ntuser.read_bytes()
+    assert old.child(1001).to_bytes() not in raw and new.child(1001).to_bytes() in raw
     after = _hives(root)
     expected = _expected(before, old, new, NAME)
     for hive in after:

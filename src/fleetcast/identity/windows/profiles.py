@@ -1,0 +1,72 @@
+"""User hives (NTUSER.DAT, UsrClass.dat) of local accounts: their keys' security descriptors name the
+user's SID, so after a machine-SID change they are rewritten too (sk cells only, in place: same
+length, nothing else in the hive changes). Without this the user would lose access to their own
+HKEY_CURRENT_USER and Windows would log them on with a temporary profile."""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from fleetcast.errors import UsageError
+from fleetcast.identity.windows import layout, logs
+from fleetcast.identity.windows.hive import Hive, scrub
+from fleetcast.identity.windows.sid import Sid
+from fleetcast.identity.windows.software import Profile
+from fleetcast.identity.windows.txn import RegipyView
+
+logger = logging.getLogger(__name__)
+
+USER_HIVES = ("NTUSER.DAT", "AppData/Local/Microsoft/Windows/UsrClass.dat")
+
+
+@dataclass(frozen=True)
+class UserHive:
+    sid: str
+    path: Path
+
+
+def profile_dir(root: Path, image_path: str) -> Path | None:
+    """``C:\\Users\\bob`` or ``%SystemDrive%\\Users\\bob`` -> ROOT/Users/bob (None elsewhere)."""
+    rel = re.sub(r"^(%systemdrive%|[A-Za-z]:)", "", image_path, flags=re.IGNORECASE).replace("\\", "/")
+    if rel.startswith("%") or not rel.strip("/"):
+        return None
+    return layout.find(root, rel.strip("/"))
+
+
+def user_hives(root: Path, profiles: list[Profile], old: Sid) -> list[UserHive]:
+    out = []
+    for p in profiles:
+        try:
+            sid = Sid.parse(p.sid)
+        except UsageError:  # a key name that is not a SID is not a profile of ours
+            continue
+        if not sid.is_in_domain(old) or p.path is None:
+            continue
+        home = profile_dir(root, p.path)
+        if home is None:
+            continue
+        for rel in USER_HIVES:
+            found = layout.find(home, rel)
+            if found is not None and found.is_file():
+                out.append(UserHive(p.sid, found))
+    return out
+
+
+def rewrite(hive: Path, old: Sid, new: Sid, workdir: Path) -> tuple[bytes, int] | None:
+    """The user hive with its security descriptors rewritten (or None when nothing names ``old``).
+    A dirty hive is replayed first; one without logs raises HiveError with the way out."""
+    st = logs.state(hive)
+    copy, _ = logs.working_copy(st, workdir)
+    Hive(copy, label=hive)  # parses, or raises naming the hive
+    work = workdir / (hive.name + ".sk")
+    shutil.copyfile(copy, work)
+    res = scrub(work, old=old, new=new, all_cells=False)
+    if res.sk_sids_replaced == 0 and not st.dirty:
+        return None
+    Hive(work, label=hive)
+    RegipyView(work)
+    return work.read_bytes(), res.sk_sids_replaced
