@@ -16,13 +16,13 @@ tables), FAT through mtools at ``IMG@@OFFSET``; all loop devices and mounts are 
 from __future__ import annotations
 
 import contextlib
-import gzip
 import logging
 import os
 import random
 import shutil
 import struct
 import tempfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,8 +182,11 @@ def write_file(rng: random.Random, path: Path, spec: FileSpec) -> None:
             _write_elf(rng, f, left)
             return
         if spec.kind == "gzip":
-            payload = gzip.compress(_text(rng, spec.size * 3), compresslevel=1, mtime=0)
-            f.write(payload[: spec.size])
+            z = zlib.compressobj(1, zlib.DEFLATED, 31)  # a gzip stream, cut at the planned size
+            out = bytearray()
+            while len(out) < spec.size:
+                out += z.compress(_text(rng, min(3 * spec.size, MiB)))
+            f.write(out[: spec.size])
             return
         while left > 0:
             n = min(left, MiB)

@@ -52,8 +52,10 @@ def test_gpt_sample_disk(tmp_path: Path) -> None:
         modes = {e.mode for e in snap.values() if e.kind == "file"}
         assert len(owners) >= 3 and len(modes) >= 4
         assert any(e.kind == "link" for e in snap.values())
-        spec = disk.content(3).files[0]
-        assert (mnt / spec.path).stat().st_size == spec.size
+        sizes = {spec.path: spec.size for spec in disk.content(3).files}
+        assert {p: (mnt / p).stat().st_size for p in sizes} == sizes
+        kinds = {spec.kind for spec in disk.content(3).files}
+        assert kinds == {"text", "elf", "gzip", "random", "zeros", "small"}
     with mount_partition(disk.path, 2, read_only=True) as mnt:
         acls = [e.xattrs[0][1] for e in snapshot(mnt, xattrs=[NTFS_ACL]).values() if e.kind == "file"]
         assert all(acls)
