@@ -37,11 +37,13 @@ def attach(
     offset: int = 0,
     sizelimit: int = 0,
     partscan: bool = False,
+    sector_size: int = 0,
 ) -> Iterator[Path]:
     """Attach ``path`` to a free loop device and yield the device path; detach it (by its own path) on exit.
 
     ``offset``/``sizelimit`` (bytes) expose only a byte range of the file, e.g. one partition.
     ``partscan`` asks the kernel for partition devices (see :func:`partitions` for the fallback).
+    ``sector_size`` (e.g. 4096) sets the device's logical sector size, to test 4Kn disks.
     """
     path = Path(path)
     if not path.exists():
@@ -60,6 +62,8 @@ def attach(
         argv += ["--sizelimit", str(sizelimit)]
     if partscan:
         argv.append("--partscan")
+    if sector_size:
+        argv += ["--sector-size", str(sector_size)]
     argv.append(os.fspath(path))
     try:
         dev = Path(run_text(argv).strip())

@@ -176,3 +176,27 @@ def test_inspect_errors(tmp_path: Path) -> None:
     f = tmp_path / "x.img"
     f.write_bytes(bytes(1000))
     assert device.inspect(f) == device.DiskInfo(f, 1000, 512, 512, False)
+
+
+def test_4k_sector_disk(tmp_path: Path) -> None:
+    img = tmp_path / "4k.img"
+    with open(img, "wb") as f:
+        f.truncate(64 << 20)
+    other = tmp_path / "512.img"
+    with open(other, "wb") as f:
+        f.truncate(64 << 20)
+    with loop.attach(img, sector_size=4096) as dev:
+        info = device.inspect(dev)
+        assert (info.logical_sector_size, info.size) == (4096, 64 << 20)
+        subprocess.run(["sfdisk", "-q", dev], input=b"label: gpt\n,16M\n,\n", check=True)
+        table = read_table(dev)
+        assert table.sector_size == 4096 and table.partitions[0].size == 4096
+        assert table.min_disk_bytes() <= 64 << 20
+        with pytest.raises(DiskError) as err:
+            write_table(other, table)
+        assert str(err.value) == (
+            f"disk {other} has 512-byte logical sectors but the partition table uses 4096-byte sectors"
+        )
+        with loop.attach(tmp_path / "512.img", sector_size=4096) as dev2:
+            write_table(dev2, table)
+            assert read_table(dev2) == table
