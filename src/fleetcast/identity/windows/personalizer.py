@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fleetcast.errors import UsageError
+from fleetcast.errors import IdentityError, UsageError
 from fleetcast.identity.base import IdentitySettings, OsKind, register
 from fleetcast.identity.windows import (
     acl,
@@ -128,6 +128,16 @@ def personalize(root: Path, opts: Options) -> list[str]:
     """Apply ``opts`` to the Windows volume at ``root``; return one line per change made."""
     opts.validate()
     layout.config_dir(root)
+    hib = layout.find(root, "hiberfil.sys")
+    if hib is not None and hib.is_file():
+        with hib.open("rb") as fh:
+            if fh.read(4) in (b"hibr", b"HIBR", b"wake", b"WAKE", b"RSTR", b"rstr"):
+                raise IdentityError(
+                    f"Windows on {root} is hibernated (hiberfil.sys holds a resume image): changes made now "
+                    "would be lost or corrupt the volume when it resumes",
+                    hint="boot it and shut down fully (shutdown /s /t 0; powercfg /h off turns Fast Startup "
+                    "off), then capture the image again",
+                )
     changes: list[str] = []
     tx = Transaction()
     with tempfile.TemporaryDirectory(prefix="fleetcast-win-") as tmp:
