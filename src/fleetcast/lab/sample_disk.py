@@ -134,11 +134,24 @@ def plan_files(rng: random.Random, budget: int, *, prefix: str = "") -> list[Fil
     return specs
 
 
+_SENTENCES: list[bytes] = []
+
+
+def _sentences() -> list[bytes]:
+    """4096 fixed sentences made of WORDS; text files are random sequences of them (fast, deterministic)."""
+    if not _SENTENCES:
+        rng = random.Random(20261124)
+        for _ in range(4096):
+            words = rng.choices(WORDS, k=rng.randrange(6, 24))
+            _SENTENCES.append((" ".join(words).capitalize() + rng.choice([". ", ".\n", ", ", "? "])).encode())
+    return _SENTENCES
+
+
 def _text(rng: random.Random, size: int) -> bytes:
+    pool = _sentences()
     out = bytearray()
     while len(out) < size:
-        words = rng.choices(WORDS, k=2000)
-        out += (" ".join(words) + ".\n").encode()
+        out += b"".join(rng.choices(pool, k=min(max(size // 64, 16), 16384)))
     return bytes(out[:size])
 
 
@@ -307,7 +320,7 @@ def _mounted(dev: Path, fstype: FsType, *, read_only: bool = False) -> Iterator[
     mnt = Path(tempfile.mkdtemp(prefix="fleetcast-mnt-"))
     try:
         if fstype is FsType.NTFS:
-            run(["ntfs-3g", *(["-o", "ro"] if read_only else []), dev, mnt])
+            run(["ntfs-3g", "-o", "ro" if read_only else "big_writes", dev, mnt])
         elif fstype is FsType.EXT:
             run(["mount", *(["-o", "ro,noload"] if read_only else []), dev, mnt])
         else:
