@@ -268,7 +268,12 @@ def _run(root: Path, opts: Options, hives: _Hives, tx: Transaction, changes: lis
             changes.append(f"file Windows/Panther/unattend.xml: written (ImageState {state})")
         else:
             changes.append(f"unattend.xml: not written, the image is not generalized (ImageState {state})")
-    elif opts.unattend != "none":
+    elif generalized and (opts.ip is not None or staged_drivers):
+        changes.append(
+            f"warning: the image is generalized and --unattend is {opts.unattend}: the static IP and staged "
+            "drivers take effect only if your answer file applies them"
+        )
+    if opts.unattend not in ("auto", "none"):
         files.append(("Windows/Panther/unattend.xml", Path(opts.unattend).read_bytes()))
         changes.append(f"file Windows/Panther/unattend.xml: copied from {opts.unattend}")
 

@@ -295,3 +295,18 @@ def test_registered_personalizer(tree: TreeInfo, tmp_path: Path) -> None:
     assert p.detect(lower)
     changes = p.personalize(tree.root, IdentitySettings(name="AGENT-1", sid_seed="agent-1"))
     assert "SECURITY Policy\\PolAcDmN: STUDENT-PC8 -> AGENT-1" in changes
+
+
+def test_hibernated_windows_is_refused(tree: TreeInfo) -> None:
+    (tree.root / "hiberfil.sys").write_bytes(b"HIBR" + bytes(4092))
+    cfg = tree.root / CONFIG
+    before = {p.name: p.read_bytes() for p in cfg.iterdir()}
+    with pytest.raises(IdentityError) as exc:
+        personalize(tree.root, Options(name=NAME))
+    assert str(exc.value) == (
+        f"Windows on {tree.root} is hibernated (hiberfil.sys holds a resume image): changes made now would "
+        "be lost or corrupt the volume when it resumes"
+    )
+    assert {p.name: p.read_bytes() for p in cfg.iterdir()} == before
+    (tree.root / "hiberfil.sys").write_bytes(bytes(4096))  # a cleared header is fine
+    assert personalize(tree.root, Options(name=NAME))
