@@ -244,3 +244,19 @@ def test_ntfs_data_joined_through_attribute_list() -> None:
     with pytest.raises(FilesystemError) as err:
         Fake().data(6)
     assert str(err.value) == "NTFS MFT record 6: $DATA pieces are not contiguous (VCN 9, expected 8)"
+
+
+@pytest.mark.parametrize("bits", [16, 32])
+def test_used_clusters_matches_naive(bits: int) -> None:
+    rng = random.Random(bits)
+    clusters = 5000
+    values = [rng.choice([0, 0, 0, 1, 0xFFFF, 0x10000000, 0x0FFFFFF7]) for _ in range(clusters + 2)]
+    fmt = "<H" if bits == 16 else "<I"
+    mask = 0xFFFF if bits == 16 else 0x0FFFFFFF
+    fat = b"".join(struct.pack(fmt, v & (0xFFFF if bits == 16 else 0xFFFFFFFF)) for v in values)
+    naive = bytes(1 if values[c] & mask else 0 for c in range(2, clusters + 2))
+    expected = _naive_runs(
+        bytes(int("".join(str(b) for b in reversed(naive[i : i + 8])), 2) for i in range(0, clusters, 8)),
+        clusters,
+    )
+    assert used_clusters(fat, bits, clusters) == expected
