@@ -38,6 +38,8 @@ LOCAL_SYSTEM = Sid.parse("S-1-5-18")
 ADMINISTRATORS = Sid.parse("S-1-5-32-544")
 EVERYONE = Sid.parse("S-1-1-0")
 _FILETIME_EPOCH = 116444736000000000
+# the winreg-kb machine's domain (INTERNAL) user whose NTUSER.DAT is in tests/data
+DOMAIN_USER_SID = "S-1-5-21-226059406-2984137831-1201299043-1107"
 
 
 def _filetime() -> int:
@@ -253,7 +255,8 @@ def build_windows_tree(
     """Assemble ``root/Windows/System32/config/{SYSTEM,SAM,SECURITY,SOFTWARE}`` (SYSTEM from ``system``:
     win7, win10 or dirty (with its .LOG1/.LOG2); SAM and SECURITY from ``sam_pair``: winreg-kb (one
     machine) or regipy (two machines)), a SOFTWARE hive with profiles for the SAM's users,
-    ``Users/<name>/NTUSER.DAT`` and files owned by local accounts (descriptors set through
+    ``Users/<name>/NTUSER.DAT`` (built for local users; the real winreg-kb one for a domain user
+    ``student``, whose profile must stay untouched) and files owned by local accounts (descriptors set through
     ``system.ntfs_acl`` when ``root`` is an ntfs-3g mount, or when ``with_acls`` says so)."""
     config = root / "Windows" / "System32" / "config"
     config.mkdir(parents=True, exist_ok=True)
@@ -266,7 +269,13 @@ def build_windows_tree(
     samh = Hive(config / "SAM")
     machine = sam.machine_sid(samh)
     users = [(u.rid, u.name) for u in sam.users(samh) if u.rid != 501]
-    build_software(config / "SOFTWARE", SoftwareSpec(machine, users, image_state=image_state))
+    domain_user = (DOMAIN_USER_SID, "student")
+    build_software(
+        config / "SOFTWARE", SoftwareSpec(machine, users, image_state=image_state, extra_users=[domain_user])
+    )
+    student = root / "Users" / "student"
+    student.mkdir(parents=True, exist_ok=True)
+    unpack("winreg-kb/NTUSER.DAT.xz", student / "NTUSER.DAT", hives_dir)  # a real domain user's hive
     (root / "Windows" / "Panther").mkdir(parents=True, exist_ok=True)
     (root / "Windows" / "System32" / "drivers").mkdir(parents=True, exist_ok=True)
     owned: list[Path] = []

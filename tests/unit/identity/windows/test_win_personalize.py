@@ -73,6 +73,7 @@ def test_personalize_changes_exactly_what_it_should(tree: TreeInfo) -> None:
     before = _hives(root)
     ntuser = root / "Users" / "gold_administrator" / "NTUSER.DAT"
     ntuser_before = dump(ntuser)
+    domain_ntuser = (root / "Users" / "student" / "NTUSER.DAT").read_bytes()
     old = tree.machine_sid
     new = seeded_machine_sid("pc07")
     changes = personalize(root, Options(name=NAME, new_sid=True, sid_seed="pc07"))
@@ -81,9 +82,12 @@ def test_personalize_changes_exactly_what_it_should(tree: TreeInfo) -> None:
     assert "user hive Users/gold_administrator/NTUSER.DAT: 2 security descriptor SID(s) rewritten" in changes
     # the user hive: same keys and values, its descriptors name the user's new SID
     assert dump(ntuser) == ntuser_before
+    assert (root / "Users" / "student" / "NTUSER.DAT").read_bytes() == domain_ntuser  # domain user untouched
     raw = ntuser.read_bytes()
     assert old.child(1001).to_bytes() not in raw and new.child(1001).to_bytes() in raw
     after = _hives(root)
+    domain_profile = "s-1-5-21-226059406-2984137831-1201299043-1107"
+    assert f"microsoft\\windows nt\\currentversion\\profilelist\\{domain_profile}" in after["SOFTWARE"]
     expected = _expected(before, old, new, NAME)
     for hive in after:
         assert after[hive].keys() == expected[hive].keys(), hive
