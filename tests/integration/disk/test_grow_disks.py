@@ -34,7 +34,7 @@ def _restore_bigger(src: Path, dst: Path, size: int) -> None:
 
 def _fs_bytes_ext(disk: Path, offset: int) -> int:
     out = subprocess.run(
-        ["dumpe2fs", "-h", f"{disk}?offset={offset}"], check=False, capture_output=True, text=True
+        ["dumpe2fs", "-h", f"{disk}?offset={offset}"], check=True, capture_output=True, text=True
     ).stdout
     fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
     return int(fields["Block count"]) * int(fields["Block size"])
@@ -64,7 +64,6 @@ def test_grow_last_partition(tmp_path: Path, layout: str) -> None:
     if fstype is FsType.EXT:
         assert _fs_bytes_ext(dst, offset) > _fs_bytes_ext(src.path, last.start * 512)
         assert _fs_bytes_ext(dst, offset) >= size - 4096 * 8
-        subprocess.run(["e2fsck", "-fn", f"{dst}?offset={offset}"], check=False)
         with loop.attach(dst, offset=offset, sizelimit=size, read_only=True) as dev:
             subprocess.run(["e2fsck", "-fn", dev], check=True, capture_output=True)
     else:
@@ -99,7 +98,8 @@ def test_grow_fat_last_leaves_filesystem(tmp_path: Path, caplog: pytest.LogCaptu
     assert new.partitions[1].end > p2.end
     assert dst.read_bytes()[p2.start * 512 : p2.end * 512] == before
     assert "FAT cannot be grown here" in caplog.text
-    subprocess.run(["fsck.vfat", "-n", f"{dst}@@{p2.start * 512}"], check=False)
+    with loop.attach(dst, offset=p2.start * 512, sizelimit=p2.size * 512, read_only=True) as dev:
+        subprocess.run(["fsck.vfat", "-n", dev], check=True, capture_output=True)
 
 
 def test_grow_bare_ext4(tmp_path: Path) -> None:

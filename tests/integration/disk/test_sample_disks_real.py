@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from fleetcast.disk import loop
 from fleetcast.disk.filesystems import FsType, detect
 from fleetcast.disk.partitions import read_table
 from fleetcast.errors import DiskError
@@ -35,7 +36,15 @@ def test_gpt_sample_disk(tmp_path: Path) -> None:
     kinds = [_detect(disk.path, p.start * 512, p.size * 512) for p in table.partitions]
     assert kinds == [FsType.FAT, FsType.NTFS, FsType.EXT]
     esp = table.partitions[0]
-    subprocess.run(["fsck.vfat", "-n", f"{disk.path}"], check=False)  # whole disk is not a FAT volume
+    with loop.attach(disk.path, offset=esp.start * 512, sizelimit=esp.size * 512, read_only=True) as dev:
+        subprocess.run(["fsck.vfat", "-n", dev], check=True, capture_output=True)
+    for number in (2, 3):
+        part = table.partition(number)
+        with loop.attach(
+            disk.path, offset=part.start * 512, sizelimit=part.size * 512, read_only=True
+        ) as dev:
+            tool = ["ntfsfix", "-n"] if number == 2 else ["e2fsck", "-fn"]
+            subprocess.run([*tool, dev], check=True, capture_output=True)
     listing = subprocess.run(
         ["mdir", "-/", "-b", "-i", f"{disk.path}@@{esp.start * 512}", "::/"],
         check=True,
@@ -63,7 +72,6 @@ def test_gpt_sample_disk(tmp_path: Path) -> None:
     with pytest.raises(DiskError) as err, mount_partition(disk.path, 1):
         pass
     assert "is not mountable on this machine" in str(err.value)
-    subprocess.run(["losetup", "-a"], check=True)
 
 
 def test_sample_disk_is_deterministic(tmp_path: Path) -> None:
@@ -124,4 +132,5 @@ def test_linux_disk(tmp_path: Path, netstack: str) -> None:
         }
         assert (mnt / net[netstack]).is_file()
         assert [n for n in net.values() if (mnt / n).exists()] == [net[netstack]]
-    subprocess.run(["e2fsck", "-fn", f"{disk.path}?offset={root.start * 512}"], check=False)
+    with loop.attach(disk.path, offset=root.start * 512, sizelimit=root.size * 512, read_only=True) as dev:
+        subprocess.run(["e2fsck", "-fn", dev], check=True, capture_output=True)
