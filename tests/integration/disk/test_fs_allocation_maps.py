@@ -319,3 +319,35 @@ def test_truncated_partition_is_an_error(tmp_path: Path, tree: Path) -> None:
     with open(img, "rb") as f, pytest.raises(FilesystemError) as err:
         used_extents(FsType.EXT, f, 0, 16 * MiB)
     assert str(err.value) == "ext filesystem is 33554432 bytes but its partition is only 16777216 bytes"
+
+
+def _restart_page(lsn: int, in_use: int, flags: int, page_size: int = 4096) -> bytes:
+    """A $LogFile restart page (RSTR) with update-sequence fixups; restart area at 0x30."""
+    page = bytearray(page_size)
+    count = page_size // 512 + 1
+    page[0:4] = b"RSTR"
+    struct.pack_into("<HHQIIHhh", page, 4, 0x1E, count, 0, page_size, page_size, 0x30, 1, 1)
+    struct.pack_into("<QHHHH", page, 0x30, lsn, 1, 0xFFFF, in_use, flags)
+    page[0x1E:0x20] = b"\x01\x00"
+    for i in range(1, count):
+        end = i * 512
+        page[0x1E + 2 * i : 0x20 + 2 * i] = page[end - 2 : end]
+        page[end - 2 : end] = b"\x01\x00"
+    return bytes(page)
+
+
+def test_ntfs_unclean_logfile_refused(tmp_path: Path, tree: Path) -> None:
+    img = _make_ntfs(tmp_path, tree)
+    size = img.stat().st_size
+    with open(img, "r+b") as f:
+        vol = Volume(f, 0, size)
+        lcn, _count = vol.data(2).runs[0]
+        assert lcn is not None
+        f.seek(lcn * vol.boot.cluster_size)
+        f.write(_restart_page(7, 0, 0) + _restart_page(6, 0xFFFF, 0))
+    with open(img, "rb") as f, pytest.raises(FilesystemError) as err:
+        check_capturable(FsType.NTFS, f, 0, size, "partition 2")
+    assert str(err.value) == (
+        "partition 2 (64.0 MiB, NTFS) was not shut down cleanly ($LogFile holds changes not yet written "
+        "to the volume)"
+    )

@@ -260,3 +260,43 @@ def test_used_clusters_matches_naive(bits: int) -> None:
         clusters,
     )
     assert used_clusters(fat, bits, clusters) == expected
+
+
+def _restart_page(lsn: int, in_use: int, flags: int, page_size: int = 4096) -> bytes:
+    page = bytearray(page_size)
+    count = page_size // 512 + 1
+    page[0:4] = b"RSTR"
+    struct.pack_into("<HHQIIHhh", page, 4, 0x1E, count, 0, page_size, page_size, 0x30, 1, 1)
+    struct.pack_into("<QHHHH", page, 0x30, lsn, 1, 0xFFFF, in_use, flags)
+    usn = b"\x01\x00"
+    page[0x1E:0x20] = usn
+    for i in range(1, count):  # protect every sector end with the update sequence number
+        end = i * 512
+        page[0x1E + 2 * i : 0x20 + 2 * i] = page[end - 2 : end]
+        page[end - 2 : end] = usn
+    return bytes(page)
+
+
+@pytest.mark.parametrize(
+    ("pages", "clean"),
+    [
+        (b"\xff" * 16384, True),
+        (_restart_page(10, 0xFFFF, 0) + _restart_page(9, 0, 0), True),  # newest: no client in use
+        (_restart_page(10, 0, 2) + _restart_page(9, 0, 0), True),  # newest: flagged clean
+        (_restart_page(10, 0, 0) + _restart_page(11, 0xFFFF, 0), True),  # the second page is newer
+        (_restart_page(12, 0, 0) + _restart_page(11, 0xFFFF, 0), False),
+        (b"\x00" * 16384, True),  # unreadable: not judged (warning)
+    ],
+)
+def test_logfile_clean(pages: bytes, clean: bool) -> None:
+    from fleetcast.disk.filesystems.ntfs import Volume
+
+    class Fake(Volume):
+        def __init__(self) -> None:
+            pass
+
+        def file_head(self, record_number: int, n: int) -> bytes:
+            assert record_number == 2
+            return pages[:n]
+
+    assert Fake().logfile_clean() is clean

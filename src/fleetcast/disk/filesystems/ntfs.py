@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 OEM_ID = b"NTFS    "
 MFT_RECORD_MFT = 0
+MFT_RECORD_LOGFILE = 2
 MFT_RECORD_VOLUME = 3
 MFT_RECORD_ROOT = 5
 MFT_RECORD_BITMAP = 6
@@ -36,6 +37,8 @@ AT_INDEX_ALLOCATION = 0xA0
 AT_END = 0xFFFFFFFF
 VOLUME_IS_DIRTY = 0x0001
 FIXUP_STRIDE = 512
+LOGFILE_NO_CLIENT = 0xFFFF
+RESTART_VOLUME_IS_CLEAN = 0x0002
 
 
 @dataclass(frozen=True)
@@ -303,6 +306,36 @@ class Volume:
                         return found
         return None
 
+    def logfile_clean(self) -> bool:
+        """False only when $LogFile positively holds changes not yet written to the volume (ntfs-3g's test:
+        the newest restart area has a client in use and is not flagged clean). An empty log (all 0xFF, as
+        mkntfs and ntfs-3g leave it) is clean; a log this parser cannot read is reported clean with a
+        warning -- the dirty flag and hiberfil.sys checks still apply."""
+        head = self.file_head(MFT_RECORD_LOGFILE, 16384)
+        if not head.strip(b"\xff"):
+            return True
+        best: tuple[int, bool] | None = None
+        try:
+            (page_size,) = struct.unpack_from("<I", head, 0x10)
+            if page_size not in (512, 1024, 2048, 4096, 8192):
+                raise FilesystemError(f"NTFS $LogFile restart page size is {page_size}; expected 512 to 8192")
+            for pos in (0, page_size):
+                page = bytearray(head[pos : pos + page_size])
+                if len(page) < page_size or page[:4] != b"RSTR":
+                    continue
+                fixup(page, b"RSTR", "$LogFile restart page")
+                (ra_ofs,) = struct.unpack_from("<H", page, 0x18)
+                if ra_ofs + 16 > page_size:
+                    raise FilesystemError(f"NTFS $LogFile restart area offset {ra_ofs} is beyond its page")
+                lsn, _clients, _free, in_use, flags = struct.unpack_from("<QHHHH", page, ra_ofs)
+                clean = in_use == LOGFILE_NO_CLIENT or bool(flags & RESTART_VOLUME_IS_CLEAN)
+                if best is None or lsn > best[0]:
+                    best = (lsn, clean)
+        except (FilesystemError, struct.error) as exc:
+            logger.warning("cannot read the NTFS $LogFile restart area (%s); not judging it", exc)
+            return True
+        return True if best is None else best[1]
+
     def file_head(self, record_number: int, n: int) -> bytes:
         attr = self.data(record_number)
         if attr.resident:
@@ -383,4 +416,10 @@ class Ntfs(Filesystem):
             raise FilesystemError(
                 f"{describe(name, size, 'NTFS')} was not shut down cleanly (the volume is marked dirty)",
                 hint="run chkdsk in Windows and " + hint,
+            )
+        if not vol.logfile_clean():
+            raise FilesystemError(
+                f"{describe(name, size, 'NTFS')} was not shut down cleanly ($LogFile holds changes "
+                "not yet written to the volume)",
+                hint=hint,
             )
