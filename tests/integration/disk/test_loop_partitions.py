@@ -200,3 +200,16 @@ def test_4k_sector_disk(tmp_path: Path) -> None:
         with loop.attach(tmp_path / "512.img", sector_size=4096) as dev2:
             write_table(dev2, table)
             assert read_table(dev2) == table
+
+
+def test_partition_name_with_quote_round_trips(tmp_path: Path) -> None:
+    src = _make(tmp_path, "src.img", GPT_SCRIPT)
+    subprocess.run(["sfdisk", "-q", "--part-label", src, "3", 'data "copy", v2'], check=True)
+    table = read_table(src)
+    assert table.partition(3).name == 'data "copy", v2'
+    dst = tmp_path / "dst.img"
+    with open(dst, "wb") as f:
+        f.truncate(64 << 20)
+    write_table(dst, table)
+    assert read_table(dst) == table
+    assert dst.read_bytes()[512 : 34 * 512] == src.read_bytes()[512 : 34 * 512]
