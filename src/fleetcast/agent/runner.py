@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -267,6 +268,7 @@ class TaskRunner:
 
         logger.info("task %d: writing %r to %s from chunk %d", task.task_id, task.image, target, start)
         with self.api.chunk_source(workers=self.workers, prefetch=self.prefetch, stop=stopping) as source:
+            source.warm(c.id for _, c in islice(manifest.entries(), start, None))
             restored = restore(
                 manifest,
                 source,

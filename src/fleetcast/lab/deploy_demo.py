@@ -29,6 +29,7 @@ from typing import Any
 
 from fleetcast.errors import FleetcastError
 from fleetcast.lab.netns import LabNetwork, Node, stop_process
+from fleetcast.run import run
 
 logger = logging.getLogger(__name__)
 
@@ -175,6 +176,10 @@ class FleetLab:
             with open(backing, "wb") as f:
                 f.truncate(self.disk_size)
             dev = self._stack.enter_context(loop.attach(backing))
+            # like a real disk: no second page cache for the backing file (less CPU, no flush storms)
+            proc = run(["losetup", "--direct-io=on", dev], check=False)
+            if proc.returncode != 0:
+                logger.debug("direct I/O not available for %s: %s", dev, proc.stderr.decode(errors="replace"))
             self.agents.append(
                 Agent(
                     node,

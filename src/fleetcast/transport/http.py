@@ -164,6 +164,8 @@ class HttpChunkSource:
         self._client = client or make_client(self.base_url, credential, workers=workers)
         self._stop = stop
         self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._early: deque[tuple[str, Future[bytes]]] = deque()
         self.bytes_fetched = 0
         self.chunks_fetched = 0
 
@@ -182,13 +184,39 @@ class HttpChunkSource:
             self.chunks_fetched += 1
         return data
 
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="chunk-fetch")
+        return self._pool
+
+    def warm(self, chunk_ids: Iterable[str]) -> None:
+        """Start fetching the first ``prefetch`` distinct ids of these now (e.g. while the restore writes
+        the partition table); a later ``fetch_many`` that starts with the same ids uses them, anything
+        else is dropped."""
+        pool = self._executor()
+        seen = {cid for cid, _ in self._early}
+        for chunk_id in chunk_ids:
+            if len(self._early) >= self.prefetch:
+                break
+            if chunk_id not in seen:
+                seen.add(chunk_id)
+                self._early.append((chunk_id, pool.submit(self.fetch, chunk_id)))
+
+    def _drop_early(self) -> None:
+        while self._early:
+            self._early.popleft()[1].cancel()
+
     def fetch_many(self, chunk_ids: Iterable[str]) -> Iterator[tuple[str, bytes]]:
-        ids = iter(chunk_ids)
-        pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="chunk-fetch")
+        pool = self._executor()
         window: deque[tuple[str, Future[bytes]]] = deque()
         try:
-            for chunk_id in ids:
-                window.append((chunk_id, pool.submit(self.fetch, chunk_id)))
+            for chunk_id in chunk_ids:
+                if self._early and self._early[0][0] == chunk_id:
+                    future = self._early.popleft()[1]
+                else:
+                    self._drop_early()
+                    future = pool.submit(self.fetch, chunk_id)
+                window.append((chunk_id, future))
                 if len(window) >= self.prefetch:
                     head_id, head = window.popleft()
                     yield head_id, head.result()
@@ -198,9 +226,13 @@ class HttpChunkSource:
         finally:
             for _, future in window:
                 future.cancel()
-            pool.shutdown(wait=True, cancel_futures=True)
 
     def close(self) -> None:
+        """Cancel what is still queued, wait for requests in flight, close the connections."""
+        self._drop_early()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
         if self._own_client:
             self._client.close()
 

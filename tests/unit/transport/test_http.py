@@ -129,3 +129,39 @@ def test_bad_parameters() -> None:
     with pytest.raises(TransportError) as info:
         HttpChunkSource(BASE, "c", workers=0)
     assert str(info.value) == "HTTP chunk source needs workers >= 1 and prefetch >= 1, got 0/16"
+
+
+def test_warm_starts_early_and_is_reused() -> None:
+    fetched: list[str] = []
+    lock = threading.Lock()
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        cid = req.url.path.rsplit("/", 1)[1]
+        with lock:
+            fetched.append(cid)
+        return httpx.Response(200, content=cid.encode())
+
+    ids = [f"{i:064x}" for i in range(10)]
+    with HttpChunkSource(
+        BASE, "c", workers=2, prefetch=4, client=_client(httpx.MockTransport(handler))
+    ) as src:
+        src.warm(ids)
+        for _ in range(100):
+            if len(fetched) == 4:
+                break
+            time.sleep(0.01)
+        assert sorted(fetched) == ids[:4]  # started before fetch_many was called
+        assert [i for i, _ in src.fetch_many(ids)] == ids
+    assert sorted(fetched) == ids  # each chunk fetched exactly once
+
+
+def test_warm_for_other_ids_is_dropped() -> None:
+    def handler(req: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=req.url.path.rsplit("/", 1)[1].encode())
+
+    with HttpChunkSource(
+        BASE, "c", workers=1, prefetch=2, client=_client(httpx.MockTransport(handler))
+    ) as src:
+        src.warm(["a" * 64, "b" * 64])
+        got = list(src.fetch_many(["c" * 64, "d" * 64]))
+    assert got == [("c" * 64, b"c" * 64), ("d" * 64, b"d" * 64)]
