@@ -11,7 +11,6 @@ from __future__ import annotations
 import gc
 import importlib
 import logging
-import shutil
 import struct
 import warnings
 from dataclasses import dataclass
@@ -131,10 +130,9 @@ def _apply(recovery: Any, hive: Path, primary: Path, secondary: Path | None, out
 
 
 def working_copy(st: HiveState, workdir: Path) -> tuple[Path, bool]:
-    """The file to open for editing: a replayed copy for a dirty hive, else a plain copy.
+    """The file to open for editing: a replayed copy in ``workdir`` for a dirty hive, else the hive
+    itself (hivex reads it whole into memory and closes it; commits go to another file).
     Returns (path, replayed)."""
     if st.dirty:
         return replay(st, workdir), True
-    out = workdir / st.path.name
-    shutil.copyfile(st.path, out)
-    return out, False
+    return st.path, False
