@@ -93,6 +93,13 @@ def test_bare_layouts(tmp_path: Path, layout: str) -> None:
     assert read_table(disk.path).label == "none"
     want = {"bare-ext4": FsType.EXT, "bare-ntfs": FsType.NTFS, "bare-fat": FsType.FAT}[layout]
     assert _detect(disk.path, 0, 40 * MiB) is want
+    if want is not FsType.FAT:
+        with mount_partition(disk.path, 0, read_only=True) as mnt:
+            sizes = {spec.path: spec.size for spec in disk.contents[0].files}
+            assert sizes and {p: (mnt / p).stat().st_size for p in sizes} == sizes
+    else:
+        with pytest.raises(DiskError):
+            mount_partition(disk.path, 0).__enter__()
     if want is FsType.EXT:
         subprocess.run(["e2fsck", "-fn", disk.path], check=True, capture_output=True)
     elif want is FsType.NTFS:
