@@ -7,9 +7,9 @@ import struct
 from pathlib import Path
 
 import pytest
-from dumps import Dump, dump
 from regipy.registry import RegistryHive
 from Registry import Registry
+from win_dumps import Dump, dump
 
 from fleetcast.errors import HiveError, IdentityError, UsageError
 from fleetcast.identity.base import IdentitySettings, OsKind, get
