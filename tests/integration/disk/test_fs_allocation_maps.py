@@ -267,6 +267,13 @@ def test_ntfs_hibernated_refused(tmp_path: Path, tree: Path) -> None:
     if proc.returncode == 0:
         subprocess.run(["umount", tmp_path / "mnt2"], check=True)
     assert "Could not mount read-write" in proc.stderr
+    # Windows shut down fully: hiberfil.sys gone -> capturable again
+    subprocess.run(
+        ["ntfs-3g", "-o", "remove_hiberfile", img, tmp_path / "mnt2"], check=True, capture_output=True
+    )
+    subprocess.run(["umount", tmp_path / "mnt2"], check=True)
+    with open(img, "rb") as f:
+        check_capturable(FsType.NTFS, f, 0, size, "partition 3")
 
 
 def test_bitlocker_detected_and_refused(tmp_path: Path, tree: Path) -> None:

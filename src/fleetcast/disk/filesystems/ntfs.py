@@ -283,16 +283,18 @@ class Volume:
         raise FilesystemError("NTFS MFT record 3 ($Volume) has no VOLUME_INFORMATION")
 
     def root_lookup(self, filename: str) -> int | None:
-        """MFT record number of ``filename`` in the root directory (case-insensitive), or None."""
+        """MFT record number of ``filename`` in the root directory (case-insensitive), or None.
+
+        Entries in index blocks that are no longer used can be stale: a match counts only when its
+        record is in use and its sequence number matches the reference."""
         root = self.record(MFT_RECORD_ROOT)
         wanted = filename.lower()
+        refs: list[int] = []
         for attr in attributes(root, "MFT record 5 (root directory)"):
             if attr.name != "$I30":
                 continue
             if attr.type == AT_INDEX_ROOT and attr.resident and len(attr.value) >= 32:
-                found = _index_entries(attr.value, 16, wanted)
-                if found is not None:
-                    return found
+                refs += _index_entries(attr.value, 16, wanted)
             elif attr.type == AT_INDEX_ALLOCATION and not attr.resident:
                 data = self.read_runs(attr.runs, attr.data_size, "root directory index")
                 bsize = self.boot.index_block_size
@@ -301,10 +303,20 @@ class Volume:
                     if block[:4] != b"INDX":
                         continue
                     fixup(block, b"INDX", "root directory index block")
-                    found = _index_entries(bytes(block), 0x18, wanted)
-                    if found is not None:
-                        return found
+                    refs += _index_entries(bytes(block), 0x18, wanted)
+        for ref in refs:
+            if self._live(ref):
+                return ref & 0xFFFFFFFFFFFF
         return None
+
+    def _live(self, ref: int) -> bool:
+        number, seq = ref & 0xFFFFFFFFFFFF, ref >> 48
+        try:
+            rec = self.record(number)
+        except FilesystemError:
+            return False
+        rec_seq, flags = struct.unpack_from("<HxxxxH", rec, 0x10)
+        return bool(flags & 1) and seq in (0, rec_seq)
 
     def logfile_clean(self) -> bool:
         """False only when $LogFile positively holds changes not yet written to the volume (ntfs-3g's test:
@@ -357,26 +369,26 @@ def _list_entries(value: bytes, atype: int, name: str, what: str) -> Iterator[in
         pos += elen
 
 
-def _index_entries(buf: bytes, header_pos: int, wanted: str) -> int | None:
+def _index_entries(buf: bytes, header_pos: int, wanted: str) -> list[int]:
+    """File references (64-bit, with sequence number) of the entries named ``wanted`` in an index node."""
+    found: list[int] = []
     if header_pos + 16 > len(buf):
-        return None
+        return found
     first, total_size = struct.unpack_from("<II", buf, header_pos)
     pos = header_pos + first
     end = min(header_pos + total_size, len(buf))
     while pos + 16 <= end:
         ref, elen, klen, flags = struct.unpack_from("<QHHI", buf, pos)
-        if elen < 16:
-            return None
-        if flags & 2:  # last entry
-            return None
+        if elen < 16 or flags & 2:  # malformed, or the last entry (no key)
+            break
         key = buf[pos + 16 : pos + 16 + klen]
         if len(key) >= 0x42:
             nlen = key[0x40]
             name = key[0x42 : 0x42 + 2 * nlen].decode("utf-16-le", errors="replace")
             if name.lower() == wanted:
-                return int(ref & 0xFFFFFFFFFFFF)
+                found.append(int(ref))
         pos += elen
-    return None
+    return found
 
 
 class Ntfs(Filesystem):
