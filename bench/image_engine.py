@@ -31,7 +31,7 @@ from pathlib import Path
 
 from fleetcast.disk import loop
 from fleetcast.disk.partitions import read_table, write_table
-from fleetcast.lab.sample_disk import build_sample_disk, mount_partition
+from fleetcast.lab.sample_disk import FileSpec, build_sample_disk, mount_partition, write_file
 from fleetcast.progress import human_bytes
 from fleetcast.store.capture import CHUNK_SIZE, CaptureStats, capture
 from fleetcast.store.images import ImageStore
@@ -78,8 +78,13 @@ def partclone_restore(disk: Path, src: Path, fstypes: dict[int, str], target: Pa
         sh(f"sync -f {target}")
 
 
+KINDS = {"text": "text", "elf": "elf", "gzip": "gzip", "random": "random", "zeros": "zeros", "small": "small"}
+
+
 def change_files(disk: Path, numbers: list[int], fraction: float, seed: int) -> tuple[int, int]:
-    """Rewrite ``fraction`` of the files (by count) on these partitions with new content of the same size."""
+    """Replace ``fraction`` of the files (by count) on these partitions with a new version: new content of
+    the same kind (text stays text, executables stay executables, media stays random) and size, written
+    the way an update writes it (truncate and rewrite)."""
     rng = random.Random(seed)
     files = bytes_changed = 0
     for number in numbers:
@@ -88,8 +93,8 @@ def change_files(disk: Path, numbers: list[int], fraction: float, seed: int) -> 
             picked = rng.sample(all_files, max(1, round(len(all_files) * fraction)))
             for p in picked:
                 size = p.stat().st_size
-                with open(p, "r+b") as f:
-                    f.write(rng.randbytes(size))
+                kind = next((k for k in KINDS if p.name.startswith(k)), "random")
+                write_file(rng, p, FileSpec(str(p.relative_to(mnt)), kind, size))
                 files += 1
                 bytes_changed += size
     return files, bytes_changed

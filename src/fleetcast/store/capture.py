@@ -29,11 +29,12 @@ from fleetcast.store.manifest import Area, ChunkRef, Extent, Manifest
 
 logger = logging.getLogger(__name__)
 
-CHUNK_SIZE = 1 << 20
+CHUNK_SIZE = 64 << 10  # dedupe granularity: fixed windows of partition offset
+PACK_SIZE = 4 << 20  # new chunks are compressed and stored together in packs of about this size
 ZERO_BLOCK = 4096
 HEAD_BYTES = 1 << 20  # the start of the disk (MBR, GPT, BIOS boot code) is always captured in full
 EXTENDED_TYPES = ("5", "f", "85")  # MBR extended partitions: containers, their EBRs are captured as gaps
-_ZEROS = bytes(CHUNK_SIZE)
+_ZEROS = bytes(1 << 20)
 
 
 @dataclass
@@ -69,6 +70,7 @@ def capture(
     level: int = DEFAULT_LEVEL,
     workers: int = 2,
     stats: CaptureStats | None = None,
+    pack_size: int = PACK_SIZE,
 ) -> Manifest:
     """Capture ``source`` as image ``name``; the image is visible only once complete and durable."""
     from fleetcast.disk.device import inspect
@@ -107,6 +109,7 @@ def capture(
                 workers=workers,
                 progress=progress,
                 source=source,
+                pack_size=pack_size,
             )
             hints = [a.os_hint for a in areas if a.os_hint]
             manifest = Manifest(
@@ -119,6 +122,7 @@ def capture(
                 table_dict=table.to_dict(),
                 chunk_size=chunk_size,
                 zero_block=ZERO_BLOCK,
+                pack_size=pack_size,
                 os_hint="windows" if "windows" in hints else (hints[0] if hints else None),
                 areas=tuple(areas),
             )
@@ -279,6 +283,71 @@ def _merge_add(runs: list[Extent], new: list[Extent]) -> None:
             runs.append((off, length))
 
 
+class _Packer:
+    """Collects new chunks into packs of about ``pack_size`` bytes; each sealed pack is hashed here and
+    compressed + written by the worker pool while reading goes on."""
+
+    def __init__(
+        self, txn: CaptureTransaction, pool: ThreadPoolExecutor, *, level: int, pack_size: int, workers: int
+    ) -> None:
+        self.txn = txn
+        self.pool = pool
+        self.level = level
+        self.pack_size = pack_size
+        self.max_inflight = workers + 1
+        self.buf: list[bytes] = []
+        self.size = 0
+        self.seq = 0
+        self.ids: dict[int, str] = {}  # pack sequence number -> pack id
+        self.slices: dict[str, tuple[int, int]] = {}  # chunk hash -> (pack sequence, offset)
+        self.submitted: set[str] = set()
+        self.inflight: deque[Future[None]] = deque()
+
+    def add(self, chunk_hash_: str, data: bytes) -> tuple[int, int]:
+        ref = (self.seq, self.size)
+        self.slices[chunk_hash_] = ref
+        self.buf.append(data)
+        self.size += len(data)
+        if self.size >= self.pack_size:
+            self.seal()
+        return ref
+
+    def seal(self) -> None:
+        if not self.buf:
+            return
+        data = b"".join(self.buf)
+        pid = chunk_hash(data)
+        self.ids[self.seq] = pid
+        self.buf, self.size, self.seq = [], 0, self.seq + 1
+        if pid in self.submitted or self.txn.known(pid):
+            return
+        self.submitted.add(pid)
+        self.inflight.append(self.pool.submit(self._store, pid, data))
+        while len(self.inflight) > self.max_inflight:
+            self.inflight.popleft().result()
+
+    def _store(self, pid: str, data: bytes) -> None:
+        self.txn.add_chunk(pid, compress(data, self.level))
+
+    def finish(self) -> None:
+        self.seal()
+        while self.inflight:
+            self.inflight.popleft().result()
+
+
+def existing_slices(store: ImageStore) -> dict[str, tuple[str, int]]:
+    """Chunk hash -> (pack id, offset) over every image in the store: what a new capture can reuse."""
+    index: dict[str, tuple[str, int]] = {}
+    for manifest in store.list():
+        for _, c in manifest.entries():
+            index.setdefault(c.hash, (c.id, c.offset))
+    return index
+
+
+# (chunk hash, window, extents, pack: an existing pack id, or the sequence number of a new pack, offset)
+_Ref = tuple[str, int, list[Extent], str | int, int]
+
+
 def _capture_areas(
     f: BinaryIO,
     plans: list[_Plan],
@@ -289,23 +358,29 @@ def _capture_areas(
     workers: int,
     progress: ProgressFn | None,
     source: Path,
+    pack_size: int,
 ) -> list[Area]:
     fd = f.fileno()
     total = sum(sum(n for _, n in p.used) for p in plans)
     done = 0
     if progress:
         progress(0, total)
-    pending: dict[str, Future[None]] = {}
-    inflight: deque[Future[None]] = deque()
-    max_inflight = 2 * workers + 2
+    index = existing_slices(txn.store)
+    present: dict[str, bool] = {}
 
-    def store_chunk(cid: str, data: bytes) -> None:
-        txn.add_chunk(cid, compress(data, level))
+    def reusable(h: str) -> tuple[str, int] | None:
+        hit = index.get(h)
+        if hit is None:
+            return None
+        if hit[0] not in present:
+            present[hit[0]] = txn.store.chunks.has(hit[0])
+        return hit if present[hit[0]] else None
 
-    raw_areas: list[tuple[_Plan, list[tuple[str, int, list[Extent]]], list[Extent]]] = []
+    raw_areas: list[tuple[_Plan, list[_Ref], list[Extent]]] = []
     with ThreadPoolExecutor(workers, thread_name_prefix="capture") as pool:
+        packer = _Packer(txn, pool, level=level, pack_size=pack_size, workers=workers)
         for plan in plans:
-            refs: list[tuple[str, int, list[Extent]]] = []
+            refs: list[_Ref] = []
             zeros: list[Extent] = []
             for window, pieces in _windows(list(plan.used), plan.size, chunk_size):
                 span_start = pieces[0][0]
@@ -330,22 +405,23 @@ def _capture_areas(
                         chunk = data
                     else:
                         chunk = b"".join(data[o - span_start : o - span_start + n] for o, n in nonzero)
-                    cid = chunk_hash(chunk)
-                    refs.append((cid, window, nonzero))
-                    if cid not in pending and not txn.known(cid):
-                        fut = pool.submit(store_chunk, cid, chunk)
-                        pending[cid] = fut
-                        inflight.append(fut)
-                        while len(inflight) > max_inflight:
-                            inflight.popleft().result()
+                    h = chunk_hash(chunk)
+                    old = reusable(h)
+                    if old is not None:
+                        refs.append((h, window, nonzero, old[0], old[1]))
+                    else:
+                        seq, off = packer.slices.get(h) or packer.add(h, chunk)
+                        refs.append((h, window, nonzero, seq, off))
                 if progress:
                     progress(done, total)
             raw_areas.append((plan, refs, zeros))
-        while inflight:
-            inflight.popleft().result()
+        packer.finish()
     areas: list[Area] = []
     for plan, refs, zeros in raw_areas:
-        chunks = tuple(ChunkRef(cid, w, tuple(ext), txn.stored_size(cid)) for cid, w, ext in refs)
+        chunks: list[ChunkRef] = []
+        for h, w, ext, where, off in refs:
+            pid = where if isinstance(where, str) else packer.ids[where]
+            chunks.append(ChunkRef(pid, h, off, w, tuple(ext), txn.stored_size(pid)))
         used = sum(n for _, n in plan.used)
         areas.append(
             Area(
@@ -356,7 +432,7 @@ def _capture_areas(
                 plan.fstype,
                 plan.os_hint,
                 used,
-                chunks,
+                tuple(chunks),
                 tuple(zeros),
             )
         )

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fleetcast.errors import ChunkCorrupt, StoreError
-from fleetcast.store.chunkstore import decompress_verify
+from fleetcast.store.chunkstore import chunk_hash, decompress_verify
 from fleetcast.store.images import ImageStore
 from fleetcast.store.manifest import CHUNK_ID_RE
 
@@ -42,38 +42,39 @@ class VerifyReport:
         }
 
 
-def _check_one(store: ImageStore, cid: str, length: int | None, what: str) -> tuple[int, str | None]:
+def _check_one(
+    store: ImageStore, cid: str, slices: list[tuple[int, int, str]], what: str
+) -> tuple[int, str | None]:
+    """Decompress and re-hash one stored object, then check the slices (offset, length, hash) images use."""
     try:
         stored = store.chunks.read(cid)
     except StoreError as exc:
         return 0, f"{what}: {exc.message}"
     try:
-        data = decompress_verify(cid, stored, length, what=what)
+        data = decompress_verify(cid, stored, None, what=what)
     except ChunkCorrupt as exc:
         return 0, exc.message
+    for off, length, h in slices:
+        if len(data) < off + length or chunk_hash(data[off : off + length]) != h:
+            return 0, f"{what}: chunk {cid} does not hold slice {h} at offset {off}"
     return len(data), None
 
 
 def verify_image(store: ImageStore, name: str) -> VerifyReport:
-    """Read, decompress and re-hash every chunk the image uses (each once)."""
+    """Read, decompress and re-hash every stored object the image uses (each once) and every slice."""
     manifest = store.open(name)
-    lengths: dict[str, int] = {}
+    slices: dict[str, set[tuple[int, int, str]]] = {}
     for _, chunk in manifest.entries():
-        lengths.setdefault(chunk.id, chunk.length)
+        slices.setdefault(chunk.id, set()).add((chunk.offset, chunk.length, chunk.hash))
     report = VerifyReport(name)
     what = f"image {name!r}"
     with ThreadPoolExecutor(WORKERS) as pool:
-        for cid, (n, problem) in zip(
-            lengths,
-            pool.map(lambda c: _check_one(store, c, lengths[c], what), lengths),
-            strict=True,
-        ):
+        for n, problem in pool.map(lambda c: _check_one(store, c, sorted(slices[c]), what), slices):
             report.chunks += 1
             report.bytes += n
             if problem:
                 logger.error("%s", problem)
                 report.problems.append(problem)
-            del cid
     return report
 
 
@@ -109,7 +110,7 @@ class CheckReport:
 
 
 def _references(store: ImageStore, report: CheckReport | None) -> tuple[dict[str, int], list[str]]:
-    """Chunk id -> expected length over all images, and the names of images whose manifest is damaged."""
+    """Stored object id -> stored size over all images, and the names of images whose manifest is damaged."""
     refs: dict[str, int] = {}
     damaged: list[str] = []
     for name in store.names():
@@ -121,7 +122,7 @@ def _references(store: ImageStore, report: CheckReport | None) -> tuple[dict[str
         if report is not None:
             report.images += 1
         for _, chunk in manifest.entries():
-            refs.setdefault(chunk.id, chunk.length)
+            refs.setdefault(chunk.id, chunk.stored)
     return refs, damaged
 
 
@@ -143,7 +144,7 @@ def check_store(store: ImageStore) -> CheckReport:
     what = "store"
 
     def one(cid: str) -> str | None:
-        return _check_one(store, cid, refs.get(cid), what)[1]
+        return _check_one(store, cid, [], what)[1]
 
     with ThreadPoolExecutor(WORKERS) as pool:
         for problem in pool.map(one, sorted(present)):

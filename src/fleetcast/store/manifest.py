@@ -52,9 +52,9 @@ TOP_KEYS = (
     "areas",
 )
 DISK_KEYS = ("size", "logical_sector_size", "physical_sector_size")
-CHUNKING_KEYS = ("hash", "compression", "chunk_size", "zero_block")
+CHUNKING_KEYS = ("hash", "compression", "chunk_size", "zero_block", "pack_size")
 AREA_KEYS = ("kind", "number", "start", "size", "fstype", "os_hint", "used", "chunks", "zeros")
-CHUNK_KEYS = ("id", "window", "extents", "stored")
+CHUNK_KEYS = ("id", "hash", "offset", "window", "extents", "stored")
 
 Extent = tuple[int, int]
 
@@ -66,9 +66,16 @@ def valid_name(name: str) -> bool:
 
 @dataclass(frozen=True)
 class ChunkRef:
-    """One chunk of an area: its id, its window (area-relative offset) and the byte ranges it fills."""
+    """One chunk of an area: the bytes of one window, kept as a slice of a stored pack.
+
+    ``id`` names the stored object (the pack, what a ChunkSource fetches), ``offset`` is where the slice
+    starts in the pack's uncompressed content, ``hash`` is the blake3 of the slice (the dedupe key),
+    ``window`` its area-relative window and ``extents`` the byte ranges it fills; ``stored`` is the
+    pack's compressed size."""
 
     id: str
+    hash: str
+    offset: int
     window: int
     extents: tuple[Extent, ...]
     stored: int
@@ -81,6 +88,8 @@ class ChunkRef:
     def to_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,
+            "hash": self.hash,
+            "offset": self.offset,
             "window": self.window,
             "extents": [list(e) for e in self.extents],
             "stored": self.stored,
@@ -142,6 +151,7 @@ class Manifest:
     table_dict: dict[str, Any] = field(hash=False, compare=True)
     chunk_size: int
     zero_block: int
+    pack_size: int
     os_hint: str | None
     areas: tuple[Area, ...]
 
@@ -162,14 +172,14 @@ class Manifest:
         return sum(len(a.chunks) for a in self.areas)
 
     def chunk_ids(self) -> list[str]:
-        """The distinct chunk ids in first-use order."""
+        """The distinct stored objects (packs) to fetch, in first-use order."""
         seen: dict[str, None] = {}
         for _, chunk in self.entries():
             seen.setdefault(chunk.id, None)
         return list(seen)
 
     def chunk_sizes(self) -> dict[str, int]:
-        """Stored (compressed) size of each distinct chunk."""
+        """Stored (compressed) size of each distinct stored object."""
         return {c.id: c.stored for _, c in self.entries()}
 
     @property
@@ -204,6 +214,7 @@ class Manifest:
                 "compression": COMPRESSION,
                 "chunk_size": self.chunk_size,
                 "zero_block": self.zero_block,
+                "pack_size": self.pack_size,
             },
             "os_hint": self.os_hint,
             "areas": [a.to_dict() for a in self.areas],
@@ -269,6 +280,7 @@ class Manifest:
             raise ManifestError(
                 f"chunking.zero_block must be a power of two from 512 to chunk_size; found {zero_block}"
             )
+        pack_size = _int(chunking["pack_size"], "chunking.pack_size", minimum=chunk_size)
         os_hint = _os_hint(d["os_hint"], "manifest 'os_hint'")
         raw_areas = d["areas"]
         if not isinstance(raw_areas, list):
@@ -285,6 +297,7 @@ class Manifest:
             table_dict=table_dict,
             chunk_size=chunk_size,
             zero_block=zero_block,
+            pack_size=pack_size,
             os_hint=os_hint,
             areas=areas,
         )
@@ -378,6 +391,10 @@ def _area(raw: object, index: int, chunk_size: int, disk_size: int) -> Area:
         cid = _str(c["id"], f"{cw}.id")
         if not CHUNK_ID_RE.fullmatch(cid):
             raise ManifestError(f"{cw}.id must be 64 lower-case hex digits (blake3); found {cid!r}")
+        chash = _str(c["hash"], f"{cw}.hash")
+        if not CHUNK_ID_RE.fullmatch(chash):
+            raise ManifestError(f"{cw}.hash must be 64 lower-case hex digits (blake3); found {chash!r}")
+        offset = _int(c["offset"], f"{cw}.offset")
         window = _int(c["window"], f"{cw}.window")
         if window % chunk_size:
             raise ManifestError(
@@ -409,7 +426,7 @@ def _area(raw: object, index: int, chunk_size: int, disk_size: int) -> Area:
             prev_end = off + length
             extents.append((off, length))
         stored = _int(c["stored"], f"{cw}.stored", minimum=1)
-        chunks.append(ChunkRef(cid, window, tuple(extents), stored))
+        chunks.append(ChunkRef(cid, chash, offset, window, tuple(extents), stored))
     raw_zeros = d["zeros"]
     if not isinstance(raw_zeros, list):
         raise ManifestError(f"{what}.zeros must be a list; found {type(raw_zeros).__name__}")

@@ -17,16 +17,15 @@ import logging
 import os
 import stat
 import struct
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fleetcast.errors import DiskError, RestoreError
+from fleetcast.errors import ChunkCorrupt, DiskError, RestoreError
 from fleetcast.progress import ProgressFn, human_bytes
-from fleetcast.store.chunkstore import decompress_verify
+from fleetcast.store.chunkstore import chunk_hash, decompress_verify
 from fleetcast.store.manifest import Area, ChunkRef, Manifest
 from fleetcast.store.source import ChunkSource
 
@@ -209,6 +208,33 @@ def _pwrite_zeros(fd: int, start: int, length: int) -> None:
         length -= n
 
 
+PACK_CACHE = 16  # decompressed packs kept for entries that come back to a pack (re-captured images)
+
+
+def fetch_plan(
+    entries: list[tuple[Area, ChunkRef]], capacity: int = PACK_CACHE
+) -> tuple[list[str], list[int]]:
+    """Which packs to fetch, in order, and for each entry the index of the fetch that serves it.
+
+    A small LRU of decompressed packs is simulated: an entry whose pack is cached needs no fetch; a pack
+    that was evicted is fetched again. Deterministic, so the fetch list can be handed to a ChunkSource
+    (and prefetched) before anything is written.
+    """
+    fetches: list[str] = []
+    serve: list[int] = []
+    cache: dict[str, int] = {}  # pack id -> fetch index, in LRU order (oldest first)
+    for _, chunk in entries:
+        k = cache.pop(chunk.id, None)
+        if k is None:
+            k = len(fetches)
+            fetches.append(chunk.id)
+            if len(cache) >= capacity:
+                cache.pop(next(iter(cache)))
+        cache[chunk.id] = k
+        serve.append(k)
+    return fetches, serve
+
+
 def _write_chunks(
     manifest: Manifest,
     source: ChunkSource,
@@ -228,54 +254,61 @@ def _write_chunks(
         progress(done, total)
     todo = entries[start_chunk:]
     what = f"image {manifest.name!r}"
+    fetches, serve = fetch_plan(todo)
+    last_use = {k: i for i, k in enumerate(serve)}
+    fetched = source.fetch_many(fetches)
+    futures: dict[int, Future[bytes]] = {}
+    lookahead = workers + 1
     since_checkpoint = 0
-    index = start_chunk
-    inflight: deque[tuple[Area, ChunkRef, Future[bytes]]] = deque()
-    max_inflight = 2 * workers + 2
+    submitted = 0
 
-    def write(area: Area, chunk: ChunkRef, data: bytes) -> None:
-        nonlocal done, since_checkpoint, index
-        pos = 0
-        view = memoryview(data)
-        for off, length in chunk.extents:
-            piece = view[pos : pos + length]
-            written = 0
-            while written < length:
-                written += os.pwrite(fd, piece[written:], area.start + off + written)
-            pos += length
-        done += chunk.length
-        since_checkpoint += chunk.length
-        result.bytes_written += chunk.length
-        result.chunks_written += 1
-        index += 1
-        if progress:
-            progress(done, total)
-        if on_checkpoint and since_checkpoint >= checkpoint_bytes:
-            os.fsync(fd)
-            on_checkpoint(index)
-            since_checkpoint = 0
-
-    fetched = source.fetch_many(c.id for _, c in todo)
-    with ThreadPoolExecutor(workers, thread_name_prefix="restore") as pool:
-        for area, chunk in todo:
+    def submit_until(k: int) -> None:
+        nonlocal submitted
+        while submitted <= min(k, len(fetches) - 1):
+            pid = fetches[submitted]
             try:
-                cid, stored = next(fetched)
+                got, stored = next(fetched)
             except StopIteration:
-                raise RestoreError(f"{what}: the chunk source ended before chunk {chunk.id}") from None
-            if cid != chunk.id:
-                raise RestoreError(f"{what}: the chunk source sent chunk {cid}, expected {chunk.id}")
-            inflight.append(
-                (area, chunk, pool.submit(decompress_verify, chunk.id, stored, chunk.length, what=what))
-            )
-            while len(inflight) > max_inflight:
-                a, c, fut = inflight.popleft()
-                write(a, c, fut.result())
-        while inflight:
-            a, c, fut = inflight.popleft()
-            write(a, c, fut.result())
-    if on_checkpoint and index > start_chunk:
+                raise RestoreError(f"{what}: the chunk source ended before chunk {pid}") from None
+            if got != pid:
+                raise RestoreError(f"{what}: the chunk source sent chunk {got}, expected {pid}")
+            futures[submitted] = pool.submit(decompress_verify, pid, stored, None, what=what)
+            submitted += 1
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="restore") as pool:
+        for i, (area, chunk) in enumerate(todo):
+            k = serve[i]
+            submit_until(k + lookahead)
+            pack = futures[k].result()
+            length = chunk.length
+            piece = pack[chunk.offset : chunk.offset + length]
+            if len(piece) != length or chunk_hash(piece) != chunk.hash:
+                raise ChunkCorrupt(
+                    f"{what}: chunk {chunk.id} does not hold slice {chunk.hash} at offset {chunk.offset}",
+                    hint="the store or the image manifest is damaged; run 'fleetcast store check'",
+                )
+            view = memoryview(piece)
+            pos = 0
+            for off, n in chunk.extents:
+                written = 0
+                while written < n:
+                    written += os.pwrite(fd, view[pos + written : pos + n], area.start + off + written)
+                pos += n
+            if last_use[k] == i:
+                del futures[k]
+            done += length
+            since_checkpoint += length
+            result.bytes_written += length
+            result.chunks_written += 1
+            if progress:
+                progress(done, total)
+            if on_checkpoint and since_checkpoint >= checkpoint_bytes:
+                os.fsync(fd)
+                on_checkpoint(start_chunk + i + 1)
+                since_checkpoint = 0
+    if on_checkpoint and todo:
         os.fsync(fd)
-        on_checkpoint(index)
+        on_checkpoint(start_chunk + len(todo))
 
 
 def _last_partition_area(manifest: Manifest) -> Area | None:

@@ -72,13 +72,15 @@ def test_kill_9_capture_leaves_no_image(tmp_path: Path, fleetcast_bin: Path) -> 
     with open(golden, "wb") as f:
         for _ in range(160):
             f.write(rnd.randbytes(1 << 20).translate(letters))
-    # how long a full capture takes here, to kill inside it
-    started = time.monotonic()
-    proc = fc(fleetcast_bin, "image", "capture", golden, "probe", "--store", store, "--json")
-    assert proc.returncode == 0, proc.stderr
-    full = time.monotonic() - started
-    assert fc(fleetcast_bin, "image", "rm", "probe", "--store", store).returncode == 0
-    assert fc(fleetcast_bin, "store", "gc", "--store", store).returncode == 0
+    # how long a full capture takes here (the second run, with the source in the page cache)
+    full = 1e9
+    for _ in range(2):
+        started = time.monotonic()
+        proc = fc(fleetcast_bin, "image", "capture", golden, "probe", "--store", store, "--json")
+        assert proc.returncode == 0, proc.stderr
+        full = min(full, time.monotonic() - started)
+        assert fc(fleetcast_bin, "image", "rm", "probe", "--store", store).returncode == 0
+        assert fc(fleetcast_bin, "store", "gc", "--store", store).returncode == 0
     killed = 0
     for attempt in range(5):
         child = subprocess.Popen(
@@ -86,16 +88,23 @@ def test_kill_9_capture_leaves_no_image(tmp_path: Path, fleetcast_bin: Path) -> 
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        time.sleep(rnd.uniform(0.1 * full, 0.95 * full))
+        time.sleep(rnd.uniform(0.05 * full, 0.7 * full))
         if child.poll() is None:
             os.kill(child.pid, signal.SIGKILL)
             killed += 1
         child.wait()
-        listed = json.loads(fc(fleetcast_bin, "image", "list", "--store", store, "--json").stdout)
-        for image in listed:  # a capture that finished before the kill is complete and verifies
-            assert fc(fleetcast_bin, "image", "verify", image["name"], "--store", store).returncode == 0
+        listed = [
+            i["name"]
+            for i in json.loads(fc(fleetcast_bin, "image", "list", "--store", store, "--json").stdout)
+        ]
         if child.returncode == -signal.SIGKILL:
-            assert f"crash{attempt}" not in [i["name"] for i in listed]
+            assert f"crash{attempt}" not in listed
+        else:  # finished before the kill: complete; removed so the next attempt does all the work again
+            assert child.returncode == 0
+            assert fc(fleetcast_bin, "image", "verify", f"crash{attempt}", "--store", store).returncode == 0
+            assert fc(fleetcast_bin, "image", "rm", f"crash{attempt}", "--store", store).returncode == 0
+            assert fc(fleetcast_bin, "store", "gc", "--store", store).returncode == 0
+        assert fc(fleetcast_bin, "store", "check", "--store", store).returncode in (0, 4)
     assert killed >= 1
     gc = fc(fleetcast_bin, "store", "gc", "--store", store, "--json")
     assert gc.returncode == 0, gc.stderr

@@ -15,6 +15,8 @@ from fleetcast.store.manifest import Manifest
 MiB = 1 << 20
 ID_A = "a" * 64
 ID_B = "b" * 64
+H_1 = "1" * 64
+H_2 = "2" * 64
 GUID_DISK = "57A5D31C-9013-0848-871A-86C5717F6DAE"
 GUID_ESP = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 GUID_P1 = "7F334B92-BFC8-7942-B135-5B30D4076371"
@@ -48,7 +50,13 @@ def valid() -> dict[str, Any]:
                 }
             ],
         },
-        "chunking": {"hash": "blake3", "compression": "zstd", "chunk_size": MiB, "zero_block": 4096},
+        "chunking": {
+            "hash": "blake3",
+            "compression": "zstd",
+            "chunk_size": MiB,
+            "zero_block": 4096,
+            "pack_size": 4 * MiB,
+        },
         "os_hint": None,
         "areas": [
             {
@@ -59,7 +67,9 @@ def valid() -> dict[str, Any]:
                 "fstype": "raw",
                 "os_hint": None,
                 "used": MiB,
-                "chunks": [{"id": ID_A, "window": 0, "extents": [[0, 4096]], "stored": 100}],
+                "chunks": [
+                    {"id": ID_A, "hash": H_1, "offset": 0, "window": 0, "extents": [[0, 4096]], "stored": 100}
+                ],
                 "zeros": [[4096, MiB - 4096]],
             },
             {
@@ -71,8 +81,22 @@ def valid() -> dict[str, Any]:
                 "os_hint": None,
                 "used": 2 * MiB,
                 "chunks": [
-                    {"id": ID_B, "window": 0, "extents": [[0, 8192], [65536, 4096]], "stored": 50},
-                    {"id": ID_A, "window": MiB, "extents": [[MiB, 4096]], "stored": 100},
+                    {
+                        "id": ID_B,
+                        "hash": H_2,
+                        "offset": 0,
+                        "window": 0,
+                        "extents": [[0, 8192], [65536, 4096]],
+                        "stored": 50,
+                    },
+                    {
+                        "id": ID_A,
+                        "hash": H_1,
+                        "offset": 4096,
+                        "window": MiB,
+                        "extents": [[MiB, 4096]],
+                        "stored": 100,
+                    },
                 ],
                 "zeros": [],
             },
@@ -185,6 +209,21 @@ CORPUS: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
         "chunk id path",
         _set("areas.1.chunks.0.id", "../../etc/passwd"),
         "areas[1].chunks[0].id must be 64 lower-case hex digits (blake3); found '../../etc/passwd'",
+    ),
+    (
+        "slice hash",
+        _set("areas.1.chunks.0.hash", "x"),
+        "areas[1].chunks[0].hash must be 64 lower-case hex digits (blake3); found 'x'",
+    ),
+    (
+        "slice offset",
+        _set("areas.1.chunks.0.offset", -1),
+        "areas[1].chunks[0].offset must be at least 0; found -1",
+    ),
+    (
+        "pack size",
+        _set("chunking.pack_size", 4096),
+        "chunking.pack_size must be at least 1048576; found 4096",
     ),
     (
         "window unaligned",
