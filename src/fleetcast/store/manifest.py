@@ -49,12 +49,14 @@ TOP_KEYS = (
     "table",
     "chunking",
     "os_hint",
+    "packs",
     "areas",
 )
 DISK_KEYS = ("size", "logical_sector_size", "physical_sector_size")
 CHUNKING_KEYS = ("hash", "compression", "chunk_size", "zero_block", "pack_size")
 AREA_KEYS = ("kind", "number", "start", "size", "fstype", "os_hint", "used", "chunks", "zeros")
-CHUNK_KEYS = ("id", "hash", "offset", "window", "extents", "stored")
+CHUNK_KEYS = ("pack", "hash", "offset", "window", "extents")
+PACK_KEYS = ("id", "stored")
 
 Extent = tuple[int, int]
 
@@ -85,14 +87,13 @@ class ChunkRef:
         """Uncompressed size: the sum of its extents."""
         return sum(n for _, n in self.extents)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, pack_index: dict[str, int]) -> dict[str, Any]:
         return {
-            "id": self.id,
+            "pack": pack_index[self.id],
             "hash": self.hash,
             "offset": self.offset,
             "window": self.window,
             "extents": [list(e) for e in self.extents],
-            "stored": self.stored,
         }
 
 
@@ -126,7 +127,7 @@ class Area:
     def data_bytes(self) -> int:
         return sum(c.length for c in self.chunks)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, pack_index: dict[str, int]) -> dict[str, Any]:
         return {
             "kind": self.kind,
             "number": self.number,
@@ -135,7 +136,7 @@ class Area:
             "fstype": self.fstype,
             "os_hint": self.os_hint,
             "used": self.used,
-            "chunks": [c.to_dict() for c in self.chunks],
+            "chunks": [c.to_dict(pack_index) for c in self.chunks],
             "zeros": [list(z) for z in self.zeros],
         }
 
@@ -197,6 +198,8 @@ class Manifest:
         return sum(self.chunk_sizes().values())
 
     def to_dict(self) -> dict[str, Any]:
+        sizes = self.chunk_sizes()
+        pack_index = {pid: i for i, pid in enumerate(sizes)}
         return {
             "format": FORMAT,
             "version": VERSION,
@@ -217,11 +220,12 @@ class Manifest:
                 "pack_size": self.pack_size,
             },
             "os_hint": self.os_hint,
-            "areas": [a.to_dict() for a in self.areas],
+            "packs": [{"id": pid, "stored": stored} for pid, stored in sizes.items()],
+            "areas": [a.to_dict(pack_index) for a in self.areas],
         }
 
     def to_json(self) -> bytes:
-        return json.dumps(self.to_dict(), indent=1, separators=(",", ":")).encode() + b"\n"
+        return json.dumps(self.to_dict(), separators=(",", ":")).encode() + b"\n"
 
     @classmethod
     def from_json(cls, data: bytes | str) -> Manifest:
@@ -285,7 +289,12 @@ class Manifest:
         raw_areas = d["areas"]
         if not isinstance(raw_areas, list):
             raise ManifestError(f"manifest 'areas' must be a list; found {type(raw_areas).__name__}")
-        areas = tuple(_area(a, i, chunk_size, disk_size) for i, a in enumerate(raw_areas))
+        packs = _packs(d["packs"])
+        areas = tuple(_area(a, i, chunk_size, disk_size, packs) for i, a in enumerate(raw_areas))
+        used_packs = {c.id for a in areas for c in a.chunks}
+        for pi, (pid, _) in enumerate(packs):
+            if pid not in used_packs:
+                raise ManifestError(f"packs[{pi}] ({pid}) is not used by any chunk")
         _check_layout(areas, table, disk_size, lss)
         return cls(
             name=name,
@@ -355,7 +364,25 @@ def _extent(v: object, what: str) -> Extent:
     return off, length
 
 
-def _area(raw: object, index: int, chunk_size: int, disk_size: int) -> Area:
+def _packs(raw: object) -> list[tuple[str, int]]:
+    if not isinstance(raw, list):
+        raise ManifestError(f"manifest 'packs' must be a list; found {type(raw).__name__}")
+    out: list[tuple[str, int]] = []
+    seen: set[str] = set()
+    for i, rp in enumerate(raw):
+        what = f"packs[{i}]"
+        p = _obj(rp, what, PACK_KEYS)
+        pid = _str(p["id"], f"{what}.id")
+        if not CHUNK_ID_RE.fullmatch(pid):
+            raise ManifestError(f"{what}.id must be 64 lower-case hex digits (blake3); found {pid!r}")
+        if pid in seen:
+            raise ManifestError(f"{what}.id {pid} appears twice")
+        seen.add(pid)
+        out.append((pid, _int(p["stored"], f"{what}.stored", minimum=1)))
+    return out
+
+
+def _area(raw: object, index: int, chunk_size: int, disk_size: int, packs: list[tuple[str, int]]) -> Area:
     what = f"areas[{index}]"
     d = _obj(raw, what, AREA_KEYS)
     kind = d["kind"]
@@ -388,9 +415,10 @@ def _area(raw: object, index: int, chunk_size: int, disk_size: int) -> Area:
     for ci, rc in enumerate(raw_chunks):
         cw = f"{what}.chunks[{ci}]"
         c = _obj(rc, cw, CHUNK_KEYS)
-        cid = _str(c["id"], f"{cw}.id")
-        if not CHUNK_ID_RE.fullmatch(cid):
-            raise ManifestError(f"{cw}.id must be 64 lower-case hex digits (blake3); found {cid!r}")
+        pack = _int(c["pack"], f"{cw}.pack")
+        if pack >= len(packs):
+            raise ManifestError(f"{cw}.pack {pack} is not in 'packs' ({len(packs)} entries)")
+        cid, stored = packs[pack]
         chash = _str(c["hash"], f"{cw}.hash")
         if not CHUNK_ID_RE.fullmatch(chash):
             raise ManifestError(f"{cw}.hash must be 64 lower-case hex digits (blake3); found {chash!r}")
@@ -425,7 +453,6 @@ def _area(raw: object, index: int, chunk_size: int, disk_size: int) -> Area:
                 )
             prev_end = off + length
             extents.append((off, length))
-        stored = _int(c["stored"], f"{cw}.stored", minimum=1)
         chunks.append(ChunkRef(cid, chash, offset, window, tuple(extents), stored))
     raw_zeros = d["zeros"]
     if not isinstance(raw_zeros, list):

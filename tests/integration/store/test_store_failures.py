@@ -174,13 +174,13 @@ def test_bad_arguments(golden: Path, tmp_path: Path, fleetcast_bin: Path) -> Non
     # a manifest damaged on disk is named, not trusted
     manifest = store / "images" / "g" / "manifest.json"
     doc = json.loads(manifest.read_text())
-    doc["areas"][1]["chunks"][0]["id"] = "zz"
+    doc["packs"][0]["id"] = "zz"
     manifest.write_text(json.dumps(doc))
     proc = fc(fleetcast_bin, "image", "restore", "g", tmp_path / "y.img", "--store", store)
     assert proc.returncode == 1
     assert proc.stderr.splitlines()[0] == (
         "fleetcast: error: image 'g' has an invalid manifest: "
-        "areas[1].chunks[0].id must be 64 lower-case hex digits (blake3); found 'zz'"
+        "packs[0].id must be 64 lower-case hex digits (blake3); found 'zz'"
     )
     assert not (tmp_path / "y.img").exists()
     proc = fc(fleetcast_bin, "store", "gc", "--store", store)

@@ -58,6 +58,7 @@ def valid() -> dict[str, Any]:
             "pack_size": 4 * MiB,
         },
         "os_hint": None,
+        "packs": [{"id": ID_A, "stored": 100}, {"id": ID_B, "stored": 50}],
         "areas": [
             {
                 "kind": "gap",
@@ -67,9 +68,7 @@ def valid() -> dict[str, Any]:
                 "fstype": "raw",
                 "os_hint": None,
                 "used": MiB,
-                "chunks": [
-                    {"id": ID_A, "hash": H_1, "offset": 0, "window": 0, "extents": [[0, 4096]], "stored": 100}
-                ],
+                "chunks": [{"pack": 0, "hash": H_1, "offset": 0, "window": 0, "extents": [[0, 4096]]}],
                 "zeros": [[4096, MiB - 4096]],
             },
             {
@@ -82,20 +81,18 @@ def valid() -> dict[str, Any]:
                 "used": 2 * MiB,
                 "chunks": [
                     {
-                        "id": ID_B,
+                        "pack": 1,
                         "hash": H_2,
                         "offset": 0,
                         "window": 0,
                         "extents": [[0, 8192], [65536, 4096]],
-                        "stored": 50,
                     },
                     {
-                        "id": ID_A,
+                        "pack": 0,
                         "hash": H_1,
                         "offset": 4096,
                         "window": MiB,
                         "extents": [[MiB, 4096]],
-                        "stored": 100,
                     },
                 ],
                 "zeros": [],
@@ -201,14 +198,27 @@ CORPUS: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
         "areas[1].used (5242880) is larger than the area (4194304 bytes)",
     ),
     (
-        "chunk id",
-        _set("areas.1.chunks.0.id", "A" * 64),
-        "areas[1].chunks[0].id must be 64 lower-case hex digits (blake3); found '" + "A" * 64 + "'",
+        "pack id",
+        _set("packs.1.id", "A" * 64),
+        "packs[1].id must be 64 lower-case hex digits (blake3); found '" + "A" * 64 + "'",
     ),
     (
-        "chunk id path",
-        _set("areas.1.chunks.0.id", "../../etc/passwd"),
-        "areas[1].chunks[0].id must be 64 lower-case hex digits (blake3); found '../../etc/passwd'",
+        "pack id path",
+        _set("packs.0.id", "../../etc/passwd"),
+        "packs[0].id must be 64 lower-case hex digits (blake3); found '../../etc/passwd'",
+    ),
+    ("pack twice", _set("packs.1.id", ID_A), f"packs[1].id {ID_A} appears twice"),
+    ("pack stored 0", _set("packs.1.stored", 0), "packs[1].stored must be at least 1; found 0"),
+    ("packs type", _set("packs", {}), "manifest 'packs' must be a list; found dict"),
+    (
+        "pack unused",
+        lambda d: d["packs"].append({"id": "c" * 64, "stored": 1}),
+        f"packs[2] ({'c' * 64}) is not used by any chunk",
+    ),
+    (
+        "pack index",
+        _set("areas.1.chunks.0.pack", 5),
+        "areas[1].chunks[0].pack 5 is not in 'packs' (2 entries)",
     ),
     (
         "slice hash",
@@ -265,7 +275,6 @@ CORPUS: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
         _set("areas.1.chunks.0.extents.1", [MiB - 4096, 8192]),
         "areas[1].chunks[0].extents[1] [1044480, 1052672) is outside its window [0, 1048576)",
     ),
-    ("stored 0", _set("areas.1.chunks.0.stored", 0), "areas[1].chunks[0].stored must be at least 1; found 0"),
     (
         "zeros outside",
         _set("areas.0.zeros.0", [4096, MiB]),
