@@ -146,7 +146,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
     else:
         print(
             f"captured {m.name!r} from {args.source}: {_hb(m.used_bytes)} used, {_hb(m.data_bytes)} data, "
-            f"{_hb(stats.new_bytes)} new in the store ({stats.new_chunks} new chunks) in {seconds:.1f} s"
+            f"{_hb(stats.new_bytes)} new in the store ({stats.new_chunks} new packs) in {seconds:.1f} s"
         )
     return 0
 

@@ -60,7 +60,7 @@ def run_demo(base: Path, *, size_mib: int = 512, grow_mib: int = 256) -> list[li
     with _step(rows, "capture again (dedupe)") as d:
         again = CaptureStats()
         capture(golden, "demo-again", store, stats=again)
-        d.append(f"{again.new_chunks} new chunks, {human_bytes(again.new_bytes)} new")
+        d.append(f"{again.new_chunks} new packs, {human_bytes(again.new_bytes)} new")
     with open(target, "wb") as f:
         f.truncate((size_mib + grow_mib) * MiB)
     with loop.attach(target) as dst_dev, _step(rows, f"restore --grow onto {dst_dev}") as d:
@@ -72,7 +72,7 @@ def run_demo(base: Path, *, size_mib: int = 512, grow_mib: int = 256) -> list[li
         report = store.verify("demo")
         if not report.ok:
             raise FleetcastError(f"verify failed: {report.problems[0]}")
-        d.append(f"{report.chunks} chunks re-hashed")
+        d.append(f"{report.chunks} packs re-hashed")
     with _step(rows, "compare files") as d:
         src_table, dst_table = read_table(golden), read_table(target)
         same_ids = [p.uuid for p in src_table.partitions] == [p.uuid for p in dst_table.partitions]
