@@ -33,7 +33,7 @@ from fleetcast.disk import loop
 from fleetcast.disk.partitions import read_table, write_table
 from fleetcast.lab.sample_disk import FileSpec, build_sample_disk, mount_partition, write_file
 from fleetcast.progress import human_bytes
-from fleetcast.store.capture import CHUNK_SIZE, CaptureStats, capture
+from fleetcast.store.capture import CHUNK_SIZE, PACK_SIZE, CaptureStats, capture
 from fleetcast.store.images import ImageStore
 from fleetcast.store.restore import restore
 
@@ -152,16 +152,25 @@ def main(argv: list[str] | None = None) -> int:
             sh(f"dd if={disk} of={base / 'dd.img'} bs=4M count={count} conv=fsync")
         (base / "dd.img").unlink()
 
-        sweep: list[tuple[int, int]] = [(CHUNK_SIZE, 3)]
+        default = (CHUNK_SIZE, 3, PACK_SIZE)
+        sweep: list[tuple[int, int, int]] = [default]
         if args.sweep:
-            sweep += [(256 << 10, 3), (4 * MiB, 3), (CHUNK_SIZE, 1), (CHUNK_SIZE, 6)]
-        sweep_first: dict[tuple[int, int], tuple[int, float]] = {}
-        for cs, level in sweep[1:]:
-            s = ImageStore(base / f"store-{cs}-{level}")
+            sweep += [
+                (MiB, 3, MiB),  # one window per stored object: no packing
+                (256 << 10, 3, PACK_SIZE),
+                (32 << 10, 3, PACK_SIZE),
+                (CHUNK_SIZE, 3, MiB),
+                (CHUNK_SIZE, 3, 16 * MiB),
+                (CHUNK_SIZE, 1, PACK_SIZE),
+                (CHUNK_SIZE, 6, PACK_SIZE),
+            ]
+        sweep_first: dict[tuple[int, int, int], tuple[int, float]] = {}
+        for cs, level, pack in sweep[1:]:
+            s = ImageStore(base / f"store-{cs}-{level}-{pack}")
             st = CaptureStats()
             t = time.monotonic()
-            capture(disk, "v1", s, stats=st, chunk_size=cs, level=level)
-            sweep_first[(cs, level)] = (st.new_bytes, time.monotonic() - t)
+            capture(disk, "v1", s, stats=st, chunk_size=cs, level=level, pack_size=pack)
+            sweep_first[(cs, level, pack)] = (st.new_bytes, time.monotonic() - t)
 
         print("change 1 % of the files on NTFS and ext4, capture again:")
         nfiles, nbytes = change_files(disk, [n for n, f in fstypes.items() if f in ("ntfs", "ext")], 0.01, 7)
@@ -169,16 +178,17 @@ def main(argv: list[str] | None = None) -> int:
         with timed(r, "fleetcast re-capture"):
             capture(disk, "v2", store, stats=stats2)
         sweep_rows = []
-        for cs, level in sweep:
-            if (cs, level) == (CHUNK_SIZE, 3):
+        for cs, level, pack in sweep:
+            if (cs, level, pack) == default:
                 first, secs, new = stats.new_bytes, r["fleetcast capture"], stats2.new_bytes
             else:
-                s = ImageStore(base / f"store-{cs}-{level}")
+                s = ImageStore(base / f"store-{cs}-{level}-{pack}")
                 st = CaptureStats()
-                capture(disk, "v2", s, stats=st, chunk_size=cs, level=level)
-                first, secs = sweep_first[(cs, level)]
+                capture(disk, "v2", s, stats=st, chunk_size=cs, level=level, pack_size=pack)
+                shutil.rmtree(s.root)
+                first, secs = sweep_first[(cs, level, pack)]
                 new = st.new_bytes
-            sweep_rows.append((cs, level, first, secs, new))
+            sweep_rows.append((cs, level, pack, first, secs, new))
 
         print()
         print(f"disk {human_bytes(disk.stat().st_size)}, used by filesystems {human_bytes(used)}")
@@ -200,9 +210,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.sweep:
             print()
-            print(f"{'chunk':>8}{'level':>6}{'stored':>14}{'capture s':>10}{'re-capture new':>16}{'%':>7}")
-            for cs, level, first, secs, new in sweep_rows:
-                print(f"{cs >> 10:>7}K{level:>6}{first:>14,}{secs:>10.2f}{new:>16,}{100 * new / first:>7.2f}")
+            print(
+                f"{'chunk':>8}{'level':>6}{'pack':>6}{'stored':>14}{'capture s':>10}"
+                f"{'re-capture new':>16}{'%':>7}"
+            )
+            for cs, level, pack, first, secs, new in sweep_rows:
+                print(
+                    f"{cs >> 10:>7}K{level:>6}{pack >> 20:>5}M{first:>14,}{secs:>10.2f}{new:>16,}"
+                    f"{100 * new / first:>7.2f}"
+                )
     finally:
         shutil.rmtree(base, ignore_errors=True)
     return 0

@@ -49,7 +49,7 @@ def fleetcast_run(lab: FleetLab, macs: list[str], stored: int) -> tuple[float, f
     Delivery ends, per client, when it leaves the ``writing`` phase (its next progress report, sent at
     once, says ``personalizing`` or ``finishing``); the event log has both instants."""
     proc = lab.cli(
-        "deploy", "bench", "--server", lab.url, "--token", lab.admin_token, "--clients", ",".join(macs),
+        "deploy", "bench", "--server", lab.url, f"--token={lab.admin_token}", "--clients", ",".join(macs),
         "--disk", "0", "--batch", str(len(macs)), "--then", "none", "--wait", "--json",
     )  # fmt: skip
     if proc.returncode != 0:
