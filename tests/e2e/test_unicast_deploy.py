@@ -75,7 +75,7 @@ def _wait(what: str, predicate: Any, timeout: float = 120.0) -> Any:
 
 def _deploy_args(lab: FleetLab, *extra: str) -> list[str]:
     return [
-        "deploy", IMAGE, "--server", lab.url, "--token", lab.admin_token, "--clients", "all", "--disk", "0",
+        "deploy", IMAGE, "--server", lab.url, f"--token={lab.admin_token}", "--clients", "all", "--disk", "0",
         "--name", "LAB-{n:02}", "--ip", "10.77.0.101/24", "--gateway", "10.77.0.1", "--dns", "10.77.0.1",
         "--then", "none", *extra,
     ]  # fmt: skip
@@ -241,7 +241,7 @@ def test_deploy_on_postgresql(tmp_path: Path, golden: Path) -> None:
         result = json.loads(proc.stdout)
         by_mac = _check_result(lab, result)
         assert _max_writing(lab.events(result["deployment"])) == 2
-        listed = lab.cli("clients", "list", "--server", lab.url, "--token", lab.admin_token, "--json")
+        listed = lab.cli("clients", "list", "--server", lab.url, f"--token={lab.admin_token}", "--json")
         assert listed.returncode == 0
         assert sorted(c["mac"] for c in json.loads(listed.stdout)["clients"]) == sorted(by_mac)
         _check_disks(lab, golden, by_mac)
@@ -253,3 +253,31 @@ def test_deploy_on_postgresql(tmp_path: Path, golden: Path) -> None:
         finally:
             engine.dispose()
         assert states == ["done"] * CLIENTS
+
+
+def test_a_failing_client_does_not_stop_the_others(tmp_path: Path, golden: Path) -> None:
+    """Client 1's disk is too small: it fails with the reason, before writing anything; client 2 (queued
+    behind it with --batch 1) is deployed anyway."""
+    with FleetLab(tmp_path, 2, disk_sizes=[64 * MiB, 256 * MiB]) as lab:
+        lab.capture_image(golden, IMAGE)
+        lab.start_server()
+        lab.add_disks()
+        lab.start_agents()
+        lab.wait_enrolled(2)
+        small, big = lab.agents
+        proc = lab.cli(
+            "deploy", IMAGE, "--server", lab.url, f"--token={lab.admin_token}", "--clients",
+            f"{small.node.mac},{big.node.mac}", "--disk", "0", "--batch", "1", "--then", "none",
+            "--wait", "--json",
+        )  # fmt: skip
+        assert proc.returncode == 1  # not all done
+        by_mac = {c["mac"]: c for c in json.loads(proc.stdout)["clients"]}
+        failed, done = by_mac[small.node.mac], by_mac[big.node.mac]
+        assert failed["state"] == "failed"
+        assert failed["error"].startswith(
+            f"disk {small.disk} is {64 * MiB} bytes (0.1 GB) but the image needs at least"
+        )
+        assert f"disks seen: {small.disk} (0.1 GB)" in failed["error"]
+        assert failed["started_at"] is None  # it never began writing
+        assert done["state"] == "done"
+        assert small.backing.read_bytes() == bytes(64 * MiB)  # untouched

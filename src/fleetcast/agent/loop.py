@@ -79,19 +79,24 @@ class Agent:
         )  # fmt: skip
         return client_id
 
-    def run(self) -> int:
-        """Loop until stopped (or, with ``once``, until one task ended). Returns an exit status."""
-        while True:
+    def enroll_patiently(self) -> bool:
+        """Enroll, waiting through outages; False when the agent was stopped meanwhile. A refused
+        enrollment token (403) is an error for the technician, raised at once."""
+        while not self.stop_event.is_set():
             try:
                 self.enroll()
-                break
+                return True
             except HttpStatusError:
                 raise
             except TransportError as exc:
-                if self.stop_event.is_set():
-                    return 0
                 logger.warning("enrollment failed: %s; trying again", exc.message)
                 self.stop_event.wait(5)
+        return False
+
+    def run(self) -> int:
+        """Loop until stopped (or, with ``once``, until one task ended). Returns an exit status."""
+        if not self.enroll_patiently():
+            return 0
         runner = TaskRunner(
             self.api,
             mac=self.inventory.primary_mac if self.inventory else "",
@@ -115,7 +120,8 @@ class Agent:
             except HttpStatusError as exc:
                 if exc.status == 401:
                     logger.warning("the server no longer knows this agent's credential; enrolling again")
-                    self.enroll()
+                    if not self.enroll_patiently():
+                        return 0
                     continue
                 raise
             except TransportError as exc:

@@ -83,6 +83,7 @@ class FleetLab:
         clients: int,
         *,
         disk_size: int = 256 * MiB,
+        disk_sizes: Sequence[int] | None = None,
         database: str | None = None,
         server_config: dict[str, float] | None = None,
         agent_args: Sequence[str] = (),
@@ -91,6 +92,9 @@ class FleetLab:
         self.data = self.workdir / "data"
         self.net = LabNetwork(clients=clients)
         self.disk_size = disk_size
+        self.disk_sizes = list(disk_sizes) if disk_sizes is not None else [disk_size] * clients
+        if len(self.disk_sizes) != clients:
+            raise LabRunError(f"disk_sizes has {len(self.disk_sizes)} entries for {clients} clients")
         self.database = database
         self.server_config = server_config or {}
         self.agent_args = list(agent_args)
@@ -171,10 +175,10 @@ class FleetLab:
     def add_disks(self) -> None:
         from fleetcast.disk import loop
 
-        for node in self.net.clients:
+        for node, size in zip(self.net.clients, self.disk_sizes, strict=True):
             backing = self.workdir / f"{node.label}.img"
             with open(backing, "wb") as f:
-                f.truncate(self.disk_size)
+                f.truncate(size)
             dev = self._stack.enter_context(loop.attach(backing))
             # like a real disk: no second page cache for the backing file (less CPU, no flush storms)
             proc = run(["losetup", "--direct-io=on", dev], check=False)
@@ -198,8 +202,7 @@ class FleetLab:
             "agent",
             "--server",
             self.url,
-            "--enroll-token",
-            self.enroll_token,
+            f"--enroll-token={self.enroll_token}",  # a token may start with "-"
             "--allow-disk",
             str(agent.disk),
             "--state-dir",
@@ -351,7 +354,7 @@ def demo(clients: int = 3, *, keep: bool = False, extra_mib: int = 16) -> int:
         enrolled = lab.wait_enrolled(clients)
         print(f"server {lab.url} (inside namespace {lab.net.server.name}); {len(enrolled)} agents enrolled")
         proc = lab.cli(
-            "deploy", "sample-linux", "--server", lab.url, "--token", lab.admin_token, "--clients", "all",
+            "deploy", "sample-linux", "--server", lab.url, f"--token={lab.admin_token}", "--clients", "all",
             "--disk", "0", "--batch", "2", "--name", "LAB-{n:02}", "--ip", "10.77.0.101/24",
             "--gateway", "10.77.0.1", "--dns", "10.77.0.1", "--then", "none", "--wait", "--json",
         )  # fmt: skip
