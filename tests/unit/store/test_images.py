@@ -1,0 +1,79 @@
+"""The store's bookkeeping without disks: names, missing images, capture transactions vs gc and check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fleetcast.errors import CaptureError, ImageNotFound, StoreError, UsageError
+from fleetcast.store.chunkstore import chunk_hash, compress
+from fleetcast.store.images import ImageStore
+
+
+def test_missing_image_is_named(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path / "s")
+    with pytest.raises(ImageNotFound) as err:
+        store.open("win11")
+    assert str(err.value) == f"image 'win11' does not exist in the store {tmp_path / 's'}"
+    assert err.value.exit_code == 3
+    assert store.names() == []
+    assert store.list() == []
+
+
+@pytest.mark.parametrize("name", ["", "../x", "a/b", ".hidden", "-rf", "x" * 129, "sp ace"])
+def test_bad_names(tmp_path: Path, name: str) -> None:
+    with pytest.raises(UsageError) as err:
+        ImageStore(tmp_path).open(name)
+    assert str(err.value) == (
+        f"image name {name!r} is not valid: expected 1-128 letters, digits, '.', '_' or '-', "
+        "starting with a letter or digit"
+    )
+
+
+def test_gc_refuses_while_a_capture_runs_and_check_sees_it(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path / "s")
+    data = b"pack" * 1000
+    pid = chunk_hash(data)
+    with store.begin_capture("img") as txn:
+        txn.add_chunk(pid, compress(data))
+        with pytest.raises(StoreError) as err:
+            store.gc()
+        assert str(err.value) == f"the store {store.root} is busy: a capture is running"
+        report = store.check()
+        assert report.running_captures == [str(txn.dir)]
+        assert report.leftovers == []
+        assert report.ok
+    # leaving without commit removes the capture's work
+    assert list(store.tmp_dir.iterdir()) == []
+    assert not store.chunks.has(pid)
+    assert store.gc().freed_bytes == 0
+
+
+def test_leftovers_are_reported_and_collected(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path / "s")
+    store.ensure()
+    dead = store.tmp_dir / "cap-x-1-abcd"
+    (dead / "chunks").mkdir(parents=True)
+    (dead / "chunks" / "junk").write_bytes(b"x" * 100)
+    stray = store.chunks.root / "ab" / "not-a-chunk"
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"y" * 10)
+    report = store.check()
+    assert not report.ok
+    assert sorted(report.leftovers) == sorted([str(dead), str(stray)])
+    gc = store.gc()
+    assert gc.removed_leftovers == 2
+    assert gc.freed_leftover_bytes == 110
+    assert store.check().ok
+
+
+def test_existing_name_is_refused(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path / "s")
+    store.ensure()
+    (store.images_dir / "img").mkdir()
+    (store.images_dir / "img" / "manifest.json").write_text("{}")
+    with pytest.raises(CaptureError) as err, store.begin_capture("img"):
+        pass
+    assert str(err.value) == f"image 'img' already exists in the store {store.root}"
+    assert err.value.hint == "pick another name, or remove it first: fleetcast image rm img"
