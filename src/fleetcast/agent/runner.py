@@ -22,7 +22,7 @@ from typing import Any
 from fleetcast.agent.api import AgentApi
 from fleetcast.agent.state import StateStore, TaskState
 from fleetcast.agent.task import Task
-from fleetcast.errors import AgentError, FleetcastError
+from fleetcast.errors import AgentError, DiskError, FleetcastError
 from fleetcast.identity.base import IdentitySettings
 from fleetcast.progress import Rate
 from fleetcast.run import run
@@ -239,7 +239,7 @@ class TaskRunner:
             raise Cancelled("cancelled by the server")
 
     def _deploy(self, task: Task, reporter: Reporter, cancel: threading.Event) -> dict[str, Any]:
-        from fleetcast.disk.discovery import list_disks
+        from fleetcast.disk.discovery import in_use, list_disks
         from fleetcast.disk.rules import parse_rule, select_disk
         from fleetcast.store.manifest import Manifest
         from fleetcast.store.restore import restore
@@ -249,6 +249,13 @@ class TaskRunner:
         manifest = Manifest.from_json(self.api.manifest(task.image))
         disk = select_disk(rule, list_disks(self.allow), max(manifest.disk_size, 0))
         target = Path(disk.path)
+        busy = in_use(target)
+        if busy:
+            raise DiskError(
+                f"disk {disk.path} is in use: {'; '.join(busy)}",
+                hint="fleetcast never overwrites a disk in use; pick another with --disk, "
+                "or run the agent from the network boot environment",
+            )
         self._check(cancel)
         start = self._resume_point(task, disk.path, manifest.entry_count)
         self.state.save(self._state(task, disk.path, start))

@@ -16,6 +16,10 @@ Pseudo-devices are never reported: loop, ram, zram, dm-*, sr*, fd*, nbd*, md*, m
 devices of size 0 (empty card readers). With ``allow`` (the agent's ``--allow-disk``), ONLY those
 paths are reported, whatever they are (a loop device, or a plain image file in tests); nothing else
 on the machine is listed or touched.
+
+``in_use(path)`` says why a disk must not be overwritten (a partition mounted, active swap, a
+device-mapper/md holder); the agent refuses such a disk even when the rule selects it, so an agent
+started by mistake on an installed machine never overwrites the disk it runs from.
 """
 
 from __future__ import annotations
@@ -252,3 +256,60 @@ def list_disks(
             disks.append(disk)
     disks.sort(key=sort_key)
     return disks
+
+
+def _devnum_name(sys_root: Path, devnum: str) -> str:
+    try:
+        return Path(os.path.realpath(sys_root / "dev" / "block" / devnum)).name
+    except OSError:
+        return devnum
+
+
+def in_use_devnum(devnum: str, *, sys_root: Path = SYS_ROOT, proc_root: Path = Path("/proc")) -> list[str]:
+    """Why the block device ``MAJ:MIN`` (or one of its partitions) must not be overwritten: mounted
+    filesystems, active swap, holders (device-mapper, md). Empty when it is free."""
+    sysdir = sys_root / "dev" / "block" / devnum
+    devnums = {devnum}
+    holders: list[str] = []
+    try:
+        children = list(sysdir.iterdir())
+    except OSError:
+        children = []
+    for child in children:
+        if (child / "partition").exists():
+            part = _read(child / "dev")
+            if part:
+                devnums.add(part)
+    for num in sorted(devnums):
+        try:
+            held = sorted(p.name for p in (sys_root / "dev" / "block" / num / "holders").iterdir())
+        except OSError:
+            held = []
+        holders += [f"{_devnum_name(sys_root, num)} is held by {h}" for h in held]
+    reasons: list[str] = []
+    for line in _read(proc_root / "self" / "mountinfo").splitlines():
+        fields = line.split()
+        if len(fields) > 4 and fields[2] in devnums:
+            reasons.append(f"{_devnum_name(sys_root, fields[2])} is mounted on {fields[4]}")
+    for line in _read(proc_root / "swaps").splitlines()[1:]:
+        name = line.split()[0] if line.split() else ""
+        try:
+            st = os.stat(name)
+        except OSError:
+            continue
+        if stat.S_ISBLK(st.st_mode) and f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}" in devnums:
+            reasons.append(f"{name} is in use as swap")
+    return reasons + holders
+
+
+def in_use(path: Path, *, sys_root: Path = SYS_ROOT, proc_root: Path = Path("/proc")) -> list[str]:
+    """``in_use_devnum`` for a device path; plain files (lab disks) are never "in use"."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise DiskError(f"disk {path} cannot be inspected: {exc.strerror}") from exc
+    if not stat.S_ISBLK(st.st_mode):
+        return []
+    return in_use_devnum(
+        f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}", sys_root=sys_root, proc_root=proc_root
+    )

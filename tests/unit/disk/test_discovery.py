@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fleetcast.disk.discovery import DiskInventory, list_disks, natural_key
+from fleetcast.disk.discovery import DiskInventory, in_use, in_use_devnum, list_disks, natural_key
 from fleetcast.errors import DiskError
 
 
@@ -142,3 +142,41 @@ def test_natural_key() -> None:
 def test_describe() -> None:
     d = DiskInventory(path="/dev/sda", size=120_000_000_000, model="M", serial="S", removable=True)
     assert d.describe() == "/dev/sda (120.0 GB, model 'M', serial 'S', removable)"
+
+
+def _fake_in_use_tree(tmp_path: Path) -> tuple[Path, Path]:
+    sys_root, proc = tmp_path / "sys", tmp_path / "proc"
+    disk = sys_root / "devices" / "sda"
+    for d in (disk / "sda1" / "holders", disk / "sda2" / "holders" / "dm-0", disk / "holders"):
+        d.mkdir(parents=True)
+    (disk / "dev").write_text("8:0\n")
+    for n, num in (("sda1", "8:1"), ("sda2", "8:2")):
+        (disk / n / "partition").write_text("1\n")
+        (disk / n / "dev").write_text(num + "\n")
+    (sys_root / "dev" / "block").mkdir(parents=True)
+    for num, target in (("8:0", disk), ("8:1", disk / "sda1"), ("8:2", disk / "sda2")):
+        os.symlink(target, sys_root / "dev" / "block" / num)
+    (proc / "self").mkdir(parents=True)
+    (proc / "swaps").write_text("Filename Type Size Used Priority\n")
+    return sys_root, proc
+
+
+def test_in_use_mounted_partition_and_holder(tmp_path: Path) -> None:
+    sys_root, proc = _fake_in_use_tree(tmp_path)
+    (proc / "self" / "mountinfo").write_text(
+        "22 27 0:21 / /proc rw - proc proc rw\n30 27 8:1 / /boot rw,relatime - ext4 /dev/sda1 rw\n"
+    )
+    assert in_use_devnum("8:0", sys_root=sys_root, proc_root=proc) == [
+        "sda1 is mounted on /boot",
+        "sda2 is held by dm-0",
+    ]
+
+
+def test_free_disk_is_not_in_use(tmp_path: Path) -> None:
+    sys_root, proc = _fake_in_use_tree(tmp_path)
+    (sys_root / "devices" / "sda" / "sda2" / "holders" / "dm-0").rmdir()
+    (proc / "self" / "mountinfo").write_text("30 27 8:17 / /boot rw - ext4 /dev/sdb1 rw\n")
+    assert in_use_devnum("8:0", sys_root=sys_root, proc_root=proc) == []
+    img = tmp_path / "disk.img"
+    img.write_bytes(b"\0" * 512)
+    assert in_use(img) == []  # plain files are never in use
