@@ -1,0 +1,34 @@
+"""``fleetcast agent`` argument handling (exact messages, exit codes); nothing reaches a network."""
+
+from __future__ import annotations
+
+import pytest
+
+from fleetcast.cli.main import main
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    [
+        (["--workers", "0"], 2, "fleetcast: error: --workers must be at least 1, got 0\n"),
+        (["--checkpoint-mib", "0"], 2, "fleetcast: error: --checkpoint-mib must be at least 1, got 0\n"),
+        (["--outage-limit", "-1"], 2, "fleetcast: error: --outage-limit must not be negative, got -1.0\n"),
+    ],
+)
+def test_bad_numbers(argv: list[str], code: int, message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["agent", "--server", "http://127.0.0.1:9", "--enroll-token", "t", *argv]) == code
+    assert capsys.readouterr().err == message
+
+
+def test_bad_server_url(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["agent", "--server", "ftp://x", "--enroll-token", "t"]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        "fleetcast: error: server URL 'ftp://x' does not start with http:// or https://\n"
+        "hint: e.g. --server http://10.0.0.1:8080\n"
+    )
+
+
+def test_token_starting_with_dash_works_with_equals(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["agent", "--server", "ftp://x", "--enroll-token=-abc"]) == 1
+    assert "does not start with http://" in capsys.readouterr().err
