@@ -30,7 +30,7 @@ from fleetcast.store.manifest import Area, ChunkRef, Extent, Manifest
 logger = logging.getLogger(__name__)
 
 CHUNK_SIZE = 64 << 10  # dedupe granularity: fixed windows of partition offset
-PACK_SIZE = 4 << 20  # new chunks are compressed and stored together in packs of about this size
+PACK_SIZE = 16 << 20  # new chunks are compressed and stored together in packs of about this size
 ZERO_BLOCK = 4096
 HEAD_BYTES = 1 << 20  # the start of the disk (MBR, GPT, BIOS boot code) is always captured in full
 EXTENDED_TYPES = ("5", "f", "85")  # MBR extended partitions: containers, their EBRs are captured as gaps

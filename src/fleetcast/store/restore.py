@@ -208,7 +208,7 @@ def _pwrite_zeros(fd: int, start: int, length: int) -> None:
         length -= n
 
 
-PACK_CACHE = 16  # decompressed packs kept for entries that come back to a pack (re-captured images)
+PACK_CACHE = 8  # decompressed packs kept for entries that come back to a pack (re-captured images)
 
 
 def fetch_plan(

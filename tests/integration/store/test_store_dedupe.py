@@ -9,10 +9,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from store_disks import mounted
+from store_disks import mounted, sha256
 
 from fleetcast.store.capture import CaptureStats, capture
 from fleetcast.store.images import ImageStore
+from fleetcast.store.restore import fetch_plan, restore
 
 pytestmark = pytest.mark.integration
 
@@ -58,6 +59,15 @@ def test_dedupe_and_gc(golden: Path, tmp_path: Path) -> None:
     assert 2 * 15 <= len(new_slices) <= 2 * 17 + 24, len(new_slices)
     assert third.new_chunks == 1
     assert changed_bytes < third.new_bytes < changed_bytes * 1.1 + (256 << 10)
+
+    # the re-captured image mixes old and new packs; it restores to exactly the changed disk, also when
+    # the pack cache is too small to keep anything (every revisit is a new fetch)
+    out = tmp_path / "three.img"
+    restore(m3, store.source(), out)
+    assert sha256(out) == sha256(copy)
+    fetches, serve = fetch_plan(list(m3.entries()), capacity=1)
+    assert len(fetches) > len(set(fetches))
+    assert len(serve) == m3.entry_count
 
     # rm + gc frees exactly the chunks only "three" used
     only_three = sum(size for cid, size in m3.chunk_sizes().items() if cid in new_ids)
