@@ -177,3 +177,67 @@ def test_grow_onto_larger_target(golden: Path, tmp_path: Path) -> None:
     with mounted(target, 3, "ext4") as mt, mounted(golden, 3, "ext4") as mg:
         assert tree(mt) == tree(mg)
         assert os.statvfs(mt).f_blocks > os.statvfs(mg).f_blocks
+
+
+def test_mbr_with_logical_partitions(tmp_path: Path) -> None:
+    """MBR: the extended container is not an area; its EBRs are captured as gaps; logical partitions work."""
+    disk = tmp_path / "mbr.img"
+    with open(disk, "wb") as f:
+        f.truncate(64 * MiB)
+    subprocess.run(["sfdisk", "-q", disk], input=b"label: dos\n,16M,83\n,,5\n,20M,83\n,,83\n", check=True)
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "hello.txt").write_text("logical partition\n" * 500)
+    fs = tmp_path / "p5.img"
+    subprocess.run(["mkfs.ext4", "-q", "-d", root, fs, "20M"], check=True)
+    start5 = read_table(disk).partition(5).start * 512
+    with open(disk, "r+b") as f:
+        f.seek(start5)
+        f.write(fs.read_bytes())
+    store = ImageStore(tmp_path / "store")
+    m = capture(disk, "mbr", store)
+    assert [(a.number, a.fstype) for a in m.areas if a.kind == "partition"] == [
+        (1, "raw"),
+        (5, "ext"),
+        (6, "raw"),
+    ]
+    out = tmp_path / "out.img"
+    restore(m, store.source(), out)
+    assert read_table(out).to_dict() == read_table(disk).to_dict()
+    assert sha256(out) == sha256(disk)
+
+
+def test_bitlocker_is_refused_naming_the_partition(tmp_path: Path, fleetcast_bin: Path) -> None:
+    disk = tmp_path / "bl.img"
+    with open(disk, "wb") as f:
+        f.truncate(32 * MiB)
+    subprocess.run(["sfdisk", "-q", disk], input=b"label: gpt\n,8M\n,,\n", check=True)
+    start2 = read_table(disk).partition(2).start * 512
+    with open(disk, "r+b") as f:
+        f.seek(start2)
+        f.write(b"\xeb\x58\x90-FVE-FS-" + os.urandom(500))
+        f.seek(start2 + MiB)
+        f.write(os.urandom(MiB))
+    store = tmp_path / "store"
+    proc = subprocess.run(
+        [fleetcast_bin, "image", "capture", disk, "bl", "--store", store],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines()[0].startswith(f"fleetcast: error: partition 2 of {disk} (")
+    assert "is encrypted with BitLocker" in proc.stderr
+    assert "--force-raw" in proc.stderr
+    assert not (store / "images" / "bl").exists()
+    proc = subprocess.run(
+        [fleetcast_bin, "image", "capture", disk, "bl", "--store", store, "--force-raw", "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert [p["fstype"] for p in json.loads(proc.stdout)["partitions"]] == ["raw", "bitlocker"]
+    out = tmp_path / "out.img"
+    restore(ImageStore(store).open("bl"), ImageStore(store).source(), out)
+    assert sha256(out) == sha256(disk)
