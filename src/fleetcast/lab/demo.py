@@ -56,7 +56,7 @@ def run_demo(base: Path, *, size_mib: int = 512, grow_mib: int = 256) -> list[li
         with ProgressBar("capture") as bar:
             m = capture(src_dev, "demo", store, progress=bar, stats=stats)
         d.append(f"{human_bytes(m.used_bytes)} used -> {human_bytes(stats.new_bytes)} stored")
-        d.append(f"{len(m.chunk_ids())} chunks, os {m.os_hint}")
+        d.append(f"{m.entry_count} chunks in {len(m.chunk_ids())} packs, os {m.os_hint or '-'}")
     with _step(rows, "capture again (dedupe)") as d:
         again = CaptureStats()
         capture(golden, "demo-again", store, stats=again)
