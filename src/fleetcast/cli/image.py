@@ -100,7 +100,8 @@ def summary(m: Manifest) -> dict[str, Any]:
         "used_bytes": m.used_bytes,
         "data_bytes": m.data_bytes,
         "stored_bytes": m.stored_bytes,
-        "chunks": len(m.chunk_ids()),
+        "chunks": m.entry_count,
+        "packs": len(m.chunk_ids()),
         "partitions": [
             {
                 "number": a.number,
@@ -110,7 +111,8 @@ def summary(m: Manifest) -> dict[str, Any]:
                 "fstype": a.fstype,
                 "os_hint": a.os_hint,
                 "used_bytes": a.used,
-                "stored_bytes": a.stored_bytes,
+                "data_bytes": a.data_bytes,
+                "chunks": len(a.chunks),
             }
             for a in m.areas
             if a.kind != "gap"
@@ -216,10 +218,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"used       {_hb(m.used_bytes)}, data {_hb(m.data_bytes)}, stored {_hb(m.stored_bytes)}")
     print()
     rows = [
-        [a.label, str(a.start), _hb(a.size), a.fstype, _hb(a.used), _hb(a.stored_bytes), str(len(a.chunks))]
+        [a.label, str(a.start), _hb(a.size), a.fstype, _hb(a.used), _hb(a.data_bytes), str(len(a.chunks))]
         for a in m.areas
     ]
-    print_table(["AREA", "START", "SIZE", "FS", "USED", "STORED", "CHUNKS"], rows)
+    print_table(["AREA", "START", "SIZE", "FS", "USED", "DATA", "CHUNKS"], rows)
     return 0
 
 

@@ -120,10 +120,6 @@ class Area:
         return f"gap at byte {self.start}"
 
     @property
-    def stored_bytes(self) -> int:
-        return sum(c.stored for c in self.chunks)
-
-    @property
     def data_bytes(self) -> int:
         return sum(c.length for c in self.chunks)
 
