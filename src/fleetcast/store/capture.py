@@ -89,6 +89,8 @@ def capture(
             f"image {name!r} already exists in the store {store.root}",
             hint=f"pick another name, or remove it first: fleetcast image rm {name}",
         )
+    if info.is_block:
+        check_not_mounted_rw(source)
     table = read_table(source)
     try:
         f: BinaryIO = open(source, "rb", buffering=0)  # noqa: SIM115 -- closed below
@@ -144,6 +146,45 @@ def capture(
         len(txn.new_chunks),
     )
     return manifest
+
+
+def _block_devices(source: Path) -> dict[str, Path]:
+    """'major:minor' -> device node for a block device and its partitions (from sysfs)."""
+    out: dict[str, Path] = {}
+    real = source.resolve()
+    sysdir = Path("/sys/class/block") / real.name
+    try:
+        out[(sysdir / "dev").read_text().strip()] = real
+        for child in sysdir.iterdir():
+            if (child / "partition").exists():
+                out[(child / "dev").read_text().strip()] = real.parent / child.name
+    except OSError:
+        pass
+    return out
+
+
+def check_not_mounted_rw(source: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> None:
+    """Refuse a block device when it or one of its partitions is mounted read-write: its filesystem would
+    change under the capture. Read-only mounts are fine."""
+    devices = _block_devices(source)
+    nodes = {str(p): p for p in devices.values()}
+    try:
+        lines = mountinfo.read_text().splitlines()
+    except OSError:
+        return
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 10 or "-" not in fields:
+            continue
+        sep = fields.index("-")
+        mount_point, options, majmin = fields[4], fields[5].split(","), fields[2]
+        mount_source = fields[sep + 2] if len(fields) > sep + 2 else ""
+        dev = devices.get(majmin) or nodes.get(mount_source)
+        if dev is not None and "rw" in options:
+            raise CaptureError(
+                f"source {source} is in use: {dev} is mounted read-write on {mount_point}",
+                hint=f"unmount it (or remount it read-only) before capturing: umount {mount_point}",
+            )
 
 
 def _plan(f: BinaryIO, source: Path, table: object, disk_size: int, *, force_raw: bool) -> list[_Plan]:

@@ -241,3 +241,32 @@ def test_bitlocker_is_refused_naming_the_partition(tmp_path: Path, fleetcast_bin
     out = tmp_path / "out.img"
     restore(ImageStore(store).open("bl"), ImageStore(store).source(), out)
     assert sha256(out) == sha256(disk)
+
+
+def test_capture_refuses_a_disk_with_a_partition_mounted_read_write(golden: Path, tmp_path: Path) -> None:
+    from fleetcast.disk.loop import partitions
+    from fleetcast.errors import CaptureError
+
+    store = ImageStore(tmp_path / "store")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with attach(golden, read_only=True) as dev:
+        parts = partitions(dev, expected=3)
+        subprocess.run(["mount", "-o", "ro", parts[2], mnt], check=True)
+        try:
+            m = capture(dev, "ro-mounted", store)  # a read-only mount cannot change under us
+            assert m.disk_size == golden.stat().st_size
+        finally:
+            subprocess.run(["umount", mnt], check=True)
+    copy = tmp_path / "copy.img"
+    subprocess.run(["cp", "--sparse=always", golden, copy], check=True)
+    with attach(copy) as dev:
+        parts = partitions(dev, expected=3)
+        subprocess.run(["mount", parts[2], mnt], check=True)
+        try:
+            with pytest.raises(CaptureError) as err:
+                capture(dev, "rw-mounted", store)
+        finally:
+            subprocess.run(["umount", mnt], check=True)
+    assert str(err.value) == f"source {dev} is in use: {parts[2]} is mounted read-write on {mnt}"
+    assert store.names() == ["ro-mounted"]
