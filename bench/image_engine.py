@@ -128,8 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         with timed(r, "fleetcast capture"):
             m = capture(disk, "v1", store, stats=stats)
         fc_stored = dir_bytes(store.chunks.root)
-        with timed(r, "fleetcast restore"):
-            restore(m, store.source(), base / "fc-restored.img")
+        # onto a loop device over a new file, like partclone's restore below
+        with open(base / "fc-restored.img", "wb") as f:
+            f.truncate(disk.stat().st_size)
+        with loop.attach(base / "fc-restored.img") as dev, timed(r, "fleetcast restore"):
+            restore(m, store.source(), dev)
         (base / "fc-restored.img").unlink()
         fstypes = {a.number: a.fstype for a in m.areas if a.kind == "partition" and a.number is not None}
         used = m.used_bytes
