@@ -77,3 +77,26 @@ def test_existing_name_is_refused(tmp_path: Path) -> None:
         pass
     assert str(err.value) == f"image 'img' already exists in the store {store.root}"
     assert err.value.hint == "pick another name, or remove it first: fleetcast image rm img"
+
+
+MOUNTINFO = """\
+22 1 253:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
+40 22 7:3 / /mnt/ro ro,relatime shared:2 - ext4 /dev/loop3p3 ro
+41 22 0:52 / /mnt/win rw,nosuid,nodev,relatime shared:3 - fuseblk /dev/loop3p2 rw,user_id=0
+"""
+
+
+def test_mounted_read_write_partition_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fleetcast.store import capture as capture_mod
+
+    info = tmp_path / "mountinfo"
+    info.write_text(MOUNTINFO)
+    devices = {"7:0": Path("/dev/loop3"), "7:2": Path("/dev/loop3p2"), "7:3": Path("/dev/loop3p3")}
+    monkeypatch.setattr(capture_mod, "_block_devices", lambda source: devices)
+    # the FUSE (ntfs-3g) mount is found by its source device, the ro ext4 mount is allowed
+    with pytest.raises(CaptureError) as err:
+        capture_mod.check_not_mounted_rw(Path("/dev/loop3"), info)
+    assert str(err.value) == "source /dev/loop3 is in use: /dev/loop3p2 is mounted read-write on /mnt/win"
+    assert err.value.hint == "unmount it (or remount it read-only) before capturing: umount /mnt/win"
+    info.write_text(MOUNTINFO.splitlines()[0] + "\n" + MOUNTINFO.splitlines()[1] + "\n")
+    capture_mod.check_not_mounted_rw(Path("/dev/loop3"), info)
