@@ -39,7 +39,7 @@ class AgentSettings:
     once: bool = False
     outage_limit: float = DEFAULT_OUTAGE_LIMIT
     workers: int = 4
-    prefetch: int = 8
+    prefetch: int = 4
     execute_post_action: bool = True
     report_interval: float = 1.0
     checkpoint_bytes: int = 16 << 20

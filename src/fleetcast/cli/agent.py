@@ -86,7 +86,7 @@ def handle(args: argparse.Namespace) -> int:
         once=args.once,
         outage_limit=args.outage_limit,
         workers=args.workers,
-        prefetch=max(8, args.workers * 2),
+        prefetch=max(4, args.workers),
         execute_post_action=args.post_action == "run",
         checkpoint_bytes=args.checkpoint_mib << 20,
     )

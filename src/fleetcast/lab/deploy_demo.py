@@ -130,13 +130,17 @@ class FleetLab:
             raise LabRunError(f"fleetcast {' '.join(args)} failed: {proc.stderr.strip()}")
         return proc.stdout
 
-    def capture_image(self, source: Path, name: str) -> Any:
+    def capture_image(self, source: Path, name: str, *, pack_size: int | None = None) -> Any:
+        """Capture ``source`` into the server's store; ``pack_size`` overrides the engine's default
+        (tests use small packs so that a short deployment has several checkpoints)."""
         from fleetcast.store.capture import capture
         from fleetcast.store.images import ImageStore
 
         store = ImageStore(self.data / "store")
         store.ensure()
-        return capture(source, name, store)
+        if pack_size is None:
+            return capture(source, name, store)
+        return capture(source, name, store, pack_size=pack_size)
 
     def start_server(self) -> None:
         if self.server_config:
