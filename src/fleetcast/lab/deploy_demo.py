@@ -345,7 +345,31 @@ def _workdir(keep: bool) -> Iterator[Path]:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def demo(clients: int = 3, *, keep: bool = False, extra_mib: int = 16) -> int:
+def _follow(lab: FleetLab, proc: subprocess.Popen[bytes]) -> None:
+    """One line per second with every client's state while the deployment runs."""
+    last = ""
+    while proc.poll() is None:
+        time.sleep(1.0)
+        try:
+            deployments = lab.get("/api/deployments")["deployments"]
+            if not deployments:
+                continue
+            view = lab.get(f"/api/deployments/{deployments[-1]['deployment']}")
+        except (LabRunError, KeyError):
+            continue
+        cells = []
+        for c in view.get("clients", []):
+            state = c.get("state", "?")
+            if state == "running" and c.get("bytes_total"):
+                state = f"{c.get('phase') or 'writing'} {100 * c.get('bytes', 0) / c['bytes_total']:3.0f}%"
+            cells.append(f"{c.get('name') or c.get('mac')}: {state}")
+        line = " | ".join(cells)
+        if line and line != last:
+            print(f"  {line}", flush=True)
+            last = line
+
+
+def demo(clients: int = 3, *, keep: bool = False, extra_mib: int = 64, rate: str = "300mbit") -> int:
     started = time.monotonic()
     with _workdir(keep) as work, FleetLab(work, clients) as lab:
         print(f"building the sample Linux disk (GPT: ESP + ext4 root, {extra_mib} MiB of extra files) ...")
@@ -357,15 +381,20 @@ def demo(clients: int = 3, *, keep: bool = False, extra_mib: int = 16) -> int:
         lab.start_agents()
         enrolled = lab.wait_enrolled(clients)
         print(f"server {lab.url} (inside namespace {lab.net.server.name}); {len(enrolled)} agents enrolled")
-        proc = lab.cli(
+        lab.net.limit(lab.net.server, rate)
+        print(f"the server's link is limited to {rate}; deploying with --batch 2 ...")
+        proc = lab.cli_spawn(
             "deploy", "sample-linux", "--server", lab.url, f"--token={lab.admin_token}", "--clients", "all",
             "--disk", "0", "--batch", "2", "--name", "LAB-{n:02}", "--ip", "10.77.0.101/24",
             "--gateway", "10.77.0.1", "--dns", "10.77.0.1", "--then", "none", "--wait", "--json",
+            log=work / "deploy.log",
         )  # fmt: skip
-        if not proc.stdout.strip():
-            print(proc.stderr.decode(errors="replace"), file=sys.stderr)
+        _follow(lab, proc)
+        out, _ = proc.communicate(timeout=600)
+        if not out.strip():
+            print((work / "deploy.log").read_text(errors="replace"), file=sys.stderr)
             return 1
-        result = json.loads(proc.stdout)
+        result = json.loads(out)
         print(f"deployment {result['deployment']}:")
         print_rows(result)
         print(f"server URL: {lab.url} (admin token: {lab.admin_token[:8]}...)")
@@ -379,7 +408,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description="fleetcast deployment demo in network namespaces")
     parser.add_argument("--clients", type=int, default=3)
-    parser.add_argument("--extra-mib", type=int, default=16, help="incompressible data added to the image")
+    parser.add_argument("--extra-mib", type=int, default=64, help="incompressible data added to the image")
+    parser.add_argument("--rate", default="300mbit", help="the server's link speed (tc tbf)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
@@ -388,7 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("the demo needs root (network namespaces, loop devices)", file=sys.stderr)
         return 2
     try:
-        return demo(args.clients, keep=args.keep, extra_mib=args.extra_mib)
+        return demo(args.clients, keep=args.keep, extra_mib=args.extra_mib, rate=args.rate)
     except FleetcastError as exc:
         print(f"demo failed: {exc.message}", file=sys.stderr)
         return 1
