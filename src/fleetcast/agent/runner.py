@@ -191,8 +191,9 @@ class TaskRunner:
         reporter = Reporter(self.api, task.task_id, cancel, interval=self.report_interval)
         reporter.start()
         logger.info(
-            "task %d (deployment %d, attempt %d): image %r, disk rule %r, name %s, ip %s",
-            task.task_id, task.deployment_id, task.attempt, task.image, task.disk_rule, task.name, task.ip,
+            "%s: task %d (deployment %d, attempt %d): image %r, disk rule %r, name %s, ip %s",
+            self.mac, task.task_id, task.deployment_id, task.attempt,
+            task.image, task.disk_rule, task.name, task.ip,
         )  # fmt: skip
         result: dict[str, Any] = {
             "state": "failed",
