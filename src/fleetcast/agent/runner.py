@@ -168,7 +168,7 @@ class TaskRunner:
         state: StateStore,
         stop: threading.Event,
         workers: int = 4,
-        prefetch: int = 16,
+        prefetch: int = 4,
         execute_post_action: bool = True,
         report_interval: float = REPORT_INTERVAL,
         checkpoint_bytes: int = CHECKPOINT_BYTES,
