@@ -81,3 +81,11 @@ for i in range(100):
     except OSError:
         time.sleep(0.1)
 """
+
+
+def test_two_labs_side_by_side() -> None:
+    with LabNetwork(clients=1) as a, LabNetwork(clients=1) as b:
+        assert a.prefix != b.prefix
+        assert not ({n.name for n in a.nodes} & {n.name for n in b.nodes})
+        assert {a.hub, b.hub} <= _namespaces()
+    assert not ({a.hub, b.hub} & _namespaces())
