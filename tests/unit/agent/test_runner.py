@@ -255,3 +255,34 @@ def test_plan_post_action() -> None:
         False,
         "post action: would reboot (not performed: /dev/loop0 is a loop device or file)",
     )
+
+
+def test_disk_in_use_is_refused(
+    tmp_path: Path, image: tuple[ImageStore, Manifest, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, manifest, _ = image
+    server = FakeServer(store, "golden")
+    disk = _empty_disk(tmp_path, manifest)
+    monkeypatch.setattr("fleetcast.disk.discovery.in_use", lambda path: ["disk.img is mounted on /"])
+    runner, _, _ = _runner(server, tmp_path, disk)
+    assert runner.run(parse_task(_task())) == "failed"
+    assert server.results[0]["error"] == (
+        f"disk {disk} is in use: disk.img is mounted on / (hint: fleetcast never overwrites a disk in use; "
+        "pick another with --disk, or run the agent from the network boot environment)"
+    )
+    assert server.chunk_gets == 0
+
+
+def test_progress_reports_rate_and_eta(tmp_path: Path, image: tuple[ImageStore, Manifest, Path]) -> None:
+    store, manifest, _ = image
+    server = FakeServer(store, "golden")
+    server.chunk_delay = 0.01
+    disk = _empty_disk(tmp_path, manifest)
+    runner, _, _ = _runner(server, tmp_path, disk)
+    assert runner.run(parse_task(_task())) == "done"
+    writing = [p for p in server.progress if p["phase"] == "writing"]
+    assert writing
+    assert all(p["bytes_total"] == manifest.data_bytes for p in writing)
+    assert any(p["rate_bps"] > 0 and p["eta_seconds"] is not None for p in writing)
+    assert [p["bytes_done"] for p in writing] == sorted(p["bytes_done"] for p in writing)
+    assert all(p["disk"] == str(disk) for p in writing)
