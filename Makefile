@@ -8,7 +8,7 @@ APT_PACKAGES := ntfs-3g partclone fdisk dosfstools mtools qemu-utils libhivex-bi
 STAMP := $(VENV)/.setup-$(shell cat pyproject.toml Makefile | sha256sum | cut -c1-16)
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint typecheck unit demo bench clean format
+.PHONY: setup test lint typecheck unit demo demo-image bench clean format
 
 setup: $(STAMP)
 
@@ -40,11 +40,18 @@ test: setup lint typecheck
 unit: setup
 	$(VENV)/bin/pytest tests/unit
 
+# The main job in the virtual lab: server + agents in network namespaces, loop-device disks, a real
+# captured image deployed with names and static IPs. `make demo-image` shows capture/restore alone.
 demo: setup
+	$(PY) -m fleetcast.lab.deploy_demo
+
+demo-image: setup
 	$(PY) -m fleetcast.lab.demo
 
 bench: setup
 	$(PY) bench/image_engine.py
+	$(PY) bench/fsmap.py
+	$(PY) bench/unicast.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -33,8 +33,13 @@ class ForbiddenError(ServerError):
     """A credential that is not allowed to do this (HTTP 403)."""
 
 
+TOKEN_PREFIX = "fc_"
+
+
 def new_secret() -> str:
-    return secrets.token_urlsafe(TOKEN_BYTES)
+    """A 256-bit random token. The prefix keeps it from starting with "-" (``--token T`` must parse)
+    and makes a leaked fleetcast token recognisable."""
+    return TOKEN_PREFIX + secrets.token_urlsafe(TOKEN_BYTES)
 
 
 def hash_credential(credential: str) -> str:
