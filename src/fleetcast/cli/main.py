@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -14,6 +15,8 @@ from fleetcast.errors import FleetcastError
 from fleetcast.log import setup_logging
 
 logger = logging.getLogger(__name__)
+
+LOGGING_GROUPS = frozenset({"serve", "agent"})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = bool(getattr(args, "debug", False))
-    setup_logging(debug=debug, quiet=bool(getattr(args, "json", False)))
+    # Long-running services log their work; one-shot commands print their own summary and only warn.
+    chatty = args.group in LOGGING_GROUPS and not getattr(args, "json", False)
+    setup_logging(debug=debug, quiet=not chatty)
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help()
@@ -57,6 +62,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fleetcast: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # stdout went away (``fleetcast image list | head``): not an error worth a traceback.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     return int(rc or 0)
 
 
