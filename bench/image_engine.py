@@ -104,8 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-gib", type=float, default=2.0)
     ap.add_argument("--fill", type=float, default=0.6)
-    # 260 MiB (the Windows ESP size for 4Kn disks): mtools cannot read the FAT32 mkfs.vfat makes at 256 MiB
-    ap.add_argument("--esp-mib", type=int, default=260)
+    ap.add_argument("--esp-mib", type=int, default=256)
     ap.add_argument("--sweep", action="store_true", help="also measure other chunk sizes and zstd levels")
     ap.add_argument("--workdir", type=Path, default=None, help="where to put the temporary files")
     args = ap.parse_args(argv)

@@ -29,6 +29,7 @@ from typing import Any
 
 from fleetcast.errors import FleetcastError
 from fleetcast.lab.netns import LabNetwork, Node, stop_process
+from fleetcast.progress import human_bytes, human_duration
 from fleetcast.run import run
 
 logger = logging.getLogger(__name__)
@@ -345,6 +346,20 @@ def _workdir(keep: bool) -> Iterator[Path]:
             shutil.rmtree(path, ignore_errors=True)
 
 
+def _running_cell(c: dict[str, Any]) -> str:
+    """'writing  45% 30.6 MiB/68.0 MiB 15.2 MiB/s ETA 0:03' for one running client."""
+    done, total = int(c.get("bytes", 0)), int(c["bytes_total"])
+    cell = (
+        f"{c.get('phase') or 'writing'} {100 * done / total:3.0f}% {human_bytes(done)}/{human_bytes(total)}"
+    )
+    rate, eta = c.get("rate_bps"), c.get("eta_seconds")
+    if rate:
+        cell += f" {human_bytes(float(rate))}/s"
+    if eta is not None:
+        cell += f" ETA {human_duration(float(eta))}"
+    return cell
+
+
 def _follow(lab: FleetLab, proc: subprocess.Popen[bytes]) -> None:
     """One line per second with every client's state while the deployment runs."""
     last = ""
@@ -361,7 +376,7 @@ def _follow(lab: FleetLab, proc: subprocess.Popen[bytes]) -> None:
         for c in view.get("clients", []):
             state = c.get("state", "?")
             if state == "running" and c.get("bytes_total"):
-                state = f"{c.get('phase') or 'writing'} {100 * c.get('bytes', 0) / c['bytes_total']:3.0f}%"
+                state = _running_cell(c)
             cells.append(f"{c.get('name') or c.get('mac')}: {state}")
         line = " | ".join(cells)
         if line and line != last:
