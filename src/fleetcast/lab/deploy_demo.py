@@ -384,7 +384,7 @@ def _follow(lab: FleetLab, proc: subprocess.Popen[bytes]) -> None:
             last = line
 
 
-def demo(clients: int = 3, *, keep: bool = False, extra_mib: int = 64, rate: str = "300mbit") -> int:
+def demo(clients: int = 3, *, keep: bool = False, extra_mib: int = 160, rate: str = "150mbit") -> int:
     started = time.monotonic()
     with _workdir(keep) as work, FleetLab(work, clients) as lab:
         print(f"building the sample Linux disk (GPT: ESP + ext4 root, {extra_mib} MiB of extra files) ...")
@@ -423,8 +423,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description="fleetcast deployment demo in network namespaces")
     parser.add_argument("--clients", type=int, default=3)
-    parser.add_argument("--extra-mib", type=int, default=64, help="incompressible data added to the image")
-    parser.add_argument("--rate", default="300mbit", help="the server's link speed (tc tbf)")
+    parser.add_argument("--extra-mib", type=int, default=160, help="incompressible data added to the image")
+    parser.add_argument("--rate", default="150mbit", help="the server's link speed (tc tbf)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
