@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-GROUPS = ("image", "store", "windows", "serve", "agent", "admin", "deploy", "clients")
+GROUPS = ("image", "store", "windows", "serve", "agent", "admin", "deploy", "deployments", "clients")
 
 
 def global_options() -> argparse.ArgumentParser:

@@ -136,7 +136,7 @@ def _deploy(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             print(
                 f"\nstopped waiting; deployment {dep} continues on the server "
-                f"(cancel: POST /api/deployments/{dep}/cancel)",
+                f"(cancel: fleetcast deployments cancel {dep})",
                 file=sys.stderr,
             )
             return 130
