@@ -21,6 +21,7 @@ import fnmatch
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 
 from fleetcast.disk.discovery import DiskInventory
 from fleetcast.errors import DiskError
@@ -42,7 +43,10 @@ _UNITS = {
     "TIB": 2**40,
 }
 _TEXT_KEYS = ("serial", "model", "wwn", "path")
-_SIZE_RE = re.compile(r"^size\s*(>=|<=|>|<)\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)$")
+# at most 30 digits each side: larger is no disk size, and unbounded digit strings are slow to convert
+_NUMBER = r"[0-9]{1,30}(?:\.[0-9]{1,30})?"
+_SIZE_RE = re.compile(rf"^size\s*(>=|<=|>|<)\s*({_NUMBER})\s*([A-Za-z]*)$")
+_INDEX_RE = re.compile(r"^[0-9]{1,9}$")
 _TEXT_RE = re.compile(r"^([a-z]+)\s*=\s*(.*)$")
 _RULE_HELP = "a disk rule is '0', 'serial=...', 'model=...', 'size>=120G', or several joined by commas"
 
@@ -81,13 +85,18 @@ class DiskRule:
 
 def parse_size(text: str) -> int:
     """``120G`` -> 120_000_000_000; ``512MiB`` -> 536_870_912."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
+    m = re.fullmatch(rf"\s*({_NUMBER})\s*([A-Za-z]*)\s*", text)
     if not m or m.group(2).upper() not in _UNITS:
         raise DiskError(
             f"size {text!r} is not understood: expected a number with an optional unit",
             hint="units: K, M, G, T (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024)",
         )
-    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    return _bytes(m.group(1), m.group(2))
+
+
+def _bytes(number: str, unit: str) -> int:
+    """Exact (Fraction, not float: no overflow to inf, no rounding of large byte counts)."""
+    return int(Fraction(number) * _UNITS[unit.upper()])
 
 
 def parse_rule(text: str) -> DiskRule:
@@ -101,7 +110,7 @@ def parse_rule(text: str) -> DiskRule:
         term = raw.strip()
         if not term:
             raise DiskError(f"disk rule {text!r} has an empty term", hint=_RULE_HELP)
-        if term.isdigit():
+        if _INDEX_RE.match(term):
             if index is not None:
                 raise DiskError(f"disk rule {text!r} has more than one disk number", hint=_RULE_HELP)
             index = int(term)
@@ -114,7 +123,7 @@ def parse_rule(text: str) -> DiskRule:
                     f"disk rule {text!r}: unknown size unit {m.group(3)!r} in {term!r}",
                     hint="units: K, M, G, T (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024)",
                 )
-            sizes.append(SizeBound(m.group(1), int(float(m.group(2)) * _UNITS[unit])))
+            sizes.append(SizeBound(m.group(1), _bytes(m.group(2), unit)))
             continue
         m = _TEXT_RE.match(term)
         if m and m.group(1) in _TEXT_KEYS:

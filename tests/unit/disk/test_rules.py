@@ -40,6 +40,8 @@ def test_parse_combo() -> None:
         ("size>=12X", "disk rule 'size>=12X': unknown size unit 'X' in 'size>=12X'"),
         ("size=>12G", "disk rule 'size=>12G': term 'size=>12G' is not understood"),
         ("size>=", "disk rule 'size>=': term 'size>=' is not understood"),
+        # a digit that is not 0-9 was an index for str.isdigit() and then a ValueError from int()
+        ("\u00b2", "disk rule '\u00b2': term '\u00b2' is not understood"),
     ],
 )
 def test_parse_errors(text: str, message: str) -> None:
@@ -56,6 +58,24 @@ def test_parse_size_units() -> None:
     with pytest.raises(DiskError) as info:
         parse_size("lots")
     assert str(info.value) == "size 'lots' is not understood: expected a number with an optional unit"
+
+
+def test_sizes_are_exact_and_bounded() -> None:
+    # float() made 400 digits inf and int(inf) an OverflowError escaping the parser
+    huge = "9" * 400
+    with pytest.raises(DiskError) as info:
+        parse_rule(f"size>={huge}T")
+    assert str(info.value) == f"disk rule 'size>={huge}T': term 'size>={huge}T' is not understood"
+    with pytest.raises(DiskError) as info:
+        parse_size(huge)
+    assert str(info.value).startswith("size '999")
+    with pytest.raises(DiskError) as info:
+        parse_rule("1" * 400)
+    assert str(info.value).endswith("is not understood")
+    assert parse_rule(f"size<{'9' * 30}T").sizes == (SizeBound("<", int("9" * 30) * 10**12),)
+    # float() also rounded large byte counts: 2**53 + 1 bytes
+    assert parse_size("9007199254740993") == 9007199254740993
+    assert parse_size("0.1G") == 100_000_000
 
 
 def test_select_index_counts_fixed_disks_only() -> None:
