@@ -224,7 +224,9 @@ def gc_store(store: ImageStore) -> GcReport:
             else:
                 report.removed_leftovers += 1
                 report.freed_leftover_bytes += size
-        for path, _live in store.tmp_entries():  # the exclusive lock means no capture is running
+        for path, live in store.tmp_entries():
+            if live:  # an export/import work directory (captures are kept out by the exclusive lock)
+                continue
             size = _tree_size(path)
             _remove(path)
             report.removed_leftovers += 1

@@ -100,3 +100,18 @@ def test_mounted_read_write_partition_is_refused(tmp_path: Path, monkeypatch: py
     assert err.value.hint == "unmount it (or remount it read-only) before capturing: umount /mnt/win"
     info.write_text(MOUNTINFO.splitlines()[0] + "\n" + MOUNTINFO.splitlines()[1] + "\n")
     capture_mod.check_not_mounted_rw(Path("/dev/loop3"), info)
+
+
+def test_gc_keeps_a_running_export_work_directory(tmp_path: Path) -> None:
+    from fleetcast.store.exchange import _workdir
+
+    store = ImageStore(tmp_path / "s")
+    with _workdir(store, "export") as work:
+        (work / "disk.raw").write_bytes(b"z" * 10)
+        report = store.check()
+        assert report.running_captures == [str(work)]
+        assert report.leftovers == []
+        gc = store.gc()
+        assert (gc.removed_leftovers, gc.freed_leftover_bytes) == (0, 0)
+        assert (work / "disk.raw").read_bytes() == b"z" * 10
+    assert list(store.tmp_dir.iterdir()) == []
