@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from fleetcast.errors import UsageError
 
-_TEXT_RE = re.compile(r"^S-1-(\d+)((?:-\d+)*)$", re.IGNORECASE)
-_SEED_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_TEXT_RE = re.compile(r"S-1-([0-9]+)((?:-[0-9]+)*)", re.IGNORECASE)  # ASCII digits only
+_SEED_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 MAX_SUBAUTHORITIES = 15
 NT_AUTHORITY = 5
 NT_NON_UNIQUE = 21
@@ -30,21 +30,26 @@ class Sid:
     @classmethod
     def parse(cls, text: str) -> Sid:
         """``S-1-5-21-1-2-3`` -> Sid; raise UsageError naming what is wrong."""
-        m = _TEXT_RE.match(text.strip())
+        m = _TEXT_RE.fullmatch(text.strip())
         if m is None:
             raise UsageError(
                 f"malformed SID {text!r}: expected S-1-<authority>-<sub-authority>..., e.g. S-1-5-21-1-2-3"
             )
-        authority = int(m.group(1))
-        subs = tuple(int(x) for x in m.group(2).split("-")[1:])
-        if authority >= 1 << 48:
-            raise UsageError(f"malformed SID {text!r}: authority {authority} does not fit in 48 bits")
-        if len(subs) > MAX_SUBAUTHORITIES:
-            raise UsageError(f"malformed SID {text!r}: {len(subs)} sub-authorities, at most 15 allowed")
-        for s in subs:
-            if s >= 1 << 32:
-                raise UsageError(f"malformed SID {text!r}: sub-authority {s} does not fit in 32 bits")
-        return cls(authority, subs)
+        # compare digit counts before int(): a number of thousands of digits is refused, not converted
+        digits = m.group(1).lstrip("0") or "0"
+        if len(digits) > 15 or int(digits) >= 1 << 48:
+            raise UsageError(f"malformed SID {text!r}: authority {digits} does not fit in 48 bits")
+        authority = int(digits)
+        sub_texts = m.group(2).split("-")[1:]
+        if len(sub_texts) > MAX_SUBAUTHORITIES:
+            raise UsageError(f"malformed SID {text!r}: {len(sub_texts)} sub-authorities, at most 15 allowed")
+        subs = []
+        for sub in sub_texts:
+            digits = sub.lstrip("0") or "0"
+            if len(digits) > 10 or int(digits) >= 1 << 32:
+                raise UsageError(f"malformed SID {text!r}: sub-authority {digits} does not fit in 32 bits")
+            subs.append(int(digits))
+        return cls(authority, tuple(subs))
 
     @classmethod
     def from_bytes(cls, data: bytes, offset: int = 0) -> Sid:
@@ -118,7 +123,7 @@ def random_machine_sid() -> Sid:
 
 
 def check_seed(seed: str) -> str:
-    if not _SEED_RE.match(seed):
+    if not _SEED_RE.fullmatch(seed):
         raise UsageError(
             f"malformed SID seed {seed!r}: expected 1-64 characters from A-Z a-z 0-9 . _ : -",
             hint="for example --sid-seed lab-pc-01",

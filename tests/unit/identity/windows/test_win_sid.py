@@ -97,3 +97,31 @@ def test_replace_text_respects_number_boundaries() -> None:
     out, n = replace_text(text, old, new)
     assert out == "S-1-5-21-7-8-9-1001 S-1-5-21-1-2-34 xS-1-5-21-7-8-9 S-1-5-21-7-8-9"
     assert n == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # int() would raise ValueError past 4300 digits: the digit count is checked first
+        ("S-1-5-21-" + "9" * 5000, f"sub-authority {'9' * 5000} does not fit in 32 bits"),
+        ("S-1-" + "7" * 5000 + "-21", f"authority {'7' * 5000} does not fit in 48 bits"),
+        # non-ASCII digits (Arabic-Indic one) are not a SID, though int() would read them
+        ("S-1-5-21-\u0661-2-3", EXPECTED),
+    ],
+)
+def test_hostile_sid_text_is_a_usage_error(text: str, message: str) -> None:
+    with pytest.raises(UsageError) as exc:
+        Sid.parse(text)
+    assert str(exc.value) == f"malformed SID {text!r}: {message}"
+
+
+def test_leading_zeros_parse_to_the_same_sid() -> None:
+    assert Sid.parse("S-1-05-0021-" + "0" * 5000 + "1-2-3") == Sid.parse("S-1-5-21-1-2-3")
+
+
+def test_seed_with_trailing_newline_is_malformed() -> None:
+    with pytest.raises(UsageError) as exc:
+        check_seed("lab-1\n")
+    assert str(exc.value) == (
+        "malformed SID seed 'lab-1\\n': expected 1-64 characters from A-Z a-z 0-9 . _ : -"
+    )
