@@ -70,6 +70,18 @@ def remove(root: Path, rel: str) -> bool:
     return True
 
 
+def rename(root: Path, rel: str, new_rel: str) -> None:
+    """Rename a file or symlink inside the root; a symlink is moved as it is, never followed."""
+    source, target = inside(root, rel), inside(root, new_rel)
+    try:
+        os.replace(source, target)
+    except OSError as exc:
+        raise IdentityError(
+            f"cannot rename {'/' + rel.lstrip('/')} to {'/' + new_rel.lstrip('/')} in the deployed system: "
+            f"{exc.strerror}"
+        ) from exc
+
+
 def symlink(root: Path, rel: str, points_to: str) -> None:
     target = inside(root, rel)
     try:

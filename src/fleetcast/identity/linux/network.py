@@ -109,10 +109,9 @@ def _netplan(root: Path, cfg: StaticIp) -> list[str]:
         name = Path(existing).name
         if name == "01-fleetcast.yaml":
             continue
-        files.write(
-            root, f"etc/netplan/{name}.fleetcast-orig", Path(existing).read_text(errors="replace"), mode=0o600
-        )
-        files.remove(root, f"etc/netplan/{name}")
+        # renamed, not read and rewritten: a symlink (cloud-init's point into /run) would be followed
+        # to the host's file once the root is mounted, and a dangling one cannot be read at all
+        files.rename(root, f"etc/netplan/{name}", f"etc/netplan/{name}.fleetcast-orig")
         changes.append(f"netplan: disabled /etc/netplan/{name} (kept as {name}.fleetcast-orig)")
     match = f'        macaddress: "{cfg.mac}"' if cfg.mac else '        name: "e*"'
     lines = [

@@ -119,6 +119,22 @@ def test_netplan(tmp_path: Path) -> None:
     assert (root / "etc/netplan/01-fleetcast.yaml").stat().st_mode & 0o777 == 0o600
 
 
+def test_netplan_symlinks_are_moved_not_followed(tmp_path: Path) -> None:
+    root = _root(tmp_path)
+    host = tmp_path / "host-netplan.yaml"
+    host.write_text("network: {version: 2}\n")
+    (root / "etc/netplan").mkdir()
+    os.symlink(str(host), root / "etc/netplan/50-cloud-init.yaml")  # absolute: the host's file
+    os.symlink("/run/netplan/gone.yaml", root / "etc/netplan/60-gone.yaml")  # dangling
+    changes = LinuxPersonalizer().personalize(root, _settings())
+    assert os.readlink(root / "etc/netplan/50-cloud-init.yaml.fleetcast-orig") == str(host)
+    assert os.readlink(root / "etc/netplan/60-gone.yaml.fleetcast-orig") == "/run/netplan/gone.yaml"
+    assert not os.path.lexists(root / "etc/netplan/50-cloud-init.yaml")
+    assert host.read_text() == "network: {version: 2}\n"
+    assert "netplan: disabled /etc/netplan/60-gone.yaml (kept as 60-gone.yaml.fleetcast-orig)" in changes
+    assert (root / "etc/netplan/01-fleetcast.yaml").is_file()
+
+
 def test_network_manager(tmp_path: Path) -> None:
     root = _root(tmp_path)
     (root / "usr/sbin").mkdir(parents=True)
