@@ -300,3 +300,33 @@ def test_logfile_clean(pages: bytes, clean: bool) -> None:
             return pages[:n]
 
     assert Fake().logfile_clean() is clean
+
+
+def test_fat12_whose_table_is_half_a_byte_short_is_refused() -> None:
+    # 681 clusters + 2 reserved entries need 1024.5 bytes of FAT12; 2 sectors hold 1024
+    raw = _bpb(spc=1, reserved=1, root=16, total16=687, fat16=2)
+    with pytest.raises(FilesystemError) as err:
+        parse_bpb(raw)
+    assert str(err.value) == "FAT is 1024 bytes; 681 clusters need 1025"
+    disk = io.BytesIO(raw + bytes(687 * 512 - 512))
+    assert detect(disk, 0, 687 * 512) == FsType.RAW
+
+
+def test_ext_superblock_ignores_a_wild_cluster_size() -> None:
+    from fleetcast.disk.filesystems.ext import Superblock
+
+    raw = bytearray(1024)
+    # inodes, blocks, r, free, free inodes, first data block, log block, log cluster, per group (3)
+    struct.pack_into("<11I", raw, 0, 2048, 8192, 0, 0, 0, 0, 2, 0xFFFFFFFF, 32768, 32768, 2048)
+    struct.pack_into("<H", raw, 56, 0xEF53)
+    sb = Superblock(bytes(raw))
+    assert (sb.block_size, sb.blocks_count, sb.groups) == (4096, 8192, 1)
+
+
+def test_ntfs_truncated_resident_attribute() -> None:
+    from fleetcast.disk.filesystems.ntfs import attributes
+
+    record = _record(struct.pack("<IIBBHHH", 0x80, 16, 0, 0, 0x18, 0, 0))
+    with pytest.raises(FilesystemError) as err:
+        list(attributes(record, "MFT record 6"))
+    assert str(err.value) == "NTFS MFT record 6 has a truncated resident attribute"

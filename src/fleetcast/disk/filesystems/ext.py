@@ -49,7 +49,6 @@ class Superblock:
     blocks_count: int
     desc_size: int
     block_size: int
-    cluster_size: int
     groups: int
     is64: bool
     backup_bgs: tuple[int, ...]
@@ -68,7 +67,7 @@ class Superblock:
             _free_inodes,
             self.first_data_block,
             log_block,
-            log_cluster,
+            _log_cluster,
             self.blocks_per_group,
             self.clusters_per_group,
             self.inodes_per_group,
@@ -86,7 +85,6 @@ class Superblock:
                 f"ext block size 2^(10+{log_block}) is out of range; expected at most 64 KiB"
             )
         self.block_size = 1024 << log_block
-        self.cluster_size = 1024 << log_cluster
         self.is64 = bool(self.feature_incompat & INCOMPAT_64BIT)
         self.blocks_count = blocks_lo | (blocks_hi << 32 if self.is64 else 0)
         self.desc_size = desc_size if self.is64 and desc_size >= 64 else 32

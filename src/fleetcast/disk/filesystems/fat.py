@@ -87,7 +87,7 @@ def parse_bpb(raw: bytes) -> Bpb:
         raise FilesystemError(
             f"FAT data area starts at sector {bpb.first_data_sector}, beyond the volume's {total}"
         )
-    need = (bpb.clusters + 2) * bpb.bits // 8
+    need = -(-(bpb.clusters + 2) * bpb.bits // 8)  # rounded up: a FAT12 ends in half a byte
     if fat_sectors * bps < need:
         raise FilesystemError(f"FAT is {fat_sectors * bps} bytes; {bpb.clusters} clusters need {need}")
     return bpb

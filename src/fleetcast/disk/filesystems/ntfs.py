@@ -135,6 +135,8 @@ def attributes(record_in: bytes | bytearray, what: str) -> Iterator[Attribute]:
             runs = tuple(decode_runs(a[mp_ofs:], what))
             yield Attribute(atype, name, False, b"", runs, lowest, data_size, highest)
         else:
+            if alen < 0x18:
+                raise FilesystemError(f"NTFS {what} has a truncated resident attribute")
             vlen, vofs = struct.unpack_from("<IH", a, 0x10)
             if vofs + vlen > alen:
                 raise FilesystemError(f"NTFS {what} has a resident value beyond its attribute")
