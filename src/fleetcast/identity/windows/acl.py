@@ -68,10 +68,11 @@ def supported(root: Path) -> bool:
         return False
 
 
-def _sid_at(sd: bytearray, off: int, old: Sid, new: Sid) -> int:
+def _sid_at(sd: bytearray, off: int, old: Sid, new: Sid, end: int | None = None) -> int:
+    """Rewrite the SID at ``off`` when it is ``old``'s; it must end by ``end`` (its ACE's end)."""
     if off == 0:
         return 0
-    sid = Sid.from_bytes(bytes(sd), off)
+    sid = Sid.from_bytes(bytes(sd[:end]), off)
     if sid == old or sid.is_in_domain(old):
         repl = Sid(new.authority, (*new.subauthorities, *sid.subauthorities[len(old.subauthorities) :]))
         sd[off : off + sid.size] = repl.to_bytes()
@@ -95,12 +96,15 @@ def _rewrite_acl(sd: bytearray, off: int, old: Sid, new: Sid) -> int:
         ace_type, _flags, ace_size = struct.unpack_from("<BBH", sd, pos)
         if ace_size < 8 or pos + ace_size > off + acl_size:
             raise ValueError(f"ACE at {pos} has a bad size {ace_size}")
+        ace_end = pos + ace_size
         if ace_type in _SIMPLE_ACES:
-            n += _sid_at(sd, pos + 8, old, new)
+            n += _sid_at(sd, pos + 8, old, new, ace_end)
         elif ace_type in _OBJECT_ACES:
+            if ace_size < 12:
+                raise ValueError(f"object ACE at {pos} has a bad size {ace_size}")
             (oflags,) = struct.unpack_from("<I", sd, pos + 8)
             sid_off = pos + 12 + (16 if oflags & 1 else 0) + (16 if oflags & 2 else 0)
-            n += _sid_at(sd, sid_off, old, new)
+            n += _sid_at(sd, sid_off, old, new, ace_end)
         pos += ace_size
     return n
 
