@@ -70,21 +70,28 @@ class HeartbeatBody(BaseModel):
     task_id: int | None = None
 
 
+# The columns these land in (server/db.py): BigInteger, Integer, String(255), String(16). Bounds are
+# checked here, so a bad report is a 422 naming the field rather than a database error (PostgreSQL
+# refuses what does not fit; SQLite would store it).
+MAX_BIGINT = 2**63 - 1
+MAX_INT = 2**31 - 1
+
+
 class ProgressBody(BaseModel):
-    phase: str
-    bytes_done: int = Field(default=0, ge=0)
-    bytes_total: int = Field(default=0, ge=0)
+    phase: str = Field(max_length=32)
+    bytes_done: int = Field(default=0, ge=0, le=MAX_BIGINT)
+    bytes_total: int = Field(default=0, ge=0, le=MAX_BIGINT)
     rate_bps: float = Field(default=0.0, ge=0)
     eta_seconds: float | None = None
-    checkpoint_chunk: int | None = Field(default=None, ge=0)
-    disk: str | None = None
+    checkpoint_chunk: int | None = Field(default=None, ge=0, le=MAX_INT)
+    disk: str | None = Field(default=None, max_length=255)
 
 
 class ResultBody(BaseModel):
-    state: str
+    state: str = Field(max_length=16)
     error: str | None = Field(default=None, max_length=20_000)
-    disk: str | None = None
-    action: str | None = None
+    disk: str | None = Field(default=None, max_length=255)
+    action: str | None = Field(default=None, max_length=16)
     changes: list[str] = Field(default_factory=list, max_length=10_000)
 
 

@@ -465,6 +465,8 @@ class Orchestrator:
     def result(self, client_id: int, task_id: int, result: TaskResult) -> dict[str, Any]:
         if result.state not in RESULT_STATES:
             raise UsageError(f"result state {result.state!r} is not one of {', '.join(RESULT_STATES)}")
+        if result.action is not None:
+            planner.check_then(result.action)
         with self._tx() as s:
             now = utcnow()
             t = self._task(s, client_id, task_id)

@@ -306,3 +306,23 @@ def test_event_log_and_sse_replay(server: Server) -> None:
     )
     ids = [int(line[4:]) for line in r.text.splitlines() if line.startswith("id: ")]
     assert ids == [log[4]["id"], log[5]["id"]]
+
+
+def test_agent_reports_out_of_range_are_refused_and_change_nothing(server: Server) -> None:
+    a = server.agent("52:54:00:00:00:01")
+    dep = server.deploy()["deployment"]
+    task_id = a.heartbeat()["task"]["task_id"]
+    url = f"/api/agent/tasks/{task_id}"
+    problem = a.call(f"{url}/progress", {"phase": "writing", "disk": "/dev/" + "x" * 300}, status=422)
+    assert problem["message"] == "invalid request: disk: String should have at most 255 characters"
+    problem = a.call(f"{url}/progress", {"phase": "writing", "bytes_done": 2**63}, status=422)
+    assert problem["message"] == (
+        "invalid request: bytes_done: Input should be less than or equal to 9223372036854775807"
+    )
+    problem = a.call(f"{url}/progress", {"phase": "writing", "checkpoint_chunk": 2**31}, status=422)
+    assert problem["message"].startswith("invalid request: checkpoint_chunk: ")
+    body = {"state": "done", "action": "explode", "changes": []}
+    problem = a.call(f"{url}/result", body, status=400)
+    assert problem["message"] == "post action 'explode' is not one of reboot, shutdown, none"
+    client = server.get(f"/api/deployments/{dep}")["clients"][0]
+    assert (client["state"], client["disk"], client["bytes"], client["action"]) == ("running", None, 0, None)
