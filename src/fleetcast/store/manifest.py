@@ -230,6 +230,8 @@ class Manifest:
             raw = json.loads(data)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ManifestError(f"manifest is not valid JSON: {exc}") from exc
+        except RecursionError as exc:
+            raise ManifestError("manifest is not valid JSON: it is nested too deeply") from exc
         return cls.from_dict(raw)
 
     @classmethod

@@ -319,6 +319,7 @@ def test_malformed_manifest(case: str, mutate: Callable[[dict[str, Any]], None],
         (b"{", "manifest is not valid JSON: Expecting property name enclosed in double quotes"),
         (b"[]", "manifest must be an object; found list"),
         (b"\xff\xfe", "manifest is not valid JSON: "),
+        (b"[" * 100_000, "manifest is not valid JSON: it is nested too deeply"),
     ],
 )
 def test_not_a_manifest(data: bytes, message: str) -> None:
