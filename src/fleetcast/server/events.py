@@ -147,9 +147,11 @@ class EventBus:
         try:
             last = since or 0
             if since is not None or not follow:
-                for payload in await asyncio.to_thread(load_since, since or 0):
-                    last = max(last, int(payload["id"]))
-                    yield format_sse(payload)
+                # load_since answers a page at a time (load_events' limit): read until a page is empty
+                while page := await asyncio.to_thread(load_since, last):
+                    for payload in page:
+                        last = max(last, int(payload["id"]))
+                        yield format_sse(payload)
             if not follow:
                 return
             yield ": connected\n\n"
