@@ -310,6 +310,7 @@ class TaskRunner:
         saved = self.state.load()
         if (
             saved is not None
+            and saved.server == self.api.server
             and saved.task_id == task.task_id
             and saved.deployment_id == task.deployment_id
             and saved.disk == disk

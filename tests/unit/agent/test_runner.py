@@ -170,14 +170,21 @@ def test_resume_from_checkpoint(tmp_path: Path, image: tuple[ImageStore, Manifes
     assert first_writing["checkpoint_chunk"] == k
 
 
+@pytest.mark.parametrize(
+    ("server_url", "task_id"),
+    [
+        (SERVER, 99),  # another task
+        ("http://10.9.9.9:8080", 11),  # the same task id, but from another server (or a reset one)
+    ],
+)
 def test_resume_refused_without_matching_state(
-    tmp_path: Path, image: tuple[ImageStore, Manifest, Path]
+    tmp_path: Path, image: tuple[ImageStore, Manifest, Path], server_url: str, task_id: int
 ) -> None:
     store, manifest, src = image
     server = FakeServer(store, "golden")
     disk = _empty_disk(tmp_path, manifest)
     runner, _, state = _runner(server, tmp_path, disk)
-    state.save(TaskState(SERVER, 99, 3, "golden", str(disk), manifest.entry_count))  # another task
+    state.save(TaskState(server_url, task_id, 3, "golden", str(disk), manifest.entry_count))
     assert runner.run(parse_task(_task(resume_chunk=5, attempt=2))) == "done"
     assert server.chunk_gets == len(manifest.chunk_ids())
     assert disk.read_bytes() == src.read_bytes()
