@@ -93,6 +93,7 @@ class _Staged:
 class Transaction:
     staged: list[_Staged] = field(default_factory=list)
     files: list[tuple[Path, Path | None]] = field(default_factory=list)  # (target, backup or None=new)
+    dirs: list[Path] = field(default_factory=list)  # folders stage_file created
     undo: list[tuple[str, Callable[[], None]]] = field(default_factory=list)
     committed: bool = False
 
@@ -117,16 +118,31 @@ class Transaction:
         return tmp
 
     def stage_file(self, target: Path, data: bytes) -> None:
-        """Write ``target`` now (temp + rename); the old content is kept as a backup until finish()."""
-        target.parent.mkdir(parents=True, exist_ok=True)
+        """Write ``target`` now (temp + rename); the old content is kept as a backup until finish().
+        Folders it creates are removed again by rollback()."""
         tmp = target.with_name(target.name + NEW_SUFFIX)
-        tmp.write_bytes(data)
-        _fsync(tmp)
         backup: Path | None = None
-        if target.exists():
-            backup = target.with_name(target.name + ORIG_SUFFIX)
-            os.replace(target, backup)
-        os.replace(tmp, target)
+        try:
+            missing = [d for d in (target.parent, *target.parent.parents) if not d.exists()]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.dirs += reversed(missing)  # parents first; rollback removes them deepest first
+            tmp.write_bytes(data)
+            _fsync(tmp)
+            if target.exists():
+                backup = target.with_name(target.name + ORIG_SUFFIX)
+                os.replace(target, backup)
+            os.replace(tmp, target)
+        except OSError as exc:
+            try:
+                tmp.unlink(missing_ok=True)
+                if backup is not None and not target.exists():
+                    os.replace(backup, target)
+            except OSError as undo_exc:
+                logger.error("undoing the write of %s failed: %s", target, undo_exc)
+            raise IdentityError(
+                f"writing {target} failed: {exc.strerror or exc}",
+                hint="check that the volume is mounted read-write and has free space",
+            ) from exc
         self.files.append((target, backup))
 
     def on_rollback(self, what: str, fn: Callable[[], None]) -> None:
@@ -173,6 +189,12 @@ class Transaction:
             except OSError as exc:
                 logger.error("rollback of %s failed: %s", target, exc)
         self.files.clear()
+        for d in reversed(self.dirs):
+            try:
+                d.rmdir()
+            except OSError as exc:
+                logger.error("rollback of folder %s failed: %s", d, exc)
+        self.dirs.clear()
         for st in reversed(self.staged):
             try:
                 if self.committed:
@@ -199,4 +221,5 @@ class Transaction:
                 backup.unlink(missing_ok=True)
         self.staged.clear()
         self.files.clear()
+        self.dirs.clear()
         self.undo.clear()

@@ -1,0 +1,51 @@
+"""Transaction.stage_file: a failed write is an IdentityError, leaves the old file in place, and
+rollback() removes the folders the run created."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from fleetcast.errors import IdentityError
+from fleetcast.identity.windows import txn
+from fleetcast.identity.windows.txn import Transaction
+
+
+def test_write_under_a_file_is_an_identity_error(tmp_path: Path) -> None:
+    (tmp_path / "Panther").write_bytes(b"not a folder")
+    tx = Transaction()
+    with pytest.raises(IdentityError) as exc:
+        tx.stage_file(tmp_path / "Panther" / "unattend.xml", b"<unattend/>")
+    assert str(exc.value) == f"writing {tmp_path / 'Panther' / 'unattend.xml'} failed: File exists"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Panther"]
+
+
+def test_failed_rename_puts_the_old_file_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "unattend.xml"
+    target.write_bytes(b"old")
+    real = os.replace
+
+    def replace(src: Path, dst: Path) -> None:
+        if str(src).endswith(txn.NEW_SUFFIX):
+            raise OSError(28, "No space left on device", str(src))
+        real(src, dst)
+
+    monkeypatch.setattr(txn.os, "replace", replace)
+    tx = Transaction()
+    with pytest.raises(IdentityError) as exc:
+        tx.stage_file(target, b"new")
+    assert str(exc.value) == f"writing {target} failed: No space left on device"
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["unattend.xml"]
+
+
+def test_rollback_removes_created_folders(tmp_path: Path) -> None:
+    (tmp_path / "Windows").mkdir()
+    tx = Transaction()
+    tx.stage_file(tmp_path / "Windows" / "Setup" / "Scripts" / "a.cmd", b"echo")
+    tx.stage_file(tmp_path / "Windows" / "Setup" / "Scripts" / "b.cmd", b"echo")
+    assert (tmp_path / "Windows" / "Setup" / "Scripts" / "b.cmd").read_bytes() == b"echo"
+    tx.rollback()
+    assert list((tmp_path / "Windows").iterdir()) == []
