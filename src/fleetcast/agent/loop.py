@@ -145,10 +145,19 @@ class Agent:
             task_id = raw.get("task_id")
             logger.error("unusable task from the server: %s", exc.message)
             if isinstance(task_id, int) and not isinstance(task_id, bool):
-                self.api.result(
-                    task_id,
-                    {"state": "failed", "error": exc.message, "disk": None, "action": "none", "changes": []},
-                )
+                failure = {
+                    "state": "failed",
+                    "error": exc.message,
+                    "disk": None,
+                    "action": "none",
+                    "changes": [],
+                }
+                try:
+                    self.api.result(task_id, failure)
+                except FleetcastError as report_exc:  # the server times the task out; keep serving
+                    logger.error(
+                        "task %d: the failure could not be reported: %s", task_id, report_exc.message
+                    )
             return "failed"
         try:
             return runner.run(task)

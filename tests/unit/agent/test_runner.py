@@ -252,6 +252,25 @@ def test_agent_loop_once(tmp_path: Path, image: tuple[ImageStore, Manifest, Path
     assert server.results[0]["state"] == "done"
 
 
+def test_unusable_task_whose_failure_cannot_be_reported_keeps_the_agent(tmp_path: Path) -> None:
+    results: list[str] = []
+
+    def server(req: httpx.Request) -> httpx.Response:
+        if req.url.path == "/api/agent/enroll":
+            return httpx.Response(200, json={"client_id": 7, "credential": "cred"})
+        if req.url.path == "/api/agent/heartbeat":
+            return httpx.Response(200, json={"task": {"task_id": 5, "kind": "wipe"}, "interval": 0.05})
+        results.append(req.url.path)
+        return httpx.Response(404, json={"error": "TaskNotFound", "message": "task 5 does not exist"})
+
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(bytes(4096))
+    agent = Agent(AgentSettings(SERVER, "tok", allow=(disk,), state_dir=tmp_path / "st", once=True))
+    agent.api = AgentApi(SERVER, transport=httpx.MockTransport(server), outage_limit=5)
+    assert agent.run() == 1  # the task failed; the agent itself did not crash
+    assert results == ["/api/agent/tasks/5/result"]
+
+
 def test_plan_post_action() -> None:
     assert plan_post_action("none", disk=None, execute=True) == (False, "post action: none")
     assert plan_post_action("shutdown", disk=None, execute=False) == (
