@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from fleetcast.agent.api import AgentApi
 from fleetcast.agent.inventory import Inventory, collect
@@ -145,7 +146,7 @@ class Agent:
             task_id = raw.get("task_id")
             logger.error("unusable task from the server: %s", exc.message)
             if isinstance(task_id, int) and not isinstance(task_id, bool):
-                failure = {
+                failure: dict[str, Any] = {
                     "state": "failed",
                     "error": exc.message,
                     "disk": None,
