@@ -266,9 +266,11 @@ class FleetLab:
         )
 
     def cli_spawn(self, *args: str, log: Path) -> subprocess.Popen[bytes]:
+        """Start a CLI command in the first client namespace (stdout piped, stderr to ``log``); like
+        every process of the lab it is ended by PID when the lab closes, also on failure."""
         node = self.net.clients[0]
         with open(log, "wb") as fh:
-            return subprocess.Popen(node.cmd([str(FLEETCAST), *args]), stdout=subprocess.PIPE, stderr=fh)
+            return node.spawn([str(FLEETCAST), *args], stdout=subprocess.PIPE, stderr=fh.fileno())
 
     def wait_enrolled(self, count: int, timeout: float = 60.0) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout
