@@ -3,6 +3,7 @@ own absolute symlinks (``/etc/resolv.conf -> /run/...`` names the *host's* /run 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -38,9 +39,9 @@ def read(root: Path, rel: str) -> str | None:
 def write(root: Path, rel: str, content: str, *, mode: int = 0o644) -> Path:
     """Write-to-temp, fsync, rename; a symlink at the target is replaced, never followed."""
     target = inside(root, rel)
+    tmp = target.with_name(f".{target.name}.fleetcast-tmp")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.fleetcast-tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
         try:
             os.write(fd, content.encode())
@@ -50,6 +51,8 @@ def write(root: Path, rel: str, content: str, *, mode: int = 0o644) -> Path:
             os.close(fd)
         os.replace(tmp, target)
     except OSError as exc:
+        with contextlib.suppress(OSError):  # never leave the temporary file in the deployed system
+            tmp.unlink()
         raise IdentityError(
             f"cannot write {'/' + rel.lstrip('/')} in the deployed system: {exc.strerror}"
         ) from exc

@@ -227,3 +227,13 @@ def test_absolute_symlink_file_is_replaced_not_followed(tmp_path: Path) -> None:
     LinuxPersonalizer().personalize(root, _settings(ip=None))
     assert victim.read_text() == "host file\n"
     assert (root / "etc/hostname").read_text() == "LAB-01\n"
+
+
+def test_failed_write_leaves_no_temporary_file(tmp_path: Path) -> None:
+    root = _root(tmp_path)
+    (root / "etc/hostname").unlink()
+    (root / "etc/hostname").mkdir()  # os.replace(file, directory) fails
+    with pytest.raises(IdentityError) as info:
+        LinuxPersonalizer().personalize(root, _settings(ip=None))
+    assert str(info.value) == "cannot write /etc/hostname in the deployed system: Is a directory"
+    assert sorted(p.name for p in (root / "etc").iterdir() if "fleetcast" in p.name) == []
