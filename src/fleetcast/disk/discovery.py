@@ -286,11 +286,21 @@ def in_use_devnum(devnum: str, *, sys_root: Path = SYS_ROOT, proc_root: Path = P
         except OSError:
             held = []
         holders += [f"{_devnum_name(sys_root, num)} is held by {h}" for h in held]
+    names = {_devnum_name(sys_root, num): num for num in devnums}
     reasons: list[str] = []
     for line in _read(proc_root / "self" / "mountinfo").splitlines():
         fields = line.split()
-        if len(fields) > 4 and fields[2] in devnums:
+        if len(fields) <= 4:
+            continue
+        if fields[2] in devnums:
             reasons.append(f"{_devnum_name(sys_root, fields[2])} is mounted on {fields[4]}")
+            continue
+        # FUSE mounts (ntfs-3g: fuseblk) carry an anonymous 0:N device; their source names the partition
+        sep = fields.index("-", 6) if "-" in fields[6:] else len(fields)
+        source = fields[sep + 2] if len(fields) > sep + 2 else ""
+        name = Path(os.path.realpath(source)).name if source.startswith("/dev/") else ""
+        if name in names:
+            reasons.append(f"{name} is mounted on {fields[4]}")
     for line in _read(proc_root / "swaps").splitlines()[1:]:
         name = line.split()[0] if line.split() else ""
         try:

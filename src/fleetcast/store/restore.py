@@ -73,6 +73,7 @@ def _size(n: int) -> str:
 def check_target(manifest: Manifest, target: Path) -> bool:
     """Refuse targets the image cannot go to; True when the target does not exist yet (it will be created)."""
     from fleetcast.disk.device import inspect
+    from fleetcast.disk.discovery import in_use
 
     if not target.exists():
         if not target.parent.is_dir():
@@ -82,6 +83,12 @@ def check_target(manifest: Manifest, target: Path) -> bool:
         info = inspect(target)
     except DiskError as exc:
         raise RestoreError(f"cannot restore onto {target}: {exc.message}", hint=exc.hint) from exc
+    busy = in_use(target) if info.is_block else []
+    if busy:
+        raise RestoreError(
+            f"target {target} is in use: {'; '.join(busy)}",
+            hint="fleetcast never overwrites a disk in use: unmount it (and stop what holds it) first",
+        )
     if info.logical_sector_size != manifest.logical_sector_size:
         raise RestoreError(
             f"target {target} has {info.logical_sector_size}-byte logical sectors but image "

@@ -180,3 +180,15 @@ def test_free_disk_is_not_in_use(tmp_path: Path) -> None:
     img = tmp_path / "disk.img"
     img.write_bytes(b"\0" * 512)
     assert in_use(img) == []  # plain files are never in use
+
+
+def test_fuse_mounted_partition_is_in_use(tmp_path: Path) -> None:
+    sys_root, proc = _fake_in_use_tree(tmp_path)
+    (sys_root / "devices" / "sda" / "sda2" / "holders" / "dm-0").rmdir()
+    # ntfs-3g: an anonymous 0:N device number, the partition only in the mount source
+    (proc / "self" / "mountinfo").write_text(
+        "41 22 0:52 / /mnt/win rw,relatime shared:3 - fuseblk /dev/sda2 rw,user_id=0\n"
+        "42 22 0:53 / /mnt/other rw,relatime - fuseblk /dev/sdb2 rw,user_id=0\n"
+        "43 22 0:54 / /run/user rw - tmpfs tmpfs rw\n"
+    )
+    assert in_use_devnum("8:0", sys_root=sys_root, proc_root=proc) == ["sda2 is mounted on /mnt/win"]
