@@ -16,6 +16,7 @@ from fleetcast.identity.base import IdentitySettings, OsKind, register
 from fleetcast.identity.windows import (
     acl,
     drivers,
+    inspect,
     layout,
     logs,
     profiles,
@@ -128,22 +129,25 @@ def personalize(root: Path, opts: Options) -> list[str]:
     """Apply ``opts`` to the Windows volume at ``root``; return one line per change made."""
     opts.validate()
     layout.config_dir(root)
-    hib = layout.find(root, "hiberfil.sys")
-    if hib is not None and hib.is_file():
-        with hib.open("rb") as fh:
-            if fh.read(4) in (b"hibr", b"HIBR", b"wake", b"WAKE", b"RSTR", b"rstr"):
-                raise IdentityError(
-                    f"Windows on {root} is hibernated (hiberfil.sys holds a resume image): changes made now "
-                    "would be lost or corrupt the volume when it resumes",
-                    hint="boot it and shut down fully (shutdown /s /t 0; powercfg /h off turns Fast Startup "
-                    "off), then capture the image again",
-                )
+    if inspect.hibernated(root):
+        raise IdentityError(
+            f"Windows on {root} is hibernated (hiberfil.sys holds a resume image): changes made now "
+            "would be lost or corrupt the volume when it resumes",
+            hint="boot it and shut down fully (shutdown /s /t 0; powercfg /h off turns Fast Startup "
+            "off), then capture the image again",
+        )
     changes: list[str] = []
     tx = Transaction()
     with tempfile.TemporaryDirectory(prefix="fleetcast-win-") as tmp:
         hives = _Hives(root, Path(tmp))
         try:
             _run(root, opts, hives, tx, changes)
+        except OSError as exc:  # one not translated closer to its cause: still a clean error, rolled back
+            tx.rollback()
+            raise IdentityError(
+                f"personalizing {root} failed at {exc.filename or 'an unnamed file'}: {exc.strerror or exc}",
+                hint="nothing was changed; check the volume (ntfsfix or chkdsk) and retry",
+            ) from exc
         except BaseException:
             tx.rollback()
             raise

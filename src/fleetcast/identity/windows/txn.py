@@ -111,6 +111,12 @@ class Transaction:
             read_base_block(tmp)
             Hive(tmp)  # reopens with hivex
             _fsync(tmp)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise HiveError(
+                f"hive {original}: writing its new copy {tmp.name} failed: {exc.strerror or exc}",
+                hint="check that the volume is mounted read-write and has free space",
+            ) from exc
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise

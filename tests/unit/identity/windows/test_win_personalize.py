@@ -314,3 +314,40 @@ def test_hibernated_windows_is_refused(tree: TreeInfo) -> None:
     assert {p.name: p.read_bytes() for p in cfg.iterdir()} == before
     (tree.root / "hiberfil.sys").write_bytes(bytes(4096))  # a cleared header is fine
     assert personalize(tree.root, Options(name=NAME))
+
+
+def test_io_error_while_staging_a_hive_is_a_hive_error_and_writes_nothing(
+    tree: TreeInfo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = tree.root / CONFIG
+    before = {p.name: p.read_bytes() for p in cfg.iterdir()}
+    from fleetcast.identity.windows import personalizer
+
+    def eio(path: Path, **_kw: object) -> None:
+        raise OSError(5, "Input/output error", str(path))
+
+    monkeypatch.setattr(personalizer, "scrub", eio)
+    with pytest.raises(HiveError) as exc:
+        personalize(tree.root, Options(name="EIO-1", sid_seed="eio"))
+    assert str(exc.value) == (
+        f"hive {cfg / 'SYSTEM'}: writing its new copy SYSTEM.fleetcast-new failed: Input/output error"
+    )
+    assert {p.name: p.read_bytes() for p in cfg.iterdir()} == before
+
+
+def test_io_error_after_the_hives_are_replaced_is_an_identity_error_and_rolled_back(
+    tree: TreeInfo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = tree.root / CONFIG
+    before = {p.name: p.read_bytes() for p in cfg.iterdir()}
+    from fleetcast.identity.windows import profiles
+
+    def eio(hive: Path, *_a: object) -> None:
+        raise OSError(5, "Input/output error", str(hive))
+
+    monkeypatch.setattr(profiles, "rewrite", eio)
+    with pytest.raises(IdentityError) as exc:
+        personalize(tree.root, Options(name="EIO-2", sid_seed="eio"))
+    ntuser = tree.root / "Users" / "gold_administrator" / "NTUSER.DAT"
+    assert str(exc.value) == f"personalizing {tree.root} failed at {ntuser}: Input/output error"
+    assert {p.name: p.read_bytes() for p in cfg.iterdir()} == before
