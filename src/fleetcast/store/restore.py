@@ -17,8 +17,9 @@ import logging
 import os
 import stat
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -242,6 +243,18 @@ def fetch_plan(
     return fetches, serve
 
 
+@contextmanager
+def _closing(it: Iterator[Any]) -> Iterator[None]:
+    """Close a chunk source's generator on the way out, so a failed restore stops its prefetching now
+    (not when the garbage collector gets to it)."""
+    try:
+        yield
+    finally:
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()
+
+
 def _write_chunks(
     manifest: Manifest,
     source: ChunkSource,
@@ -282,7 +295,7 @@ def _write_chunks(
             futures[submitted] = pool.submit(decompress_verify, pid, stored, None, what=what)
             submitted += 1
 
-    with ThreadPoolExecutor(workers, thread_name_prefix="restore") as pool:
+    with ThreadPoolExecutor(workers, thread_name_prefix="restore") as pool, _closing(fetched):
         for i, (area, chunk) in enumerate(todo):
             k = serve[i]
             submit_until(k + lookahead)
