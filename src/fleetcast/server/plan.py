@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 
 THEN_ACTIONS = ("reboot", "shutdown", "none")
 HOSTNAME_MAX = 63
+MAX_BATCH = 100_000
 WINDOWS_NAME_MAX = 15
 _MAC_RE = re.compile(r"^[0-9a-f]{2}([:-]?)[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?$")
@@ -215,6 +216,8 @@ def allocate_ips(ip_range: str | None, count: int, gateway: str | None, dns: Seq
 def check_batch(batch: int) -> int:
     if batch < 1:
         raise UsageError(f"batch must be at least 1, found {batch}")
+    if batch > MAX_BATCH:  # more than any room holds; also keeps it inside the database's integer column
+        raise UsageError(f"batch must be at most {MAX_BATCH}, found {batch}")
     return batch
 
 

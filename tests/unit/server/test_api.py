@@ -185,6 +185,7 @@ BAD_INPUT = [
     ({"disk": "biggest"}, 400, "disk rule 'biggest': term 'biggest' is not understood"),
     ({"disk": ""}, 400, "disk rule is empty"),
     ({"batch": 0}, 400, "batch must be at least 1, found 0"),
+    ({"batch": 2**40}, 400, "batch must be at most 100000, found 1099511627776"),
     ({"then": "hibernate"}, 400, "post action 'hibernate' is not one of reboot, shutdown, none"),
     ({"gateway": "10.0.0.1"}, 400, "a gateway (10.0.0.1) only applies to static addresses"),
 ]
