@@ -167,6 +167,9 @@ class LabNetwork:
                 f"cannot build the lab network {self.prefix}*: {exc.message}",
                 hint="network namespaces need root and iproute2",
             ) from exc
+        except BaseException:  # Ctrl-C or any other error half-way: __exit__ will not run
+            self.destroy()
+            raise
         logger.info(
             "lab network %s*: bridge in %s, %d node(s) on %s.0/24",
             self.prefix,
