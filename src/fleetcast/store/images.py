@@ -104,6 +104,10 @@ class ImageStore:
         return self.manifest_path(name).is_file()
 
     def open(self, name: str) -> Manifest:
+        return self._load(name)[0]
+
+    def _load(self, name: str) -> tuple[Manifest, bytes]:
+        """The manifest of image ``name`` and its bytes as stored, read once and validated."""
         path = self.manifest_path(name)
         try:
             data = path.read_bytes()
@@ -122,12 +126,11 @@ class ImageStore:
             ) from exc
         if manifest.name != name:
             raise ManifestError(f"image {name!r} has an invalid manifest: it names image {manifest.name!r}")
-        return manifest
+        return manifest, data
 
     def read_manifest_bytes(self, name: str) -> bytes:
-        """The manifest exactly as stored (what the server hands to agents)."""
-        self.open(name)
-        return self.manifest_path(name).read_bytes()
+        """The manifest exactly as stored (what the server hands to agents), validated."""
+        return self._load(name)[1]
 
     def list(self) -> list[Manifest]:
         """Every readable image, by name; damaged manifests are skipped here (``check`` reports them)."""
@@ -179,7 +182,10 @@ class ImageStore:
     @contextmanager
     def locked(self, *, exclusive: bool, wait: bool = False) -> Iterator[None]:
         self.ensure()
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StoreError(f"cannot open the store's lock file {self.lock_path}: {exc.strerror}") from exc
         try:
             flags = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | (0 if wait else fcntl.LOCK_NB)
             try:
@@ -190,7 +196,7 @@ class ImageStore:
                         f"the store {self.root} is busy: a capture is running",
                         hint="wait for the capture to finish, then retry",
                     ) from exc
-                raise
+                raise StoreError(f"cannot lock the store {self.root}: {exc.strerror}") from exc
             yield
         finally:
             os.close(fd)

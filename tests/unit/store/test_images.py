@@ -115,3 +115,23 @@ def test_gc_keeps_a_running_export_work_directory(tmp_path: Path) -> None:
         assert (gc.removed_leftovers, gc.freed_leftover_bytes) == (0, 0)
         assert (work / "disk.raw").read_bytes() == b"z" * 10
     assert list(store.tmp_dir.iterdir()) == []
+
+
+def test_unusable_lock_file_is_a_store_error(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path / "s")
+    store.ensure()
+    store.lock_path.unlink()
+    store.lock_path.mkdir()
+    with pytest.raises(StoreError) as err:
+        store.gc()
+    assert str(err.value) == f"cannot open the store's lock file {store.lock_path}: Is a directory"
+
+
+def test_manifest_bytes_are_the_validated_ones(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path / "s")
+    store.ensure()
+    (store.images_dir / "img").mkdir()
+    (store.images_dir / "img" / "manifest.json").write_text("{}")
+    with pytest.raises(StoreError) as err:
+        store.read_manifest_bytes("img")
+    assert str(err.value).startswith("image 'img' has an invalid manifest: manifest is missing 'format'")
