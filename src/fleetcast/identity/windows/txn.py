@@ -168,14 +168,16 @@ class Transaction:
                     os.replace(log, lb)
                     done.append((log, lb))
                     log.write_bytes(b"")  # Windows starts a fresh log; stale entries cannot replay
-        except OSError as exc:
+        except BaseException as exc:  # an interrupt between two renames must not leave a hive missing
             for current, backup in reversed(done):
                 current.unlink(missing_ok=True)
                 os.replace(backup, current)
             for st in self.staged:
                 st.staged.unlink(missing_ok=True)
             self.staged.clear()
-            raise IdentityError(f"replacing hive {exc.filename} failed: {exc.strerror}") from exc
+            if isinstance(exc, OSError):
+                raise IdentityError(f"replacing hive {exc.filename} failed: {exc.strerror}") from exc
+            raise
         self.committed = True
 
     def rollback(self) -> None:

@@ -49,3 +49,27 @@ def test_rollback_removes_created_folders(tmp_path: Path) -> None:
     assert (tmp_path / "Windows" / "Setup" / "Scripts" / "b.cmd").read_bytes() == b"echo"
     tx.rollback()
     assert list((tmp_path / "Windows").iterdir()) == []
+
+
+def test_interrupt_between_two_renames_leaves_every_hive_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fleetcast.identity.windows.personalizer import Options, personalize
+    from fleetcast.identity.windows.testtree import build_windows_tree
+
+    info = build_windows_tree(tmp_path / "t", with_acls=False)
+    cfg = info.root / "Windows" / "System32" / "config"
+    before = {p.name: p.read_bytes() for p in cfg.iterdir()}
+    real = os.replace
+    calls = []
+
+    def replace(src: Path, dst: Path) -> None:
+        calls.append(src)
+        if len(calls) == 2:  # SYSTEM moved to its backup, the new copy not yet in place
+            raise KeyboardInterrupt
+        real(src, dst)
+
+    monkeypatch.setattr(txn.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        personalize(info.root, Options(name="INT-1"))
+    assert {p.name: p.read_bytes() for p in cfg.iterdir()} == before
