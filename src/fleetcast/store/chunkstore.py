@@ -25,6 +25,9 @@ from fleetcast.store.manifest import CHUNK_ID_RE
 logger = logging.getLogger(__name__)
 
 DEFAULT_LEVEL = 3
+# Largest uncompressed object accepted (packs are about 16 MiB): a damaged or hostile frame header must
+# not make a restore allocate whatever size it declares.
+MAX_OBJECT_BYTES = 256 << 20
 _local = threading.local()
 _CORRUPT_HINT = (
     "run 'fleetcast store check'; re-capture the image unless the chunk can be restored from a backup"
@@ -56,6 +59,13 @@ def decompress_verify(chunk_id: str, stored: bytes, length: int | None, *, what:
         dec = zstandard.ZstdDecompressor()
         _local.d = dec
     try:
+        declared = zstandard.frame_content_size(stored)
+        if declared > MAX_OBJECT_BYTES:
+            raise ChunkCorrupt(
+                f"{what}: chunk {chunk_id} is corrupt: its header declares {declared} bytes of content, "
+                f"more than the {MAX_OBJECT_BYTES} a stored object may hold",
+                hint=_CORRUPT_HINT,
+            )
         data = bytes(dec.decompress(stored, max_output_size=length or 0))
     except zstandard.ZstdError as exc:
         raise ChunkCorrupt(

@@ -128,3 +128,20 @@ def test_fetch_plan_lru() -> None:
     fetches, serve = fetch_plan(entries, capacity=8)
     assert fetches == [a, b, c, d]
     assert serve == [0, 0, 1, 0, 2, 1, 3, 0]
+
+
+def test_huge_declared_size_is_corrupt_not_allocated() -> None:
+    data = b"a" * 100
+    cid = chunk_hash(data)
+    stored = compress(data)
+    assert stored[4] == 0x20  # single segment, 1-byte content size
+    forged = stored[:4] + bytes([0xE0]) + (1 << 40).to_bytes(8, "little") + stored[6:]
+    with pytest.raises(ChunkCorrupt) as err:
+        decompress_verify(cid, forged, None, what="image 'win'")
+    assert str(err.value) == (
+        f"image 'win': chunk {cid} is corrupt: its header declares {1 << 40} bytes of content, "
+        f"more than the {256 << 20} a stored object may hold"
+    )
+    with pytest.raises(ChunkCorrupt) as err:
+        decompress_verify(cid, b"not zstd", None, what="image 'win'")
+    assert str(err.value).startswith(f"image 'win': chunk {cid} is corrupt: it does not decompress (")
