@@ -143,8 +143,11 @@ class ImageStore:
         return out
 
     def remove(self, name: str) -> None:
-        """Unpublish an image (its chunks stay until ``gc``). Atomic: the directory is renamed away first."""
-        self.open(name)
+        """Unpublish an image (its chunks stay until ``gc``). Atomic: the directory is renamed away first.
+
+        An image whose manifest is damaged can be removed too (gc refuses to run until it is)."""
+        if not self.exists(name):
+            self.open(name)  # raises ImageNotFound naming the image
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         trash = self.tmp_dir / f"rm-{name}-{secrets.token_hex(4)}"
         try:

@@ -135,3 +135,20 @@ def test_manifest_bytes_are_the_validated_ones(tmp_path: Path) -> None:
     with pytest.raises(StoreError) as err:
         store.read_manifest_bytes("img")
     assert str(err.value).startswith("image 'img' has an invalid manifest: manifest is missing 'format'")
+
+
+def test_an_image_with_a_damaged_manifest_can_be_removed(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path / "s")
+    store.ensure()
+    (store.images_dir / "img").mkdir()
+    (store.images_dir / "img" / "manifest.json").write_text("{")
+    with pytest.raises(StoreError) as err:
+        store.gc()
+    assert str(err.value).startswith("refusing to collect garbage: 1 image(s) have damaged manifests (img: ")
+    assert err.value.hint == "fix or remove those images first ('fleetcast store check' lists them)"
+    store.remove("img")
+    assert store.names() == []
+    assert store.gc().freed_bytes == 0
+    with pytest.raises(ImageNotFound) as missing:
+        store.remove("img")
+    assert str(missing.value) == f"image 'img' does not exist in the store {store.root}"
