@@ -283,10 +283,12 @@ def _run(root: Path, opts: Options, hives: _Hives, tx: Transaction, changes: lis
 
     # stage every changed hive: temp copy -> scrub -> reopen -> regipy check
     for name, o in hives.opened.items():
-        if not o.hive.changed and not o.replayed:
+        # a new SID reaches the key security descriptors (sk cells) of SYSTEM and SOFTWARE too: keys
+        # owned by or granted to local accounts (Administrator, None) exist on real installations
+        if not o.hive.changed and not o.replayed and new_sid is None:
             continue
         is_sid_hive = name in ("SAM", "SECURITY")
-        post = _scrubber(old_sid, new_sid, all_cells=is_sid_hive)
+        post = _scrubber(name, old_sid, new_sid, all_cells=is_sid_hive, changes=changes)
         hive_checks = checks[name]
 
         def check(path: Path, hive_checks: list[Callable[[RegipyView], None]] = hive_checks) -> None:
@@ -331,10 +333,14 @@ def _arch(version: software.Version, sysh: Hive) -> str:
     return {"AMD64": "amd64", "x86": "x86", "ARM64": "arm64"}.get(arch or "AMD64", "amd64")
 
 
-def _scrubber(old: Sid | None, new: Sid | None, *, all_cells: bool) -> Callable[[Path], None]:
+def _scrubber(
+    name: str, old: Sid | None, new: Sid | None, *, all_cells: bool, changes: list[str]
+) -> Callable[[Path], None]:
     def post(path: Path) -> None:
         res = scrub(path, old=old, new=new, all_cells=all_cells)
         logger.debug("scrubbed %s: %s", path, res)
+        if res.sk_sids_replaced:
+            changes.append(f"{name}: {res.sk_sids_replaced} key security descriptor SID(s) rewritten")
 
     return post
 

@@ -351,3 +351,18 @@ def test_io_error_after_the_hives_are_replaced_is_an_identity_error_and_rolled_b
     ntuser = tree.root / "Users" / "gold_administrator" / "NTUSER.DAT"
     assert str(exc.value) == f"personalizing {tree.root} failed at {ntuser}: Input/output error"
     assert {p.name: p.read_bytes() for p in cfg.iterdir()} == before
+
+
+def test_new_sid_alone_rewrites_key_descriptors_in_system(tree: TreeInfo) -> None:
+    # the Windows 7 SYSTEM's keys are owned by its own machine's Administrator/None: make that
+    # machine the SAM's one, as on a real installation
+    system = tree.root / CONFIG / "SYSTEM"
+    foreign = struct.pack("<4I", 21, 100689374, 1717798114, 2601648136)
+    old_words = tree.machine_sid.to_bytes()[8:]
+    raw = system.read_bytes()
+    assert raw.count(foreign) == 6
+    system.write_bytes(raw.replace(foreign, old_words))
+    changes = personalize(tree.root, Options(sid_seed="sk-1"))  # no name: SYSTEM has no value to change
+    assert "SYSTEM: 6 key security descriptor SID(s) rewritten" in changes
+    raw = system.read_bytes()
+    assert old_words not in raw and raw.count(seeded_machine_sid("sk-1").to_bytes()[8:]) == 6
