@@ -163,6 +163,30 @@ def _hivex_class(hivex: Any) -> Any:
     return SafeHivex
 
 
+class _Checked:
+    """A hivex handle whose failures (RuntimeError from a damaged subkey list, value or cell met
+    after opening) are HiveErrors naming the hive."""
+
+    def __init__(self, h: Any, path: Path) -> None:
+        self._h = h
+        self._path = path
+
+    def __getattr__(self, name: str) -> Any:
+        fn = getattr(self._h, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except RuntimeError as exc:
+                raise HiveError(
+                    f"hive {self._path} is damaged: hivex {name} failed ({exc})",
+                    hint="nothing was written; restore this hive from a backup "
+                    "(Windows\\System32\\config\\RegBack) or let Windows repair it, then retry",
+                ) from exc
+
+        return call
+
+
 class Hive:
     """One hive opened with hivex. Paths are backslash-separated, relative to the hive root,
     matched case-insensitively (as Windows does)."""
@@ -183,14 +207,15 @@ class Hive:
                 "the hivex Python module is not available", hint="apt-get install python3-hivex"
             ) from exc
         try:
-            self.h: Any = _hivex_class(hivex)(str(path), write=write)
-            self.h.root()
+            self._raw: Any = _hivex_class(hivex)(str(path), write=write)
+            self._raw.root()
         except (RuntimeError, OSError) as exc:
             raise HiveError(
                 f"hive {self.path} is damaged: hivex cannot parse it ({exc})",
                 hint="nothing was written; restore this hive from a backup "
                 "(Windows\\System32\\config\\RegBack) or let Windows repair it, then retry",
             ) from exc
+        self.h: Any = _Checked(self._raw, self.path)
         self.write = write
         self.changed = False
 
@@ -334,7 +359,7 @@ class Hive:
     def commit(self, dest: Path) -> None:
         self._need_write()
         try:
-            self.h.commit(str(dest))
+            self._raw.commit(str(dest))
         except (RuntimeError, OSError) as exc:
             raise HiveError(f"hive {self.path}: writing {dest} failed: {exc}") from exc
 

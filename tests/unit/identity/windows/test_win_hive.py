@@ -120,3 +120,20 @@ def test_scrub_zeroes_freed_cells(tmp_path: Path) -> None:
     assert res.free_cells_zeroed > 0
     assert marker.encode("utf-16-le") not in out.read_bytes()
     assert Hive(out).get_string("K", "v") == "replaced"
+
+
+def test_damage_found_after_opening_is_a_hive_error(tmp_path: Path) -> None:
+    """hivex opens a hive whose subkey list points outside it; walking it then fails in hivex."""
+    empty_hive(tmp_path / "H")
+    h = Hive(tmp_path / "H", write=True)
+    a = h.add_key(h.root(), "A")
+    h.add_key(a, "B")
+    h.commit(tmp_path / "H2")
+    raw = bytearray((tmp_path / "H2").read_bytes())
+    lh = raw.rfind(b"lh")  # A's subkey list, written after the root's
+    struct.pack_into("<I", raw, lh + 4, 0x7FFFF0)
+    (tmp_path / "H3").write_bytes(raw)
+    damaged = Hive(tmp_path / "H3")
+    with pytest.raises(HiveError) as exc:
+        damaged.dump()
+    assert str(exc.value) == f"hive {tmp_path / 'H3'} is damaged: hivex node_children failed (Bad address)"
