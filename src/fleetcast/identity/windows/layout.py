@@ -15,9 +15,12 @@ HIVES = ("SYSTEM", "SOFTWARE", "SAM", "SECURITY")
 
 
 def find(base: Path, rel: str) -> Path | None:
-    """``base/rel`` with every component matched case-insensitively, or None."""
+    """``base/rel`` with every component matched case-insensitively, or None -- also when ``rel``
+    (which may come from the volume's registry) leads outside ``base``, by ``..`` or a symlink."""
     cur = base
-    for part in [p for p in rel.split("/") if p]:
+    for part in [p for p in rel.split("/") if p and p != "."]:
+        if part == "..":
+            return None
         exact = cur / part
         if exact.exists():
             cur = exact
@@ -30,6 +33,9 @@ def find(base: Path, rel: str) -> Path | None:
         if match is None:
             return None
         cur = match
+    if cur != base and not cur.resolve().is_relative_to(base.resolve()):
+        logger.warning("%s leads outside %s; ignored", cur, base)
+        return None
     return cur
 
 

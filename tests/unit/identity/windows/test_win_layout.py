@@ -1,0 +1,35 @@
+"""Paths taken from the volume (ProfileImagePath in SOFTWARE) never lead outside it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fleetcast.identity.windows.layout import find
+from fleetcast.identity.windows.profiles import profile_dir
+
+
+def _volume(tmp_path: Path) -> Path:
+    root = tmp_path / "vol"
+    (root / "Users" / "bob").mkdir(parents=True)
+    (tmp_path / "outside" / "victim").mkdir(parents=True)
+    (tmp_path / "outside" / "victim" / "NTUSER.DAT").write_bytes(b"regf")
+    return root
+
+
+def test_find_matches_case_insensitively_inside(tmp_path: Path) -> None:
+    root = _volume(tmp_path)
+    assert find(root, "users/BOB") == root / "Users" / "bob"
+
+
+def test_dot_dot_from_the_registry_does_not_leave_the_volume(tmp_path: Path) -> None:
+    root = _volume(tmp_path)
+    assert find(root, "../outside/victim") is None
+    assert find(root, "Users/../../outside/victim/NTUSER.DAT") is None
+    assert profile_dir(root, "C:\\..\\outside\\victim") is None
+
+
+def test_symlink_out_of_the_volume_is_not_followed(tmp_path: Path) -> None:
+    root = _volume(tmp_path)
+    (root / "Users" / "eve").symlink_to(tmp_path / "outside" / "victim")
+    assert find(root, "Users/eve/NTUSER.DAT") is None
+    assert profile_dir(root, "C:\\Users\\eve") is None
