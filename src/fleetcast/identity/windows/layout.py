@@ -40,14 +40,21 @@ def find(base: Path, rel: str) -> Path | None:
 
 
 def target(base: Path, rel: str) -> Path:
-    """Where to write ``rel`` below ``base``: existing components keep their spelling."""
+    """Where to write ``rel`` below ``base``: existing components keep their spelling. A path that
+    would lead outside ``base`` (a symlink on the volume) raises IdentityError."""
     cur = base
     parts = [p for p in rel.split("/") if p]
     for i, part in enumerate(parts):
         found = find(cur, part)
         if found is None:
-            return cur.joinpath(*parts[i:])
+            cur = cur.joinpath(*parts[i:])
+            break
         cur = found
+    if not cur.resolve().is_relative_to(base.resolve()):
+        raise IdentityError(
+            f"cannot write {rel} on {base}: {cur} leads outside the volume (to {cur.resolve()})",
+            hint="a symlink or junction on the volume points elsewhere; remove it and retry",
+        )
     return cur
 
 

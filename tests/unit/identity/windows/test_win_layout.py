@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fleetcast.identity.windows.layout import find
+import pytest
+
+from fleetcast.errors import IdentityError
+from fleetcast.identity.windows.layout import find, target
 from fleetcast.identity.windows.profiles import profile_dir
 
 
@@ -33,3 +36,16 @@ def test_symlink_out_of_the_volume_is_not_followed(tmp_path: Path) -> None:
     (root / "Users" / "eve").symlink_to(tmp_path / "outside" / "victim")
     assert find(root, "Users/eve/NTUSER.DAT") is None
     assert profile_dir(root, "C:\\Users\\eve") is None
+
+
+def test_target_through_a_symlink_out_of_the_volume_is_refused(tmp_path: Path) -> None:
+    root = _volume(tmp_path)
+    (root / "Windows").mkdir()
+    (root / "Windows" / "Panther").symlink_to(tmp_path / "outside")
+    assert target(root, "windows/Users") == root / "Windows" / "Users"
+    with pytest.raises(IdentityError) as exc:
+        target(root, "Windows/Panther/unattend.xml")
+    assert str(exc.value) == (
+        f"cannot write Windows/Panther/unattend.xml on {root}: {root / 'Windows/Panther/unattend.xml'} "
+        f"leads outside the volume (to {(tmp_path / 'outside/unattend.xml').resolve()})"
+    )
