@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fleetcast.identity.windows.unattend import StaticIp
 
 
 def register(
@@ -85,6 +89,18 @@ def register(
     p.set_defaults(func=cmd_doctor)
 
 
+def _static_ip(args: argparse.Namespace) -> StaticIp | None:
+    """--ip with its --gateway/--dns/--mac; those without --ip are a mistake, not ignored."""
+    from fleetcast.errors import UsageError
+    from fleetcast.identity.windows.unattend import StaticIp
+
+    if args.ip:
+        return StaticIp.parse(args.ip, args.gateway, args.dns, args.mac)
+    if args.gateway or args.dns or args.mac:
+        raise UsageError("--gateway, --dns and --mac go with --ip")
+    return None
+
+
 def _help(parser: argparse.ArgumentParser) -> int:
     parser.print_help()
     return 2
@@ -104,19 +120,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_personalize(args: argparse.Namespace) -> int:
     from fleetcast.cli.common import print_json
-    from fleetcast.errors import UsageError
     from fleetcast.identity.windows.personalizer import Options, personalize
     from fleetcast.identity.windows.sid import check_seed, parse_machine_sid
-    from fleetcast.identity.windows.unattend import StaticIp
 
     sid = parse_machine_sid(args.sid) if args.sid else None
     if args.sid_seed is not None:
         check_seed(args.sid_seed)
-    ip = None
-    if args.ip:
-        ip = StaticIp.parse(args.ip, args.gateway, args.dns, args.mac)
-    elif args.gateway or args.dns or args.mac:
-        raise UsageError("--gateway, --dns and --mac go with --ip")
+    ip = _static_ip(args)
     opts = Options(
         name=args.name,
         new_sid=args.new_sid,
@@ -138,11 +148,11 @@ def cmd_personalize(args: argparse.Namespace) -> int:
 
 def cmd_unattend(args: argparse.Namespace) -> int:
     from fleetcast.identity.windows.system import check_name
-    from fleetcast.identity.windows.unattend import StaticIp, UnattendOptions, render
+    from fleetcast.identity.windows.unattend import UnattendOptions, render
 
     if args.name:
         check_name(args.name)
-    ip = StaticIp.parse(args.ip, args.gateway, args.dns, args.mac) if args.ip else None
+    ip = _static_ip(args)
     opts = UnattendOptions(
         name=args.name,
         ip=ip,

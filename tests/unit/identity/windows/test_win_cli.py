@@ -35,6 +35,8 @@ def test_unattend_prints_xml(capsys: pytest.CaptureFixture[str]) -> None:
          "fleetcast: error: malformed SID 'S-1-5-x': expected S-1-<authority>-<sub-authority>..., e.g. S-1-5-21-1-2-3"),  # noqa: E501
         (["windows", "personalize", "/nonexistent-vol", "--name", "PC-1", "--mac", "52:54:00:00:00:01"], 2,
          "fleetcast: error: --gateway, --dns and --mac go with --ip"),
+        (["windows", "unattend", "--name", "PC-1", "--gateway", "10.0.0.1"], 2,
+         "fleetcast: error: --gateway, --dns and --mac go with --ip"),
     ],
 )  # fmt: skip
 def test_errors(argv: list[str], code: int, message: str, capsys: pytest.CaptureFixture[str]) -> None:
