@@ -58,7 +58,10 @@ class Sid:
             raise ValueError(f"SID at offset {offset}: need 8 header bytes, have {len(data) - offset}")
         revision, count = data[offset], data[offset + 1]
         if revision != 1 or count > MAX_SUBAUTHORITIES:
-            raise ValueError(f"SID at offset {offset}: revision {revision}, {count} sub-authorities")
+            raise ValueError(
+                f"SID at offset {offset}: expected revision 1 and at most {MAX_SUBAUTHORITIES} "
+                f"sub-authorities, found revision {revision} and {count}"
+            )
         end = offset + 8 + 4 * count
         if len(data) < end:
             raise ValueError(f"SID at offset {offset}: need {end - offset} bytes, have {len(data) - offset}")

@@ -125,3 +125,11 @@ def test_seed_with_trailing_newline_is_malformed() -> None:
     assert str(exc.value) == (
         "malformed SID seed 'lab-1\\n': expected 1-64 characters from A-Z a-z 0-9 . _ : -"
     )
+
+
+def test_from_bytes_names_a_bad_header() -> None:
+    with pytest.raises(ValueError) as exc:
+        Sid.from_bytes(b"\0\0" + bytes([2, 16]) + MACHINE_BYTES[2:], 2)
+    assert str(exc.value) == (
+        "SID at offset 2: expected revision 1 and at most 15 sub-authorities, found revision 2 and 16"
+    )
