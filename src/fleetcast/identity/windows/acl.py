@@ -15,7 +15,7 @@ import logging
 import os
 import struct
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from fleetcast.errors import IdentityError
@@ -142,7 +142,6 @@ class AclResult:
     files_seen: int = 0
     files_changed: int = 0
     sids_replaced: int = 0
-    undo: list[tuple[Path, bytes]] = field(default_factory=list)
 
 
 def rewrite_tree(

@@ -40,12 +40,6 @@ def find_logs(hive: Path) -> list[Path]:
     return list(found.values())
 
 
-def all_logs(hive: Path) -> list[Path]:
-    """Every transaction log file beside ``hive``, empty or not."""
-    names = {s.name.lower(): s for s in hive.parent.iterdir()}
-    return [p for s in LOG_SUFFIXES if (p := names.get((hive.name + s).lower())) is not None]
-
-
 @dataclass(frozen=True)
 class HiveState:
     path: Path

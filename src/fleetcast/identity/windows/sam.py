@@ -8,7 +8,7 @@ import struct
 from dataclasses import dataclass
 
 from fleetcast.errors import HiveError
-from fleetcast.identity.windows.hive import Hive, decode_sz, rewrite_sids
+from fleetcast.identity.windows.hive import Hive, rewrite_sids
 from fleetcast.identity.windows.sid import Sid
 
 logger = logging.getLogger(__name__)
@@ -18,8 +18,6 @@ USERS_NAMES = "SAM\\Domains\\Account\\Users\\Names"
 DESCRIPTOR_SIZE = 12
 ACCOUNT_V_DESCRIPTORS = 4  # the data area starts right after the table (0x30)
 SID_DESCRIPTOR = 1
-USER_V_DESCRIPTORS = 17
-USER_NAME_DESCRIPTOR = 1
 
 
 @dataclass(frozen=True)
@@ -77,11 +75,6 @@ def users(sam: Hive) -> list[User]:
         if default is not None:
             out.append(User(default.type, sam.name(c)))
     return sorted(out, key=lambda u: u.rid)
-
-
-def user_name_from_v(v: bytes) -> str:
-    off, length = descriptor_table(v, USER_V_DESCRIPTORS)[USER_NAME_DESCRIPTOR]
-    return decode_sz(v[off : off + length] + b"\0\0")
 
 
 def set_machine_sid(sam: Hive, new: Sid) -> list[str]:
