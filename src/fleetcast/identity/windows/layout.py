@@ -95,10 +95,16 @@ def hive_path(root: Path, name: str, *, required: bool = True) -> Path | None:
     found = find(cfg, name)
     if found is None or not found.is_file():
         if required:
-            raise HiveError(
-                f"{root} has no {name} hive in Windows\\System32\\config",
-                hint="the volume is incomplete or not a Windows system volume",
-            )
+            from fleetcast.identity.windows.txn import ORIG_SUFFIX
+
+            backup = find(cfg, name + ORIG_SUFFIX)
+            hint = "the volume is incomplete or not a Windows system volume"
+            if backup is not None and backup.is_file():
+                hint = (
+                    f"a fleetcast run was interrupted while replacing it: rename {backup.name} back to "
+                    f"{name}, then retry"
+                )
+            raise HiveError(f"{root} has no {name} hive in Windows\\System32\\config", hint=hint)
         return None
     return found
 

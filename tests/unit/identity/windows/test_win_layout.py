@@ -49,3 +49,19 @@ def test_target_through_a_symlink_out_of_the_volume_is_refused(tmp_path: Path) -
         f"cannot write Windows/Panther/unattend.xml on {root}: {root / 'Windows/Panther/unattend.xml'} "
         f"leads outside the volume (to {(tmp_path / 'outside/unattend.xml').resolve()})"
     )
+
+
+def test_missing_hive_left_as_a_backup_by_an_interrupted_run(tmp_path: Path) -> None:
+    from fleetcast.errors import HiveError
+    from fleetcast.identity.windows.layout import hive_path
+
+    cfg = tmp_path / "Windows" / "System32" / "config"
+    cfg.mkdir(parents=True)
+    (cfg / "SAM.fleetcast-orig").write_bytes(b"regf")
+    with pytest.raises(HiveError) as exc:
+        hive_path(tmp_path, "SAM")
+    assert str(exc.value) == f"{tmp_path} has no SAM hive in Windows\\System32\\config"
+    assert exc.value.hint == (
+        "a fleetcast run was interrupted while replacing it: "
+        "rename SAM.fleetcast-orig back to SAM, then retry"
+    )
