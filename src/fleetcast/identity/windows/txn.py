@@ -41,14 +41,17 @@ class RegipyView:
     def __init__(self, path: Path) -> None:
         from regipy.exceptions import RegipyException
 
+        construct: Any = importlib.import_module("construct")  # regipy's parser library (no type stubs)
         registry: Any = importlib.import_module("regipy.registry")
         logging.getLogger("regipy").setLevel(logging.ERROR)  # it logs every undecodable string
         self.path = path
         try:
             self.reg: Any = registry.RegistryHive(str(path))
             self.keys = [k.path.lower() for k in self.reg.recurse_subkeys(fetch_values=False)]
-        except (RegipyException, ValueError, KeyError, OSError) as exc:
-            raise HiveError(f"hive {path}: independent check with regipy failed: {exc}") from exc
+        except (RegipyException, construct.ConstructError, ValueError, KeyError, OSError) as exc:
+            # regipy parses with construct: a cell pointing outside the hive is a StreamError
+            detail = " ".join(str(exc).split())
+            raise HiveError(f"hive {path}: independent check with regipy failed: {detail}") from exc
 
     def value(self, key_path: str, name: str) -> object:
         """regipy's decoded value (str for strings, bytes for binary, int for dwords) or None."""

@@ -137,3 +137,22 @@ def test_damage_found_after_opening_is_a_hive_error(tmp_path: Path) -> None:
     with pytest.raises(HiveError) as exc:
         damaged.dump()
     assert str(exc.value) == f"hive {tmp_path / 'H3'} is damaged: hivex node_children failed (Bad address)"
+
+
+def test_regipy_parse_error_is_a_hive_error(tmp_path: Path) -> None:
+    """regipy (construct) fails on a subkey list pointing outside the hive with a StreamError."""
+    from fleetcast.identity.windows.txn import RegipyView
+
+    empty_hive(tmp_path / "H")
+    h = Hive(tmp_path / "H", write=True)
+    h.add_key(h.add_key(h.root(), "A"), "B")
+    h.commit(tmp_path / "H2")
+    raw = bytearray((tmp_path / "H2").read_bytes())
+    struct.pack_into("<I", raw, raw.rfind(b"lh") + 4, 0x7FFFF0)
+    (tmp_path / "H3").write_bytes(raw)
+    with pytest.raises(HiveError) as exc:
+        RegipyView(tmp_path / "H3")
+    assert str(exc.value) == (
+        f"hive {tmp_path / 'H3'}: independent check with regipy failed: Error in path (parsing) "
+        "stream read less than specified amount, expected 4, found 0"
+    )
