@@ -151,7 +151,7 @@ def personalize(root: Path, opts: Options) -> list[str]:
         except BaseException:
             tx.rollback()
             raise
-        tx.finish()
+        changes += tx.finish()
     return changes
 
 

@@ -222,15 +222,22 @@ class Transaction:
         self.staged.clear()
         self.committed = False
 
-    def finish(self) -> None:
-        """The whole run succeeded: drop the backups."""
-        for st in self.staged:
-            for p in [st.original, *st.logs]:
-                p.with_name(p.name + ORIG_SUFFIX).unlink(missing_ok=True)
-        for _target, backup in self.files:
-            if backup is not None:
+    def finish(self) -> list[str]:
+        """The whole run succeeded: drop the backups. The run stands even when one cannot be
+        deleted (nothing can be rolled back any more): returns a warning line for each."""
+        backups = [p.with_name(p.name + ORIG_SUFFIX) for st in self.staged for p in [st.original, *st.logs]]
+        backups += [backup for _target, backup in self.files if backup is not None]
+        warnings = []
+        for backup in backups:
+            try:
                 backup.unlink(missing_ok=True)
+            except OSError as exc:
+                logger.warning("cannot delete the backup %s: %s", backup, exc)
+                warnings.append(
+                    f"warning: the backup {backup} could not be deleted ({exc.strerror}): delete it"
+                )
         self.staged.clear()
         self.files.clear()
         self.dirs.clear()
         self.undo.clear()
+        return warnings

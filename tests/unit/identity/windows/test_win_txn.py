@@ -73,3 +73,27 @@ def test_interrupt_between_two_renames_leaves_every_hive_in_place(
     with pytest.raises(KeyboardInterrupt):
         personalize(info.root, Options(name="INT-1"))
     assert {p.name: p.read_bytes() for p in cfg.iterdir()} == before
+
+
+def test_backup_that_cannot_be_deleted_is_a_warning_not_a_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fleetcast.identity.windows.personalizer import Options, personalize
+    from fleetcast.identity.windows.testtree import build_windows_tree
+
+    info = build_windows_tree(tmp_path / "t", with_acls=False)
+    cfg = info.root / "Windows" / "System32" / "config"
+    real = Path.unlink
+
+    def unlink(self: Path, missing_ok: bool = False) -> None:
+        if self.name == "SYSTEM" + txn.ORIG_SUFFIX:
+            raise OSError(16, "Device or resource busy", str(self))
+        real(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    changes = personalize(info.root, Options(name="KEEP-1"))
+    assert changes[-1] == (
+        f"warning: the backup {cfg / 'SYSTEM.fleetcast-orig'} could not be deleted "
+        "(Device or resource busy): delete it"
+    )
+    assert (cfg / "SYSTEM.fleetcast-orig").exists() and not (cfg / "SECURITY.fleetcast-orig").exists()
