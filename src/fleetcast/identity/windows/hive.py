@@ -406,14 +406,20 @@ class ScrubResult:
     free_cells_zeroed: int = 0
     sk_sids_replaced: int = 0
     other_sids_replaced: int = 0
+    fragments_replaced: int = 0
 
 
 def scrub(path: Path, *, old: Sid | None, new: Sid | None, all_cells: bool) -> ScrubResult:
     """Raw pass over a committed hive: zero every free cell (so replaced data is gone), and
     replace binary SIDs of ``old``'s domain by ``new``'s in security-descriptor (sk) cells -- or in
-    every allocated cell when ``all_cells`` (SAM, SECURITY: slack space of live cells too).
+    every allocated cell when ``all_cells`` (SAM, SECURITY: slack space of live cells too, where
+    even a SID's domain words without their header, a fragment of older data, are replaced).
     Only cell contents change, never sizes, so the hive structure is untouched."""
     res = ScrubResult()
+    words_old = words_new = b""
+    if old is not None and new is not None:
+        words_old = struct.pack("<3I", *old.subauthorities[1:])
+        words_new = struct.pack("<3I", *new.subauthorities[1:])
     data = bytearray(path.read_bytes())
     (hbins_size,) = struct.unpack_from("<I", data, 40)
     end = min(len(data), BASE_BLOCK_SIZE + hbins_size)
@@ -445,6 +451,9 @@ def scrub(path: Path, *, old: Sid | None, new: Sid | None, all_cells: bool) -> S
                             res.sk_sids_replaced += n
                         else:
                             res.other_sids_replaced += n
+                    if all_cells and words_old in data[body]:
+                        res.fragments_replaced += data[body].count(words_old)
+                        data[body] = data[body].replace(words_old, words_new)
             cell += length
         pos += hsize
     with path.open("r+b") as fh:

@@ -156,3 +156,26 @@ def test_regipy_parse_error_is_a_hive_error(tmp_path: Path) -> None:
         f"hive {tmp_path / 'H3'}: independent check with regipy failed: Error in path (parsing) "
         "stream read less than specified amount, expected 4, found 0"
     )
+
+
+def test_scrub_replaces_headerless_sid_fragments_in_live_cells_of_sam_and_security(tmp_path: Path) -> None:
+    """Slack of a live cell can hold the tail of an older SID (its domain words without the
+    revision/count header); in SAM and SECURITY those words go too, elsewhere only whole SIDs."""
+    from fleetcast.identity.windows.sid import Sid
+
+    old, new = Sid.parse("S-1-5-21-1111111111-2222222222-3333333333"), Sid.parse("S-1-5-21-7-8-9")
+    fragment = old.child(1001).to_bytes()[12:]  # a, b, c, RID: no header, no 21
+    path = tmp_path / "H"
+    empty_hive(path)
+    h = Hive(path, write=True)
+    h.set_value(h.ensure_path("K"), "tail", REG_BINARY, b"\xaa" * 7 + fragment)
+    h.commit(tmp_path / "A")
+    (tmp_path / "B").write_bytes((tmp_path / "A").read_bytes())
+    words = struct.pack("<3I", 1111111111, 2222222222, 3333333333)
+    assert scrub(tmp_path / "A", old=old, new=new, all_cells=False).fragments_replaced == 0
+    assert words in (tmp_path / "A").read_bytes()
+    res = scrub(tmp_path / "B", old=old, new=new, all_cells=True)
+    assert res.fragments_replaced == 1 and res.other_sids_replaced == 0
+    assert words not in (tmp_path / "B").read_bytes()
+    got = Hive(tmp_path / "B").get("K", "tail")
+    assert got is not None and got.data == b"\xaa" * 7 + struct.pack("<4I", 7, 8, 9, 1001)
