@@ -65,6 +65,7 @@ def register(
 
 def handle(args: argparse.Namespace) -> int:
     import logging
+    import math
 
     from fleetcast.agent.loop import Agent, AgentSettings
     from fleetcast.errors import UsageError
@@ -78,6 +79,8 @@ def handle(args: argparse.Namespace) -> int:
         raise UsageError(f"--checkpoint-mib must be at least 1, got {args.checkpoint_mib}")
     if args.outage_limit < 0:
         raise UsageError(f"--outage-limit must not be negative, got {args.outage_limit}")
+    if not math.isfinite(args.outage_limit):  # nan compares false with everything: retry forever
+        raise UsageError(f"--outage-limit must be a number of seconds, got {args.outage_limit}")
     settings = AgentSettings(
         server=args.server,
         enroll_token=args.enroll_token,

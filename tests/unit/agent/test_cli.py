@@ -26,6 +26,16 @@ def _keep_logging() -> Iterator[None]:
         (["--workers", "0"], 2, "fleetcast: error: --workers must be at least 1, got 0\n"),
         (["--checkpoint-mib", "0"], 2, "fleetcast: error: --checkpoint-mib must be at least 1, got 0\n"),
         (["--outage-limit", "-1"], 2, "fleetcast: error: --outage-limit must not be negative, got -1.0\n"),
+        (
+            ["--outage-limit", "nan"],
+            2,
+            "fleetcast: error: --outage-limit must be a number of seconds, got nan\n",
+        ),
+        (
+            ["--outage-limit", "inf"],
+            2,
+            "fleetcast: error: --outage-limit must be a number of seconds, got inf\n",
+        ),
     ],
 )
 def test_bad_numbers(argv: list[str], code: int, message: str, capsys: pytest.CaptureFixture[str]) -> None:
