@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from fleetcast import __version__
+from fleetcast.errors import UsageError
 from fleetcast.server import api_admin, api_agent, problems
 from fleetcast.server.auth import Tokens
 from fleetcast.server.db import Database, redact
@@ -35,7 +36,13 @@ async def _sweeper(orch: Orchestrator, every: float) -> None:
 
 def create_app(settings: ServerSettings, *, catalog: ImageCatalog | None = None) -> FastAPI:
     """The server for ``settings``: database opened and schema created, tokens made if missing."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot create the data directory {settings.data_dir}: {exc.strerror}",
+            hint="run as root or pick a writable --data directory",
+        ) from exc
     tokens = Tokens(settings.secrets_dir)
     db = Database(settings.db_url)
     bus = EventBus()

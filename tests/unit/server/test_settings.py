@@ -10,7 +10,7 @@ import pytest
 
 from fleetcast.errors import UsageError
 from fleetcast.server.auth import read_or_create
-from fleetcast.server.settings import build, parse_listen
+from fleetcast.server.settings import ServerSettings, build, parse_listen
 
 
 def test_defaults(tmp_path: Path) -> None:
@@ -94,3 +94,12 @@ def test_tokens_are_made_once_with_mode_0600(tmp_path: Path) -> None:
     (secrets / "admin-token").write_text("\n")
     with pytest.raises(UsageError, match="is empty"):
         read_or_create(secrets, "admin-token")
+
+
+def test_unusable_data_directory_is_a_usage_error(tmp_path: Path) -> None:
+    from fleetcast.server.app import create_app
+
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UsageError) as info:
+        create_app(ServerSettings(data_dir=tmp_path / "file" / "data"))
+    assert str(info.value) == f"cannot create the data directory {tmp_path}/file/data: Not a directory"
