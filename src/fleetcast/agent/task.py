@@ -8,7 +8,6 @@ from typing import Any
 from fleetcast.errors import AgentError
 
 THEN_ACTIONS = ("reboot", "shutdown", "none")
-PHASES = ("selecting-disk", "writing", "verifying", "growing", "personalizing", "finishing")
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,6 @@ TERMINAL_TARGET = ("done", "failed", "cancelled")
 ACTIVE_DEPLOYMENT = ("running", "cancelling")
 PHASES = ("selecting-disk", "writing", "verifying", "growing", "personalizing", "finishing")
 RESULT_STATES = ("done", "failed", "cancelled")
-WINDOWS_NAME_MAX = 15
 
 
 class DeploymentNotFound(NotFoundError):
@@ -201,7 +200,7 @@ class Orchestrator:
                 for c in session.scalars(select(Client).order_by(Client.mac))
             ]
         chosen = planner.select_clients(request.clients, enrolled)
-        max_len = WINDOWS_NAME_MAX if info.os_hint == "windows" else planner.HOSTNAME_MAX
+        max_len = planner.WINDOWS_NAME_MAX if info.os_hint == "windows" else planner.HOSTNAME_MAX
         assignments, network = planner.make_plan(
             chosen,
             name_pattern=request.name,
