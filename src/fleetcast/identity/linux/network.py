@@ -201,6 +201,20 @@ def _networkd(root: Path, cfg: StaticIp) -> list[str]:
     return changes
 
 
+_IFUPDOWN_STANZAS = ("iface", "auto", "mapping", "source", "source-directory", "rename")
+
+
+def _ends_options(line: str) -> bool:
+    """interfaces(5): a stanza's options run up to the next stanza (or an unindented comment),
+    indented or not."""
+    if not line.strip():
+        return False
+    if line.startswith("#"):
+        return True
+    word = line.split(maxsplit=1)[0]
+    return word in _IFUPDOWN_STANZAS or word.startswith(("allow-", "no-"))
+
+
 def _ifupdown(root: Path, cfg: StaticIp) -> list[str]:
     name = _ifupdown_interface(root)
     if name is None:
@@ -217,7 +231,7 @@ def _ifupdown(root: Path, cfg: StaticIp) -> list[str]:
             skipping = True
             continue
         if skipping:
-            if not stripped or line[:1].isspace():
+            if not _ends_options(line):
                 continue
             skipping = False
         kept.append(line)

@@ -166,6 +166,21 @@ def test_ifupdown(tmp_path: Path) -> None:
     assert "no systemd: run 'ssh-keygen -A' at first boot to create SSH host keys" in changes
 
 
+def test_ifupdown_unindented_options_go_with_their_stanza(tmp_path: Path) -> None:
+    root = _root(tmp_path, systemd=False)
+    (root / "etc/network").mkdir()
+    (root / "etc/network/interfaces").write_text(
+        "auto lo\niface lo inet loopback\n\nauto ens3\niface ens3 inet static\naddress 192.168.1.5/24\n"
+        "gateway 192.168.1.1\n# the next one\niface ens4 inet manual\n"
+    )
+    LinuxPersonalizer().personalize(root, _settings())
+    text = (root / "etc/network/interfaces").read_text()
+    assert "192.168.1" not in text  # not left behind as options of 'iface lo'
+    assert text.startswith(
+        "auto lo\niface lo inet loopback\n\nauto ens3\n# the next one\niface ens4 inet manual\n"
+    )
+
+
 def test_no_stack_with_ip_is_refused(tmp_path: Path) -> None:
     root = _root(tmp_path, systemd=False)
     with pytest.raises(IdentityError) as info:
