@@ -263,9 +263,12 @@ def postgres_cluster() -> Iterator[str]:
         as_postgres(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "fleetcast")
         yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/fleetcast"
     finally:
-        if started:
-            as_postgres(str(bindir / "pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "stop")
-        shutil.rmtree(base, ignore_errors=True)
+        try:
+            # also when `pg_ctl start` gave up waiting (or was interrupted) after the server had started
+            if started or (pgdata / "postmaster.pid").exists():
+                as_postgres(str(bindir / "pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "stop")
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
 
 
 def json_out(proc: subprocess.CompletedProcess[str]) -> Any:
