@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -36,6 +36,8 @@ from fleetcast.server.images import ImageCatalog
 from fleetcast.server.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
+
+_Row = TypeVar("_Row", Client, Deployment, Target)
 
 ACTIVE_TARGET = ("queued", "running")
 TERMINAL_TARGET = ("done", "failed", "cancelled")
@@ -109,6 +111,15 @@ class Plan:
                 for a in self.assignments
             ],
         }
+
+
+MAX_ID = 2**31 - 1  # ids are Integer columns
+
+
+def _get(s: Session, model: type[_Row], row_id: int) -> _Row | None:
+    """``s.get`` for an id from outside: one out of the column's range is simply not there (instead of
+    an OverflowError from SQLite or a DataError from PostgreSQL)."""
+    return s.get(model, row_id) if 0 < row_id <= MAX_ID else None
 
 
 def _seconds_between(later: datetime, earlier: datetime | None) -> float | None:
@@ -308,7 +319,7 @@ class Orchestrator:
 
     def client(self, client_id: int) -> dict[str, Any]:
         with self.db.sessions() as s:
-            c = s.get(Client, client_id)
+            c = _get(s, Client, client_id)
             if c is None:
                 raise NotFoundError(f"client {client_id} does not exist", hint="GET /api/clients lists them")
             return self._client_view(s, c)
@@ -393,7 +404,7 @@ class Orchestrator:
                 "interval": self.settings.heartbeat_interval,
             }
             if task_id is not None:
-                t = s.get(Target, task_id)
+                t = _get(s, Target, task_id)
                 if t is None or t.client_id != client.id:
                     reply["cancel"] = True
                     return reply
@@ -512,7 +523,7 @@ class Orchestrator:
     # ---- internals ----------------------------------------------------------------------------
 
     def _deployment(self, s: Session, deployment_id: int) -> Deployment:
-        dep = s.get(Deployment, deployment_id)
+        dep = _get(s, Deployment, deployment_id)
         if dep is None:
             raise DeploymentNotFound(
                 f"deployment {deployment_id} does not exist", hint="GET /api/deployments lists them"
@@ -520,13 +531,13 @@ class Orchestrator:
         return dep
 
     def _client(self, s: Session, client_id: int) -> Client:
-        client = s.get(Client, client_id)
+        client = _get(s, Client, client_id)
         if client is None:
             raise NotFoundError(f"client {client_id} does not exist")
         return client
 
     def _task(self, s: Session, client_id: int, task_id: int) -> Target:
-        t = s.get(Target, task_id)
+        t = _get(s, Target, task_id)
         if t is None:
             raise TaskNotFound(f"task {task_id} does not exist")
         if t.client_id != client_id:

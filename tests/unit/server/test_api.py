@@ -327,3 +327,15 @@ def test_agent_reports_out_of_range_are_refused_and_change_nothing(server: Serve
     assert problem["message"] == "post action 'explode' is not one of reboot, shutdown, none"
     client = server.get(f"/api/deployments/{dep}")["clients"][0]
     assert (client["state"], client["disk"], client["bytes"], client["action"]) == ("running", None, 0, None)
+
+
+def test_ids_out_of_range_are_not_found(server: Server) -> None:
+    a = server.agent("52:54:00:00:00:01")
+    big = 2**64
+    r = server.http.get(f"/api/deployments/{big}", headers={"Authorization": f"Bearer {server.admin}"})
+    assert (r.status_code, r.json()["message"]) == (404, f"deployment {big} does not exist")
+    r = server.http.get(f"/api/clients/{big}", headers={"Authorization": f"Bearer {server.admin}"})
+    assert (r.status_code, r.json()["message"]) == (404, f"client {big} does not exist")
+    problem = a.call(f"/api/agent/tasks/{big}/progress", {"phase": "writing"}, status=404)
+    assert problem["message"] == f"task {big} does not exist"
+    assert a.heartbeat(task_id=big)["cancel"] is True
