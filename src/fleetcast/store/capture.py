@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from fleetcast import __version__
-from fleetcast.errors import CaptureError, FleetcastError
+from fleetcast.errors import CaptureError, FleetcastError, UsageError
 from fleetcast.progress import ProgressFn
-from fleetcast.store.chunkstore import DEFAULT_LEVEL, chunk_hash, compress
+from fleetcast.store.chunkstore import DEFAULT_LEVEL, MAX_OBJECT_BYTES, chunk_hash, compress
 from fleetcast.store.images import CaptureTransaction, ImageStore, check_name
 from fleetcast.store.manifest import Area, ChunkRef, Extent, Manifest
 
@@ -77,6 +77,11 @@ def capture(
     from fleetcast.disk.partitions import read_table
 
     check_name(name)
+    if pack_size + chunk_size > MAX_OBJECT_BYTES:
+        raise UsageError(
+            f"pack size {pack_size} with chunk size {chunk_size} would make packs larger than the "
+            f"{MAX_OBJECT_BYTES} bytes a restore accepts"
+        )
     source = Path(source)
     info = inspect(source)
     if info.size < 4 * info.logical_sector_size:

@@ -152,3 +152,14 @@ def test_an_image_with_a_damaged_manifest_can_be_removed(tmp_path: Path) -> None
     with pytest.raises(ImageNotFound) as missing:
         store.remove("img")
     assert str(missing.value) == f"image 'img' does not exist in the store {store.root}"
+
+
+def test_capture_refuses_packs_a_restore_would_refuse(tmp_path: Path) -> None:
+    from fleetcast.store.capture import capture
+
+    with pytest.raises(UsageError) as err:
+        capture(tmp_path / "missing.img", "img", ImageStore(tmp_path / "s"), pack_size=256 << 20)
+    assert str(err.value) == (
+        f"pack size {256 << 20} with chunk size 65536 would make packs larger than the "
+        f"{256 << 20} bytes a restore accepts"
+    )
