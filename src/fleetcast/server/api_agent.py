@@ -10,6 +10,7 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from fleetcast.server.auth import Tokens, bearer
+from fleetcast.server.db import MAX_BIG_INTEGER, MAX_INTEGER
 from fleetcast.server.images import ImageCatalog
 from fleetcast.server.orchestrator import Orchestrator, ProgressReport, TaskResult
 
@@ -73,17 +74,13 @@ class HeartbeatBody(BaseModel):
 # The columns these land in (server/db.py): BigInteger, Integer, String(255), String(16). Bounds are
 # checked here, so a bad report is a 422 naming the field rather than a database error (PostgreSQL
 # refuses what does not fit; SQLite would store it).
-MAX_BIGINT = 2**63 - 1
-MAX_INT = 2**31 - 1
-
-
 class ProgressBody(BaseModel):
     phase: str = Field(max_length=32)
-    bytes_done: int = Field(default=0, ge=0, le=MAX_BIGINT)
-    bytes_total: int = Field(default=0, ge=0, le=MAX_BIGINT)
+    bytes_done: int = Field(default=0, ge=0, le=MAX_BIG_INTEGER)
+    bytes_total: int = Field(default=0, ge=0, le=MAX_BIG_INTEGER)
     rate_bps: float = Field(default=0.0, ge=0)
     eta_seconds: float | None = None
-    checkpoint_chunk: int | None = Field(default=None, ge=0, le=MAX_INT)
+    checkpoint_chunk: int | None = Field(default=None, ge=0, le=MAX_INTEGER)
     disk: str | None = Field(default=None, max_length=255)
 
 

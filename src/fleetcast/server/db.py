@@ -37,6 +37,11 @@ from fleetcast.errors import ServerError, UsageError
 logger = logging.getLogger(__name__)
 
 
+# The largest values of the Integer and BigInteger columns (PostgreSQL refuses more, SQLite's driver raises).
+MAX_INTEGER = 2**31 - 1
+MAX_BIG_INTEGER = 2**63 - 1
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from fleetcast.server.db import EventRow, isoformat, utcnow
+from fleetcast.server.db import MAX_INTEGER, EventRow, isoformat, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -179,6 +179,8 @@ def format_sse(payload: dict[str, Any]) -> str:
 def load_events(
     session: Session, *, since: int = 0, deployment_id: int | None = None, limit: int = 10_000
 ) -> list[dict[str, Any]]:
+    if since >= MAX_INTEGER or (deployment_id is not None and not 0 < deployment_id <= MAX_INTEGER):
+        return []  # beyond the Integer columns: nothing there (and SQLite would raise OverflowError)
     query = select(EventRow).where(EventRow.id > since)
     if deployment_id is not None:
         query = query.where(EventRow.deployment_id == deployment_id)

@@ -30,7 +30,7 @@ from fleetcast.disk.rules import parse_rule
 from fleetcast.errors import DiskError, NotFoundError, ServerError, UsageError
 from fleetcast.server import plan as planner
 from fleetcast.server.auth import ForbiddenError, hash_credential, new_secret
-from fleetcast.server.db import AuditRow, Client, Database, Deployment, Target, isoformat, utcnow
+from fleetcast.server.db import MAX_INTEGER, AuditRow, Client, Database, Deployment, Target, isoformat, utcnow
 from fleetcast.server.events import EventBus
 from fleetcast.server.images import ImageCatalog
 from fleetcast.server.settings import ServerSettings
@@ -113,13 +113,10 @@ class Plan:
         }
 
 
-MAX_ID = 2**31 - 1  # ids are Integer columns
-
-
 def _get(s: Session, model: type[_Row], row_id: int) -> _Row | None:
     """``s.get`` for an id from outside: one out of the column's range is simply not there (instead of
     an OverflowError from SQLite or a DataError from PostgreSQL)."""
-    return s.get(model, row_id) if 0 < row_id <= MAX_ID else None
+    return s.get(model, row_id) if 0 < row_id <= MAX_INTEGER else None
 
 
 def _seconds_between(later: datetime, earlier: datetime | None) -> float | None:

@@ -339,3 +339,5 @@ def test_ids_out_of_range_are_not_found(server: Server) -> None:
     problem = a.call(f"/api/agent/tasks/{big}/progress", {"phase": "writing"}, status=404)
     assert problem["message"] == f"task {big} does not exist"
     assert a.heartbeat(task_id=big)["cancel"] is True
+    assert server.get("/api/events/log", params={"since": big}) == {"events": []}
+    assert server.get("/api/events/log", params={"deployment_id": big}) == {"events": []}
