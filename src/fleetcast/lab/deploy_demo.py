@@ -371,7 +371,7 @@ def _follow(lab: FleetLab, proc: subprocess.Popen[bytes]) -> None:
             deployments = lab.get("/api/deployments")["deployments"]
             if not deployments:
                 continue
-            view = lab.get(f"/api/deployments/{deployments[-1]['deployment']}")
+            view = lab.get(f"/api/deployments/{deployments[0]['deployment']}")  # newest first
         except (LabRunError, KeyError):
             continue
         cells = []
