@@ -289,6 +289,15 @@ def _bare_filesystem(path: Path) -> bool:
 
 def parse_sfdisk_json(pt: dict[str, Any], path: Path) -> PartitionTable:
     """Build a PartitionTable from the ``partitiontable`` object of ``sfdisk --json``."""
+    try:
+        return _parse_sfdisk_json(pt, path)
+    except KeyError as exc:
+        raise DiskError(f"sfdisk's description of {path} lacks the field {exc.args[0]!r}") from exc
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise DiskError(f"sfdisk's description of {path} has an unexpected value: {exc}") from exc
+
+
+def _parse_sfdisk_json(pt: dict[str, Any], path: Path) -> PartitionTable:
     label = pt.get("label")
     if label not in ("gpt", "dos"):
         raise DiskError(f"partition table of {path} is {label!r}; fleetcast handles gpt and dos (MBR)")

@@ -180,3 +180,27 @@ def test_parse_sfdisk_json_numbers_from_nodes() -> None:
 def test_min_disk_bytes_counts_gpt_backup() -> None:
     assert GPT.min_disk_bytes() == (131038 + 1 + 32 + 1) * 512
     assert DOS.min_disk_bytes() == (12288 + 4096) * 512
+
+
+def test_parse_sfdisk_json_unexpected_output() -> None:
+    from fleetcast.errors import DiskError
+
+    part = {"node": "/x/d1", "start": 2048, "size": 100, "type": "83"}
+    cases = [
+        (
+            {"label": "dos", "id": "0x1", "partitions": [{"node": "/x/d1", "size": 1, "type": "83"}]},
+            "lacks the field 'start'",
+        ),
+        (
+            {"label": "dos", "id": "0x1", "partitions": [part | {"start": "x"}]},
+            "has an unexpected value: invalid literal for int() with base 10: 'x'",
+        ),
+        (
+            {"label": "dos", "id": "0x1", "partitions": [7]},
+            "has an unexpected value: 'int' object is not subscriptable",
+        ),
+    ]
+    for pt, message in cases:
+        with pytest.raises(DiskError) as err:
+            parse_sfdisk_json(pt, Path("/x/d"))
+        assert str(err.value) == f"sfdisk's description of /x/d {message}"
