@@ -98,7 +98,11 @@ class ImageStore:
     def names(self) -> list[str]:
         if not self.images_dir.is_dir():
             return []
-        return sorted(p.name for p in self.images_dir.iterdir() if (p / MANIFEST).is_file())
+        # a directory whose name no image can have (".snapshot", "a b") is not an image: skip it rather
+        # than fail every listing, check and gc on it
+        return sorted(
+            p.name for p in self.images_dir.iterdir() if valid_name(p.name) and (p / MANIFEST).is_file()
+        )
 
     def exists(self, name: str) -> bool:
         return self.manifest_path(name).is_file()

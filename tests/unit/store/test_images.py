@@ -163,3 +163,15 @@ def test_capture_refuses_packs_a_restore_would_refuse(tmp_path: Path) -> None:
         f"pack size {256 << 20} with chunk size 65536 would make packs larger than the "
         f"{256 << 20} bytes a restore accepts"
     )
+
+
+def test_directories_with_impossible_names_are_not_images(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path / "s")
+    store.ensure()
+    for odd in (".snapshot", "copy of img"):
+        (store.images_dir / odd).mkdir()
+        (store.images_dir / odd / "manifest.json").write_text("{}")
+    assert store.names() == []
+    assert store.list() == []
+    assert store.check().ok
+    assert store.gc().freed_bytes == 0
