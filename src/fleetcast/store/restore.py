@@ -126,6 +126,12 @@ def restore(
             f"it has {total_entries} chunk entries"
         )
     created = check_target(manifest, target)
+    if created and start_chunk:
+        raise RestoreError(
+            f"cannot resume image {manifest.name!r} at chunk {start_chunk}: target {target} does not exist, "
+            "so the chunks before it are not there",
+            hint="restore from the start (chunk 0)",
+        )
     result = RestoreResult(manifest.name, target, created, chunks_total=total_entries)
     try:
         if created:

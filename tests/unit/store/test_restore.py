@@ -114,3 +114,15 @@ def test_a_failed_restore_closes_the_source_stream(tmp_path: Path) -> None:
         restore(manifest, Source(), tmp_path / "disk.img")
     assert str(err.value).startswith(f"image 'bare': chunk {ids[1]} is corrupt: its content hashes to ")
     assert state["closed"]
+
+
+def test_resuming_onto_a_missing_target_is_refused(tmp_path: Path) -> None:
+    manifest = Manifest.from_json(json.dumps(valid()))
+    target = tmp_path / "gone.img"
+    with pytest.raises(RestoreError) as err:
+        restore(manifest, _NoSource(), target, start_chunk=2)  # type: ignore[arg-type]
+    assert str(err.value) == (
+        f"cannot resume image 'lab-1' at chunk 2: target {target} does not exist, "
+        "so the chunks before it are not there"
+    )
+    assert not target.exists()
