@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from fleetcast.errors import IdentityError
 from fleetcast.identity.windows import inspect, layout, security, software, system
 from fleetcast.identity.windows.hive import Hive
 
@@ -42,7 +43,13 @@ class Finding:
 
 
 def read_log(path: Path) -> list[str]:
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise IdentityError(
+            f"cannot read the Sysprep log {path}: {exc.strerror or exc}",
+            hint="check that the Windows volume is mounted and readable (ntfs-3g -o ro is enough)",
+        ) from exc
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         text = data.decode("utf-16", errors="replace")
     elif data[1:2] == b"\0":

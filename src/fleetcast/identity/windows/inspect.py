@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fleetcast.errors import HiveError
+from fleetcast.errors import HiveError, IdentityError
 from fleetcast.identity.windows import layout, logs, sam, security, software, system
 from fleetcast.identity.windows.hive import Hive
 
@@ -137,7 +137,14 @@ def inspect(root: Path) -> Report:
             rep.skip_rearm = software.skip_rearm(soft)
         state_ini = layout.find(root, "Windows/Setup/State/State.ini")
         if rep.image_state is None and state_ini is not None:
-            for line in state_ini.read_text(errors="replace").splitlines():
+            try:
+                state_text = state_ini.read_text(errors="replace")
+            except OSError as exc:
+                raise IdentityError(
+                    f"cannot read {state_ini}: {exc.strerror or exc}",
+                    hint="check that the Windows volume is mounted and readable",
+                ) from exc
+            for line in state_text.splitlines():
                 if line.strip().lower().startswith("imagestate="):
                     rep.image_state = line.split("=", 1)[1].strip()
                     rep.generalized = software.is_generalized(rep.image_state)

@@ -72,3 +72,15 @@ def test_clean_volume_has_no_blocker(tmp_path: Path) -> None:
     info = build_windows_tree(tmp_path / "c", sam_pair="winreg-kb", with_acls=False)
     unpack("regipy/SECURITY.xz", info.root / "Windows/System32/config/SECURITY")  # a workgroup machine
     assert not any(f.blocker for f in doctor.diagnose(info.root))
+
+
+def test_unreadable_sysprep_log_is_a_clear_error(tmp_path: Path) -> None:
+    import pytest
+
+    from fleetcast.errors import IdentityError
+
+    log = tmp_path / "setupact.log"
+    log.mkdir()  # reading a directory fails with EISDIR, as an unreadable file on a broken mount would
+    with pytest.raises(IdentityError) as err:
+        doctor.read_log(log)
+    assert str(err.value) == f"cannot read the Sysprep log {log}: Is a directory"
