@@ -181,6 +181,12 @@ class Transaction:
             if isinstance(exc, OSError):
                 raise IdentityError(f"replacing hive {exc.filename} failed: {exc.strerror}") from exc
             raise
+        # make the renames durable: a power cut now must not bring back the old hives
+        for folder in {st.original.parent for st in self.staged}:
+            try:
+                _fsync(folder)
+            except OSError as exc:  # ntfs-3g may refuse fsync on a directory; the data files are synced
+                logger.debug("fsync of %s: %s", folder, exc)
         self.committed = True
 
     def rollback(self) -> None:
