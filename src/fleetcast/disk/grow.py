@@ -23,14 +23,20 @@ from pathlib import Path
 from fleetcast.disk import loop
 from fleetcast.disk.device import inspect
 from fleetcast.disk.filesystems import FsType
-from fleetcast.disk.partitions import GPT_DEFAULT_ENTRIES, Partition, PartitionTable, read_table, write_table
+from fleetcast.disk.partitions import (
+    EXTENDED_TYPES,
+    GPT_DEFAULT_ENTRIES,
+    Partition,
+    PartitionTable,
+    read_table,
+    write_table,
+)
 from fleetcast.errors import CommandError, DiskError, FilesystemError
 from fleetcast.run import run
 
 logger = logging.getLogger(__name__)
 
 ALIGN_BYTES = 1 << 20
-EXTENDED_TYPES = ("5", "f", "85")
 MBR_MAX_SECTORS = (1 << 32) - 1
 
 

@@ -1,9 +1,22 @@
 """Partition tables: read with ``sfdisk --json`` (read-only), written back with an sfdisk script.
 
 A written table is identical to the one read: GPT disk GUID, partition GUIDs, names, types, attributes,
-first/last usable LBA and entry-array length; MBR disk id, types and bootable flags (sfdisk lays out the
-extended partition's EBR chain itself). Partition numbers are kept too (gaps in GPT numbering, logical
-partitions 5+), because each script line names its partition.
+first/last usable LBA and entry-array length; MBR disk id, types and bootable flags. Partition numbers are
+kept too (gaps in GPT numbering, logical partitions 5+), because each script line names its partition.
+
+MBR with logical partitions: sfdisk lays out an EBR chain its own way and refuses logical partitions
+closer than its grain to the previous one (parted makes such tables). So ``read_table`` also reads where
+each EBR (extended boot record) sits (``PartitionTable.ebrs``, one sector number per logical partition,
+in chain order) and ``write_table`` writes the MBR and that EBR chain itself, sector by sector, keeping
+the MBR's boot code. A table read before ``ebrs`` existed is written by sfdisk, and by our own writer
+(each EBR in the sector before its partition) when sfdisk refuses it.
+
+Stale signatures: an MBR written onto a disk that held a GPT leaves GPT headers that tools still see;
+``write_table`` zeroes a GPT header at LBA 1 and in the last sector when the new table is not a GPT.
+
+4Kn disks as files: a plain file's sector size comes from ``device.file_sector_size``; sfdisk cannot be
+told a sector size for a file, so tables with other than 512-byte sectors on a file are read and written
+through a loop device with that logical sector size, and ``write_table`` declares the size on the file.
 
 Writing onto a LARGER target: sfdisk always puts the GPT backup header in the last sector of the target.
 ``write_table(..., fit_to_disk=False)`` keeps the source's ``last_lba`` (an exact copy, the space after it
@@ -16,16 +29,26 @@ whole disk is the filesystem.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 import os
 import re
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fleetcast.disk.device import inspect
+from fleetcast.disk import loop, mbr
+from fleetcast.disk.device import (
+    FILE_SECTOR_SIZE,
+    GPT_SIGNATURE,
+    declare_sector_size,
+    declared_sector_size,
+    inspect,
+)
 from fleetcast.errors import CommandError, DiskError, ManifestError
 from fleetcast.run import run, run_text
 
@@ -37,6 +60,8 @@ _DOS_ID_RE = re.compile(r"0x[0-9a-f]{8}")
 _DOS_TYPE_RE = re.compile(r"[0-9a-f]{1,2}")
 _NO_TABLE = "does not contain a recognized partition table"
 GPT_DEFAULT_ENTRIES = 128
+EXTENDED_TYPES = ("5", "f", "85")
+MBR_SIGNATURE = b"\x55\xaa"
 
 
 @dataclass(frozen=True)
@@ -77,6 +102,7 @@ class PartitionTable:
     last_lba: int | None = None  # GPT only
     table_length: int | None = None  # GPT only: number of entries in the partition array
     partitions: tuple[Partition, ...] = field(default_factory=tuple)
+    ebrs: tuple[int, ...] = ()  # MBR only: sector of each logical partition's EBR, in chain order
 
     def partition(self, number: int) -> Partition:
         for part in self.partitions:
@@ -101,8 +127,22 @@ class PartitionTable:
             end = max(end, (self.last_lba or 0) + 1) + array_sectors + 1
         return end * self.sector_size
 
+    @property
+    def logical_partitions(self) -> tuple[Partition, ...]:
+        """MBR logical partitions (number 5 and up), in chain order."""
+        if self.label != "dos":
+            return ()
+        return tuple(sorted((p for p in self.partitions if p.number > 4), key=lambda p: p.number))
+
+    @property
+    def extended(self) -> Partition | None:
+        """The MBR extended partition (the container of the logical ones), if any."""
+        if self.label != "dos":
+            return None
+        return next((p for p in self.partitions if p.number <= 4 and p.type in EXTENDED_TYPES), None)
+
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "label": self.label,
             "id": self.id,
             "sector_size": self.sector_size,
@@ -111,11 +151,14 @@ class PartitionTable:
             "table_length": self.table_length,
             "partitions": [p.to_dict() for p in self.partitions],
         }
+        if self.ebrs:
+            d["ebrs"] = list(self.ebrs)
+        return d
 
     @classmethod
     def from_dict(cls, d: object) -> PartitionTable:
         """Validate and build; raises ManifestError naming the field, what was expected and what was found."""
-        d = _expect_dict(d, "partition table", TABLE_KEYS)
+        d = _expect_dict(d, "partition table", TABLE_KEYS, optional=("ebrs",))
         label = d["label"]
         if label not in LABELS:
             raise ManifestError(f"partition table: 'label' must be one of gpt, dos, none; found {label!r}")
@@ -165,20 +208,23 @@ class PartitionTable:
             raise ManifestError(f"partition table: partition numbers repeat: {numbers}")
         if numbers != sorted(numbers):
             raise ManifestError(f"partition table: partitions must be sorted by number; found {numbers}")
-        return cls(label, disk_id, sector_size, first, last, length, parts)
+        ebrs = _ebrs_from_dict(d.get("ebrs", []), label, parts)
+        return cls(label, disk_id, sector_size, first, last, length, parts, ebrs)
 
 
 TABLE_KEYS = ("label", "id", "sector_size", "first_lba", "last_lba", "table_length", "partitions")
 PARTITION_KEYS = ("number", "start", "size", "type", "uuid", "name", "attrs", "bootable")
 
 
-def _expect_dict(d: object, what: str, keys: tuple[str, ...]) -> dict[str, Any]:
+def _expect_dict(
+    d: object, what: str, keys: tuple[str, ...], optional: tuple[str, ...] = ()
+) -> dict[str, Any]:
     if not isinstance(d, dict):
         raise ManifestError(f"{what} must be an object; found {type(d).__name__}")
     missing = [k for k in keys if k not in d]
     if missing:
         raise ManifestError(f"{what} is missing {', '.join(repr(k) for k in missing)}")
-    extra = sorted(str(k) for k in d if k not in keys)
+    extra = sorted(str(k) for k in d if k not in keys and k not in optional)
     if extra:
         raise ManifestError(f"{what} has unknown fields {', '.join(repr(k) for k in extra)}")
     return d
@@ -200,6 +246,25 @@ def _expect_str(v: object, what: str) -> str:
     if not isinstance(v, str):
         raise ManifestError(f"{what} must be a string; found {v!r}")
     return v
+
+
+def _ebrs_from_dict(raw: object, label: str, parts: tuple[Partition, ...]) -> tuple[int, ...]:
+    if not isinstance(raw, list):
+        raise ManifestError(f"partition table: 'ebrs' must be a list; found {type(raw).__name__}")
+    ebrs = tuple(_expect_int(v, f"partition table: ebrs[{i}]", minimum=1) for i, v in enumerate(raw))
+    logicals = sorted((p for p in parts if p.number > 4), key=lambda p: p.number)
+    if ebrs and (label != "dos" or len(ebrs) != len(logicals)):
+        raise ManifestError(
+            f"partition table: 'ebrs' needs one sector per MBR logical partition ({len(logicals)}); "
+            f"found {len(ebrs)} on label {label!r}"
+        )
+    for lba, p in zip(ebrs, logicals, strict=False):
+        if lba >= p.start:
+            raise ManifestError(
+                f"partition table: the EBR of partition {p.number} at sector {lba} must lie before "
+                f"its start {p.start}"
+            )
+    return ebrs
 
 
 def _partition_from_dict(d: object, index: int, label: str) -> Partition:
@@ -256,24 +321,68 @@ def _number_from_node(node: str, device: str) -> int:
     return int(m.group(1))
 
 
+@contextlib.contextmanager
+def _sfdisk_device(path: Path, sector_size: int, *, read_only: bool) -> Iterator[Path]:
+    """``path`` itself, or for a plain file with other than 512-byte sectors a loop device with them
+    (sfdisk takes a file's sectors to be 512 bytes)."""
+    if sector_size == FILE_SECTOR_SIZE or not path.is_file():
+        yield path
+        return
+    with loop.attach(path, read_only=read_only, sector_size=sector_size) as dev:
+        yield dev
+
+
 def read_table(path: Path) -> PartitionTable:
     """The partition table of a disk or disk-image file (never writes: sfdisk --json opens it read-only)."""
     path = Path(path)
     info = inspect(path)
-    try:
-        out = run_text(["sfdisk", "--json", os.fspath(path)])
-    except CommandError as exc:
-        if _NO_TABLE in exc.stderr:
+    with _sfdisk_device(path, info.logical_sector_size, read_only=True) as dev:
+        try:
+            out = run_text(["sfdisk", "--json", os.fspath(dev)])
+        except CommandError as exc:
+            if _NO_TABLE in exc.stderr:
+                return PartitionTable("none", "", info.logical_sector_size)
+            raise DiskError(
+                f"cannot read the partition table of {path}: {exc.stderr or exc.message}"
+            ) from exc
+        try:
+            pt = json.loads(out)["partitiontable"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DiskError(f"sfdisk gave unreadable JSON for {path}: {out[:200]!r}") from exc
+        if pt.get("label") == "dos" and _bare_filesystem(path):
+            # A FAT or NTFS boot sector ends in 55 AA like an MBR; sfdisk then reports an empty "dos" table.
             return PartitionTable("none", "", info.logical_sector_size)
-        raise DiskError(f"cannot read the partition table of {path}: {exc.stderr or exc.message}") from exc
+        table = parse_sfdisk_json(pt, dev)
+    if table.label == "dos":
+        _refuse_protective_mbr(path, table)
+        table = dataclasses.replace(table, ebrs=mbr.read_ebrs(path, table))
+    return table
+
+
+def _refuse_protective_mbr(path: Path, table: PartitionTable) -> None:
+    """A GPT disk whose GPT sfdisk did not see (another sector size) shows as one type-ee partition."""
+    if [p.type for p in table.partitions] != ["ee"]:
+        return
+    ss = table.sector_size
     try:
-        pt = json.loads(out)["partitiontable"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise DiskError(f"sfdisk gave unreadable JSON for {path}: {out[:200]!r}") from exc
-    if pt.get("label") == "dos" and _bare_filesystem(path):
-        # A FAT or NTFS boot sector ends in 55 AA like an MBR; sfdisk then reports an empty "dos" table.
-        return PartitionTable("none", "", info.logical_sector_size)
-    return parse_sfdisk_json(pt, path)
+        with open(path, "rb") as f:
+            found = [s for s in (512, 4096) if s != ss and _signature_at(f, s)]
+    except OSError as exc:
+        raise DiskError(f"cannot read {path}: {exc.strerror}") from exc
+    if found:
+        raise DiskError(
+            f"disk {path} has a GPT for {found[0]}-byte sectors but is read with {ss}-byte sectors",
+            hint=f"attach it as a {found[0]}-byte-sector disk: losetup --sector-size {found[0]} -f {path}",
+        )
+    raise DiskError(
+        f"disk {path} has a protective MBR (one type-ee partition) but no GPT fleetcast can read",
+        hint=f"check the disk with: sfdisk --verify {path}",
+    )
+
+
+def _signature_at(f: Any, sector_size: int) -> bool:
+    f.seek(sector_size)
+    return bool(f.read(len(GPT_SIGNATURE)) == GPT_SIGNATURE)
 
 
 def _bare_filesystem(path: Path) -> bool:
@@ -388,17 +497,23 @@ def sfdisk_script(
 def write_table(path: Path, table: PartitionTable, *, fit_to_disk: bool = False) -> None:
     """Write ``table`` onto ``path`` (a disk or image file at least ``table.min_disk_bytes()`` large).
 
-    Never wipes filesystem signatures (restore and grow write around existing data). For label "none"
-    any old GPT/MBR is erased so the bare filesystem restored next is what tools see.
+    Never wipes filesystem signatures (restore and grow write around existing data), but zeroes GPT
+    headers a non-GPT table does not own. For label "none" any old GPT/MBR is erased so the bare
+    filesystem restored next is what tools see. A plain file takes the table's sector size (declared on
+    the file); a block device must already have it.
     """
     path = Path(path)
     info = inspect(path)
-    if info.logical_sector_size != table.sector_size:
+    if info.logical_sector_size != table.sector_size and info.is_block:
         raise DiskError(
-            f"disk {path} has {info.logical_sector_size}-byte logical sectors but the partition table "
-            f"uses {table.sector_size}-byte sectors",
+            f"disk {path} has {info.logical_sector_size}-byte logical sectors but the partition "
+            f"table uses {table.sector_size}-byte sectors",
             hint="restore onto a disk with the same logical sector size",
         )
+    if not info.is_block and (
+        table.sector_size != FILE_SECTOR_SIZE or declared_sector_size(path) is not None
+    ):
+        declare_sector_size(path, table.sector_size)
     need = table.min_disk_bytes()
     if info.size < need:
         raise DiskError(
@@ -407,7 +522,25 @@ def write_table(path: Path, table: PartitionTable, *, fit_to_disk: bool = False)
     if table.label == "none":
         _erase_table(path, info.size, table.sector_size)
         return
-    script, late_names = sfdisk_script(table, path, fit_to_disk=fit_to_disk)
+    if table.label == "dos":
+        mbr.clear_stale_gpt(path, info.size, table.sector_size)
+        if table.ebrs:
+            mbr.write_dos(path, table, table.ebrs)
+            _check_written(path, table)
+            return
+    try:
+        _write_sfdisk(path, table, fit_to_disk=fit_to_disk)
+    except DiskError:
+        if table.label != "dos" or not table.logical_partitions:
+            raise
+        logger.info("sfdisk refused the MBR of %s; writing its EBR chain directly", path)
+        mbr.write_dos(path, table, mbr.default_ebrs(table))
+        _check_written(path, table)
+        return
+    logger.info("wrote %s partition table with %d partitions to %s", table.label, len(table.partitions), path)
+
+
+def _write_sfdisk(path: Path, table: PartitionTable, *, fit_to_disk: bool) -> None:
     argv = [
         "sfdisk",
         "--quiet",
@@ -418,13 +551,27 @@ def write_table(path: Path, table: PartitionTable, *, fit_to_disk: bool = False)
         "--wipe-partitions",
         "never",
     ]
-    try:
-        run([*argv, os.fspath(path)], input=script.encode())
-        for p in late_names:
-            run([*argv[:2], "--no-reread", "--part-label", os.fspath(path), str(p.number), p.name])
-    except CommandError as exc:
-        raise DiskError(f"cannot write the partition table of {path}: {exc.stderr or exc.message}") from exc
-    logger.info("wrote %s partition table with %d partitions to %s", table.label, len(table.partitions), path)
+    with _sfdisk_device(path, table.sector_size, read_only=False) as dev:
+        script, late_names = sfdisk_script(table, dev, fit_to_disk=fit_to_disk)
+        try:
+            run([*argv, os.fspath(dev)], input=script.encode())
+            for p in late_names:
+                run([*argv[:2], "--no-reread", "--part-label", os.fspath(dev), str(p.number), p.name])
+        except CommandError as exc:
+            raise DiskError(
+                f"cannot write the partition table of {path}: {exc.stderr or exc.message}"
+            ) from exc
+
+
+def _check_written(path: Path, table: PartitionTable) -> None:
+    """What sfdisk reads back from the MBR we wrote must be ``table``."""
+    back = read_table(path)
+    if (back.label, back.id, back.partitions) != (table.label, table.id, table.partitions):
+        raise DiskError(
+            f"the MBR written to {path} reads back differently: expected {table.to_dict()['partitions']}, "
+            f"found {back.to_dict()['partitions']}"
+        )
+    logger.info("wrote dos partition table with %d partitions to %s", len(table.partitions), path)
 
 
 def _erase_table(path: Path, size: int, sector_size: int) -> None:
