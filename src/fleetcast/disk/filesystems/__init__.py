@@ -1,7 +1,8 @@
 """Filesystem detection and allocation maps: which byte ranges of a partition hold data.
 
-``detect`` looks at superblock magic (BitLocker "-FVE-FS-", NTFS "NTFS    ", FAT boot sector with a sane
-BPB, ext magic 0xEF53 at byte 1080, swap "SWAPSPACE2"; everything else is RAW). ``used_extents`` returns
+``detect`` looks at superblock magic (BitLocker "-FVE-FS-", NTFS "NTFS    ", FAT boot sector with a
+sane BPB, ext magic 0xEF53 at byte 1080, XFS "XFSB", swap "SWAPSPACE2"; everything else is RAW).
+``used_extents`` returns
 sorted, merged byte ranges relative to the partition start, read from the filesystem's own allocation
 map by the parsers in this package (no mount, read access only). ``check_capturable`` refuses BitLocker
 and hibernated or unclean NTFS, naming the partition.
@@ -15,7 +16,7 @@ from __future__ import annotations
 import logging
 from typing import BinaryIO
 
-from fleetcast.disk.filesystems import ext, fat, ntfs, raw
+from fleetcast.disk.filesystems import ext, fat, ntfs, raw, xfs
 from fleetcast.disk.filesystems.base import REGISTRY, Extent, Filesystem, FsType, merge, total
 from fleetcast.errors import FilesystemError
 
@@ -35,6 +36,7 @@ __all__ = [
     "raw",
     "total",
     "used_extents",
+    "xfs",
 ]
 
 PROBE_BYTES = 65536

@@ -22,6 +22,7 @@ class FsType(enum.StrEnum):
     EXT = "ext"
     FAT = "fat"
     SWAP = "swap"
+    XFS = "xfs"
     BITLOCKER = "bitlocker"
     RAW = "raw"
 
