@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from disk_maps import partclone_map
 
 from fleetcast.disk.filesystems import FsType, check_capturable, detect, total, used_extents
 from fleetcast.disk.filesystems.ntfs import AT_VOLUME_INFORMATION, Volume, attributes
@@ -61,17 +62,6 @@ def _extents(img: Path) -> tuple[FsType, list[tuple[int, int]]]:
     with open(img, "rb") as f:
         fstype = detect(f, 0, size)
         return fstype, used_extents(fstype, f, 0, size)
-
-
-def _partclone_map(tool: str, img: Path, tmp: Path) -> list[tuple[int, int]]:
-    mapfile = tmp / "domain.map"
-    subprocess.run([tool, "-D", "-s", img, "-o", mapfile, "-q"], check=True, capture_output=True)
-    out = []
-    for line in mapfile.read_text().splitlines():
-        parts = line.split()
-        if line.startswith("0x") and len(parts) == 3 and parts[2] == "+":
-            out.append((int(parts[0], 16), int(parts[1], 16)))
-    return out
 
 
 def _sectors(extents: list[tuple[int, int]]) -> set[int]:
@@ -122,7 +112,7 @@ def test_ext_matches_partclone_and_round_trips(tmp_path: Path, tree: Path, varia
     img = _make_ext(tmp_path, tree, EXT_VARIANTS[variant])
     fstype, ours = _extents(img)
     assert fstype is FsType.EXT
-    theirs = _partclone_map("partclone.extfs", img, tmp_path)
+    theirs = partclone_map("partclone.extfs", img, tmp_path)
     assert _sectors(theirs) <= _sectors(ours)
     assert total(ours) - total(theirs) <= 2048, "only the boot block may differ from partclone's map"
     copy = tmp_path / "copy.img"
@@ -146,7 +136,7 @@ def test_fat32_with_few_clusters(tmp_path: Path, tree: Path) -> None:
     subprocess.run(["mkfs.vfat", "-F", "32", "-s", "8", img], check=True, capture_output=True)
     fstype, empty = _extents(img)
     assert fstype is FsType.FAT
-    theirs = _partclone_map("partclone.fat", img, tmp_path)
+    theirs = partclone_map("partclone.fat", img, tmp_path)
     assert _sectors(theirs) <= _sectors(empty)
     assert total(empty) - total(theirs) <= 4096
 
@@ -158,7 +148,7 @@ def test_fat_round_trips(tmp_path: Path, tree: Path, bits: int) -> None:
     subprocess.run(["mcopy", "-s", "-i", img, *tree.iterdir(), "::/"], check=True)
     fstype, ours = _extents(img)
     assert fstype is FsType.FAT
-    theirs = _partclone_map("partclone.fat", img, tmp_path)
+    theirs = partclone_map("partclone.fat", img, tmp_path)
     if bits == 12:
         # partclone 0.3.23's FAT12 map misses clusters that hold file data (a copy of only its map
         # loses file contents); ours must be a superset
@@ -195,7 +185,7 @@ def test_ntfs_matches_partclone_and_round_trips(tmp_path: Path, tree: Path, args
     img = _make_ntfs(tmp_path, tree, args)
     fstype, ours = _extents(img)
     assert fstype is FsType.NTFS
-    theirs = _partclone_map("partclone.ntfs", img, tmp_path)
+    theirs = partclone_map("partclone.ntfs", img, tmp_path)
     assert _sectors(theirs) <= _sectors(ours)
     # ours adds only the backup boot sector at the end of the volume
     assert total(ours) - total(theirs) <= 4096

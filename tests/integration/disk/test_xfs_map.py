@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from disk_maps import partclone_map
 
 from fleetcast.disk.filesystems import FsType, detect, total, used_extents
 
@@ -58,17 +59,6 @@ def _tree(root: Path) -> Path:
     return root
 
 
-def _partclone_map(img: Path, tmp: Path) -> list[tuple[int, int]]:
-    mapfile = tmp / "domain.map"
-    subprocess.run(["partclone.xfs", "-D", "-s", img, "-o", mapfile, "-q"], check=True, capture_output=True)
-    out = []
-    for line in mapfile.read_text().splitlines():
-        parts = line.split()
-        if line.startswith("0x") and len(parts) == 3 and parts[2] == "+":
-            out.append((int(parts[0], 16), int(parts[1], 16)))
-    return out
-
-
 def _blocks(extents: list[tuple[int, int]], bs: int = 1024) -> set[int]:
     out: set[int] = set()
     for start, length in extents:
@@ -94,7 +84,7 @@ def test_xfs_matches_partclone_and_round_trips(tmp_path: Path, args: list[str]) 
     with open(img, "rb") as f:
         assert detect(f, 0, size) is FsType.XFS
         ours = used_extents(FsType.XFS, f, 0, size)
-    theirs = _partclone_map(img, tmp_path)
+    theirs = partclone_map("partclone.xfs", img, tmp_path)
     assert _blocks(theirs) <= _blocks(ours)
     # partclone leaves out the AG free lists' blocks; nothing else may differ (4 blocks per AG)
     assert total(ours) - total(theirs) <= 64 * 4096
