@@ -1,4 +1,10 @@
-"""The image manifest: schema v1, its JSON form, and the validation that guards every manifest we read.
+"""The image manifest: schemas v1 and v2, their JSON form, and the validation that guards every manifest.
+
+Format version 2 keeps the manifest small (table, areas, totals, pack list) and moves the chunk entries
+into a binary index beside it (``store.index``); ``load_image`` reads either version through the same
+``Manifest`` interface, checking the image id (blake3 of the manifest bytes, which record the index's
+hash) first. What follows describes version 1's in-manifest chunks; version 2's index holds the same
+fields per entry.
 
 An image is one manifest plus the chunks it names. The manifest describes the source disk (size, sector
 sizes), its partition table exactly (``disk.partitions.PartitionTable.to_dict()``) and the *areas* that were
@@ -20,15 +26,22 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import blake3
+
 from fleetcast.errors import ManifestError
+from fleetcast.store.index import Entry, IndexInfo, IndexReader
 
 if TYPE_CHECKING:
     from fleetcast.disk.partitions import PartitionTable
 
 FORMAT = "fleetcast-image"
 VERSION = 1
+VERSION_2 = 2
+VERSIONS = (VERSION, VERSION_2)
+INDEX_FILE = "index"  # beside manifest.json in a v2 image directory
 HASH = "blake3"
 COMPRESSION = "zstd"
 AREA_KINDS = ("partition", "disk", "gap")
@@ -57,6 +70,23 @@ CHUNKING_KEYS = ("hash", "compression", "chunk_size", "zero_block", "pack_size")
 AREA_KEYS = ("kind", "number", "start", "size", "fstype", "os_hint", "used", "chunks", "zeros")
 CHUNK_KEYS = ("pack", "hash", "offset", "window", "extents")
 PACK_KEYS = ("id", "stored")
+TOP_KEYS_2 = (*TOP_KEYS, "index", "totals")
+AREA_KEYS_2 = (
+    "kind",
+    "number",
+    "start",
+    "size",
+    "fstype",
+    "os_hint",
+    "used",
+    "data",
+    "skipped",
+    "entries",
+    "zeros",
+)
+PACK_KEYS_2 = ("id", "stored", "hash")
+INDEX_KEYS = ("hash", "size", "entries")
+TOTALS_KEYS = ("used", "data", "stored", "entries", "packs")
 
 Extent = tuple[int, int]
 
@@ -110,6 +140,11 @@ class Area:
     used: int  # bytes the filesystem uses (zero blocks included)
     chunks: tuple[ChunkRef, ...]
     zeros: tuple[Extent, ...]  # area-relative ranges that are used but all zero
+    # format 2 (the entries are in the index): bytes of chunk data, used-zero bytes not listed in
+    # ``zeros`` (gaps past the disk's head), entry count; None in v1 (computed from ``chunks``)
+    data: int | None = None
+    skipped: int = 0
+    entries: int | None = None
 
     @property
     def label(self) -> str:
@@ -121,7 +156,26 @@ class Area:
 
     @property
     def data_bytes(self) -> int:
-        return sum(c.length for c in self.chunks)
+        return self.data if self.data is not None else sum(c.length for c in self.chunks)
+
+    @property
+    def entry_count(self) -> int:
+        return self.entries if self.entries is not None else len(self.chunks)
+
+    def to_dict_v2(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "number": self.number,
+            "start": self.start,
+            "size": self.size,
+            "fstype": self.fstype,
+            "os_hint": self.os_hint,
+            "used": self.used,
+            "data": self.data_bytes,
+            "skipped": self.skipped,
+            "entries": self.entry_count,
+            "zeros": [list(z) for z in self.zeros],
+        }
 
     def to_dict(self, pack_index: dict[str, int]) -> dict[str, Any]:
         return {
@@ -138,6 +192,17 @@ class Area:
 
 
 @dataclass(frozen=True)
+class PackRef:
+    """A pack an image uses: ``id`` (blake3 of its uncompressed content), ``stored`` (the size of its one
+    zstd frame) and, from format 2 on, ``hash`` -- blake3 of the stored bytes, so a pack is intact only
+    when its whole file is exactly ``stored`` bytes hashing to ``hash`` (bytes appended fail)."""
+
+    id: str
+    stored: int
+    hash: str | None = None
+
+
+@dataclass(frozen=True)
 class Manifest:
     name: str
     created: str  # ISO 8601, UTC
@@ -151,6 +216,11 @@ class Manifest:
     pack_size: int
     os_hint: str | None
     areas: tuple[Area, ...]
+    version: int = VERSION
+    packs: tuple[PackRef, ...] = ()  # format 2 (v1: derived from the chunks, see pack_refs)
+    index_info: IndexInfo | None = None  # format 2: what the manifest records about its index
+    index: IndexReader | None = field(default=None, compare=False, repr=False)  # attached by load_image
+    image_id: str = field(default="", compare=False)  # blake3 of the manifest bytes, set by load_image
 
     @cached_property
     def table(self) -> PartitionTable:
@@ -158,26 +228,56 @@ class Manifest:
 
         return PartitionTable.from_dict(self.table_dict)
 
+    def _reader(self) -> IndexReader:
+        if self.index is None:
+            raise ManifestError(
+                f"image {self.name!r} is format version 2 and its chunk index was not opened",
+                hint="open the image with store.manifest.load_image (ImageStore.open does)",
+            )
+        return self.index
+
     def entries(self) -> Iterator[tuple[Area, ChunkRef]]:
-        """Every chunk entry in manifest order (areas, then chunks by window); restore counts these."""
-        for area in self.areas:
-            for chunk in area.chunks:
-                yield area, chunk
+        """Every chunk entry in image order (areas, then windows), streamed from the index in v2."""
+        if self.version == VERSION:
+            for area in self.areas:
+                for chunk in area.chunks:
+                    yield area, chunk
+            return
+        for e in self._reader().entries():
+            yield self.areas[e.area], self.chunk_ref(e)
+
+    def chunk_ref(self, e: Entry) -> ChunkRef:
+        """The ChunkRef of a v2 index entry (pack id and stored size resolved)."""
+        pack = self.packs[e.pack]
+        return ChunkRef(pack.id, e.hash.hex(), e.offset, e.window, e.extents, pack.stored)
 
     @property
     def entry_count(self) -> int:
+        if self.index_info is not None:
+            return self.index_info.entries
         return sum(len(a.chunks) for a in self.areas)
 
-    def chunk_ids(self) -> list[str]:
-        """The distinct stored objects (packs) to fetch, in first-use order."""
-        seen: dict[str, None] = {}
+    def pack_refs(self) -> tuple[PackRef, ...]:
+        """The packs this image uses, each once, in first-use order (v1: no stored hash)."""
+        if self.version != VERSION:
+            return self.packs
+        seen: dict[str, PackRef] = {}
         for _, chunk in self.entries():
-            seen.setdefault(chunk.id, None)
-        return list(seen)
+            if chunk.id not in seen:
+                seen[chunk.id] = PackRef(chunk.id, chunk.stored)
+        return tuple(seen.values())
+
+    def pack_ids(self) -> list[str]:
+        """The distinct packs to fetch, in first-use order."""
+        return [p.id for p in self.pack_refs()]
+
+    def chunk_ids(self) -> list[str]:
+        """Old name of ``pack_ids`` (it returns packs, not chunks); kept until every caller moved."""
+        return self.pack_ids()
 
     def chunk_sizes(self) -> dict[str, int]:
-        """Stored (compressed) size of each distinct stored object."""
-        return {c.id: c.stored for _, c in self.entries()}
+        """Stored (compressed) size of each distinct pack."""
+        return {p.id: p.stored for p in self.pack_refs()}
 
     @property
     def used_bytes(self) -> int:
@@ -186,19 +286,18 @@ class Manifest:
     @property
     def data_bytes(self) -> int:
         """Bytes of non-zero data the restore writes (duplicates counted each time)."""
-        return sum(c.length for _, c in self.entries())
+        return sum(a.data_bytes for a in self.areas)
 
     @property
     def stored_bytes(self) -> int:
-        """Bytes this image occupies in the store (each distinct chunk once)."""
-        return sum(self.chunk_sizes().values())
+        """Bytes this image's packs occupy in the store (each distinct pack once)."""
+        return sum(p.stored for p in self.pack_refs())
 
-    def to_dict(self) -> dict[str, Any]:
-        sizes = self.chunk_sizes()
-        pack_index = {pid: i for i, pid in enumerate(sizes)}
+    def _head(self, version: int) -> dict[str, Any]:
+        """The fields both versions share, in their order."""
         return {
             "format": FORMAT,
-            "version": VERSION,
+            "version": version,
             "name": self.name,
             "created": self.created,
             "tool_version": self.tool_version,
@@ -216,12 +315,38 @@ class Manifest:
                 "pack_size": self.pack_size,
             },
             "os_hint": self.os_hint,
+        }
+
+    def to_dict_v2(self) -> dict[str, Any]:
+        assert self.index_info is not None
+        return self._head(VERSION_2) | {
+            "packs": [{"id": p.id, "stored": p.stored, "hash": p.hash} for p in self.packs],
+            "areas": [a.to_dict_v2() for a in self.areas],
+            "index": {
+                "hash": self.index_info.hash,
+                "size": self.index_info.size,
+                "entries": self.index_info.entries,
+            },
+            "totals": {
+                "used": self.used_bytes,
+                "data": self.data_bytes,
+                "stored": self.stored_bytes,
+                "entries": self.entry_count,
+                "packs": len(self.packs),
+            },
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        sizes = self.chunk_sizes()
+        pack_index = {pid: i for i, pid in enumerate(sizes)}
+        return self._head(VERSION) | {
             "packs": [{"id": pid, "stored": stored} for pid, stored in sizes.items()],
             "areas": [a.to_dict(pack_index) for a in self.areas],
         }
 
     def to_json(self) -> bytes:
-        return json.dumps(self.to_dict(), separators=(",", ":")).encode() + b"\n"
+        d = self.to_dict() if self.version == VERSION else self.to_dict_v2()
+        return json.dumps(d, separators=(",", ":")).encode() + b"\n"
 
     @classmethod
     def from_json(cls, data: bytes | str) -> Manifest:
@@ -236,15 +361,19 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, raw: object) -> Manifest:
-        d = _obj(raw, "manifest", TOP_KEYS)
+        if not isinstance(raw, dict):
+            raise ManifestError(f"manifest must be an object; found {type(raw).__name__}")
+        if "version" not in raw:
+            _obj(raw, "manifest", TOP_KEYS)  # names every missing field
+        version = raw["version"]
+        if version not in VERSIONS or isinstance(version, bool):
+            raise ManifestError(
+                f"manifest 'version' must be 1 or 2; found {version!r}",
+                hint="this fleetcast reads format versions 1 and 2; a newer fleetcast wrote this image",
+            )
+        d = _obj(raw, "manifest", TOP_KEYS if version == VERSION else TOP_KEYS_2)
         if d["format"] != FORMAT:
             raise ManifestError(f"manifest 'format' must be {FORMAT!r}; found {d['format']!r}")
-        version = d["version"]
-        if version != VERSION or isinstance(version, bool):
-            raise ManifestError(
-                f"manifest 'version' must be {VERSION}; found {version!r}",
-                hint="this fleetcast reads format version 1; a newer fleetcast wrote this image",
-            )
         name = _str(d["name"], "manifest 'name'")
         if not valid_name(name):
             raise ManifestError(
@@ -287,14 +416,7 @@ class Manifest:
         raw_areas = d["areas"]
         if not isinstance(raw_areas, list):
             raise ManifestError(f"manifest 'areas' must be a list; found {type(raw_areas).__name__}")
-        packs = _packs(d["packs"])
-        areas = tuple(_area(a, i, chunk_size, disk_size, packs) for i, a in enumerate(raw_areas))
-        used_packs = {c.id for a in areas for c in a.chunks}
-        for pi, (pid, _) in enumerate(packs):
-            if pid not in used_packs:
-                raise ManifestError(f"packs[{pi}] ({pid}) is not used by any chunk")
-        _check_layout(areas, table, disk_size, lss)
-        return cls(
+        common: dict[str, Any] = dict(
             name=name,
             created=created,
             tool_version=tool_version,
@@ -306,8 +428,165 @@ class Manifest:
             zero_block=zero_block,
             pack_size=pack_size,
             os_hint=os_hint,
-            areas=areas,
         )
+        if version == VERSION_2:
+            return _from_dict_v2(cls, d, common, raw_areas, table, disk_size, lss)
+        packs = _packs(d["packs"])
+        areas = tuple(_area(a, i, chunk_size, disk_size, packs) for i, a in enumerate(raw_areas))
+        used_packs = {c.id for a in areas for c in a.chunks}
+        for pi, (pid, _) in enumerate(packs):
+            if pid not in used_packs:
+                raise ManifestError(f"packs[{pi}] ({pid}) is not used by any chunk")
+        _check_layout(areas, table, disk_size, lss)
+        return cls(**common, areas=areas)
+
+
+def _from_dict_v2(  # noqa: PLR0917 -- one call site, the parts from_dict already checked
+    cls: type[Manifest],
+    d: dict[str, Any],
+    common: dict[str, Any],
+    raw_areas: list[Any],
+    table: PartitionTable,
+    disk_size: int,
+    lss: int,
+) -> Manifest:
+    raw_packs = d["packs"]
+    if not isinstance(raw_packs, list):
+        raise ManifestError(f"manifest 'packs' must be a list; found {type(raw_packs).__name__}")
+    packs: list[PackRef] = []
+    seen: set[str] = set()
+    for i, rp in enumerate(raw_packs):
+        what = f"packs[{i}]"
+        p = _obj(rp, what, PACK_KEYS_2)
+        pid, phash = _str(p["id"], f"{what}.id"), _str(p["hash"], f"{what}.hash")
+        for key, v in (("id", pid), ("hash", phash)):
+            if not CHUNK_ID_RE.fullmatch(v):
+                raise ManifestError(f"{what}.{key} must be 64 lower-case hex digits (blake3); found {v!r}")
+        if pid in seen:
+            raise ManifestError(f"{what}.id {pid} appears twice")
+        seen.add(pid)
+        packs.append(PackRef(pid, _int(p["stored"], f"{what}.stored", minimum=1), phash))
+    areas = tuple(_area_v2(a, i, disk_size) for i, a in enumerate(raw_areas))
+    idx = _obj(d["index"], "manifest 'index'", INDEX_KEYS)
+    ihash = _str(idx["hash"], "index.hash")
+    if not CHUNK_ID_RE.fullmatch(ihash):
+        raise ManifestError(f"index.hash must be 64 lower-case hex digits (blake3); found {ihash!r}")
+    info = IndexInfo(ihash, _int(idx["size"], "index.size", minimum=1), _int(idx["entries"], "index.entries"))
+    entries = sum(a.entry_count for a in areas)
+    if entries != info.entries:
+        raise ManifestError(f"the areas hold {entries} entries but index.entries is {info.entries}")
+    totals = _obj(d["totals"], "manifest 'totals'", TOTALS_KEYS)
+    found = {
+        "used": sum(a.used for a in areas),
+        "data": sum(a.data_bytes for a in areas),
+        "stored": sum(p.stored for p in packs),
+        "entries": entries,
+        "packs": len(packs),
+    }
+    for key, value in found.items():
+        if _int(totals[key], f"totals.{key}") != value:
+            raise ManifestError(f"totals.{key} is {totals[key]} but the areas and packs add up to {value}")
+    _check_layout(areas, table, disk_size, lss)
+    return cls(**common, areas=areas, version=VERSION_2, packs=tuple(packs), index_info=info)
+
+
+def _area_v2(raw: object, index: int, disk_size: int) -> Area:
+    what = f"areas[{index}]"
+    d = _obj(raw, what, AREA_KEYS_2)
+    shell = dict(d, chunks=[])
+    for k in ("data", "skipped", "entries"):
+        shell.pop(k)
+    base = _area(shell, index, MIN_CHUNK_SIZE, disk_size, [])
+    data = _int(d["data"], f"{what}.data")
+    skipped = _int(d["skipped"], f"{what}.skipped")
+    entries = _int(d["entries"], f"{what}.entries")
+    zeros = sum(n for _, n in base.zeros)
+    if base.used != data + zeros + skipped:
+        raise ManifestError(
+            f"{what}.used ({base.used}) is not data ({data}) + zeros ({zeros}) + skipped ({skipped})"
+        )
+    if (data == 0) != (entries == 0):
+        raise ManifestError(f"{what} has {entries} entries for {data} bytes of data")
+    return Area(
+        base.kind,
+        base.number,
+        base.start,
+        base.size,
+        base.fstype,
+        base.os_hint,
+        base.used,
+        (),
+        base.zeros,
+        data=data,
+        skipped=skipped,
+        entries=entries,
+    )
+
+
+def image_id(manifest_bytes: bytes) -> str:
+    """An image's identity: blake3 of its manifest bytes as stored. In format 2 the manifest records the
+    index's size and blake3, so the id covers the manifest and the index."""
+    return str(blake3.blake3(manifest_bytes).hexdigest())
+
+
+def load_image(
+    manifest_bytes: bytes, index_path: Path | None, *, expected_id: str | None = None, what: str = ""
+) -> Manifest:
+    """Read an image (either format) through one interface, checking in this order: the image id when
+    the caller knows which image it expects (a task names the image by id), the manifest, then (v2) the
+    index's size and hash against what the manifest records. Raises ManifestError before anything else
+    happens; ``what`` names the image for the messages (default: the manifest's name)."""
+    found = image_id(manifest_bytes)
+    if expected_id is not None and found != expected_id:
+        raise ManifestError(
+            f"{what or 'the image'} has id {found} but {expected_id} was expected",
+            hint="the image was changed or replaced since it was planned; plan the deployment again",
+        )
+    manifest = Manifest.from_json(manifest_bytes)
+    index = None
+    if manifest.version == VERSION_2:
+        if index_path is None:
+            raise ManifestError(f"image {manifest.name!r} is format version 2 but no index was given")
+        index = IndexReader.open(
+            index_path, manifest.index_info, what=f"image {what or repr(manifest.name)} chunk index"
+        )
+        _check_index_packs(manifest, index)
+    object.__setattr__(manifest, "index", index)
+    object.__setattr__(manifest, "image_id", found)
+    return manifest
+
+
+def _check_index_packs(manifest: Manifest, index: IndexReader) -> None:
+    """From the block headers alone: every pack number is in 'packs', and every pack is used."""
+    used = index.blocks_of_pack()
+    bad = [p for p in used if p >= len(manifest.packs)]
+    if bad:
+        raise ManifestError(
+            f"image {manifest.name!r}: the index uses pack number {bad[0]} but 'packs' has "
+            f"{len(manifest.packs)} entries"
+        )
+    for i, p in enumerate(manifest.packs):
+        if i not in used:
+            raise ManifestError(f"image {manifest.name!r}: packs[{i}] ({p.id}) is not used by any entry")
+
+
+def check_entry(manifest: Manifest, e: Entry, what: str) -> None:
+    """The checks of one v2 entry that need no neighbour: area and pack exist, window aligned and inside
+    the area, extents inside the window, sorted and disjoint."""
+    if e.area >= len(manifest.areas) or e.pack >= len(manifest.packs):
+        raise ManifestError(f"{what}: entry at window {e.window} names area {e.area}, pack {e.pack}")
+    size = manifest.areas[e.area].size
+    if e.window % manifest.chunk_size or e.window >= size:
+        raise ManifestError(f"{what}: entry window {e.window} is not a chunk window of its area")
+    end = e.window
+    wend = min(e.window + manifest.chunk_size, size)
+    for off, n in e.extents:
+        if off < end or n <= 0 or off + n > wend:
+            raise ManifestError(
+                f"{what}: entry at window {e.window} has extent [{off}, {off + n}) outside its window "
+                f"[{e.window}, {wend}) or overlapping the previous one"
+            )
+        end = off + n
 
 
 def _obj(v: object, what: str, keys: tuple[str, ...]) -> dict[str, Any]:

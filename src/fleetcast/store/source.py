@@ -29,7 +29,8 @@ class PackSource(Protocol):
       delivers none of them. A source that cannot deliver a pack at all raises a ``FleetcastError``
       subclass naming it (e.g. ``TransportError``, ``StoreError``).
 
-    ``wanted`` is a snapshot: the source must not rely on it shrinking while it iterates. The source is
+    ``wanted`` is a snapshot (the restore passes a list in the image's first-use order, which an in-order
+    source such as HTTP may follow); the source must not rely on it shrinking while it iterates. The source is
     never trusted: the restore checks each pack's stored size and hash from the image's manifest, then
     every chunk slice against its own hash, before writing a byte of it. A generator implementation is
     closed (``close()``) when the restore stops early, so it should stop its prefetching there.
@@ -53,7 +54,7 @@ class _InOrder:
         self.source = source
 
     def packs(self, wanted: Collection[str]) -> Iterator[tuple[str, bytes]]:
-        return self.source.fetch_many(sorted(wanted))
+        return self.source.fetch_many(list(wanted))
 
 
 def as_pack_source(source: PackSource | ChunkSource) -> PackSource:

@@ -1,5 +1,6 @@
-"""Chunks over HTTP: ``HttpChunkSource`` implements ``store.source.ChunkSource`` against the server's
-agent API (``GET /api/agent/chunks/{id}``, docs/agent-protocol.md).
+"""Packs over HTTP: ``HttpChunkSource`` implements ``store.source.PackSource`` (``packs(missing)``, and
+the older in-order ``fetch_many``) against the server's agent API (``GET /api/agent/chunks/{id}``, where
+"chunk" is the old word for a pack; docs/agent-protocol.md).
 
 Two properties matter for a deployment to many machines:
 
@@ -20,7 +21,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -205,6 +206,11 @@ class HttpChunkSource:
     def _drop_early(self) -> None:
         while self._early:
             self._early.popleft()[1].cancel()
+
+    def packs(self, wanted: Collection[str]) -> Iterator[tuple[str, bytes]]:
+        """``store.source.PackSource``: the missing packs the restore asks for, fetched in the order
+        given (the image's first-use order, so ``warm`` pays off) with ``prefetch`` in flight."""
+        return self.fetch_many(list(wanted))
 
     def fetch_many(self, chunk_ids: Iterable[str]) -> Iterator[tuple[str, bytes]]:
         pool = self._executor()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -97,28 +98,29 @@ def test_restore_onto_dirty_block_device(golden: Path, tmp_path: Path) -> None:
 
 def test_resume_from_checkpoint(golden: Path, tmp_path: Path) -> None:
     store = ImageStore(tmp_path / "store")
-    m = capture(golden, "g", store)
-    checkpoints: list[int] = []
+    m = capture(golden, "g", store, pack_size=2 * MiB)
+    checkpoints: list[frozenset[str]] = []
     target = tmp_path / "t.img"
     restore(m, store.source(), target, on_checkpoint=checkpoints.append, checkpoint_bytes=4 * MiB)
-    assert checkpoints[-1] == m.entry_count
+    assert checkpoints[-1] == set(m.pack_ids())
     assert len(checkpoints) > 2
+    assert all(a <= b for a, b in itertools.pairwise(checkpoints))
     # resume a fresh copy from a middle checkpoint over a target that holds only the first part
     partial = tmp_path / "p.img"
-    seen: list[int] = []
+    seen: list[frozenset[str]] = []
 
     class Stop(Exception):
         pass
 
-    def stop_at(n: int) -> None:
-        seen.append(n)
+    def stop_at(done: frozenset[str]) -> None:
+        seen.append(done)
         if len(seen) == 2:
             raise Stop
 
     with pytest.raises(Stop):
         restore(m, store.source(), partial, on_checkpoint=stop_at, checkpoint_bytes=4 * MiB)
-    result = restore(m, store.source(), partial, start_chunk=seen[-1])
-    assert result.chunks_written == m.entry_count - seen[-1]
+    result = restore(m, store.source(), partial, done=seen[-1])
+    assert len(seen[-1]) > 0 and result.packs_written == len(m.pack_ids()) - len(seen[-1])
     assert sha256(partial) == sha256(golden)
 
 

@@ -140,8 +140,9 @@ CORPUS: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
         "manifest is missing 'format', 'version', ",
     ),
     ("format", _set("format", "qcow2"), "manifest 'format' must be 'fleetcast-image'; found 'qcow2'"),
-    ("version 2", _set("version", 2), "manifest 'version' must be 1; found 2"),
-    ("version bool", _set("version", True), "manifest 'version' must be 1; found True"),
+    ("version 3", _set("version", 3), "manifest 'version' must be 1 or 2; found 3"),
+    ("version bool", _set("version", True), "manifest 'version' must be 1 or 2; found True"),
+    ("version 2 shape", _set("version", 2), "manifest is missing 'index', 'totals'"),
     ("missing disk", _set("disk", _DELETE), "manifest is missing 'disk'"),
     ("unknown field", _set("extra", 1), "manifest has unknown fields 'extra'"),
     (

@@ -78,7 +78,10 @@ def test_a_failed_restore_closes_the_source_stream(tmp_path: Path) -> None:
             "pack_size": 65536,
         },
         "os_hint": None,
-        "packs": [{"id": ids[0], "stored": 20}, {"id": ids[1], "stored": 20}],
+        "packs": [
+            {"id": ids[0], "stored": len(compress(good))},
+            {"id": ids[1], "stored": len(compress(b"c" * 4096))},
+        ],
         "areas": [
             {
                 "kind": "disk",
@@ -120,9 +123,9 @@ def test_resuming_onto_a_missing_target_is_refused(tmp_path: Path) -> None:
     manifest = Manifest.from_json(json.dumps(valid()))
     target = tmp_path / "gone.img"
     with pytest.raises(RestoreError) as err:
-        restore(manifest, _NoSource(), target, start_chunk=2)  # type: ignore[arg-type]
+        restore(manifest, _NoSource(), target, done=manifest.pack_ids()[:1])  # type: ignore[arg-type]
     assert str(err.value) == (
-        f"cannot resume image 'lab-1' at chunk 2: target {target} does not exist, "
-        "so the chunks before it are not there"
+        f"cannot resume image 'lab-1' with 1 packs done: target {target} does not exist, "
+        "so the packs written before are not there"
     )
     assert not target.exists()
