@@ -15,7 +15,6 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -258,7 +257,10 @@ class TaskRunner:
                 "or run the agent from the network boot environment",
             )
         self._check(cancel)
-        start = self._resume_point(task, disk.path, manifest.entry_count)
+        # the checkpoint is the set of packs written (format 2 restores in any order); the server keeps
+        # only its size ("checkpoint_chunk"), the agent keeps the set beside its state file
+        done = self._resume_point(task, disk.path, len(manifest.pack_ids()))
+        start = len(done)
         self.state.save(self._state(task, disk.path, start))
         reporter.update(disk=disk.path, checkpoint_chunk=start)
 
@@ -267,23 +269,24 @@ class TaskRunner:
             first = reporter.snapshot.phase != "writing"
             reporter.update(phase="writing", bytes_done=done, bytes_total=total, urgent=first)
 
-        def checkpoint(n: int) -> None:
-            self.state.save(self._state(task, disk.path, n))
-            reporter.update(checkpoint_chunk=n, urgent=True)
+        def checkpoint(packs: frozenset[str]) -> None:
+            _save_done(self._done_path(), packs)
+            self.state.save(self._state(task, disk.path, len(packs)))
+            reporter.update(checkpoint_chunk=len(packs), urgent=True)
 
         def stopping() -> bool:
             return self.stop.is_set() or cancel.is_set()
 
         logger.info("task %d: writing %r to %s from chunk %d", task.task_id, task.image, target, start)
         with self.api.chunk_source(workers=self.workers, prefetch=self.prefetch, stop=stopping) as source:
-            source.warm(c.id for _, c in islice(manifest.entries(), start, None))
+            source.warm(p for p in manifest.pack_ids() if p not in done)
             restored = restore(
                 manifest,
                 source,
                 target,
                 grow=task.grow,
                 progress=progress,
-                start_chunk=start,
+                done=done,
                 on_checkpoint=checkpoint,
                 checkpoint_bytes=self.checkpoint_bytes,
             )
@@ -304,9 +307,12 @@ class TaskRunner:
         changes.append(line)
         return {"disk": disk.path, "changes": changes, "action": task.then}
 
-    def _resume_point(self, task: Task, disk: str, entries: int) -> int:
+    def _done_path(self) -> Path:
+        return self.state.path.with_name(self.state.path.name + ".packs")
+
+    def _resume_point(self, task: Task, disk: str, entries: int) -> frozenset[str]:
         if task.resume_chunk <= 0:
-            return 0
+            return frozenset()
         saved = self.state.load()
         if (
             saved is not None
@@ -318,14 +324,16 @@ class TaskRunner:
             and task.resume_chunk <= saved.checkpoint_chunk
             and task.resume_chunk <= entries
         ):
-            logger.info("task %d: resuming at chunk %d of %d", task.task_id, task.resume_chunk, entries)
-            return task.resume_chunk
+            done = _load_done(self._done_path())
+            if len(done) >= task.resume_chunk:
+                logger.info("task %d: resuming with %d of %d packs done", task.task_id, len(done), entries)
+                return done
         logger.warning(
             "task %d: the server offers resuming at chunk %d but this agent's state (%s) does not confirm "
             "that disk %s holds it; starting from chunk 0",
             task.task_id, task.resume_chunk, self.state.path, disk,
         )  # fmt: skip
-        return 0
+        return frozenset()
 
     def _state(self, task: Task, disk: str, checkpoint: int) -> TaskState:
         return TaskState(
@@ -336,3 +344,20 @@ class TaskRunner:
             disk=disk,
             checkpoint_chunk=checkpoint,
         )
+
+
+def _save_done(path: Path, packs: frozenset[str]) -> None:
+    """The set of packs a restore completed, written atomically (a kill leaves the old set or the new)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write("\n".join(sorted(packs)))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _load_done(path: Path) -> frozenset[str]:
+    try:
+        return frozenset(line for line in path.read_text().split() if line)
+    except OSError:
+        return frozenset()
