@@ -110,26 +110,6 @@ def test_split_zeros_all_zero() -> None:
     )
 
 
-def test_fetch_plan_lru() -> None:
-    from fleetcast.store.manifest import Area, ChunkRef
-    from fleetcast.store.restore import fetch_plan
-
-    area = Area("gap", None, 0, 1 << 20, "raw", None, 0, (), ())
-
-    def ref(pack: str) -> tuple[Area, ChunkRef]:
-        return area, ChunkRef(pack * 64, "0" * 64, 0, 0, ((0, 1),), 1)
-
-    entries = [ref(p) for p in "aabacbda"]
-    fetches, serve = fetch_plan(entries, capacity=2)
-    a, b, c, d = ("a" * 64, "b" * 64, "c" * 64, "d" * 64)
-    # a a b a c b d a: c evicts b (a was used more recently), b evicts a, d evicts c, a evicts b
-    assert fetches == [a, b, c, b, d, a]
-    assert serve == [0, 0, 1, 0, 2, 3, 4, 5]
-    fetches, serve = fetch_plan(entries, capacity=8)
-    assert fetches == [a, b, c, d]
-    assert serve == [0, 0, 1, 0, 2, 1, 3, 0]
-
-
 def test_huge_declared_size_is_corrupt_not_allocated() -> None:
     data = b"a" * 100
     cid = chunk_hash(data)
