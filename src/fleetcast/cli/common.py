@@ -7,6 +7,8 @@ import json
 import sys
 from typing import Any
 
+from fleetcast import config
+
 GROUPS = ("image", "store", "windows", "serve", "agent", "admin", "deploy", "deployments", "clients")
 
 
@@ -14,7 +16,7 @@ def global_options() -> argparse.ArgumentParser:
     """Options accepted both before and after the command (``fleetcast --data D admin token`` and
     ``fleetcast admin token --data D``). SUPPRESS keeps a sub-parser from overwriting the main one's value."""
     parent = argparse.ArgumentParser(add_help=False)
-    parent.add_argument("--data", default=argparse.SUPPRESS, metavar="DIR", help="data directory")
+    config.add_flag(parent, "data", default=argparse.SUPPRESS)
     parent.add_argument("--config", default=argparse.SUPPRESS, metavar="FILE", help="config file (TOML)")
     parent.add_argument(
         "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks and debug logs"
@@ -27,9 +29,7 @@ def add_json(parser: argparse.ArgumentParser) -> None:
 
 
 def add_store(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--store", metavar="DIR", help="image store (default: $FLEETCAST_STORE or /var/lib/fleetcast/store)"
-    )
+    config.add_flag(parser, "store")
 
 
 def print_json(obj: Any) -> None:

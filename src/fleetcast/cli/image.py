@@ -81,10 +81,10 @@ def register(
 
 
 def _store(args: argparse.Namespace) -> ImageStore:
-    from fleetcast.config import store_dir
+    from fleetcast.config import store_from_args
     from fleetcast.store.images import ImageStore
 
-    return ImageStore(store_dir(getattr(args, "store", None)))
+    return ImageStore(store_from_args(args))
 
 
 def summary(m: Manifest) -> dict[str, Any]:

@@ -18,19 +18,14 @@ def register(
         help="run the fleetcast server",
         description=(
             "Run the server: REST API (/api, OpenAPI at /api/openapi.json), agent endpoints, image chunks, "
-            "event stream. Settings: flags > config file (/etc/fleetcast/fleetcast.toml or --config) "
-            "> defaults."
+            "event stream. Settings: flags > environment > config file (/etc/fleetcast/fleetcast.toml or "
+            "--config) > defaults (docs/configuration.md)."
         ),
     )
-    p.add_argument(
-        "--listen", metavar="ADDR:PORT", help="address and port to listen on (default 0.0.0.0:8080)"
-    )
-    p.add_argument(
-        "--database",
-        metavar="URL",
-        help="SQLAlchemy URL, e.g. postgresql+psycopg://... (default: DATA/fleetcast.db)",
-    )
-    p.add_argument("--store", metavar="DIR", help="image store (default: $FLEETCAST_STORE or DATA/store)")
+    from fleetcast import config
+
+    for key in ("listen", "database", "store"):
+        config.add_flag(p, key)
     p.set_defaults(func=_serve)
 
 

@@ -29,10 +29,10 @@ def register(
 
 
 def _store_root(args: argparse.Namespace) -> ImageStore:
-    from fleetcast.config import store_dir
+    from fleetcast.config import store_from_args
     from fleetcast.store.images import ImageStore
 
-    return ImageStore(store_dir(getattr(args, "store", None)))
+    return ImageStore(store_from_args(args))
 
 
 def cmd_check(args: argparse.Namespace) -> int:
