@@ -95,7 +95,6 @@ def build(
     file_values = config.load_config_file(path)
     source = f"config file {path or config.DEFAULT_CONFIG_FILE}"
     data_dir = Path(config.resolve("data", data, file_values))
-    store_value = config.resolve("store", store, file_values)
     host, port = parse_listen(config.resolve("listen", listen, file_values))
     server_table = file_values.get("server", {})
     if not isinstance(server_table, dict):
@@ -108,7 +107,7 @@ def build(
         )
     return ServerSettings(
         data_dir=data_dir,
-        store_dir=Path(store_value) if store_value else None,
+        store_dir=config.store_path(store, data, file_values),
         database_url=config.resolve("database", database, file_values),
         host=host,
         port=port,
