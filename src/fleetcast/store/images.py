@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 
 from fleetcast.errors import CaptureError, ImageNotFound, ManifestError, StoreError, UsageError
 from fleetcast.store.chunkstore import ChunkStore, fsync_dir, syncfs, write_file_durable
-from fleetcast.store.manifest import Manifest, valid_name
+from fleetcast.store.manifest import INDEX_FILE, Manifest, load_image, valid_name
 
 if TYPE_CHECKING:
     from fleetcast.store.maintenance import CheckReport, GcReport, VerifyReport
@@ -123,7 +123,7 @@ class ImageStore:
         except OSError as exc:
             raise StoreError(f"cannot read the manifest of image {name!r}: {exc.strerror}") from exc
         try:
-            manifest = Manifest.from_json(data)
+            manifest = load_image(data, path.parent / INDEX_FILE)  # v2: its index, verified
         except ManifestError as exc:
             raise ManifestError(
                 f"image {name!r} has an invalid manifest: {exc.message}", hint=exc.hint
@@ -304,7 +304,8 @@ class CaptureTransaction:
             raise StoreError(f"cannot write chunk {chunk_id} in {self.dir}: {exc.strerror}") from exc
         self.new_chunks[chunk_id] = len(stored)
 
-    def commit(self, manifest: Manifest) -> None:
+    def commit(self, manifest: Manifest, *, extra: dict[str, Path] | None = None) -> None:
+        """Publish; ``extra`` files (name -> path, e.g. a v2 image's index) go beside the manifest."""
         store = self.store
         if manifest.name != self.name:
             raise CaptureError(f"manifest names image {manifest.name!r}, expected {self.name!r}")
@@ -319,6 +320,8 @@ class CaptureTransaction:
                 os.rename(self.new_dir / cid, final)
             image_dir = self.dir / "image"
             image_dir.mkdir()
+            for fname, src in (extra or {}).items():
+                shutil.copyfile(src, image_dir / fname)  # durable by the syncfs below
             write_file_durable(image_dir / MANIFEST, manifest.to_json())
             syncfs(store.root)  # chunk renames and the manifest are durable before the image appears
             try:
