@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,12 +21,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
+import blake3
+
 from fleetcast import __version__
 from fleetcast.errors import CaptureError, FleetcastError, UsageError
 from fleetcast.progress import ProgressFn
 from fleetcast.store.chunkstore import DEFAULT_LEVEL, MAX_OBJECT_BYTES, chunk_hash, compress
-from fleetcast.store.images import CaptureTransaction, ImageStore, check_name
-from fleetcast.store.manifest import Area, ChunkRef, Extent, Manifest
+from fleetcast.store.images import ImageStore, check_name
+from fleetcast.store.index import Entry, IndexWriter
+from fleetcast.store.manifest import INDEX_FILE, VERSION_2, Area, Extent, Manifest, PackRef, load_image
+from fleetcast.store.sink_local import StoreSink
+from fleetcast.store.source import CaptureSink, KnownChunk
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +77,10 @@ def capture(
     workers: int = 2,
     stats: CaptureStats | None = None,
     pack_size: int = PACK_SIZE,
+    sink: CaptureSink | None = None,
 ) -> Manifest:
-    """Capture ``source`` as image ``name``; the image is visible only once complete and durable."""
+    """Capture ``source`` as image ``name`` (format 2) through ``sink`` (default: the local store's);
+    the image is visible only once complete and durable."""
     from fleetcast.disk.device import inspect
     from fleetcast.disk.partitions import read_table
 
@@ -83,10 +91,10 @@ def capture(
             f"{MAX_OBJECT_BYTES} bytes a restore accepts"
         )
     source = Path(source)
-    info = inspect(source)
-    if info.size < 4 * info.logical_sector_size:
+    info_disk = inspect(source)
+    if info_disk.size < 4 * info_disk.logical_sector_size:
         raise CaptureError(
-            f"source {source} is not a disk: it is {info.size} bytes, "
+            f"source {source} is not a disk: it is {info_disk.size} bytes, "
             "too small for a partition table or filesystem"
         )
     if store.exists(name):
@@ -94,7 +102,7 @@ def capture(
             f"image {name!r} already exists in the store {store.root}",
             hint=f"pick another name, or remove it first: fleetcast image rm {name}",
         )
-    if info.is_block:
+    if info_disk.is_block:
         check_not_mounted_rw(source)
     table = read_table(source)
     try:
@@ -102,53 +110,67 @@ def capture(
     except OSError as exc:
         raise CaptureError(f"cannot open source {source} for reading: {exc.strerror}") from exc
     try:
-        plans = _plan(f, source, table, info.size, force_raw=force_raw)
+        plans = _plan(f, source, table, info_disk.size, force_raw=force_raw)
         for plan in plans:
             if plan.kind != "gap":
                 plan.os_hint = _probe_os(source, plan)
-        with store.begin_capture(name) as txn:
-            areas = _capture_areas(
-                f,
-                plans,
-                txn,
-                chunk_size=chunk_size,
-                level=level,
-                workers=workers,
-                progress=progress,
-                source=source,
-                pack_size=pack_size,
-            )
+        with (
+            sink or StoreSink(store, name) as out,
+            tempfile.TemporaryDirectory(prefix="fleetcast-capture-") as tmp,
+        ):
+            index_path = Path(tmp) / INDEX_FILE
+            packs = _Packs()
+            with open(index_path, "wb") as index_file:
+                index = IndexWriter(index_file)
+                areas, packer = _capture_areas(
+                    f,
+                    plans,
+                    out,
+                    index,
+                    packs,
+                    chunk_size=chunk_size,
+                    level=level,
+                    workers=workers,
+                    progress=progress,
+                    source=source,
+                    pack_size=pack_size,
+                )
+                info = index.close()
             hints = [a.os_hint for a in areas if a.os_hint]
             manifest = Manifest(
                 name=name,
                 created=datetime.now(UTC).isoformat(timespec="seconds"),
                 tool_version=__version__,
-                disk_size=info.size,
-                logical_sector_size=info.logical_sector_size,
-                physical_sector_size=info.physical_sector_size,
+                disk_size=info_disk.size,
+                logical_sector_size=info_disk.logical_sector_size,
+                physical_sector_size=info_disk.physical_sector_size,
                 table_dict=table.to_dict(),
                 chunk_size=chunk_size,
                 zero_block=ZERO_BLOCK,
                 pack_size=pack_size,
                 os_hint="windows" if "windows" in hints else (hints[0] if hints else None),
                 areas=tuple(areas),
+                version=VERSION_2,
+                packs=packs.done(),
+                index_info=info,
             )
-            Manifest.from_json(manifest.to_json())  # never publish what we could not read back
-            txn.commit(manifest)
+            data = manifest.to_json()
+            manifest = load_image(data, index_path)  # never publish what we could not read back
+            out.publish(data, index_path)
     finally:
         f.close()
     if stats is not None:
-        stats.new_chunks = len(txn.new_chunks)
-        stats.new_bytes = sum(txn.new_chunks.values())
+        stats.new_chunks = packer.new_packs
+        stats.new_bytes = packer.new_bytes
         stats.chunks = manifest.entry_count
         stats.read_bytes = manifest.used_bytes
     logger.info(
-        "captured %s from %s: %d bytes used, %d stored in %d new chunks",
+        "captured %s from %s: %d bytes used, %d stored in %d new packs",
         name,
         source,
         manifest.used_bytes,
-        sum(txn.new_chunks.values()),
-        len(txn.new_chunks),
+        packer.new_bytes,
+        packer.new_packs,
     )
     return manifest
 
@@ -329,29 +351,66 @@ def _merge_add(runs: list[Extent], new: list[Extent]) -> None:
             runs.append((off, length))
 
 
+class _Packs:
+    """The image's pack list in first-use order: a pack number is given when a pack is first used (an
+    existing pack when a chunk of it is referenced, a new pack when its first chunk is added), so index
+    entries can be written at once; a new pack's id, stored size and hash are filled in when stored."""
+
+    def __init__(self) -> None:
+        self.refs: list[PackRef | None] = []
+        self.existing: dict[str, int] = {}  # pack id -> number
+
+    def of_existing(self, known: KnownChunk) -> int:
+        n = self.existing.get(known.pack)
+        if n is None:
+            n = self.existing[known.pack] = len(self.refs)
+            self.refs.append(PackRef(known.pack, known.stored, known.stored_hash))
+        return n
+
+    def new(self) -> int:
+        self.refs.append(None)
+        return len(self.refs) - 1
+
+    def done(self) -> tuple[PackRef, ...]:
+        out = tuple(r for r in self.refs if r is not None)
+        if len(out) != len(self.refs) or len({r.id for r in out}) != len(out):
+            raise CaptureError("capture made a pack list with a missing or repeated pack (a bug)")
+        return out
+
+
 class _Packer:
     """Collects new chunks into packs of about ``pack_size`` bytes; each sealed pack is hashed here and
-    compressed + written by the worker pool while reading goes on."""
+    compressed + put into the sink by the worker pool while reading goes on."""
 
     def __init__(
-        self, txn: CaptureTransaction, pool: ThreadPoolExecutor, *, level: int, pack_size: int, workers: int
+        self,
+        sink: CaptureSink,
+        pool: ThreadPoolExecutor,
+        packs: _Packs,
+        *,
+        level: int,
+        pack_size: int,
+        workers: int,
     ) -> None:
-        self.txn = txn
+        self.sink = sink
         self.pool = pool
+        self.packs = packs
         self.level = level
         self.pack_size = pack_size
         self.max_inflight = workers + 1
         self.buf: list[bytes] = []
         self.size = 0
-        self.seq = 0
-        self.ids: dict[int, str] = {}  # pack sequence number -> pack id
-        self.slices: dict[str, tuple[int, int]] = {}  # chunk hash -> (pack sequence, offset)
-        self.submitted: set[str] = set()
+        self.number: int | None = None  # pack number of the pack being filled
+        self.slices: dict[bytes, tuple[int, int]] = {}  # chunk hash -> (pack number, offset)
         self.inflight: deque[Future[None]] = deque()
+        self.new_packs = 0
+        self.new_bytes = 0
 
-    def add(self, chunk_hash_: str, data: bytes) -> tuple[int, int]:
-        ref = (self.seq, self.size)
-        self.slices[chunk_hash_] = ref
+    def add(self, digest: bytes, data: bytes) -> tuple[int, int]:
+        if self.number is None:
+            self.number = self.packs.new()
+        ref = (self.number, self.size)
+        self.slices[digest] = ref
         self.buf.append(data)
         self.size += len(data)
         if self.size >= self.pack_size:
@@ -359,21 +418,22 @@ class _Packer:
         return ref
 
     def seal(self) -> None:
-        if not self.buf:
+        if not self.buf or self.number is None:
             return
         data = b"".join(self.buf)
-        pid = chunk_hash(data)
-        self.ids[self.seq] = pid
-        self.buf, self.size, self.seq = [], 0, self.seq + 1
-        if pid in self.submitted or self.txn.known(pid):
-            return
-        self.submitted.add(pid)
-        self.inflight.append(self.pool.submit(self._store, pid, data))
+        number = self.number
+        self.buf, self.size, self.number = [], 0, None
+        self.inflight.append(self.pool.submit(self._store, number, data))
         while len(self.inflight) > self.max_inflight:
             self.inflight.popleft().result()
 
-    def _store(self, pid: str, data: bytes) -> None:
-        self.txn.add_chunk(pid, compress(data, self.level))
+    def _store(self, number: int, data: bytes) -> None:
+        pid = chunk_hash(data)
+        stored = compress(data, self.level)
+        self.sink.put_pack(pid, stored)
+        self.packs.refs[number] = PackRef(pid, len(stored), blake3.blake3(stored).hexdigest())
+        self.new_packs += 1
+        self.new_bytes += len(stored)
 
     def finish(self) -> None:
         self.seal()
@@ -381,23 +441,40 @@ class _Packer:
             self.inflight.popleft().result()
 
 
-def existing_slices(store: ImageStore) -> dict[str, tuple[str, int]]:
-    """Chunk hash -> (pack id, offset) over every image in the store: what a new capture can reuse."""
-    index: dict[str, tuple[str, int]] = {}
-    for manifest in store.list():
-        for _, c in manifest.entries():
-            index.setdefault(c.hash, (c.id, c.offset))
-    return index
+HAVE_BATCH = 256  # windows whose hashes one sink.have() call answers (their data is held meanwhile)
 
 
-# (chunk hash, window, extents, pack: an existing pack id, or the sequence number of a new pack, offset)
-_Ref = tuple[str, int, list[Extent], str | int, int]
+@dataclass
+class _Window:
+    window: int
+    extents: list[Extent]
+    digest: bytes
+    data: bytes
+
+
+def _flush(  # noqa: PLR0917 -- the capture loop's state, one call site
+    batch: list[_Window], area_no: int, sink: CaptureSink, packs: _Packs, packer: _Packer, index: IndexWriter
+) -> int:
+    """One ``sink.have`` for the batch's hashes, then an index entry per window (new chunks packed)."""
+    known = sink.have([w.digest for w in batch]) if batch else {}
+    for w in batch:
+        hit = known.get(w.digest)
+        if hit is not None:
+            where = (packs.of_existing(hit), hit.offset)
+        else:
+            where = packer.slices.get(w.digest) or packer.add(w.digest, w.data)
+        index.add(Entry(area_no, where[0], where[1], w.window, w.digest, tuple(w.extents)))
+    n = len(batch)
+    batch.clear()
+    return n
 
 
 def _capture_areas(
     f: BinaryIO,
     plans: list[_Plan],
-    txn: CaptureTransaction,
+    sink: CaptureSink,
+    index: IndexWriter,
+    packs: _Packs,
     *,
     chunk_size: int,
     level: int,
@@ -405,29 +482,20 @@ def _capture_areas(
     progress: ProgressFn | None,
     source: Path,
     pack_size: int,
-) -> list[Area]:
+) -> tuple[list[Area], _Packer]:
     fd = f.fileno()
     total = sum(sum(n for _, n in p.used) for p in plans)
     done = 0
     if progress:
         progress(0, total)
-    index = existing_slices(txn.store)
-    present: dict[str, bool] = {}
-
-    def reusable(h: str) -> tuple[str, int] | None:
-        hit = index.get(h)
-        if hit is None:
-            return None
-        if hit[0] not in present:
-            present[hit[0]] = txn.store.chunks.has(hit[0])
-        return hit if present[hit[0]] else None
-
-    raw_areas: list[tuple[_Plan, list[_Ref], list[Extent]]] = []
+    areas: list[Area] = []
     with ThreadPoolExecutor(workers, thread_name_prefix="capture") as pool:
-        packer = _Packer(txn, pool, level=level, pack_size=pack_size, workers=workers)
-        for plan in plans:
-            refs: list[_Ref] = []
+        packer = _Packer(sink, pool, packs, level=level, pack_size=pack_size, workers=workers)
+        for area_no, plan in enumerate(plans):
             zeros: list[Extent] = []
+            data_bytes = skipped = entries = 0
+            batch: list[_Window] = []
+
             for window, pieces in _windows(list(plan.used), plan.size, chunk_size):
                 span_start = pieces[0][0]
                 span_len = pieces[-1][0] + pieces[-1][1] - span_start
@@ -445,41 +513,37 @@ def _capture_areas(
                 nonzero, zero_runs = split_zeros(data, span_start, pieces, ZERO_BLOCK)
                 if plan.keep_zeros:
                     _merge_add(zeros, zero_runs)
+                else:
+                    skipped += sum(n for _, n in zero_runs)
                 done += sum(n for _, n in pieces)
                 if nonzero:
                     if len(nonzero) == 1 and nonzero[0][1] == span_len:
                         chunk = data
                     else:
                         chunk = b"".join(data[o - span_start : o - span_start + n] for o, n in nonzero)
-                    h = chunk_hash(chunk)
-                    old = reusable(h)
-                    if old is not None:
-                        refs.append((h, window, nonzero, old[0], old[1]))
-                    else:
-                        seq, off = packer.slices.get(h) or packer.add(h, chunk)
-                        refs.append((h, window, nonzero, seq, off))
+                    data_bytes += len(chunk)
+                    batch.append(_Window(window, nonzero, blake3.blake3(chunk).digest(), chunk))
+                    if len(batch) >= HAVE_BATCH:
+                        entries += _flush(batch, area_no, sink, packs, packer, index)
                 if progress:
                     progress(done, total)
-            raw_areas.append((plan, refs, zeros))
-        packer.finish()
-    areas: list[Area] = []
-    for plan, refs, zeros in raw_areas:
-        chunks: list[ChunkRef] = []
-        for h, w, ext, where, off in refs:
-            pid = where if isinstance(where, str) else packer.ids[where]
-            chunks.append(ChunkRef(pid, h, off, w, tuple(ext), txn.stored_size(pid)))
-        used = sum(n for _, n in plan.used)
-        areas.append(
-            Area(
-                plan.kind,
-                plan.number,
-                plan.start,
-                plan.size,
-                plan.fstype,
-                plan.os_hint,
-                used,
-                tuple(chunks),
-                tuple(zeros),
+            entries += _flush(batch, area_no, sink, packs, packer, index)
+            used = sum(n for _, n in plan.used)
+            areas.append(
+                Area(
+                    plan.kind,
+                    plan.number,
+                    plan.start,
+                    plan.size,
+                    plan.fstype,
+                    plan.os_hint,
+                    used,
+                    (),
+                    tuple(zeros),
+                    data=data_bytes,
+                    skipped=skipped,
+                    entries=entries,
+                )
             )
-        )
-    return areas
+        packer.finish()
+    return areas, packer

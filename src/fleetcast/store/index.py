@@ -189,8 +189,9 @@ class IndexReader:
     manifest recorded and every block header, and keeps only the block directory (a few numbers per
     block). Entries are decoded per block on demand; a small cache keeps the last decoded blocks."""
 
-    def __init__(self, path: Path, blocks: list[BlockInfo], entries: int, *, what: str) -> None:
-        self.path = Path(path)
+    def __init__(self, fd: int, blocks: list[BlockInfo], entries: int, *, what: str) -> None:
+        # the open file, not its name: the index stays readable when the image is removed meanwhile
+        self.fd = fd
         self.blocks = blocks
         self.entry_count = entries
         self.what = what
@@ -203,28 +204,28 @@ class IndexReader:
         manifest recorded (``expected``; None for tools that rebuild) and every block's checksum. Raises
         ManifestError naming ``what`` and the problem."""
         try:
-            with open(path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                if expected is not None and size != expected.size:
-                    raise ManifestError(
-                        f"{what} is {size} bytes but the manifest records {expected.size}",
-                        hint=_EDITED,
-                    )
-                hasher = blake3.blake3()
-                blocks, entries = _parse(_HashingReader(f, hasher), size, what)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
             raise ManifestError(f"{what}: cannot read {path}: {exc.strerror}") from exc
-        if expected is not None:
-            found = hasher.hexdigest()
-            if found != expected.hash:
-                raise ManifestError(
-                    f"{what} hashes to {found} but the manifest records {expected.hash}", hint=_EDITED
-                )
-            if entries != expected.entries:
-                raise ManifestError(
-                    f"{what} holds {entries} entries but the manifest records {expected.entries}"
-                )
-        return cls(Path(path), blocks, entries, what=what)
+        try:
+            with open(fd, "rb", closefd=False) as f:
+                blocks, entries = _verified(f, expected, what)
+        except OSError as exc:
+            os.close(fd)
+            raise ManifestError(f"{what}: cannot read {path}: {exc.strerror}") from exc
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(fd, blocks, entries, what=what)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __del__(self) -> None:  # a Manifest holding a reader has no owner that could close it
+        if getattr(self, "fd", -1) >= 0:
+            self.close()
 
     def blocks_of_pack(self) -> dict[int, list[int]]:
         """pack number -> the blocks holding its entries (from the block headers; no decoding)."""
@@ -241,9 +242,7 @@ class IndexReader:
             self._cache.move_to_end(i)
             return got
         b = self.blocks[i]
-        with open(self.path, "rb") as f:
-            f.seek(b.offset)
-            stored = f.read(b.stored)
+        stored = os.pread(self.fd, b.stored, b.offset)
         try:
             raw = self._dec.decompress(stored, max_output_size=b.records * RECORD)
         except zstandard.ZstdError as exc:
@@ -267,6 +266,23 @@ class IndexReader:
             for e in self.block(i):
                 if e.pack == pack:
                     yield e
+
+
+def _verified(f: BinaryIO, expected: IndexInfo | None, what: str) -> tuple[list[BlockInfo], int]:
+    size = os.fstat(f.fileno()).st_size
+    if expected is not None and size != expected.size:
+        raise ManifestError(f"{what} is {size} bytes but the manifest records {expected.size}", hint=_EDITED)
+    hasher = blake3.blake3()
+    blocks, entries = _parse(_HashingReader(f, hasher), size, what)
+    if expected is not None:
+        found = hasher.hexdigest()
+        if found != expected.hash:
+            raise ManifestError(
+                f"{what} hashes to {found} but the manifest records {expected.hash}", hint=_EDITED
+            )
+        if entries != expected.entries:
+            raise ManifestError(f"{what} holds {entries} entries but the manifest records {expected.entries}")
+    return blocks, entries
 
 
 _EDITED = "the image's metadata was changed or damaged; re-capture it"

@@ -53,7 +53,7 @@ def test_flipped_byte_fails_verify_and_restore(golden: Path, tmp_path: Path, fle
     target = tmp_path / "t.img"
     proc = fc(fleetcast_bin, "image", "restore", "g", target, "--store", store.root)
     assert proc.returncode == 4
-    assert f"fleetcast: error: image 'g': chunk {victim} is corrupt" in proc.stderr
+    assert f"fleetcast: error: image 'g': pack {victim} is corrupt: its stored bytes hash to " in proc.stderr
     assert "restored" not in proc.stdout
 
     proc = fc(fleetcast_bin, "store", "check", "--store", store.root, "--json")
