@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from fleetcast.errors import ImageNotFound
 from fleetcast.server.auth import Tokens, bearer
 from fleetcast.server.db import MAX_BIG_INTEGER, MAX_INTEGER
 from fleetcast.server.images import ImageCatalog
@@ -145,6 +146,15 @@ Catalog = Annotated[ImageCatalog, Depends(catalog)]
 @router.get("/images/{name}/manifest", response_class=FileResponse)
 def manifest(name: str, cat: Catalog, client_id: AgentId) -> FileResponse:
     return FileResponse(cat.manifest_path(name), media_type="application/json")
+
+
+@router.get("/images/{name}/index", response_class=FileResponse)
+def index(name: str, cat: Catalog, client_id: AgentId) -> FileResponse:
+    """The binary chunk index of a format-2 image (docs/image-format.md), beside its manifest."""
+    path = cat.manifest_path(name).with_name("index")
+    if not path.is_file():
+        raise ImageNotFound(f"image {name!r} has no chunk index (it is format version 1)")
+    return FileResponse(path, media_type="application/octet-stream")
 
 
 @router.get("/chunks/{chunk_id}", response_class=FileResponse)
