@@ -127,6 +127,18 @@ class AgentApi:
         )
         return response.content
 
+    def index(self, image: str) -> bytes:
+        """The binary chunk index of a format-2 image (its manifest records its hash and size)."""
+        response = request(
+            self._client,
+            "GET",
+            f"/api/agent/images/{image}/index",
+            outage_limit=self.outage_limit,
+            stop=self.stop,
+            what=f"chunk index of image {image!r}",
+        )
+        return response.content
+
     def chunk_source(
         self, *, workers: int, prefetch: int, stop: Callable[[], bool] | None = None
     ) -> HttpChunkSource:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fleetcast.agent.api import AgentApi
 from fleetcast.agent.state import StateStore, TaskState
@@ -25,6 +25,9 @@ from fleetcast.errors import AgentError, DiskError, FleetcastError
 from fleetcast.identity.base import IdentitySettings
 from fleetcast.progress import Rate
 from fleetcast.run import run
+
+if TYPE_CHECKING:
+    from fleetcast.store.manifest import Manifest
 
 logger = logging.getLogger(__name__)
 
@@ -241,12 +244,11 @@ class TaskRunner:
     def _deploy(self, task: Task, reporter: Reporter, cancel: threading.Event) -> dict[str, Any]:
         from fleetcast.disk.discovery import in_use, list_disks
         from fleetcast.disk.rules import parse_rule, select_disk
-        from fleetcast.store.manifest import Manifest
         from fleetcast.store.restore import restore
 
         reporter.update(phase="selecting-disk", urgent=True)
         rule = parse_rule(task.disk_rule)
-        manifest = Manifest.from_json(self.api.manifest(task.image))
+        manifest = self._load_image(task.image)
         disk = select_disk(rule, list_disks(self.allow), max(manifest.disk_size, 0))
         target = Path(disk.path)
         busy = in_use(target)
@@ -306,6 +308,18 @@ class TaskRunner:
         _, line = plan_post_action(task.then, disk=disk.path, execute=self.execute_post_action)
         changes.append(line)
         return {"disk": disk.path, "changes": changes, "action": task.then}
+
+    def _load_image(self, image: str) -> Manifest:
+        """The image's manifest and (format 2) its chunk index, checked against each other."""
+        from fleetcast.store.manifest import Manifest, load_image
+
+        data = self.api.manifest(image)
+        if Manifest.from_json(data).version == 1:
+            return load_image(data, None)
+        path = self.state.path.with_name(self.state.path.name + ".index")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(self.api.index(image))
+        return load_image(data, path)
 
     def _done_path(self) -> Path:
         return self.state.path.with_name(self.state.path.name + ".packs")

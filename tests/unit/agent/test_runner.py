@@ -59,6 +59,8 @@ class FakeServer:
         if path.endswith("/result"):
             self.results.append(json.loads(req.content))
             return httpx.Response(200, json={})
+        if path == f"/api/agent/images/{self.image}/index":
+            return httpx.Response(200, content=(self.store.images_dir / self.image / "index").read_bytes())
         if path == f"/api/agent/images/{self.image}/manifest":
             return httpx.Response(200, content=self.store.read_manifest_bytes(self.image))
         if path.startswith("/api/agent/chunks/"):
