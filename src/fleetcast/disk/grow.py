@@ -5,10 +5,10 @@
    Every GUID, name, type and attribute stays as it was; only the last partition's size changes.
 2. The last partition (by position) grows to the end of the usable area, its end aligned down to 1 MiB.
    On MBR, a logical last partition grows its extended container with it; sizes stay below 2^32 sectors.
-3. Its filesystem grows through a loop device limited to the partition (offset/sizelimit):
-   ext2/3/4: ``e2fsck -fy`` then ``resize2fs``; NTFS: ``ntfsresize --force --force`` (enlarges to the
-   device size; Windows runs a quick chkdsk at first boot, as after any ntfsresize);
-   FAT, swap, raw, BitLocker: left as they are, with a logged warning and a note.
+3. Its filesystem grows through a loop device limited to the partition (offset/sizelimit), by the
+   filesystem registry's ``grow`` (ext2/3/4: ``e2fsck -fy`` then ``resize2fs``; NTFS: ``ntfsresize
+   --force --force``); the others (FAT, XFS, swap, raw, BitLocker) are left as they are, with a logged
+   warning and the registry's ``grow_note``.
 
 A bare filesystem (label "none") grows to the whole target.
 """
@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from pathlib import Path
 
-from fleetcast.disk import loop
+from fleetcast.disk import filesystems, loop
 from fleetcast.disk.device import inspect
 from fleetcast.disk.filesystems import FsType
 from fleetcast.disk.partitions import (
@@ -31,8 +30,7 @@ from fleetcast.disk.partitions import (
     read_table,
     write_table,
 )
-from fleetcast.errors import CommandError, DiskError, FilesystemError
-from fleetcast.run import run
+from fleetcast.errors import DiskError
 
 logger = logging.getLogger(__name__)
 
@@ -82,46 +80,14 @@ def grown_table(table: PartitionTable, disk_bytes: int) -> PartitionTable:
 
 def grow_filesystem(target: Path, offset: int, size: int, fstype: FsType) -> str | None:
     """Grow the filesystem in [offset, offset+size) of ``target`` to fill it; a note when it is left as is."""
-    if fstype not in (FsType.EXT, FsType.NTFS):
-        note = {
-            FsType.FAT: "FAT cannot be grown here; the partition grew, its filesystem was left as is",
-            FsType.SWAP: "swap was left at its size; run mkswap on first boot to use the whole partition",
-        }.get(fstype, f"{fstype} content was left as is; only the partition grew")
-        logger.warning("grow: %s", note)
-        return note
+    fs = filesystems.get(fstype)
+    if not fs.growable:
+        logger.warning("grow: %s", fs.grow_note)
+        return fs.grow_note
     with loop.attach(target, offset=offset, sizelimit=size) as dev:
-        if fstype is FsType.EXT:
-            _grow_ext(dev)
-        else:
-            _grow_ntfs(dev)
+        fs.grow(dev)
     logger.info("grew the %s filesystem at byte %d of %s to %d bytes", fstype, offset, target, size)
     return None
-
-
-def _grow_ext(dev: Path) -> None:
-    proc = run(["e2fsck", "-f", "-y", os.fspath(dev)], check=False)
-    if proc.returncode >= 4:
-        stderr = (proc.stderr or b"").decode(errors="replace").strip()
-        raise FilesystemError(
-            f"e2fsck found errors it could not fix on the restored ext filesystem ({dev}), "
-            f"exit status {proc.returncode}: {stderr[-500:]}",
-            hint="the image may be damaged: run fleetcast image verify",
-        )
-    try:
-        run(["resize2fs", os.fspath(dev)])
-    except CommandError as exc:
-        raise FilesystemError(
-            f"resize2fs could not grow the ext filesystem: {exc.stderr or exc.message}"
-        ) from exc
-
-
-def _grow_ntfs(dev: Path) -> None:
-    try:
-        run(["ntfsresize", "--force", "--force", "--no-progress-bar", os.fspath(dev)])
-    except CommandError as exc:
-        raise FilesystemError(
-            f"ntfsresize could not grow the NTFS filesystem: {exc.stderr or exc.message}"
-        ) from exc
 
 
 def grow_last_partition(target: Path, table: PartitionTable, fstype: FsType) -> PartitionTable:

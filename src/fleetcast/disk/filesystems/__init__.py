@@ -14,11 +14,12 @@ partition's byte offset and size; for an unpartitioned disk, offset 0 and the di
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import BinaryIO
 
 from fleetcast.disk.filesystems import ext, fat, ntfs, raw, xfs
 from fleetcast.disk.filesystems.base import REGISTRY, Extent, Filesystem, FsType, merge, total
-from fleetcast.errors import FilesystemError
+from fleetcast.errors import FilesystemError, FleetcastError
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +32,10 @@ __all__ = [
     "detect",
     "ext",
     "fat",
+    "get",
     "merge",
     "ntfs",
+    "probe_os",
     "raw",
     "total",
     "used_extents",
@@ -61,11 +64,26 @@ def detect(f: BinaryIO, offset: int, size: int) -> FsType:
     return FsType.RAW
 
 
+def get(fstype: FsType | str) -> Filesystem:
+    """The registered filesystem for ``fstype``; raw for a type fleetcast does not know."""
+    fs = REGISTRY.get(FsType(fstype)) if fstype in FsType.__members__.values() else None
+    return fs if fs is not None else REGISTRY[FsType.RAW]
+
+
+def probe_os(fstype: FsType | str, source: Path, f: BinaryIO, offset: int, size: int) -> str | None:
+    """ "windows", "linux" or None for the volume at [offset, offset+size) of ``source`` (opened as ``f``).
+
+    Best effort: a volume that cannot be read says None (logged). No loop device, no mount."""
+    try:
+        return get(fstype).probe_os(source, f, offset, size)
+    except (FleetcastError, OSError) as exc:
+        logger.debug("os probe of %s at byte %d failed: %s", source, offset, exc)
+        return None
+
+
 def used_extents(fstype: FsType | str, f: BinaryIO, offset: int, size: int) -> list[Extent]:
     """Byte ranges (relative to the partition start) the filesystem uses: sorted, merged, within [0, size)."""
-    fs = REGISTRY.get(FsType(fstype)) if fstype in FsType.__members__.values() else None
-    if fs is None:
-        fs = REGISTRY[FsType.RAW]
+    fs = get(fstype)
     extents = merge(fs.used_extents(f, offset, size), size)
     logger.debug(
         "%s at byte %d: %d extents, %d of %d bytes used",
@@ -83,6 +101,4 @@ def check_capturable(fstype: FsType | str, f: BinaryIO, offset: int, size: int, 
 
     ``name`` is how messages name it: "partition 3", or "the disk" for a bare filesystem.
     """
-    fs = REGISTRY.get(FsType(fstype)) if fstype in FsType.__members__.values() else None
-    if fs is not None:
-        fs.check_capturable(f, offset, size, name)
+    get(fstype).check_capturable(f, offset, size, name)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 import re
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import BinaryIO, ClassVar
 
 from fleetcast.errors import FilesystemError
@@ -33,11 +35,22 @@ class Filesystem:
     ``probe`` looks at the first bytes of a partition; ``used_extents`` reads the allocation map;
     ``check_capturable`` raises FilesystemError when the used blocks cannot be captured safely.
     All three only read ``f`` (an already-open file or block device) inside [offset, offset+size).
+
+    Capabilities the rest of fleetcast asks the registry for, instead of branching on the type:
+    ``probe_os`` (which OS the volume holds, read without a loop device or mount), ``grow`` (grow the
+    filesystem on a device to fill it; ``growable`` says whether it can, ``grow_note`` what to tell the
+    user when it cannot) and ``mount_argv`` (the command mounting it; ``mountable``).
     """
 
     fstype: ClassVar[FsType]
     # detection order: lower first (BitLocker before NTFS before FAT, which shares the boot-sector shape)
     priority: ClassVar[int] = 50
+    growable: ClassVar[bool] = False
+    mountable: ClassVar[bool] = False
+
+    @property
+    def grow_note(self) -> str:
+        return f"{self.fstype} content was left as is; only the partition grew"
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -51,6 +64,26 @@ class Filesystem:
 
     def check_capturable(self, f: BinaryIO, offset: int, size: int, name: str) -> None:
         return None
+
+    def probe_os(self, source: Path, f: BinaryIO, offset: int, size: int) -> str | None:
+        """ "windows", "linux" or None: the OS this volume holds (best effort, read-only)."""
+        return None
+
+    def grow(self, dev: Path) -> None:
+        """Grow the filesystem on ``dev`` (a device limited to the partition) to fill it."""
+        raise FilesystemError(f"{self.fstype} cannot be grown here", hint=self.grow_note)
+
+    def mount_argv(self, dev: Path, mountpoint: Path, *, read_only: bool) -> list[str]:
+        """The command that mounts the filesystem on ``dev`` at ``mountpoint``."""
+        raise FilesystemError(
+            f"cannot mount {dev}: {self.fstype} is not mountable on this machine",
+            hint="FAT has no kernel driver here; read it with mtools (mcopy -i IMG@@OFFSET)",
+        )
+
+
+def mount_command(tool: str, options: str, dev: Path, mountpoint: Path, fs: str = "") -> list[str]:
+    """``tool [-t fs] -o options dev mountpoint``."""
+    return [tool, *(["-t", fs] if fs else []), "-o", options, os.fspath(dev), os.fspath(mountpoint)]
 
 
 REGISTRY: dict[FsType, Filesystem] = {}

@@ -11,11 +11,22 @@ pointing outside the volume) makes the parser fall back to the whole partition w
 from __future__ import annotations
 
 import logging
+import os
 import struct
+from pathlib import Path
 from typing import BinaryIO
 
-from fleetcast.disk.filesystems.base import Extent, Filesystem, FsType, bitmap_runs, merge, read_at
-from fleetcast.errors import FilesystemError
+from fleetcast.disk.filesystems.base import (
+    Extent,
+    Filesystem,
+    FsType,
+    bitmap_runs,
+    merge,
+    mount_command,
+    read_at,
+)
+from fleetcast.errors import CommandError, FilesystemError
+from fleetcast.run import run
 
 logger = logging.getLogger(__name__)
 
@@ -217,6 +228,38 @@ def _inode_size(f: BinaryIO, offset: int, limit: int) -> int:
 class Ext(Filesystem):
     fstype = FsType.EXT
     priority = 40
+    growable = True
+    mountable = True
+
+    def probe_os(self, source: Path, f: BinaryIO, offset: int, size: int) -> str | None:
+        """'linux' when /etc/os-release exists (debugfs reads the image at the offset: no loop device)."""
+        proc = run(
+            ["debugfs", "-R", "stat /etc/os-release", f"{os.fspath(source)}?offset={offset}"],
+            check=False,
+            timeout=30,
+        )
+        out = (proc.stdout or b"") + (proc.stderr or b"")
+        return "linux" if proc.returncode == 0 and b"Inode:" in out else None
+
+    def grow(self, dev: Path) -> None:
+        """``e2fsck -fy`` then ``resize2fs``."""
+        proc = run(["e2fsck", "-f", "-y", os.fspath(dev)], check=False)
+        if proc.returncode >= 4:
+            stderr = (proc.stderr or b"").decode(errors="replace").strip()
+            raise FilesystemError(
+                f"e2fsck found errors it could not fix on the restored ext filesystem ({dev}), "
+                f"exit status {proc.returncode}: {stderr[-500:]}",
+                hint="the image may be damaged: run fleetcast image verify",
+            )
+        try:
+            run(["resize2fs", os.fspath(dev)])
+        except CommandError as exc:
+            raise FilesystemError(
+                f"resize2fs could not grow the ext filesystem: {exc.stderr or exc.message}"
+            ) from exc
+
+    def mount_argv(self, dev: Path, mountpoint: Path, *, read_only: bool) -> list[str]:
+        return mount_command("mount", "ro,noload" if read_only else "rw", dev, mountpoint, "ext4")
 
     def probe(self, head: bytes) -> bool:
         return len(head) >= 1082 and struct.unpack_from("<H", head, SB_OFFSET + 56)[0] == MAGIC

@@ -126,6 +126,11 @@ def used_clusters(fat: bytes, bits: int, clusters: int) -> list[tuple[int, int]]
 
 class Fat(Filesystem):
     fstype = FsType.FAT
+
+    @property
+    def grow_note(self) -> str:
+        return "FAT cannot be grown here; the partition grew, its filesystem was left as is"
+
     priority = 30
 
     def probe(self, head: bytes) -> bool:

@@ -12,17 +12,30 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO
 
-from fleetcast.disk.filesystems.base import Extent, Filesystem, FsType, bitmap_runs, describe, merge, read_at
-from fleetcast.errors import FilesystemError
+from fleetcast.disk.filesystems.base import (
+    Extent,
+    Filesystem,
+    FsType,
+    bitmap_runs,
+    describe,
+    merge,
+    mount_command,
+    read_at,
+)
+from fleetcast.errors import CommandError, FilesystemError
+from fleetcast.run import run
 
 logger = logging.getLogger(__name__)
 
 OEM_ID = b"NTFS    "
+WINDOWS_CONFIG = "Windows/System32/config"
 MFT_RECORD_MFT = 0
 MFT_RECORD_LOGFILE = 2
 MFT_RECORD_VOLUME = 3
@@ -232,24 +245,28 @@ class Volume:
     def data(self, number: int, name: str = "") -> Attribute:
         """The $DATA attribute ``name`` of MFT record ``number`` as one attribute: when an attribute list
         spreads it over extension records, their run lists are joined in VCN order."""
+        return self.attribute(number, AT_DATA, name, "$DATA")
+
+    def attribute(self, number: int, atype: int, name: str, label: str) -> Attribute:
+        """Attribute (``atype``, ``name``) of MFT record ``number``, joined over its extension records."""
         what = f"MFT record {number}"
         attrs = list(attributes(self.record(number), what))
-        pieces = [a for a in attrs if a.type == AT_DATA and a.name == name]
+        pieces = [a for a in attrs if a.type == atype and a.name == name]
         for al in (a for a in attrs if a.type == AT_ATTRIBUTE_LIST):
             value = (
                 al.value if al.resident else self.read_runs(al.runs, al.data_size, f"{what} attribute list")
             )
-            for ref in _list_entries(value, AT_DATA, name, what):
+            for ref in _list_entries(value, atype, name, what):
                 if ref != number:
                     ext = f"MFT record {ref} (extension of {number})"
                     pieces += [
-                        a for a in attributes(self.record(ref), ext) if a.type == AT_DATA and a.name == name
+                        a for a in attributes(self.record(ref), ext) if a.type == atype and a.name == name
                     ]
         if not pieces:
-            raise FilesystemError(f"NTFS {what} has no $DATA attribute named {name!r}")
+            raise FilesystemError(f"NTFS {what} has no {label} attribute named {name!r}")
         first = next((a for a in pieces if a.resident or a.lowest_vcn == 0), None)
         if first is None:
-            raise FilesystemError(f"NTFS {what} has no $DATA piece starting at VCN 0")
+            raise FilesystemError(f"NTFS {what} has no {label} piece starting at VCN 0")
         if first.resident:
             return first
         runs: list[tuple[int | None, int]] = []
@@ -259,7 +276,7 @@ class Volume:
         ):
             if piece.lowest_vcn != next_vcn:
                 raise FilesystemError(
-                    f"NTFS {what}: $DATA pieces are not contiguous "
+                    f"NTFS {what}: {label} pieces are not contiguous "
                     f"(VCN {piece.lowest_vcn}, expected {next_vcn})"
                 )
             runs += piece.runs
@@ -285,27 +302,45 @@ class Volume:
         raise FilesystemError("NTFS MFT record 3 ($Volume) has no VOLUME_INFORMATION")
 
     def root_lookup(self, filename: str) -> int | None:
-        """MFT record number of ``filename`` in the root directory (case-insensitive), or None.
+        """MFT record number of ``filename`` in the root directory (case-insensitive), or None."""
+        return self.lookup(MFT_RECORD_ROOT, filename)
+
+    def path_lookup(self, path: str) -> int | None:
+        """MFT record number of ``path`` ("Windows/System32/config", from the root), or None."""
+        number: int | None = MFT_RECORD_ROOT
+        for part in (p for p in path.split("/") if p):
+            assert number is not None
+            number = self.lookup(number, part)
+            if number is None:
+                return None
+        return number
+
+    def lookup(self, directory: int, filename: str) -> int | None:
+        """MFT record number of ``filename`` in directory record ``directory`` (case-insensitive), or None.
 
         Entries in index blocks that are no longer used can be stale: a match counts only when its
         record is in use and its sequence number matches the reference."""
-        root = self.record(MFT_RECORD_ROOT)
+        what = f"MFT record {directory} (directory)"
         wanted = filename.lower()
         refs: list[int] = []
-        for attr in attributes(root, "MFT record 5 (root directory)"):
-            if attr.name != "$I30":
-                continue
-            if attr.type == AT_INDEX_ROOT and attr.resident and len(attr.value) >= 32:
+        for attr in attributes(self.record(directory), what):
+            if attr.name == "$I30" and attr.type == AT_INDEX_ROOT and attr.resident and len(attr.value) >= 32:
                 refs += _index_entries(attr.value, 16, wanted)
-            elif attr.type == AT_INDEX_ALLOCATION and not attr.resident:
-                data = self.read_runs(attr.runs, attr.data_size, "root directory index")
-                bsize = self.boot.index_block_size
-                for pos in range(0, len(data) - bsize + 1, bsize):
-                    block = bytearray(data[pos : pos + bsize])
-                    if block[:4] != b"INDX":
-                        continue
-                    fixup(block, b"INDX", "root directory index block")
-                    refs += _index_entries(bytes(block), 0x18, wanted)
+        try:
+            alloc: Attribute | None = self.attribute(
+                directory, AT_INDEX_ALLOCATION, "$I30", "$INDEX_ALLOCATION"
+            )
+        except FilesystemError:
+            alloc = None  # a small directory: its whole index is in the root
+        if alloc is not None and not alloc.resident:
+            data = self.read_runs(alloc.runs, alloc.data_size, f"{what} index")
+            bsize = self.boot.index_block_size
+            for pos in range(0, len(data) - bsize + 1, bsize):
+                block = bytearray(data[pos : pos + bsize])
+                if block[:4] != b"INDX":
+                    continue
+                fixup(block, b"INDX", f"{what} index block")
+                refs += _index_entries(bytes(block), 0x18, wanted)
         for ref in refs:
             if self._live(ref):
                 return ref & 0xFFFFFFFFFFFF
@@ -396,6 +431,25 @@ def _index_entries(buf: bytes, header_pos: int, wanted: str) -> list[int]:
 class Ntfs(Filesystem):
     fstype = FsType.NTFS
     priority = 20
+    growable = True
+    mountable = True
+
+    def probe_os(self, source: Path, f: BinaryIO, offset: int, size: int) -> str | None:
+        """'windows' when Windows/System32/config exists: read with this parser (no loop device)."""
+        return "windows" if Volume(f, offset, size).path_lookup(WINDOWS_CONFIG) is not None else None
+
+    def grow(self, dev: Path) -> None:
+        """``ntfsresize --force --force`` (enlarges to the device size; Windows runs a quick chkdsk at first
+        boot, as after any ntfsresize)."""
+        try:
+            run(["ntfsresize", "--force", "--force", "--no-progress-bar", os.fspath(dev)])
+        except CommandError as exc:
+            raise FilesystemError(
+                f"ntfsresize could not grow the NTFS filesystem: {exc.stderr or exc.message}"
+            ) from exc
+
+    def mount_argv(self, dev: Path, mountpoint: Path, *, read_only: bool) -> list[str]:
+        return mount_command("ntfs-3g", "ro" if read_only else "rw", dev, mountpoint)
 
     def probe(self, head: bytes) -> bool:
         return len(head) >= 512 and head[3:11] == OEM_ID and head[510:512] == b"\x55\xaa"

@@ -30,6 +30,10 @@ class Swap(Filesystem):
     fstype = FsType.SWAP
     priority = 60
 
+    @property
+    def grow_note(self) -> str:
+        return "swap was left at its size; run mkswap on first boot to use the whole partition"
+
     def probe(self, head: bytes) -> bool:
         return any(head[page - 10 : page] in SWAP_MAGICS for page in SWAP_PAGE_SIZES if len(head) >= page)
 

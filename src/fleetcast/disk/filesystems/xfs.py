@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import logging
 import struct
+from pathlib import Path
 from typing import BinaryIO
 
-from fleetcast.disk.filesystems.base import Extent, Filesystem, FsType, merge, read_at
+from fleetcast.disk.filesystems.base import Extent, Filesystem, FsType, merge, mount_command, read_at
 from fleetcast.errors import FilesystemError
 
 logger = logging.getLogger(__name__)
@@ -130,6 +131,14 @@ def used_from_free(fs_bytes: int, free: list[Extent]) -> list[Extent]:
 
 class Xfs(Filesystem):
     fstype = FsType.XFS
+    mountable = True
+
+    @property
+    def grow_note(self) -> str:
+        return "XFS grows only while mounted: run xfs_growfs on its mount point at first boot"
+
+    def mount_argv(self, dev: Path, mountpoint: Path, *, read_only: bool) -> list[str]:
+        return mount_command("mount", "ro,norecovery" if read_only else "rw", dev, mountpoint, "xfs")
 
     def probe(self, head: bytes) -> bool:
         return head[:4] == SB_MAGIC
