@@ -1,0 +1,203 @@
+"""Image metadata at real disk sizes: format 2's binary index against format 1's JSON manifest.
+
+Synthetic images (no data, only metadata): 64 KiB windows of a bare disk, 16 MiB packs (256 entries
+each), one extent per entry, random hashes. For each size: index bytes (and % of the used bytes), time to
+write it, and -- in a fresh process each, so the peak RSS is the step's own -- time and peak RSS to open
+the image (``load_image``: hash + block headers), to plan a restore (pack -> blocks), and to walk every
+pack's entries as a restore in any order does. Format 1's JSON manifest of the same 64 GB image is
+measured in the same run as the baseline (its parse time and peak RSS), and the ratio printed.
+
+    .venv/bin/python bench/scale.py [--sizes 64G,1T] [--used 1T=500G] [--no-v1]
+
+The real-data part of issue 7 (a 16 GiB disk beside partclone + zstd) is not in this script yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+GiB = 1 << 30
+CHUNK = 64 << 10
+PER_PACK = 256  # 16 MiB packs of 64 KiB chunks
+
+
+def _table() -> dict[str, object]:
+    return {
+        "label": "none",
+        "id": "",
+        "sector_size": 512,
+        "first_lba": None,
+        "last_lba": None,
+        "table_length": None,
+        "partitions": [],
+    }
+
+
+def _head(name: str, size: int, version: int) -> dict[str, object]:
+    return {
+        "format": "fleetcast-image",
+        "version": version,
+        "name": name,
+        "created": "2026-12-02T21:00:00+00:00",
+        "tool_version": "bench",
+        "disk": {"size": size, "logical_sector_size": 512, "physical_sector_size": 512},
+        "table": _table(),
+        "chunking": {
+            "hash": "blake3",
+            "compression": "zstd",
+            "chunk_size": CHUNK,
+            "zero_block": 4096,
+            "pack_size": 16 << 20,
+        },
+        "os_hint": None,
+    }
+
+
+def make_v2(d: Path, size: int, used: int) -> tuple[float, int]:
+    from fleetcast.store.index import Entry, IndexWriter
+
+    n = used // CHUNK
+    npacks = -(-n // PER_PACK)
+    t = time.perf_counter()
+    rnd = os.urandom
+    with open(d / "index", "wb") as f:
+        w = IndexWriter(f)
+        for i in range(n):
+            w.add(Entry(0, i // PER_PACK, (i % PER_PACK) * CHUNK, i * CHUNK, rnd(32), ((i * CHUNK, CHUNK),)))
+        info = w.close()
+    packs = [{"id": f"{p:064x}", "stored": 9 << 20, "hash": f"{p + 1:064x}"} for p in range(npacks)]
+    area = {
+        "kind": "disk",
+        "number": None,
+        "start": 0,
+        "size": size,
+        "fstype": "raw",
+        "os_hint": None,
+        "used": n * CHUNK,
+        "data": n * CHUNK,
+        "skipped": 0,
+        "entries": n,
+        "zeros": [],
+    }
+    m = _head("scale", size, 2) | {
+        "packs": packs,
+        "areas": [area],
+        "index": {"hash": info.hash, "size": info.size, "entries": info.entries},
+        "totals": {
+            "used": n * CHUNK,
+            "data": n * CHUNK,
+            "stored": sum(p["stored"] for p in packs),  # type: ignore[misc]
+            "entries": n,
+            "packs": npacks,
+        },
+    }
+    (d / "manifest.json").write_bytes(json.dumps(m, separators=(",", ":")).encode() + b"\n")
+    return time.perf_counter() - t, info.size
+
+
+def make_v1(d: Path, size: int, used: int) -> int:
+    n = used // CHUNK
+    npacks = -(-n // PER_PACK)
+    packs = [{"id": f"{p:064x}", "stored": 9 << 20} for p in range(npacks)]
+    with open(d / "manifest-v1.json", "w") as f:
+        head = _head("scale", size, 1) | {"packs": packs}
+        f.write(json.dumps(head, separators=(",", ":"))[:-1])
+        f.write(f',"areas":[{{"kind":"disk","number":null,"start":0,"size":{size},"fstype":"raw",')
+        f.write(f'"os_hint":null,"used":{n * CHUNK},"chunks":[')
+        for i in range(n):
+            if i:
+                f.write(",")
+            w = i * CHUNK
+            f.write(
+                f'{{"pack":{i // PER_PACK},"hash":"{os.urandom(32).hex()}","offset":{(i % PER_PACK) * CHUNK},'
+                f'"window":{w},"extents":[[{w},{CHUNK}]]}}'
+            )
+        f.write('],"zeros":[]}]}\n')
+    return (d / "manifest-v1.json").stat().st_size
+
+
+_CHILD = r"""
+import resource, sys, time
+from pathlib import Path
+d, step = Path(sys.argv[1]), sys.argv[2]
+t = time.perf_counter()
+if step == "v1":
+    from fleetcast.store.manifest import Manifest
+    m = Manifest.from_json((d / "manifest-v1.json").read_bytes())
+    opened = time.perf_counter() - t
+    planned = walked = 0.0
+else:
+    from fleetcast.store.manifest import load_image
+    m = load_image((d / "manifest.json").read_bytes(), d / "index")
+    opened = time.perf_counter() - t
+    blocks = m.index.blocks_of_pack()
+    planned = time.perf_counter() - t - opened
+    walked = 0.0
+    if step == "walk":
+        n = 0
+        for p in range(len(m.packs)):
+            for e in m.index.pack_entries(p, blocks.get(p, [])):
+                n += 1
+        assert n == m.entry_count, (n, m.entry_count)
+        walked = time.perf_counter() - t - opened - planned
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(f"{opened:.3f} {planned:.3f} {walked:.3f} {rss:.0f}")
+"""
+
+
+def child(d: Path, step: str) -> tuple[float, float, float, float]:
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(d), step], check=True, capture_output=True, text=True
+    ).stdout.split()
+    return float(out[0]), float(out[1]), float(out[2]), float(out[3])
+
+
+def parse_size(text: str) -> int:
+    units = {"G": GiB, "T": 1024 * GiB}
+    return int(float(text[:-1]) * units[text[-1].upper()])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="64G,1T")
+    ap.add_argument("--used", default="64G=48G,1T=500G", help="used bytes per size (SIZE=USED,...)")
+    ap.add_argument("--no-v1", action="store_true", help="skip the format-1 baseline")
+    args = ap.parse_args()
+    used_of = dict(kv.split("=") for kv in args.used.split(","))
+    base = Path(os.environ.get("TMPDIR", "/tmp"))
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus; 64 KiB entries, 16 MiB packs")
+    for text in args.sizes.split(","):
+        size = parse_size(text)
+        used = parse_size(used_of.get(text, text))
+        with tempfile.TemporaryDirectory(prefix="fc-scale-", dir=base) as tmp:
+            d = Path(tmp)
+            wrote, isize = make_v2(d, size, used)
+            n = used // CHUNK
+            o, p, _, rss_plan = child(d, "plan")
+            _, _, w, rss_walk = child(d, "walk")
+            print(
+                f"{text} disk, {used / GiB:.0f} GiB used, {n:,} entries: index {isize:,} B "
+                f"({100 * isize / used:.3f} % of used), written in {wrote:.1f} s; "
+                f"open {o:.2f} s, plan {p:.3f} s (peak RSS {rss_plan:.0f} MiB); "
+                f"every pack's entries walked in {w:.1f} s (peak RSS {rss_walk:.0f} MiB)"
+            )
+            if not args.no_v1 and size <= 64 * GiB:
+                jsize = make_v1(d, size, used)
+                o1, _, _, rss1 = child(d, "v1")
+                print(
+                    f"  format 1 baseline, same image: manifest {jsize:,} B, parse {o1:.1f} s, "
+                    f"peak RSS {rss1:.0f} MiB -> format 2 open {o / o1:.3f}x the time, "
+                    f"{rss_plan / rss1:.2f}x the memory, {isize / jsize:.3f}x the bytes"
+                )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
