@@ -1,14 +1,15 @@
 """Benchmark: fleetcast's own allocation-map parsers vs partclone's ``--domain`` map on the same volumes.
 
-    .venv/bin/python bench/fsmap.py [--size-mib 2048] [--disk EXISTING.img] [--repeat 3] [--xfs-mib 2048]
+    .venv/bin/python bench/fsmap.py [--size-mib 2048] [--disk IMG] [--repeat 3] [--xfs-mib N] [--btrfs-mib N]
 
 Builds a sample disk (GPT: FAT32 ESP, NTFS, ext4, about 60 % full) unless --disk is given, then for
 each partition times ``disk.filesystems.used_extents`` (reading the image file at the partition's
 offset) and ``partclone.<fs> -D`` (on a read-only loop device of the partition), and prints the used
 bytes each found and the time ratio. Timings are printed, never asserted.
 
-``--xfs-mib N`` also builds a bare N MiB XFS (mkfs.xfs defaults, filled through a mount in a private
-mount namespace with about 45 % of files, a third of them deleted again) and measures it the same way.
+``--xfs-mib N`` / ``--btrfs-mib N`` also build a bare N MiB XFS / btrfs (mkfs defaults, filled
+through a mount in a private mount namespace with about 45 % of files, a third of them deleted again)
+and measure it the same way.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ PARTCLONE = {
     FsType.NTFS: "partclone.ntfs",
     FsType.FAT: "partclone.fat",
     FsType.XFS: "partclone.xfs",
+    FsType.BTRFS: "partclone.btrfs",
 }
+MKFS = {"xfs": ["mkfs.xfs", "-q", "-f"], "btrfs": ["mkfs.btrfs", "-q", "-f"]}
 XFS_FILL = """
 mount -o loop "$1" "$2"
 i=0
@@ -82,11 +85,11 @@ def _best(fn: object, repeat: int, cold: tuple[Path, ...] = ()) -> tuple[float, 
     return best, result
 
 
-def _build_xfs(path: Path, size_mib: int, work: Path) -> None:
+def _build_fs(kind: str, path: Path, size_mib: int, work: Path) -> None:
     with open(path, "wb") as f:
         f.truncate(size_mib * MiB)
-    subprocess.run(["mkfs.xfs", "-q", "-f", path], check=True, capture_output=True)
-    mnt = work / "xfs-mnt"
+    subprocess.run([*MKFS[kind], path], check=True, capture_output=True)
+    mnt = work / f"{kind}-mnt"
     mnt.mkdir()
     files = int(size_mib * MiB * 0.45 / (49 * 40000))
     subprocess.run(
@@ -112,6 +115,7 @@ def main() -> int:
     ap.add_argument("--keep", type=Path, help="build the sample disk here (or reuse it if it exists)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--xfs-mib", type=int, default=0, help="also measure a bare XFS of this size")
+    ap.add_argument("--btrfs-mib", type=int, default=0, help="also measure a bare btrfs of this size")
     ap.add_argument(
         "--cold", action="store_true", help="evict the image (and loop device) from the page cache"
     )
@@ -127,12 +131,13 @@ def main() -> int:
             build_sample_disk(disk, size=args.size_mib * MiB, fill=0.6, seed=1)
             print(f"built {args.size_mib} MiB sample disk in {time.perf_counter() - t:.1f} s")
         disks = [disk]
-        if args.xfs_mib:
-            xfs_img = work / "xfs.img"
-            t = time.perf_counter()
-            _build_xfs(xfs_img, args.xfs_mib, work)
-            print(f"built {args.xfs_mib} MiB XFS in {time.perf_counter() - t:.1f} s")
-            disks.append(xfs_img)
+        for kind, mib in (("xfs", args.xfs_mib), ("btrfs", args.btrfs_mib)):
+            if mib:
+                img = work / f"{kind}.img"
+                t = time.perf_counter()
+                _build_fs(kind, img, mib, work)
+                print(f"built {mib} MiB {kind} in {time.perf_counter() - t:.1f} s")
+                disks.append(img)
         rows = []
         for img in disks:
             with open(img, "rb") as f:

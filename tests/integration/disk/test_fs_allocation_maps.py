@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from disk_maps import partclone_map
+from disk_maps import blank, copy_extents, partclone_map
 
 from fleetcast.disk.filesystems import FsType, check_capturable, detect, total, used_extents
 from fleetcast.disk.filesystems.ntfs import AT_VOLUME_INFORMATION, Volume, attributes
@@ -51,12 +51,6 @@ def _hashes(root: Path) -> dict[str, str]:
     return out
 
 
-def _blank(path: Path, size: int) -> Path:
-    with open(path, "wb") as f:
-        f.truncate(size)
-    return path
-
-
 def _extents(img: Path) -> tuple[FsType, list[tuple[int, int]]]:
     size = img.stat().st_size
     with open(img, "rb") as f:
@@ -71,15 +65,6 @@ def _sectors(extents: list[tuple[int, int]]) -> set[int]:
     return out
 
 
-def _copy_extents(src: Path, dst: Path, extents: list[tuple[int, int]]) -> None:
-    _blank(dst, src.stat().st_size)
-    with open(src, "rb") as i, open(dst, "r+b") as o:
-        for start, length in extents:
-            i.seek(start)
-            o.seek(start)
-            o.write(i.read(length))
-
-
 @contextlib.contextmanager
 def _ntfs_mount(img: Path, mnt: Path, *, ro: bool = False) -> Iterator[Path]:
     mnt.mkdir(exist_ok=True)
@@ -91,7 +76,7 @@ def _ntfs_mount(img: Path, mnt: Path, *, ro: bool = False) -> Iterator[Path]:
 
 
 def _make_ext(tmp: Path, tree: Path, args: list[str], size: int = 64 * MiB) -> Path:
-    img = _blank(tmp / "ext.img", size)
+    img = blank(tmp / "ext.img", size)
     subprocess.run(["mkfs.ext4", "-q", "-F", *args, "-d", tree, img], check=True, capture_output=True)
     return img
 
@@ -116,7 +101,7 @@ def test_ext_matches_partclone_and_round_trips(tmp_path: Path, tree: Path, varia
     assert _sectors(theirs) <= _sectors(ours)
     assert total(ours) - total(theirs) <= 2048, "only the boot block may differ from partclone's map"
     copy = tmp_path / "copy.img"
-    _copy_extents(img, copy, ours)
+    copy_extents(img, copy, ours)
     subprocess.run(["e2fsck", "-fn", copy], check=True, capture_output=True)
     out = tmp_path / "out"
     out.mkdir()
@@ -132,7 +117,7 @@ def test_ext_bigalloc_falls_back_to_whole_partition(tmp_path: Path, tree: Path) 
 def test_fat32_with_few_clusters(tmp_path: Path, tree: Path) -> None:
     """mkfs.fat -F 32 with big clusters makes a FAT32 layout with < 65525 clusters (Linux reads it as
     FAT32 because BPB_FATSz16 is 0); the parser follows the layout, not the cluster count."""
-    img = _blank(tmp_path / "fat.img", 96 * MiB)
+    img = blank(tmp_path / "fat.img", 96 * MiB)
     subprocess.run(["mkfs.vfat", "-F", "32", "-s", "8", img], check=True, capture_output=True)
     fstype, empty = _extents(img)
     assert fstype is FsType.FAT
@@ -143,7 +128,7 @@ def test_fat32_with_few_clusters(tmp_path: Path, tree: Path) -> None:
 
 @pytest.mark.parametrize("bits", [12, 16, 32])
 def test_fat_round_trips(tmp_path: Path, tree: Path, bits: int) -> None:
-    img = _blank(tmp_path / "fat.img", 40 * MiB)
+    img = blank(tmp_path / "fat.img", 40 * MiB)
     subprocess.run(["mkfs.vfat", "-F", str(bits), img], check=True, capture_output=True)
     subprocess.run(["mcopy", "-s", "-i", img, *tree.iterdir(), "::/"], check=True)
     fstype, ours = _extents(img)
@@ -156,7 +141,7 @@ def test_fat_round_trips(tmp_path: Path, tree: Path, bits: int) -> None:
     else:
         assert ours == theirs
     copy = tmp_path / "copy.img"
-    _copy_extents(img, copy, ours)
+    copy_extents(img, copy, ours)
     subprocess.run(["fsck.vfat", "-n", copy], check=True, capture_output=True)
     out = tmp_path / "out"
     out.mkdir()
@@ -165,7 +150,7 @@ def test_fat_round_trips(tmp_path: Path, tree: Path, bits: int) -> None:
 
 
 def _make_ntfs(tmp: Path, tree: Path, args: list[str] = [], size: int = 64 * MiB) -> Path:  # noqa: B006
-    img = _blank(tmp / "ntfs.img", size)
+    img = blank(tmp / "ntfs.img", size)
     subprocess.run(["mkntfs", "-Q", "-F", *args, img], check=True, capture_output=True)
     with _ntfs_mount(img, tmp / "mnt") as mnt:
         for item in tree.iterdir():
@@ -190,7 +175,7 @@ def test_ntfs_matches_partclone_and_round_trips(tmp_path: Path, tree: Path, args
     # ours adds only the backup boot sector at the end of the volume
     assert total(ours) - total(theirs) <= 4096
     copy = tmp_path / "copy.img"
-    _copy_extents(img, copy, ours)
+    copy_extents(img, copy, ours)
     subprocess.run(["ntfsfix", "-n", copy], check=True, capture_output=True)
     with _ntfs_mount(copy, tmp_path / "mnt", ro=True) as mnt:
         got = _hashes(mnt)
@@ -267,7 +252,7 @@ def test_ntfs_hibernated_refused(tmp_path: Path, tree: Path) -> None:
 
 
 def test_bitlocker_detected_and_refused(tmp_path: Path, tree: Path) -> None:
-    img = _blank(tmp_path / "bl.img", 16 * MiB)
+    img = blank(tmp_path / "bl.img", 16 * MiB)
     subprocess.run(["mkntfs", "-Q", "-F", img], check=True, capture_output=True)
     with open(img, "r+b") as f:
         f.seek(3)
@@ -285,7 +270,7 @@ def test_bitlocker_detected_and_refused(tmp_path: Path, tree: Path) -> None:
 
 
 def test_swap_and_raw(tmp_path: Path) -> None:
-    img = _blank(tmp_path / "swap.img", 8 * MiB)
+    img = blank(tmp_path / "swap.img", 8 * MiB)
     subprocess.run(["mkswap", img], check=True, capture_output=True)
     with open(img, "rb") as f:
         assert detect(f, 0, 8 * MiB) is FsType.SWAP

@@ -1,7 +1,8 @@
 """Filesystem detection and allocation maps: which byte ranges of a partition hold data.
 
 ``detect`` looks at superblock magic (BitLocker "-FVE-FS-", NTFS "NTFS    ", FAT boot sector with a
-sane BPB, ext magic 0xEF53 at byte 1080, XFS "XFSB", swap "SWAPSPACE2"; everything else is RAW).
+sane BPB, ext magic 0xEF53 at byte 1080, XFS "XFSB", btrfs "_BHRfS_M" at 64 KiB, swap
+"SWAPSPACE2"; everything else is RAW).
 ``used_extents`` returns
 sorted, merged byte ranges relative to the partition start, read from the filesystem's own allocation
 map by the parsers in this package (no mount, read access only). ``check_capturable`` refuses BitLocker
@@ -17,7 +18,7 @@ import logging
 from pathlib import Path
 from typing import BinaryIO
 
-from fleetcast.disk.filesystems import ext, fat, ntfs, raw, xfs
+from fleetcast.disk.filesystems import btrfs, ext, fat, ntfs, raw, xfs
 from fleetcast.disk.filesystems.base import REGISTRY, Extent, Filesystem, FsType, merge, total
 from fleetcast.errors import FilesystemError, FleetcastError
 
@@ -28,6 +29,7 @@ __all__ = [
     "Extent",
     "Filesystem",
     "FsType",
+    "btrfs",
     "check_capturable",
     "detect",
     "ext",
@@ -42,7 +44,7 @@ __all__ = [
     "xfs",
 ]
 
-PROBE_BYTES = 65536
+PROBE_BYTES = 0x11000  # up to and including btrfs's superblock at 64 KiB
 
 
 def _head(f: BinaryIO, offset: int, size: int) -> bytes:

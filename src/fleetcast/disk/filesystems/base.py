@@ -25,6 +25,7 @@ class FsType(enum.StrEnum):
     FAT = "fat"
     SWAP = "swap"
     XFS = "xfs"
+    BTRFS = "btrfs"
     BITLOCKER = "bitlocker"
     RAW = "raw"
 
