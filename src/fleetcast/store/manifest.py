@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import blake3
 
+from fleetcast.disk.filesystems.base import FsType
 from fleetcast.errors import ManifestError
 from fleetcast.store.index import Entry, IndexInfo, IndexReader
 
@@ -46,7 +47,7 @@ HASH = "blake3"
 COMPRESSION = "zstd"
 AREA_KINDS = ("partition", "disk", "gap")
 OS_HINTS = ("windows", "linux")
-FSTYPES = ("ntfs", "ext", "fat", "swap", "bitlocker", "raw")
+FSTYPES = tuple(str(t) for t in FsType)  # every filesystem of the registry
 CHUNK_ID_RE = re.compile(r"[0-9a-f]{64}")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MIN_CHUNK_SIZE = 4096

@@ -191,7 +191,7 @@ CORPUS: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     (
         "fstype",
         _set("areas.1.fstype", "zfs"),
-        "areas[1].fstype must be one of ntfs, ext, fat, swap, bitlocker, raw; found 'zfs'",
+        "areas[1].fstype must be one of ntfs, ext, fat, swap, xfs, btrfs, bitlocker, raw; found 'zfs'",
     ),
     (
         "used > size",
