@@ -14,7 +14,7 @@ from typing import Any
 from fleetcast.errors import ChunkCorrupt, StoreError
 from fleetcast.store.chunkstore import chunk_hash, decompress_verify
 from fleetcast.store.images import ImageStore
-from fleetcast.store.manifest import CHUNK_ID_RE
+from fleetcast.store.manifest import CHUNK_ID_RE, PackRef
 
 logger = logging.getLogger(__name__)
 
@@ -43,14 +43,19 @@ class VerifyReport:
 
 
 def _check_one(
-    store: ImageStore, cid: str, slices: list[tuple[int, int, str]], what: str
+    store: ImageStore, cid: str, slices: list[tuple[int, int, str]], what: str, pack: PackRef | None = None
 ) -> tuple[int, str | None]:
-    """Decompress and re-hash one stored object, then check the slices (offset, length, hash) images use."""
+    """Decompress and re-hash one stored object, then check the slices (offset, length, hash) images use;
+    with ``pack`` (what the image records), first its stored size and hash (appended bytes fail)."""
+    from fleetcast.store.restore import check_stored
+
     try:
         stored = store.chunks.read(cid)
     except StoreError as exc:
         return 0, f"{what}: {exc.message}"
     try:
+        if pack is not None:
+            check_stored(what, pack, stored)
         data = decompress_verify(cid, stored, None, what=what)
     except ChunkCorrupt as exc:
         return 0, exc.message
@@ -68,8 +73,9 @@ def verify_image(store: ImageStore, name: str) -> VerifyReport:
         slices.setdefault(chunk.id, set()).add((chunk.offset, chunk.length, chunk.hash))
     report = VerifyReport(name)
     what = f"image {name!r}"
+    packs = {p.id: p for p in manifest.pack_refs()}
     with ThreadPoolExecutor(WORKERS) as pool:
-        for n, problem in pool.map(lambda c: _check_one(store, c, sorted(slices[c]), what), slices):
+        for n, problem in pool.map(lambda c: _check_one(store, c, sorted(slices[c]), what, packs[c]), slices):
             report.chunks += 1
             report.bytes += n
             if problem:
