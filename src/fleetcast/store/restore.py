@@ -25,14 +25,14 @@ import tempfile
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 import blake3
 
-from fleetcast.errors import ChunkCorrupt, DiskError, ManifestError, RestoreError
+from fleetcast.errors import ChunkCorrupt, DiskError, FleetcastError, ManifestError, RestoreError
 from fleetcast.progress import ProgressFn, human_bytes
 from fleetcast.store.chunkstore import decompress_verify
 from fleetcast.store.manifest import Area, Manifest, PackRef, check_entry
@@ -197,7 +197,11 @@ def restore(
         if on_checkpoint:
             on_checkpoint(frozenset(p.id for p in packs))
     except OSError as exc:
+        _remove_created(target, created)
         raise RestoreError(f"writing {what} to {target} failed: {exc.strerror}") from exc
+    except FleetcastError:
+        _remove_created(target, created)
+        raise
     finally:
         os.close(fd)
     if grow:
@@ -210,6 +214,15 @@ def restore(
         result.bytes_written,
     )
     return result
+
+
+def _remove_created(target: Path, created: bool) -> None:
+    """A restore that failed (a FleetcastError: corrupt pack, source gone, bad metadata) leaves no target
+    file it created; an existing target keeps its invalidated headers (it mounts as nothing, and a resume
+    can finish it)."""
+    if created:
+        with suppress(OSError):
+            os.unlink(target)
 
 
 def _write_table(manifest: Manifest, target: Path) -> None:

@@ -42,7 +42,7 @@ def test_flipped_byte_fails_verify_and_restore(golden: Path, tmp_path: Path, fle
     assert proc.returncode == 4
     assert (
         f"fleetcast: error: image 'g' failed verification: 1 bad chunk(s): "
-        f"image 'g': chunk {victim} is corrupt" in (proc.stderr)
+        f"image 'g': pack {victim} is corrupt: its stored bytes hash to " in (proc.stderr)
     )
     proc = fc(fleetcast_bin, "image", "verify", "g", "--store", store.root, "--json")
     assert proc.returncode == 4

@@ -209,3 +209,21 @@ def test_metadata_edits_are_refused_before_writing(
         restore(m, store.source(), target, expected_id="0" * 64)
     assert target.read_bytes() == b"untouched" * 1000
     IndexReader.open(image_dir / INDEX_FILE, m.index_info)  # the real index is fine
+
+
+def test_bytes_appended_to_a_pack_fail_verify_and_restore(golden: Path, tmp_path: Path) -> None:
+    store = ImageStore(tmp_path / "store")
+    m = capture(golden, "g", store, pack_size=PACK)
+    pack = m.pack_refs()[len(m.pack_refs()) // 2]
+    with open(store.chunk_path(pack.id), "ab") as f:
+        f.write(os.urandom(1000))
+    expected = (
+        f"image 'g': pack {pack.id} is corrupt: it is {pack.stored + 1000} bytes, "
+        f"the manifest records {pack.stored}"
+    )
+    assert store.verify("g").problems == [expected]
+    target = tmp_path / "new.img"
+    with pytest.raises(ChunkCorrupt) as err:
+        restore(m, store.source(), target)
+    assert err.value.message == expected
+    assert not target.exists()  # a failed restore leaves no target file it created
