@@ -54,3 +54,24 @@ def test_damaged_xfs_falls_back_to_the_whole_partition(tmp_path: Path) -> None:
     size = img.stat().st_size
     with open(img, "rb") as f:
         assert used_extents(FsType.XFS, f, 0, size) == [(0, size)]
+
+
+def test_xfs_and_btrfs_disks_capture_by_their_maps_and_restore(tmp_path: Path) -> None:
+    from fleetcast.store.capture import capture
+    from fleetcast.store.images import ImageStore
+    from fleetcast.store.restore import restore
+
+    store = ImageStore(tmp_path / "store")
+    tree = make_tree(tmp_path / "tree")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    for kind in ("xfs", "btrfs"):
+        img = blank(tmp_path / f"{kind}.img", 320 * MiB)
+        subprocess.run([f"mkfs.{kind}", "-q", "-f", img], check=True, capture_output=True)
+        in_mount_ns(FILL, img, mnt, tree)
+        manifest = capture(img, kind, store)
+        assert [a.fstype for a in manifest.areas] == [kind]
+        assert manifest.used_bytes < 110 * MiB
+        target = tmp_path / f"{kind}-restored.img"
+        restore(store.open(kind), store.source(), target)
+        assert in_mount_ns(HASHES, target, mnt) == in_mount_ns(HASHES, img, mnt)
