@@ -49,7 +49,7 @@ from fleetcast.disk.device import (
     declared_sector_size,
     inspect,
 )
-from fleetcast.errors import CommandError, DiskError, ManifestError
+from fleetcast.errors import CommandError, DiskError
 from fleetcast.run import run, run_text
 
 logger = logging.getLogger(__name__)
@@ -62,6 +62,11 @@ _NO_TABLE = "does not contain a recognized partition table"
 GPT_DEFAULT_ENTRIES = 128
 EXTENDED_TYPES = ("5", "f", "85")
 MBR_SIGNATURE = b"\x55\xaa"
+
+
+class TableError(DiskError):
+    """A partition-table description (what a manifest's "table" holds) that is not valid; the store
+    reports it as a ManifestError."""
 
 
 @dataclass(frozen=True)
@@ -157,14 +162,14 @@ class PartitionTable:
 
     @classmethod
     def from_dict(cls, d: object) -> PartitionTable:
-        """Validate and build; raises ManifestError naming the field, what was expected and what was found."""
+        """Validate and build; raises TableError naming the field, what was expected and what was found."""
         d = _expect_dict(d, "partition table", TABLE_KEYS, optional=("ebrs",))
         label = d["label"]
         if label not in LABELS:
-            raise ManifestError(f"partition table: 'label' must be one of gpt, dos, none; found {label!r}")
+            raise TableError(f"partition table: 'label' must be one of gpt, dos, none; found {label!r}")
         sector_size = _expect_int(d["sector_size"], "partition table: 'sector_size'", minimum=512)
         if sector_size & (sector_size - 1) or sector_size > 65536:
-            raise ManifestError(
+            raise TableError(
                 f"partition table: 'sector_size' must be a power of two from 512 to 65536; "
                 f"found {sector_size}"
             )
@@ -174,40 +179,36 @@ class PartitionTable:
         length = _expect_opt_int(d["table_length"], "partition table: 'table_length'")
         if label == "gpt":
             if not _GUID_RE.fullmatch(disk_id):
-                raise ManifestError(
+                raise TableError(
                     f"partition table: a GPT disk 'id' must be an upper-case GUID; found {disk_id!r}"
                 )
             if first is None or last is None or last < first:
-                raise ManifestError(
+                raise TableError(
                     f"partition table: a GPT needs first_lba <= last_lba; "
                     f"found first_lba={first}, last_lba={last}"
                 )
         elif label == "dos":
             if not _DOS_ID_RE.fullmatch(disk_id):
-                raise ManifestError(
+                raise TableError(
                     f"partition table: an MBR disk 'id' must look like 0x1234abcd; found {disk_id!r}"
                 )
             if first is not None or last is not None or length is not None:
-                raise ManifestError(
-                    "partition table: first_lba, last_lba and table_length must be null for MBR"
-                )
+                raise TableError("partition table: first_lba, last_lba and table_length must be null for MBR")
         elif disk_id or first is not None or last is not None or length is not None:
-            raise ManifestError("partition table: label 'none' must have an empty id and null LBAs")
+            raise TableError("partition table: label 'none' must have an empty id and null LBAs")
         raw_parts = d["partitions"]
         if not isinstance(raw_parts, list):
-            raise ManifestError(
+            raise TableError(
                 f"partition table: 'partitions' must be a list; found {type(raw_parts).__name__}"
             )
         if label == "none" and raw_parts:
-            raise ManifestError(
-                f"partition table: label 'none' must have no partitions; found {len(raw_parts)}"
-            )
+            raise TableError(f"partition table: label 'none' must have no partitions; found {len(raw_parts)}")
         parts = tuple(_partition_from_dict(p, i, label) for i, p in enumerate(raw_parts))
         numbers = [p.number for p in parts]
         if len(set(numbers)) != len(numbers):
-            raise ManifestError(f"partition table: partition numbers repeat: {numbers}")
+            raise TableError(f"partition table: partition numbers repeat: {numbers}")
         if numbers != sorted(numbers):
-            raise ManifestError(f"partition table: partitions must be sorted by number; found {numbers}")
+            raise TableError(f"partition table: partitions must be sorted by number; found {numbers}")
         ebrs = _ebrs_from_dict(d.get("ebrs", []), label, parts)
         return cls(label, disk_id, sector_size, first, last, length, parts, ebrs)
 
@@ -220,21 +221,21 @@ def _expect_dict(
     d: object, what: str, keys: tuple[str, ...], optional: tuple[str, ...] = ()
 ) -> dict[str, Any]:
     if not isinstance(d, dict):
-        raise ManifestError(f"{what} must be an object; found {type(d).__name__}")
+        raise TableError(f"{what} must be an object; found {type(d).__name__}")
     missing = [k for k in keys if k not in d]
     if missing:
-        raise ManifestError(f"{what} is missing {', '.join(repr(k) for k in missing)}")
+        raise TableError(f"{what} is missing {', '.join(repr(k) for k in missing)}")
     extra = sorted(str(k) for k in d if k not in keys and k not in optional)
     if extra:
-        raise ManifestError(f"{what} has unknown fields {', '.join(repr(k) for k in extra)}")
+        raise TableError(f"{what} has unknown fields {', '.join(repr(k) for k in extra)}")
     return d
 
 
 def _expect_int(v: object, what: str, *, minimum: int = 0) -> int:
     if not isinstance(v, int) or isinstance(v, bool):
-        raise ManifestError(f"{what} must be an integer; found {v!r}")
+        raise TableError(f"{what} must be an integer; found {v!r}")
     if v < minimum:
-        raise ManifestError(f"{what} must be at least {minimum}; found {v}")
+        raise TableError(f"{what} must be at least {minimum}; found {v}")
     return v
 
 
@@ -244,23 +245,23 @@ def _expect_opt_int(v: object, what: str) -> int | None:
 
 def _expect_str(v: object, what: str) -> str:
     if not isinstance(v, str):
-        raise ManifestError(f"{what} must be a string; found {v!r}")
+        raise TableError(f"{what} must be a string; found {v!r}")
     return v
 
 
 def _ebrs_from_dict(raw: object, label: str, parts: tuple[Partition, ...]) -> tuple[int, ...]:
     if not isinstance(raw, list):
-        raise ManifestError(f"partition table: 'ebrs' must be a list; found {type(raw).__name__}")
+        raise TableError(f"partition table: 'ebrs' must be a list; found {type(raw).__name__}")
     ebrs = tuple(_expect_int(v, f"partition table: ebrs[{i}]", minimum=1) for i, v in enumerate(raw))
     logicals = sorted((p for p in parts if p.number > 4), key=lambda p: p.number)
     if ebrs and (label != "dos" or len(ebrs) != len(logicals)):
-        raise ManifestError(
+        raise TableError(
             f"partition table: 'ebrs' needs one sector per MBR logical partition ({len(logicals)}); "
             f"found {len(ebrs)} on label {label!r}"
         )
     for lba, p in zip(ebrs, logicals, strict=False):
         if lba >= p.start:
-            raise ManifestError(
+            raise TableError(
                 f"partition table: the EBR of partition {p.number} at sector {lba} must lie before "
                 f"its start {p.start}"
             )
@@ -279,23 +280,23 @@ def _partition_from_dict(d: object, index: int, label: str) -> Partition:
     attrs = _expect_str(d["attrs"], f"{what}.attrs")
     bootable = d["bootable"]
     if not isinstance(bootable, bool):
-        raise ManifestError(f"{what}.bootable must be true or false; found {bootable!r}")
+        raise TableError(f"{what}.bootable must be true or false; found {bootable!r}")
     if label == "gpt":
         if not _GUID_RE.fullmatch(ptype):
-            raise ManifestError(f"{what}.type must be an upper-case GUID on GPT; found {ptype!r}")
+            raise TableError(f"{what}.type must be an upper-case GUID on GPT; found {ptype!r}")
         if not _GUID_RE.fullmatch(uuid):
-            raise ManifestError(f"{what}.uuid must be an upper-case GUID on GPT; found {uuid!r}")
+            raise TableError(f"{what}.uuid must be an upper-case GUID on GPT; found {uuid!r}")
         if bootable:
-            raise ManifestError(f"{what}.bootable must be false on GPT (use attrs)")
+            raise TableError(f"{what}.bootable must be false on GPT (use attrs)")
         if "\n" in name or len(name) > 36:
-            raise ManifestError(f"{what}.name must be one line of at most 36 characters; found {name!r}")
+            raise TableError(f"{what}.name must be one line of at most 36 characters; found {name!r}")
         if "\n" in attrs or '"' in attrs:
-            raise ManifestError(f"{what}.attrs must not contain quotes or newlines; found {attrs!r}")
+            raise TableError(f"{what}.attrs must not contain quotes or newlines; found {attrs!r}")
     else:
         if not _DOS_TYPE_RE.fullmatch(ptype):
-            raise ManifestError(f"{what}.type must be a hex byte like '83' on MBR; found {ptype!r}")
+            raise TableError(f"{what}.type must be a hex byte like '83' on MBR; found {ptype!r}")
         if uuid or name or attrs:
-            raise ManifestError(f"{what}: uuid, name and attrs must be empty on MBR")
+            raise TableError(f"{what}: uuid, name and attrs must be empty on MBR")
     return Partition(number, start, size, ptype, uuid, name, attrs, bootable)
 
 

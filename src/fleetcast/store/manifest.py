@@ -387,9 +387,12 @@ class Manifest:
         lss = _sector(disk["logical_sector_size"], "disk.logical_sector_size")
         pss = _sector(disk["physical_sector_size"], "disk.physical_sector_size")
         table_dict = d["table"]
-        from fleetcast.disk.partitions import PartitionTable
+        from fleetcast.disk.partitions import PartitionTable, TableError
 
-        table = PartitionTable.from_dict(table_dict)
+        try:
+            table = PartitionTable.from_dict(table_dict)
+        except TableError as exc:
+            raise ManifestError(exc.message, hint=exc.hint) from exc
         if table.sector_size != lss:
             raise ManifestError(
                 f"partition table sector size {table.sector_size} differs from disk.logical_sector_size {lss}"

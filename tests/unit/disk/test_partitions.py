@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 
-from fleetcast.disk.partitions import Partition, PartitionTable, parse_sfdisk_json, sfdisk_script
-from fleetcast.errors import ManifestError
+from fleetcast.disk.partitions import Partition, PartitionTable, TableError, parse_sfdisk_json, sfdisk_script
 
 GPT = PartitionTable(
     "gpt",
@@ -110,7 +109,7 @@ BAD = [
 
 @pytest.mark.parametrize(("data", "message"), BAD)
 def test_from_dict_rejects(data: object, message: str) -> None:
-    with pytest.raises(ManifestError) as err:
+    with pytest.raises(TableError) as err:
         PartitionTable.from_dict(data)
     assert str(err.value) == message
 
@@ -119,12 +118,12 @@ def test_dos_rejects_gpt_fields() -> None:
     d = DOS.to_dict()
     d["first_lba"] = 34
     with pytest.raises(
-        ManifestError, match=r"^partition table: first_lba, last_lba and table_length must be null"
+        TableError, match=r"^partition table: first_lba, last_lba and table_length must be null"
     ):
         PartitionTable.from_dict(d)
     d = DOS.to_dict()
     d["partitions"][0]["uuid"] = "X"
-    with pytest.raises(ManifestError) as err:
+    with pytest.raises(TableError) as err:
         PartitionTable.from_dict(d)
     assert str(err.value) == "partition table: partitions[0]: uuid, name and attrs must be empty on MBR"
 
@@ -204,3 +203,20 @@ def test_parse_sfdisk_json_unexpected_output() -> None:
         with pytest.raises(DiskError) as err:
             parse_sfdisk_json(pt, Path("/x/d"))
         assert str(err.value) == f"sfdisk's description of /x/d {message}"
+
+
+def test_a_bad_table_in_a_manifest_is_a_manifest_error() -> None:
+    """disk/ raises its own TableError (a DiskError); the store translates it at its boundary."""
+    import json
+    from pathlib import Path
+
+    from fleetcast.errors import DiskError, ManifestError
+    from fleetcast.store.manifest import Manifest
+
+    path = Path(__file__).parents[2] / "data/v1-image/store/images/v1-sample/manifest.json"
+    raw = json.loads(path.read_text())
+    raw["table"]["label"] = "sun"
+    with pytest.raises(ManifestError) as err:
+        Manifest.from_json(json.dumps(raw).encode())
+    assert str(err.value) == "partition table: 'label' must be one of gpt, dos, none; found 'sun'"
+    assert issubclass(TableError, DiskError) and not issubclass(TableError, ManifestError)
