@@ -54,7 +54,7 @@ def make_image(store_root: Path, name: str = "tiny") -> Manifest:
         fh.write(os.urandom(3 << 20))
     store = ImageStore(store_root)
     store.ensure()
-    manifest = capture(raw, name, store)
+    manifest = capture(raw, name, store, pack_size=1 << 20)  # several packs: the agent restarts mid-way
     raw.unlink()
     return manifest
 
@@ -187,7 +187,7 @@ class SimAgent:
                 return
             self.task = reply["task"]
             manifest = Manifest.from_json(self.get(f"/api/agent/images/{self.task['image']}/manifest"))
-            self.chunks = [c.id for _, c in manifest.entries()]
+            self.chunks = manifest.pack_ids()  # format 2: the packs, from the manifest alone
             self.next_chunk = int(self.task["resume_chunk"])
             self.progress("selecting-disk", 0, len(self.chunks))
             return
