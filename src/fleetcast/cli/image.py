@@ -112,7 +112,7 @@ def summary(m: Manifest) -> dict[str, Any]:
                 "os_hint": a.os_hint,
                 "used_bytes": a.used,
                 "data_bytes": a.data_bytes,
-                "chunks": len(a.chunks),
+                "chunks": a.entry_count,
             }
             for a in m.areas
             if a.kind != "gap"
@@ -218,7 +218,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"used       {_hb(m.used_bytes)}, data {_hb(m.data_bytes)}, stored {_hb(m.stored_bytes)}")
     print()
     rows = [
-        [a.label, str(a.start), _hb(a.size), a.fstype, _hb(a.used), _hb(a.data_bytes), str(len(a.chunks))]
+        [a.label, str(a.start), _hb(a.size), a.fstype, _hb(a.used), _hb(a.data_bytes), str(a.entry_count)]
         for a in m.areas
     ]
     print_table(["AREA", "START", "SIZE", "FS", "USED", "DATA", "CHUNKS"], rows)
