@@ -24,7 +24,7 @@ from typing import BinaryIO
 import blake3
 
 from fleetcast import __version__
-from fleetcast.errors import CaptureError, FleetcastError, UsageError
+from fleetcast.errors import CaptureError, UsageError
 from fleetcast.progress import ProgressFn
 from fleetcast.store.chunkstore import DEFAULT_LEVEL, MAX_OBJECT_BYTES, chunk_hash, compress
 from fleetcast.store.images import ImageStore, check_name
@@ -82,6 +82,7 @@ def capture(
     """Capture ``source`` as image ``name`` (format 2) through ``sink`` (default: the local store's);
     the image is visible only once complete and durable."""
     from fleetcast.disk.device import inspect
+    from fleetcast.disk.filesystems import probe_os
     from fleetcast.disk.partitions import read_table
 
     check_name(name)
@@ -113,7 +114,7 @@ def capture(
         plans = _plan(f, source, table, info_disk.size, force_raw=force_raw)
         for plan in plans:
             if plan.kind != "gap":
-                plan.os_hint = _probe_os(source, plan)
+                plan.os_hint = probe_os(plan.fstype, source, f, plan.start, plan.size)
         with (
             sink or StoreSink(store, name) as out,
             tempfile.TemporaryDirectory(prefix="fleetcast-capture-") as tmp,
@@ -259,34 +260,6 @@ def _gap(start: int, size: int) -> _Plan:
     # the head of the disk is kept exactly (zeros included); other gaps only for the data they hold
     head = start < HEAD_BYTES
     return _Plan("gap", None, start, size, "raw", [(0, size)], keep_zeros=head)
-
-
-def _probe_os(source: Path, plan: _Plan) -> str | None:
-    """Best effort: 'windows' for NTFS with Windows/System32/config, 'linux' for ext with /etc/os-release."""
-    from fleetcast.run import run
-
-    try:
-        if plan.fstype == "ext":
-            proc = run(
-                ["debugfs", "-R", "stat /etc/os-release", f"{source}?offset={plan.start}"],
-                check=False,
-                timeout=30,
-            )
-            out = (proc.stdout or b"") + (proc.stderr or b"")
-            return "linux" if proc.returncode == 0 and b"Inode:" in out else None
-        if plan.fstype == "ntfs":
-            from fleetcast.disk.loop import attach
-
-            with attach(source, read_only=True, offset=plan.start, sizelimit=plan.size) as dev:
-                proc = run(
-                    ["ntfsls", "-f", "-p", "/Windows/System32/config", os.fspath(dev)],
-                    check=False,
-                    timeout=60,
-                )
-            return "windows" if proc.returncode == 0 and proc.stdout else None
-    except (FleetcastError, OSError) as exc:
-        logger.debug("os probe of %s at %d failed: %s", source, plan.start, exc)
-    return None
 
 
 def _windows(used: list[Extent], size: int, chunk_size: int) -> Iterator[tuple[int, list[Extent]]]:
