@@ -107,3 +107,16 @@ def test_mounted_mounts_by_the_registry(tmp_path: Path) -> None:
         text=True,
     ).stdout
     assert out.strip() == "['SYSTEM']"
+
+
+def test_capture_probes_windows_without_a_loop_device(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 14: a capture killed during its NTFS OS check leaked the probe's loop device."""
+    from fleetcast.store.capture import capture
+    from fleetcast.store.images import ImageStore
+
+    win = _ntfs(tmp_path, "win.img", windows=True)
+    monkeypatch.setattr(loop, "attach", _no_loop)
+    manifest = capture(win, "win", ImageStore(tmp_path / "store"))
+    assert manifest.os_hint == "windows"
