@@ -165,3 +165,23 @@ def test_warm_for_other_ids_is_dropped() -> None:
         src.warm(["a" * 64, "b" * 64])
         got = list(src.fetch_many(["c" * 64, "d" * 64]))
     assert got == [("c" * 64, b"c" * 64), ("d" * 64, b"d" * 64)]
+
+
+def test_packs_asks_only_for_the_missing_packs() -> None:
+    from fleetcast.store.source import PackSource
+
+    asked: list[str] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        asked.append(req.url.path.rsplit("/", 1)[1])
+        return httpx.Response(200, content=asked[-1].encode())
+
+    ids = [f"{i:064x}" for i in range(10)]
+    missing = ids[3:7]
+    with HttpChunkSource(
+        BASE, "c", workers=2, prefetch=4, client=_client(httpx.MockTransport(handler))
+    ) as src:
+        assert isinstance(src, PackSource)
+        got = dict(src.packs(missing))
+    assert sorted(asked) == missing and list(got) == missing
+    assert all(got[p] == p.encode() for p in missing)
