@@ -1,0 +1,421 @@
+// fleetcast console: reads the public REST API with the session cookie, renders with textContent
+// (never innerHTML: every string an agent sends stays text), follows /api/events for live updates.
+"use strict";
+
+const csrf = (document.querySelector('meta[name="csrf-token"]') || {}).content || "";
+const $ = (sel, root) => (root || document).querySelector(sel);
+
+class ApiError extends Error {
+  constructor(status, body) {
+    super((body && body.message) || `HTTP ${status}`);
+    this.status = status;
+    this.hint = body && body.hint;
+  }
+}
+
+async function api(method, path, body) {
+  const init = { method, credentials: "same-origin", headers: { "X-CSRF-Token": csrf } };
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const r = await fetch(path, init);
+  if (r.status === 401) {
+    location.assign("/signin?expired=1");
+    throw new ApiError(401, { message: "signed out" });
+  }
+  const data = await r.json().catch(() => null);
+  if (!r.ok) throw new ApiError(r.status, data);
+  return data;
+}
+
+// -- formatting: sizes as the CLI prints them (human_bytes), times in the browser's zone ---------
+function bytes(n) {
+  if (n === null || n === undefined) return "";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (Math.abs(n) >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return i === 0 ? `${n.toFixed(0)} B` : `${n.toFixed(1)} ${units[i]}`;
+}
+function disksize(n) { return n ? `${(n / 1e9).toFixed(1)} GB (${bytes(n)})` : ""; }
+function rate(bps) { return bps ? `${(bps / 1e6).toFixed(1)} MB/s` : ""; }
+function duration(s) {
+  if (s === null || s === undefined) return "";
+  s = Math.max(0, Math.round(s));
+  const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), sec = s % 60;
+  const pad = (x) => String(x).padStart(2, "0");
+  return h ? `${h}:${pad(m)}:${pad(sec)}` : `${m}:${pad(sec)}`;
+}
+function when(iso) { return iso ? new Date(iso).toLocaleString() : ""; }
+
+function el(tag, attrs, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === "class") e.className = v;
+    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else e.setAttribute(k, v === true ? "" : String(v));
+  }
+  for (const c of children) if (c !== null && c !== undefined) e.append(c instanceof Node ? c : String(c));
+  return e;
+}
+
+function problem(err) {
+  const box = $("#problem");
+  if (!err) { box.hidden = true; box.textContent = ""; return; }
+  box.textContent = err.message + (err.hint ? ` (${err.hint})` : "");
+  box.hidden = false;
+}
+
+function throttled(fn, ms) {
+  let timer = null;
+  return () => { if (!timer) timer = setTimeout(() => { timer = null; fn(); }, ms); };
+}
+
+function live(path, onEvent) {
+  // EventSource sends the session cookie; no token in the URL
+  const es = new EventSource(path);
+  es.onmessage = (m) => onEvent(JSON.parse(m.data));
+  for (const t of ["client-enrolled", "client-seen", "client-stale", "deployment-created", "client-queued",
+    "client-assigned", "client-started", "client-progress", "client-resumed", "client-restarted", "client-done",
+    "client-failed", "client-cancelled", "deployment-finished", "deployment-cancelled"]) {
+    es.addEventListener(t, (m) => onEvent(JSON.parse(m.data)));
+  }
+  return es;
+}
+
+function progressCell(done, total) {
+  const pct = total ? Math.floor((100 * done) / total) : 0;
+  return el("span", { class: "bar" }, el("progress", { max: 100, value: pct, "aria-label": `${pct} %` }), ` ${pct} %`);
+}
+
+// -- dashboard ------------------------------------------------------------------------------------
+async function dashboard() {
+  const progress = {}; // mac -> last client-progress event
+  const results = {}; // mac -> done | failed (last deployment)
+  const selected = new Set();
+  let clients = [];
+  const canChange = document.body.dataset.role !== "viewer";
+
+  function status(c) {
+    if (!c.online) return "offline";
+    if (c.state === "running") return "deploying";
+    if (c.state === "queued") return "queued";
+    return results[c.mac] || "idle";
+  }
+  function model(c) { return (c.dmi && c.dmi.model) || ""; }
+  function shown(c) {
+    const q = $("#filter").value.trim().toLowerCase();
+    if (!q) return true;
+    return [c.hostname, c.mac, ...(c.macs || []), model(c), status(c), c.address].some((v) => (v || "").toLowerCase().includes(q));
+  }
+  function draw() {
+    const online = clients.filter((c) => c.online).length;
+    $("#connected").textContent = `${online} client${online === 1 ? "" : "s"} connected`;
+    const body = $("#clients tbody");
+    body.replaceChildren();
+    for (const c of clients) {
+      if (!shown(c)) continue;
+      const st = status(c);
+      const p = progress[c.mac];
+      const prog = st === "deploying" && p ? [progressCell(p.bytes_done, p.bytes_total), " ", rate(p.rate_bps)] : [c.phase || ""];
+      const box = el("input", { type: "checkbox", "aria-label": `select ${c.hostname || c.mac}`, checked: selected.has(c.mac),
+        onchange: (e) => { e.target.checked ? selected.add(c.mac) : selected.delete(c.mac); } });
+      const name = el("button", { type: "button", class: "link", onclick: () => inventory(c) }, c.hostname || c.mac);
+      body.append(el("tr", { "data-mac": c.mac, "data-state": st }, el("td", {}, box), el("td", {}, name), el("td", { class: "mono" }, c.mac),
+        el("td", {}, c.address), el("td", {}, model(c)), el("td", {}, el("span", { class: `state ${st}` }, st)),
+        el("td", {}, ...prog), el("td", {}, when(c.last_seen))));
+    }
+  }
+  function inventory(c) {
+    const box = $("#inventory");
+    const cpu = c.cpu ? `${c.cpu.model || ""} (${c.cpu.cores || "?"} core${c.cpu.cores === 1 ? "" : "s"})` : "";
+    const disks = el("table", {}, el("thead", {}, el("tr", {}, ...["Disk", "Model", "Serial", "Size"].map((h) => el("th", { scope: "col" }, h)))),
+      el("tbody", {}, ...(c.disks || []).map((d) => el("tr", {}, el("td", { class: "mono" }, d.path || d.name || ""), el("td", {}, d.model || ""),
+        el("td", { class: "mono" }, d.serial || ""), el("td", {}, disksize(d.size))))));
+    const nics = (c.macs || [c.mac]).join(", ");
+    const dmi = c.dmi || {};
+    box.replaceChildren(el("h2", { tabindex: -1 }, `Inventory of ${c.hostname || c.mac}`),
+      el("dl", {}, el("dt", {}, "Machine"), el("dd", {}, `${dmi.vendor || ""} ${dmi.model || ""}`.trim()),
+        el("dt", {}, "Serial"), el("dd", {}, dmi.serial || ""), el("dt", {}, "CPU"), el("dd", {}, cpu),
+        el("dt", {}, "RAM"), el("dd", {}, bytes(c.ram_bytes)), el("dt", {}, "NICs"), el("dd", { class: "mono" }, nics),
+        el("dt", {}, "Agent"), el("dd", {}, c.agent_version || "")), disks);
+    box.hidden = false;
+    box.querySelector("h2").focus();
+  }
+  async function load() {
+    try {
+      clients = (await api("GET", "/api/clients")).clients;
+      problem(null);
+    } catch (err) { problem(err); }
+    draw();
+  }
+  const deps = (await api("GET", "/api/deployments")).deployments;
+  if (deps.length) {
+    const d = await api("GET", `/api/deployments/${deps[0].deployment}`);
+    for (const t of d.clients) if (t.state === "done" || t.state === "failed") results[t.mac] = t.state;
+  }
+  $("#filter").addEventListener("input", draw);
+  $("#select-all").addEventListener("click", () => { clients.filter(shown).forEach((c) => selected.add(c.mac)); draw(); });
+  $("#select-none").addEventListener("click", () => { selected.clear(); draw(); });
+  const go = $("#deploy-selected");
+  if (go && canChange) go.addEventListener("click", () => {
+    const macs = [...selected];
+    location.assign("/deploy" + (macs.length ? `?clients=${encodeURIComponent(macs.join(","))}` : ""));
+  });
+  const reload = throttled(load, 500);
+  live("/api/events", (ev) => {
+    if (ev.type === "client-progress") progress[ev.mac] = ev;
+    if (ev.type === "client-done") results[ev.mac] = "done";
+    if (ev.type === "client-failed") results[ev.mac] = "failed";
+    if (ev.type === "client-assigned" || ev.type === "client-queued") delete results[ev.mac];
+    if (ev.type === "client-progress") draw(); else reload();
+  });
+  await load();
+  setInterval(load, 15000); // offline clients: the server marks them stale without a per-client event
+}
+
+// -- deploy wizard -----------------------------------------------------------------------------
+const FIELD_OF = [ // a problem's message -> the field it concerns
+  [/^image/i, "image"], [/^(client|no clients)/i, "clients"], [/disk rule|^disk/i, "disk"], [/^batch/i, "batch"],
+  [/^name pattern|name/i, "name"], [/^gateway|gateway/i, "gateway"], [/^IP|address/i, "ip"], [/post action|then/i, "then"],
+];
+const STEP_OF = { image: 1, clients: 2, disk: 3, batch: 4, name: 5, ip: 6, gateway: 6, then: 8 };
+
+async function wizard() {
+  const form = $("#wizard");
+  const steps = [...form.querySelectorAll(".step")];
+  let step = 1;
+  const preset = new URLSearchParams(location.search).get("clients");
+
+  const images = (await api("GET", "/api/images")).images;
+  const sel = $("#image");
+  for (const im of images) sel.append(el("option", { value: im.name }, `${im.name} (${disksize(im.disk_size)})`));
+  const showImage = () => {
+    const im = images.find((i) => i.name === sel.value);
+    $("#image-info").textContent = im ? `OS: ${im.os_hint || "unknown"} · created ${when(im.created)} · stored ${bytes(im.stored_bytes)}` : "No images in the store.";
+  };
+  sel.addEventListener("change", showImage); showImage();
+
+  const clients = (await api("GET", "/api/clients")).clients;
+  const choices = $("#client-choices");
+  for (const c of clients) {
+    const id = `c-${c.mac.replaceAll(":", "")}`;
+    choices.append(el("label", { for: id }, el("input", { type: "checkbox", id, value: c.mac, checked: !preset || preset.split(",").includes(c.mac) }),
+      ` ${c.hostname || ""} ${c.mac}${c.online ? "" : " (offline)"}`));
+  }
+  if (preset) form.elements.which.value = "some";
+
+  function body() {
+    const f = form.elements;
+    const macs = [...choices.querySelectorAll("input:checked")].map((i) => i.value);
+    return {
+      image: f.image.value, clients: f.which.value === "all" ? "all" : macs, disk: f.disk.value.trim(),
+      batch: Number(f.batch.value), name: f.name.value.trim() || null, ip: f.ip.value.trim() || null,
+      gateway: f.gateway.value.trim() || null, dns: f.dns.value.trim(), grow: f.grow.checked, then: f.then.value,
+    };
+  }
+  function clearErrors() { form.querySelectorAll(".error").forEach((p) => { p.textContent = ""; }); form.querySelectorAll("[aria-invalid]").forEach((i) => i.removeAttribute("aria-invalid")); }
+  function showError(err) {
+    const field = (FIELD_OF.find(([re]) => re.test(err.message)) || [null, null])[1];
+    const spot = field && form.querySelector(`.error[data-for="${field}"]`);
+    const text = err.message + (err.hint ? `. ${err.hint}` : "");
+    if (spot) {
+      spot.textContent = text;
+      const input = form.elements[field];
+      if (input && input.setAttribute) { input.setAttribute("aria-invalid", "true"); }
+      return STEP_OF[field];
+    }
+    problem(err);
+    return null;
+  }
+  function planTable(plan) {
+    return el("table", {}, el("thead", {}, el("tr", {}, ...["#", "MAC", "Name", "IP"].map((h) => el("th", { scope: "col" }, h)))),
+      el("tbody", {}, ...plan.clients.map((c) => el("tr", {}, el("td", {}, c.n), el("td", { class: "mono" }, c.mac), el("td", {}, c.name || "(kept)"), el("td", {}, c.ip || "(DHCP)")))));
+  }
+  async function plan() { return api("POST", "/api/deployments/plan", body()); }
+  async function preview(target) {
+    try {
+      const p = await plan();
+      clearErrors();
+      $(target).replaceChildren(planTable(p));
+    } catch (err) {
+      clearErrors();
+      if (err.status !== 401) showError(err);
+      $(target).replaceChildren();
+    }
+  }
+  const namePreview = throttled(() => preview("#name-preview"), 300);
+  const ipPreview = throttled(() => preview("#ip-preview"), 300);
+  $("#name").addEventListener("input", namePreview);
+  for (const id of ["#ip", "#gateway", "#dns"]) $(id).addEventListener("input", ipPreview);
+
+  function show(n) {
+    step = n;
+    steps.forEach((s) => { s.hidden = Number(s.dataset.step) !== n; });
+    [...$("#steps").children].forEach((li, i) => { li.classList.toggle("current", i + 1 === n); li.toggleAttribute("aria-current", i + 1 === n); });
+    $("#back").disabled = n === 1;
+    $("#next").hidden = n === steps.length;
+    $("#start").hidden = n !== steps.length;
+    const first = steps[n - 1].querySelector("input:not([disabled]), select");
+    if (first) first.focus();
+    if (n === 5) preview("#name-preview");
+    if (n === 6) preview("#ip-preview");
+  }
+  async function next() {
+    clearErrors(); problem(null);
+    if (step === 1 && !sel.value) { $('.error[data-for="image"]').textContent = "There is no image to deploy: capture one first."; return; }
+    if (step >= 2) {
+      try {
+        const p = await plan();
+        if (step + 1 === steps.length) {
+          const b = body();
+          $("#review").replaceChildren(el("p", {}, `Image ${p.image} (${disksize(p.image_size)}) to disk rule ${p.disk}, ${b.batch} at a time, then ${b.then}.`),
+            el("p", {}, `Gateway ${p.gateway || "(none)"} · DNS ${(p.dns || []).join(", ") || "(none)"}`), planTable(p));
+        }
+      } catch (err) {
+        const at = showError(err);
+        if (at && at <= step) { show(at); showError(err); return; }
+        if (!at) return;
+      }
+    }
+    show(step + 1);
+  }
+  $("#next").addEventListener("click", next);
+  $("#back").addEventListener("click", () => show(step - 1));
+  $("#start").addEventListener("click", async () => {
+    $("#start").disabled = true;
+    try {
+      const d = await api("POST", "/api/deployments", body());
+      location.assign(`/deployments/${d.deployment}`);
+    } catch (err) {
+      $("#start").disabled = false;
+      const at = showError(err);
+      if (at) { show(at); showError(err); }
+    }
+  });
+  form.addEventListener("submit", (e) => { e.preventDefault(); next(); });
+  show(1);
+}
+
+// -- deployment page ---------------------------------------------------------------------------
+async function deployment() {
+  const id = document.body.dataset.deployment;
+  let dep = null;
+  const lines = [];
+  function draw() {
+    $("#dep-state").textContent = dep.state;
+    $("#dep-state").className = `state ${dep.state}`;
+    const body = $("#targets tbody");
+    body.replaceChildren();
+    let done = 0, total = 0, eta = 0;
+    for (const t of dep.clients) {
+      const size = t.bytes_total || dep.image_size || 0;
+      const have = t.state === "done" ? size : t.bytes || 0;
+      done += have; total += size;
+      if (t.state === "running" && t.eta_seconds) eta = Math.max(eta, t.eta_seconds);
+      body.append(el("tr", { "data-mac": t.mac, "data-state": t.state }, el("td", {}, t.n), el("td", {}, t.name || ""), el("td", {}, t.ip || ""),
+        el("td", { class: "mono" }, t.mac), el("td", {}, el("span", { class: `state ${t.state}` }, t.state)), el("td", {}, t.phase || ""),
+        el("td", {}, progressCell(have, size), ` ${bytes(have)} of ${bytes(size)}`), el("td", {}, t.state === "running" ? rate(t.rate_bps) : ""),
+        el("td", {}, t.state === "running" ? duration(t.eta_seconds) : ""), el("td", { class: "error" }, t.error || "")));
+    }
+    $("#overall").value = total ? done / total : 0;
+    const counts = dep.clients.reduce((a, t) => { a[t.state] = (a[t.state] || 0) + 1; return a; }, {});
+    $("#overall-text").textContent = `${Object.entries(counts).map(([k, v]) => `${v} ${k}`).join(", ")} · ${bytes(done)} of ${bytes(total)}` +
+      (eta ? ` · about ${duration(eta)} left` : "");
+    const cancel = $("#cancel");
+    if (cancel) cancel.hidden = !["running"].includes(dep.state);
+    const retry = $("#retry");
+    if (retry) retry.hidden = !(counts.failed && !["running", "cancelling"].includes(dep.state));
+  }
+  async function load() { dep = await api("GET", `/api/deployments/${id}`); draw(); }
+  await load();
+  const reload = throttled(load, 300);
+  const log = $("#log");
+  live(`/api/events?since=0&deployment_id=${encodeURIComponent(id)}`, (ev) => {
+    if (ev.type !== "client-progress") {
+      const t = dep.clients.find((c) => c.mac === ev.mac);
+      lines.push(ev.id);
+      log.append(el("li", {}, el("time", { datetime: ev.ts }, new Date(ev.ts).toLocaleTimeString()), " ",
+        `${t && t.name ? t.name + " " : ""}${ev.mac || ""} ${ev.type}${ev.error ? ": " + ev.error : ""}${ev.phase ? " (" + ev.phase + ")" : ""}`));
+    }
+    reload();
+  });
+  const cancel = $("#cancel");
+  if (cancel) cancel.addEventListener("click", async () => {
+    if (!confirm("Cancel this deployment? Clients already writing stop; their disks are left incomplete.")) return;
+    try { await api("POST", `/api/deployments/${id}/cancel`); problem(null); } catch (err) { problem(err); }
+    load();
+  });
+  const retry = $("#retry");
+  if (retry) retry.addEventListener("click", async () => {
+    try {
+      const d = await api("POST", `/api/deployments/${id}/retry`);
+      location.assign(`/deployments/${d.deployment}`);
+    } catch (err) { problem(err); }
+  });
+}
+
+async function deploymentsList() {
+  const deps = (await api("GET", "/api/deployments")).deployments;
+  const body = $("#deployments tbody");
+  for (const d of deps) {
+    const counts = Object.entries(d.counts || {}).map(([k, v]) => `${v} ${k}`).join(", ");
+    body.append(el("tr", {}, el("td", {}, el("a", { href: `/deployments/${d.deployment}` }, d.deployment)), el("td", {}, d.image),
+      el("td", {}, el("span", { class: `state ${d.state}` }, d.state)), el("td", {}, counts), el("td", {}, when(d.created_at)), el("td", {}, d.created_by || "")));
+  }
+  if (!deps.length) body.append(el("tr", {}, el("td", { colspan: 6 }, "No deployments yet.")));
+}
+
+async function imagesPage() {
+  const images = (await api("GET", "/api/images")).images;
+  const body = $("#images tbody");
+  for (const im of images) {
+    const open = el("button", { type: "button", class: "link", onclick: () => detail(im.name) }, im.name);
+    body.append(el("tr", {}, el("td", {}, open), el("td", {}, disksize(im.disk_size)), el("td", {}, im.os_hint || ""),
+      el("td", {}, when(im.created)), el("td", {}, bytes(im.stored_bytes)), el("td", {}, bytes(im.data_bytes)), el("td", {}, im.chunks)));
+  }
+  if (!images.length) body.append(el("tr", {}, el("td", { colspan: 7 }, "No images in the store.")));
+  async function detail(name) {
+    const im = await api("GET", `/api/images/${encodeURIComponent(name)}`);
+    const box = $("#image-detail");
+    const dl = el("dl", {});
+    for (const [k, v] of Object.entries(im)) {
+      if (v === null || typeof v === "object") continue;
+      dl.append(el("dt", {}, k), el("dd", {}, /bytes|size/.test(k) && typeof v === "number" ? disksize(v) : k === "created" ? when(v) : v));
+    }
+    const parts = im.partitions || [];
+    box.replaceChildren(el("h2", { tabindex: -1 }, name), dl);
+    if (parts.length) box.append(el("table", {}, el("tbody", {}, ...parts.map((p) => el("tr", {}, ...Object.values(p).map((v) => el("td", {}, typeof v === "object" ? JSON.stringify(v) : v)))))));
+    box.hidden = false;
+    box.querySelector("h2").focus();
+  }
+}
+
+async function usersPage() {
+  async function load() {
+    const users = (await api("GET", "/api/users")).users;
+    $("#users tbody").replaceChildren(...users.map((u) => el("tr", {}, el("td", {}, u.name), el("td", {}, u.role), el("td", {}, when(u.created_at)))));
+  }
+  const form = $("#add-user");
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    form.querySelectorAll(".error").forEach((p) => { p.textContent = ""; });
+    const f = form.elements;
+    try {
+      await api("POST", "/api/users", { name: f.name.value.trim(), role: f.role.value, password: f.password.value });
+      form.reset();
+      load();
+    } catch (err) {
+      const field = /password/i.test(err.message) ? "password" : "name";
+      form.querySelector(`.error[data-for="${field}"]`).textContent = err.message + (err.hint ? `. ${err.hint}` : "");
+    }
+  });
+  load();
+}
+
+const PAGES = { dashboard, deploy: wizard, deployment, deployments: deploymentsList, images: imagesPage, users: usersPage };
+document.addEventListener("DOMContentLoaded", () => {
+  const fn = PAGES[document.body.dataset.page];
+  if (fn) fn().catch((err) => problem(err));
+});

@@ -1,0 +1,141 @@
+"""Issue 9, sign-in and sessions: a real `fleetcast serve` (loopback) with 3 simulated agents, Debian's
+Chromium through Playwright. First visit sets the admin password; wrong passwords refused and slowed;
+a viewer cannot start a deployment; an expired session goes back to sign-in; the API without a token
+and a cross-site POST are refused; bearer tokens keep working."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from consolekit import PASSWORD, browser, new_page, set_password, shot, sign_in
+from playwright.sync_api import expect
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "integration" / "server"))
+from servekit import FLEETCAST, SimAgent, make_image, serve
+
+pytestmark = pytest.mark.e2e
+
+MACS = ["52:54:00:aa:00:01", "52:54:00:aa:00:02", "52:54:00:aa:00:03"]
+
+
+def _add_user(data: Path, name: str, role: str, password: str) -> None:
+    import subprocess
+
+    proc = subprocess.run(
+        [str(FLEETCAST), "admin", "user", "add", name, "--role", role, "--data", str(data)],
+        input=password + "\n",
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"user {name} added with role {role}\n"
+
+
+def test_sign_in_roles_sessions_and_refusals(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    make_image(data / "store", "tiny")
+    with serve(data) as server, browser() as b:
+        for mac in MACS:
+            SimAgent(server, mac).enroll()
+        url = server.url
+        # the API without a token (and without a session) is refused
+        r = httpx.get(url + "/api/clients")
+        assert r.status_code == 401
+        assert r.json()["message"] == "this endpoint needs an Authorization: Bearer token"
+        assert httpx.get(url + "/api/clients", headers=server.headers).status_code == 200
+
+        page = new_page(b)
+        page.goto(url + "/")
+        page.wait_for_url("**/setup")
+        shot(page, "01-setup")
+        set_password(page, url)
+        expect(page.locator("#connected")).to_have_text("3 clients connected")
+        expect(page.locator("#clients tbody tr")).to_have_count(3)
+        shot(page, "02-dashboard")
+        # inventory on click
+        page.get_by_role("button", name="sim-01").click()
+        expect(page.locator("#inventory")).to_contain_text("Inventory of sim-01")
+        expect(page.locator("#inventory")).to_contain_text("/dev/sim01")
+        shot(page, "03-inventory")
+        # the setup page is gone once a password is set
+        page.goto(url + "/setup")
+        page.wait_for_url("**/signin")
+
+        # a cross-site POST with the admin's cookie is refused, and so is one without the CSRF token
+        cookie = next(c for c in page.context.cookies() if c["name"] == "fleetcast_session")
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+        jar = {"fleetcast_session": cookie["value"]}
+        body = {"image": "tiny", "clients": "all", "disk": "0"}
+        r = httpx.post(
+            url + "/api/deployments", json=body, cookies=jar, headers={"Origin": "http://evil.example"}
+        )
+        assert r.status_code == 403
+        assert (
+            r.json()["message"] == "cross-site request refused: Origin http://evil.example is not this server"
+        )
+        r = httpx.post(url + "/api/deployments", json=body, cookies=jar)
+        assert r.status_code == 403
+        assert r.json()["message"] == "the request has no valid CSRF token"
+        r = httpx.post(url + "/signin", data={"name": "admin", "password": PASSWORD},
+                       headers={"Origin": "http://evil.example"})  # fmt: skip
+        assert r.status_code == 403
+        # the event stream takes the cookie (no token in the URL)
+        r = httpx.get(url + "/api/events", params={"follow": "false", "since": "0"}, cookies=jar)
+        assert r.status_code == 200
+        assert "event: client-enrolled" in r.text
+
+        # sign out: the session ends (its cookie no longer works)
+        page.goto(url + "/")
+        page.get_by_role("button", name="Sign out").click()
+        page.wait_for_url("**/signin")
+        assert httpx.get(url + "/api/clients", cookies=jar).status_code == 401
+
+        # wrong passwords: refused, and after 3 in a row the name must wait (even with the right one)
+        for _ in range(3):
+            sign_in(page, url, "admin", "not the password")
+            expect(page.locator("#password-error")).to_have_text("wrong user name or password.")
+        shot(page, "04-wrong-password")
+        sign_in(page, url, "admin", PASSWORD)
+        expect(page.locator("#password-error")).to_have_text(
+            re.compile(r"^too many failed sign-ins for 'admin': try again in [12] s\.$")
+        )
+        shot(page, "05-slowed")
+
+        # a viewer sees the clients but no deploy button, and the API refuses it a deployment
+        _add_user(data, "viewer1", "viewer", "viewer password")
+        sign_in(page, url, "viewer1", "viewer password")
+        page.wait_for_url(url + "/")
+        expect(page.locator("#connected")).to_have_text("3 clients connected")
+        assert page.get_by_role("link", name="Deploy", exact=True).count() == 0
+        assert page.get_by_role("button", name="Deploy to selected").count() == 0
+        shot(page, "06-viewer")
+        status, message = page.evaluate(
+            """async () => {
+                const csrf = document.querySelector('meta[name="csrf-token"]').content;
+                const r = await fetch('/api/deployments', {method: 'POST', headers: {'Content-Type':
+                    'application/json', 'X-CSRF-Token': csrf}, body: JSON.stringify({image: 'tiny'})});
+                return [r.status, (await r.json()).message];
+            }"""
+        )
+        assert (status, message) == (403, "viewer1 is a viewer: viewers cannot change anything")
+        page.goto(url + "/deploy")
+        expect(page.locator("#wizard")).to_have_count(1)  # the page renders; Start is refused by the API
+
+        # an expired session sends the browser to sign-in
+        db = sqlite3.connect(data / "fleetcast.db")
+        with db:
+            db.execute("UPDATE console_sessions SET expires_at = '2000-01-01 00:00:00.000000'")
+        db.close()
+        page.goto(url + "/images")
+        page.wait_for_url("**/signin?expired=1")
+        expect(page.locator(".note")).to_have_text("Your session has ended. Sign in again.")
+        shot(page, "07-expired")
+
+        # the bearer token keeps working for the CLI and scripts
+        assert len(server.get("/api/clients")["clients"]) == 3
