@@ -10,18 +10,16 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from fleetcast.server.api_agent import Catalog, Orch, peer
-from fleetcast.server.auth import Tokens
 from fleetcast.server.events import EventBus, load_events
 from fleetcast.server.orchestrator import DeploymentRequest
+from fleetcast.server.sessions import actor, principal
 
 logger = logging.getLogger(__name__)
 
-ADMIN_ACTOR = "admin"
-
 
 def require_admin(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
-    tokens: Tokens = request.app.state.tokens
-    tokens.check_admin(authorization)
+    """The admin token (CLI, scripts) or a console session cookie (sessions.principal)."""
+    principal(request)
 
 
 router = APIRouter(prefix="/api", tags=["admin"], dependencies=[Depends(require_admin)])
@@ -84,7 +82,7 @@ def plan_deployment(body: DeploymentBody, orch: Orch) -> dict[str, Any]:
 
 @router.post("/deployments", status_code=201)
 def create_deployment(body: DeploymentBody, request: Request, orch: Orch) -> dict[str, Any]:
-    return orch.create(body.request(), actor=ADMIN_ACTOR, address=peer(request))
+    return orch.create(body.request(), actor=actor(request), address=peer(request))
 
 
 @router.get("/deployments")
@@ -99,7 +97,7 @@ def get_deployment(deployment_id: int, orch: Orch) -> dict[str, Any]:
 
 @router.post("/deployments/{deployment_id}/cancel")
 def cancel_deployment(deployment_id: int, request: Request, orch: Orch) -> dict[str, Any]:
-    return orch.cancel(deployment_id, actor=ADMIN_ACTOR, address=peer(request))
+    return orch.cancel(deployment_id, actor=actor(request), address=peer(request))
 
 
 @router.get("/events/log")
