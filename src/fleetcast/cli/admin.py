@@ -25,6 +25,9 @@ def register(
         help="print the agents' enrollment token (made on first use, DATA/secrets/enroll-token)",
     )
     enroll.set_defaults(func=_print_token, token_file="enroll-token")
+    from fleetcast.cli import users
+
+    users.register(cmds, parent)
 
 
 def _print_token(args: argparse.Namespace) -> int:
