@@ -3,6 +3,11 @@
 Only tools that need a block device (resize2fs, ntfsresize, ntfs-3g, mkfs, partclone) get a loop device;
 fleetcast itself reads partitions at their byte offset in the file or disk.
 
+Every device is made **autoclear while held open**: right after ``losetup`` the context manager opens it,
+sets ``LO_FLAGS_AUTOCLEAR`` (``LOOP_SET_STATUS64``) and keeps that descriptor until it exits. The kernel
+then detaches the device when its last user closes it, so a process killed by SIGKILL (no ``finally``)
+leaves no loop device behind; only the instant between ``losetup`` and the ioctl is unprotected.
+
 Kernels differ in whether they parse partition tables on loop devices (these lab machines parse none,
 a normal Debian kernel does with ``--partscan``). :func:`partitions` asks the kernel to re-read the
 table (``BLKRRPART``) and falls back to ``partx -u``, which adds, updates and removes partition devices
@@ -16,6 +21,7 @@ import fcntl
 import logging
 import os
 import re
+import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +32,11 @@ from fleetcast.run import run, run_text
 logger = logging.getLogger(__name__)
 
 BLKRRPART = 0x125F
+LOOP_SET_STATUS64 = 0x4C04
+LOOP_GET_STATUS64 = 0x4C05
+LO_FLAGS_AUTOCLEAR = 4
+LOOP_INFO64_SIZE = 232
+LO_FLAGS_AT = 52
 _PART_WAIT_SECONDS = 5.0
 
 
@@ -73,10 +84,37 @@ def attach(
             hint="loop devices need root and the loop kernel module",
         ) from exc
     logger.debug("attached %s to %s (offset=%d sizelimit=%d ro=%s)", path, dev, offset, sizelimit, read_only)
+    holder = _hold_autoclear(dev)
     try:
         yield dev
     finally:
+        if _partition_paths(dev):
+            run(["partx", "-d", os.fspath(dev)], check=False)
+        if holder is not None:
+            os.close(holder)
         detach(dev)
+
+
+def _hold_autoclear(dev: Path) -> int | None:
+    """Open ``dev`` and flag it autoclear; the descriptor keeps it attached until closed (or killed)."""
+    try:
+        fd = os.open(dev, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        logger.warning("cannot open %s to make it autoclear: %s", dev, exc.strerror)
+        return None
+    try:
+        info = bytearray(LOOP_INFO64_SIZE)
+        fcntl.ioctl(fd, LOOP_GET_STATUS64, info)
+        (flags,) = struct.unpack_from("<I", info, LO_FLAGS_AT)
+        struct.pack_into("<I", info, LO_FLAGS_AT, flags | LO_FLAGS_AUTOCLEAR)
+        fcntl.ioctl(fd, LOOP_SET_STATUS64, info)
+    except OSError as exc:
+        logger.warning("cannot make %s autoclear: %s", dev, exc.strerror)
+    return fd
+
+
+def _attached(dev: Path) -> bool:
+    return (Path("/sys/class/block") / dev.name / "loop" / "backing_file").exists()
 
 
 def detach(dev: Path) -> None:
@@ -85,6 +123,9 @@ def detach(dev: Path) -> None:
         run(["partx", "-d", os.fspath(dev)], check=False)
     last = ""
     for attempt in range(20):
+        if not _attached(dev):
+            logger.debug("detached %s (autoclear)", dev)
+            return
         proc = run(["losetup", "--detach", os.fspath(dev)], check=False)
         if proc.returncode == 0:
             logger.debug("detached %s", dev)
