@@ -222,6 +222,7 @@ class Manifest:
     index_info: IndexInfo | None = None  # format 2: what the manifest records about its index
     index: IndexReader | None = field(default=None, compare=False, repr=False)  # attached by load_image
     image_id: str = field(default="", compare=False)  # blake3 of the manifest bytes, set by load_image
+    index_path: Path | None = field(default=None, compare=False, repr=False)  # lazy: opened on first use
 
     @cached_property
     def table(self) -> PartitionTable:
@@ -229,12 +230,26 @@ class Manifest:
 
         return PartitionTable.from_dict(self.table_dict)
 
+    def open_index(self) -> IndexReader | None:
+        """The verified index (opening it now when ``load_image(lazy=True)`` deferred it); None in v1.
+        Raises ManifestError when the index does not match the manifest."""
+        if self.version == VERSION or self.index is not None:
+            return self.index
+        if self.index_path is not None:
+            index = IndexReader.open(
+                self.index_path, self.index_info, what=f"image {self.name!r} chunk index"
+            )
+            _check_index_packs(self, index)
+            object.__setattr__(self, "index", index)
+        return self.index
+
     def _reader(self) -> IndexReader:
-        if self.index is None:
+        if self.open_index() is None:
             raise ManifestError(
                 f"image {self.name!r} is format version 2 and its chunk index was not opened",
                 hint="open the image with store.manifest.load_image (ImageStore.open does)",
             )
+        assert self.index is not None
         return self.index
 
     def entries(self) -> Iterator[tuple[Area, ChunkRef]]:
@@ -534,12 +549,20 @@ def image_id(manifest_bytes: bytes) -> str:
 
 
 def load_image(
-    manifest_bytes: bytes, index_path: Path | None, *, expected_id: str | None = None, what: str = ""
+    manifest_bytes: bytes,
+    index_path: Path | None,
+    *,
+    expected_id: str | None = None,
+    what: str = "",
+    lazy: bool = False,
 ) -> Manifest:
     """Read an image (either format) through one interface, checking in this order: the image id when
     the caller knows which image it expects (a task names the image by id), the manifest, then (v2) the
     index's size and hash against what the manifest records. Raises ManifestError before anything else
-    happens; ``what`` names the image for the messages (default: the manifest's name)."""
+    happens; ``what`` names the image for the messages (default: the manifest's name).
+
+    ``lazy=True`` (listings, which need only the manifest) defers the index until ``open_index()`` or
+    ``entries()``; ``restore`` opens it before anything else."""
     found = image_id(manifest_bytes)
     if expected_id is not None and found != expected_id:
         raise ManifestError(
@@ -548,7 +571,9 @@ def load_image(
         )
     manifest = Manifest.from_json(manifest_bytes)
     index = None
-    if manifest.version == VERSION_2:
+    if manifest.version == VERSION_2 and lazy and index_path is not None:
+        object.__setattr__(manifest, "index_path", index_path)
+    elif manifest.version == VERSION_2:
         if index_path is None:
             raise ManifestError(f"image {manifest.name!r} is format version 2 but no index was given")
         index = IndexReader.open(

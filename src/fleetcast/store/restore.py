@@ -137,6 +137,7 @@ def restore(
     ``expected_id`` is the image id the caller planned (a task names the image by id): checked first."""
     target = Path(target)
     what = f"image {manifest.name!r}"
+    manifest.open_index()  # a lazily loaded image: its index verified before anything else
     if expected_id is not None and manifest.image_id != expected_id:
         raise RestoreError(
             f"{what} has id {manifest.image_id or '(unknown)'} but {expected_id} was planned",

@@ -194,6 +194,10 @@ def test_metadata_edits_are_refused_before_writing(
         info = write_index(path, edited)
         with pytest.raises(ManifestError, match=r"^image 'g' chunk index (is|hashes|holds)"):
             load_image(data, path)
+        lazy = load_image(data, path, lazy=True)  # a listing reads the manifest alone
+        assert lazy.index is None and lazy.entry_count == m.entry_count
+        with pytest.raises(ManifestError, match=r"^image 'g' chunk index (is|hashes|holds)"):
+            restore(lazy, store.source(), target)  # the index is checked before anything is written
         # forged consistently (the manifest records the edited index): the planned image id refuses it
         raw = json.loads(data)
         raw["index"] = {"hash": info.hash, "size": info.size, "entries": info.entries}
