@@ -154,3 +154,19 @@ def test_4k_gpt_file_captures_and_restores_to_a_new_file(tmp_path: Path) -> None
     restore(store.open("4kn"), store.source(), target)
     assert _sha(target) == _sha(img)
     assert device.inspect(target).logical_sector_size == 4096
+
+
+def test_protective_mbr_without_a_gpt_is_refused_with_a_hint(tmp_path: Path) -> None:
+    img = _gpt_4k_file(tmp_path)
+    with open(img, "r+b") as f:  # wipe the GPT headers, keep the protective MBR
+        f.seek(4096)
+        f.write(bytes(4096))
+        f.seek(-4096, 2)
+        f.write(bytes(4096))
+    device.declare_sector_size(img, 512)
+    with pytest.raises(DiskError) as err:
+        read_table(img)
+    assert str(err.value) == (
+        f"disk {img} has a protective MBR (one type-ee partition) but no GPT fleetcast can read"
+    )
+    assert err.value.hint == f"check the disk with: sfdisk --verify {img}"
