@@ -193,11 +193,6 @@ def store_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None 
     )
 
 
-def store_dir(flag_value: str | None, environ: Mapping[str, str] | None = None) -> Path:
-    """Kept for callers that only know a ``--store`` value: :func:`store_path` without data or file."""
-    return store_path(flag_value, None, {}, environ)
-
-
 def configuration_markdown() -> str:
     """docs/configuration.md, generated from ``SETTINGS``."""
     lines = [
