@@ -528,7 +528,7 @@ def _last_partition_area(manifest: Manifest) -> Area | None:
 
 
 def _grow(manifest: Manifest, target: Path, result: RestoreResult) -> None:
-    from fleetcast.disk.filesystems import FsType
+    from fleetcast.disk.filesystems import FsType, get
     from fleetcast.disk.grow import grow_last_partition
 
     last = _last_partition_area(manifest)
@@ -536,7 +536,7 @@ def _grow(manifest: Manifest, target: Path, result: RestoreResult) -> None:
         result.notes.append("--grow: the image has no partitions; nothing was grown")
         return
     fstype = FsType(last.fstype)
-    if fstype not in (FsType.EXT, FsType.NTFS):
+    if not get(fstype).growable:
         result.notes.append(f"--grow: {last.label} holds {fstype}; it grows, its filesystem is left as is")
     try:
         result.table = grow_last_partition(target, manifest.table, fstype)
