@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from fleetcast.disk import filesystems
 from fleetcast.disk.filesystems import FsType, detect
 from fleetcast.errors import AgentError, CommandError, FleetcastError, IdentityError
 from fleetcast.identity import base
@@ -80,12 +81,8 @@ def mounted(target: Path, cand: Candidate) -> Iterator[Path]:
     with attach(target, offset=cand.offset, sizelimit=cand.size) as dev:
         mountpoint = Path(tempfile.mkdtemp(prefix="fleetcast-root-"))
         try:
-            if cand.fstype is FsType.NTFS:
-                argv = ["ntfs-3g", "-o", "rw", os.fspath(dev), os.fspath(mountpoint)]
-            else:
-                argv = ["mount", "-t", "ext4", "-o", "rw", os.fspath(dev), os.fspath(mountpoint)]
             try:
-                run(argv)
+                run(filesystems.get(cand.fstype).mount_argv(dev, mountpoint, read_only=False))
             except CommandError as exc:
                 raise AgentError(
                     f"cannot mount partition {cand.number} ({cand.fstype}) of {target}: "
