@@ -67,13 +67,15 @@ def sign_in(page: Page, url: str, name: str, password: str) -> None:
 
 
 _RELAY = r"""
-import os, socket, sys, threading
+import ctypes, os, socket, sys, threading
 listener = socket.socket()
 listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 listener.bind(("127.0.0.1", 0))
 listener.listen(64)
 fd = os.open(sys.argv[1], os.O_RDONLY)
-os.setns(fd, os.CLONE_NEWNET)  # sockets made from now on live in the lab namespace; the listener stays
+# sockets made from now on live in the lab namespace; the listener stays (Python 3.11 has no os.setns)
+if ctypes.CDLL(None, use_errno=True).setns(fd, 0x40000000) != 0:
+    raise OSError(ctypes.get_errno(), "setns")
 target = (sys.argv[2], int(sys.argv[3]))
 print(listener.getsockname()[1], flush=True)
 
@@ -126,6 +128,8 @@ def relay(netns: str, host: str, port: int) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 __all__ = ["ARTIFACTS", "PASSWORD", "browser", "new_page", "relay", "set_password", "shot", "sign_in"]

@@ -127,7 +127,9 @@ def test_sign_in_roles_sessions_and_refusals(tmp_path: Path) -> None:
         page.goto(url + "/deploy")
         expect(page.locator("#wizard")).to_have_count(1)  # the page renders; Start is refused by the API
 
-        # an expired session sends the browser to sign-in
+        # an expired session sends the browser to sign-in (leave the page first: its scripts would
+        # also go to sign-in on their next 401 and abort the navigation below)
+        page.goto("about:blank")
         db = sqlite3.connect(data / "fleetcast.db")
         with db:
             db.execute("UPDATE console_sessions SET expires_at = '2000-01-01 00:00:00.000000'")

@@ -37,7 +37,9 @@ function bytes(n) {
   while (Math.abs(n) >= 1024 && i < units.length - 1) { n /= 1024; i++; }
   return i === 0 ? `${n.toFixed(0)} B` : `${n.toFixed(1)} ${units[i]}`;
 }
-function disksize(n) { return n ? `${(n / 1e9).toFixed(1)} GB (${bytes(n)})` : ""; }
+function disksize(n) { return !n ? "" : n >= 1e9 ? `${(n / 1e9).toFixed(1)} GB (${bytes(n)})` : bytes(n); }
+const cap = (t) => (t ? t[0].toUpperCase() + t.slice(1) : "");
+function sentence(err) { return cap(err.message) + (err.hint ? `. ${cap(err.hint)}.` : "."); }
 function rate(bps) { return bps ? `${(bps / 1e6).toFixed(1)} MB/s` : ""; }
 function duration(s) {
   if (s === null || s === undefined) return "";
@@ -63,7 +65,7 @@ function el(tag, attrs, ...children) {
 function problem(err) {
   const box = $("#problem");
   if (!err) { box.hidden = true; box.textContent = ""; return; }
-  box.textContent = err.message + (err.hint ? ` (${err.hint})` : "");
+  box.textContent = sentence(err);
   box.hidden = false;
 }
 
@@ -219,7 +221,7 @@ async function wizard() {
   function showError(err) {
     const field = (FIELD_OF.find(([re]) => re.test(err.message)) || [null, null])[1];
     const spot = field && form.querySelector(`.error[data-for="${field}"]`);
-    const text = err.message + (err.hint ? `. ${err.hint}` : "");
+    const text = sentence(err);
     if (spot) {
       spot.textContent = text;
       const input = form.elements[field];
@@ -315,9 +317,9 @@ async function deployment() {
       done += have; total += size;
       if (t.state === "running" && t.eta_seconds) eta = Math.max(eta, t.eta_seconds);
       body.append(el("tr", { "data-mac": t.mac, "data-state": t.state }, el("td", {}, t.n), el("td", {}, t.name || ""), el("td", {}, t.ip || ""),
-        el("td", { class: "mono" }, t.mac), el("td", {}, el("span", { class: `state ${t.state}` }, t.state)), el("td", {}, t.phase || ""),
-        el("td", {}, progressCell(have, size), ` ${bytes(have)} of ${bytes(size)}`), el("td", {}, t.state === "running" ? rate(t.rate_bps) : ""),
-        el("td", {}, t.state === "running" ? duration(t.eta_seconds) : ""), el("td", { class: "error" }, t.error || "")));
+        el("td", { class: "mono" }, t.mac), el("td", {}, el("span", { class: `state ${t.state}` }, t.state)), el("td", {}, t.state === "running" ? t.phase || "" : ""),
+        el("td", {}, size ? progressCell(have, size) : "", size ? ` ${bytes(have)} of ${bytes(size)}` : ""), el("td", {}, t.state === "running" ? rate(t.rate_bps) : ""),
+        el("td", {}, t.state === "running" ? duration(t.eta_seconds) : ""), el("td", { class: "err" }, t.error || "")));
     }
     $("#overall").value = total ? done / total : 0;
     const counts = dep.clients.reduce((a, t) => { a[t.state] = (a[t.state] || 0) + 1; return a; }, {});
@@ -380,10 +382,10 @@ async function imagesPage() {
     const im = await api("GET", `/api/images/${encodeURIComponent(name)}`);
     const box = $("#image-detail");
     const dl = el("dl", {});
-    for (const [k, v] of Object.entries(im)) {
-      if (v === null || typeof v === "object") continue;
-      dl.append(el("dt", {}, k), el("dd", {}, /bytes|size/.test(k) && typeof v === "number" ? disksize(v) : k === "created" ? when(v) : v));
-    }
+    const rows = [["Disk size", disksize(im.disk_size)], ["Sector size", `${im.logical_sector_size} B`], ["OS found", im.os_hint || "unknown"],
+      ["Created", when(im.created)], ["Chunks", im.chunks], ["Stored bytes", bytes(im.stored_bytes)], ["Data bytes", bytes(im.data_bytes)]];
+    for (const key of ["unique_bytes", "bytes_unique"]) if (im[key] !== undefined) rows.push(["Bytes unique to this image", bytes(im[key])]);
+    for (const [k, v] of rows) dl.append(el("dt", {}, k), el("dd", {}, v));
     const parts = im.partitions || [];
     box.replaceChildren(el("h2", { tabindex: -1 }, name), dl);
     if (parts.length) box.append(el("table", {}, el("tbody", {}, ...parts.map((p) => el("tr", {}, ...Object.values(p).map((v) => el("td", {}, typeof v === "object" ? JSON.stringify(v) : v)))))));
@@ -408,7 +410,7 @@ async function usersPage() {
       load();
     } catch (err) {
       const field = /password/i.test(err.message) ? "password" : "name";
-      form.querySelector(`.error[data-for="${field}"]`).textContent = err.message + (err.hint ? `. ${err.hint}` : "");
+      form.querySelector(`.error[data-for="${field}"]`).textContent = sentence(err);
     }
   });
   load();

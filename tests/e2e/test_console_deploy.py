@@ -1,0 +1,153 @@
+"""Issue 9 end to end: `fleetcast serve` in a network namespace, 3 `fleetcast agent`s in 3 others, each
+on its own loop-device disk; Debian's Chromium (Playwright) reaches the server through a relay. Set the
+admin password, add an operator on the Users page, sign in as them, see 3 clients connect, run the
+whole wizard (errors shown beside their fields on the way), watch every client reach done live on the
+deployment page, check the names and IPs shown; the audit log names the operator."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from consolekit import PASSWORD, browser, new_page, relay, set_password, shot, sign_in
+from playwright.sync_api import Page, expect
+
+from fleetcast.lab.deploy_demo import PORT, FleetLab, build_golden
+from fleetcast.lab.sample_disk import MiB
+
+pytestmark = pytest.mark.e2e
+
+CLIENTS = 3
+RATE = "60mbit"
+NAMES = ["LAB-01", "LAB-02", "LAB-03"]
+IPS = ["10.77.0.101/24", "10.77.0.102/24", "10.77.0.103/24"]
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[FleetLab]:
+    golden = tmp_path / "golden.img"
+    build_golden(golden, size=256 * MiB, extra_mib=24)
+    with FleetLab(tmp_path, CLIENTS) as lab:
+        lab.capture_image(golden, "linux", pack_size=1 * MiB)
+        golden.unlink()
+        lab.start_server()
+        lab.add_disks()
+        lab.start_agents()
+        lab.wait_enrolled(CLIENTS)
+        lab.net.limit(lab.net.server, RATE)
+        yield lab
+
+
+def _next(page: Page, step: int, name: str) -> None:
+    shot(page, f"deploy-{step:02}-{name}")
+    page.get_by_role("button", name="Next").click()
+    expect(page.locator(f'fieldset[data-step="{step + 1}"]')).to_be_visible()
+
+
+def test_console_wizard_deploys_three_clients(lab: FleetLab) -> None:
+    with relay(lab.net.server.name, lab.net.server.ip, PORT) as url, browser() as b:
+        page = new_page(b)
+        set_password(page, url)
+        expect(page.locator("#connected")).to_have_text("3 clients connected")
+
+        # an operator, added on the Users page
+        page.get_by_role("link", name="Users").click()
+        page.get_by_label("User name").fill("op1")
+        page.get_by_label("Role").select_option("operator")
+        page.get_by_label("Password (at least 8 characters)").fill("short")
+        page.get_by_role("button", name="Add user").click()
+        expect(page.locator('.error[data-for="password"]')).to_have_text(
+            "The password has 5 characters; at least 8 are needed. "
+            "A few words are easier to remember than symbols."
+        )
+        page.get_by_label("Password (at least 8 characters)").fill("operator password")
+        page.get_by_role("button", name="Add user").click()
+        expect(page.locator("#users tbody")).to_contain_text("op1")
+        shot(page, "users")
+        page.get_by_role("button", name="Sign out").click()
+        sign_in(page, url, "op1", "operator password")
+        page.wait_for_url(url + "/")
+        expect(page.locator("#connected")).to_have_text("3 clients connected")
+        expect(page.locator('#clients tbody tr[data-state="idle"]')).to_have_count(3)
+        shot(page, "dashboard-operator")
+        tablet = new_page(b, 768, 1024)
+        tablet.context.add_cookies(page.context.cookies())
+        tablet.goto(url + "/")
+        expect(tablet.locator("#connected")).to_have_text("3 clients connected")
+        shot(tablet, "dashboard-tablet")
+        tablet.close()
+
+        # the wizard, in AID's order
+        page.get_by_role("button", name="Select all").click()
+        page.get_by_role("button", name="Deploy to selected").click()
+        page.wait_for_url("**/deploy?clients=*")
+        page.get_by_label("Image to deploy").select_option("linux")
+        _next(page, 1, "image")
+        expect(page.locator("#client-choices input:checked")).to_have_count(3)
+        _next(page, 2, "clients")
+        page.get_by_label("Disk rule").fill("0")
+        _next(page, 3, "disk")
+        page.get_by_label("Clients writing at once").fill("2")
+        _next(page, 4, "batch")
+        name = page.locator("#name")
+        name.fill("LAB")
+        page.get_by_role("button", name="Next").click()
+        expect(page.locator('.error[data-for="name"]')).to_contain_text(
+            "Name pattern 'LAB' has no {n}: all 3 clients would get the same name"
+        )
+        shot(page, "deploy-05-name-error")
+        name.fill("LAB-{n:02}")
+        expect(page.locator("#name-preview")).to_contain_text("LAB-03")
+        _next(page, 5, "names")
+        page.get_by_label("First address / prefix (empty: keep DHCP)").fill("10.77.0.253/24")
+        page.get_by_label("Gateway").fill("10.77.0.1")
+        page.get_by_label("DNS servers (comma-separated)").fill("10.77.0.1")
+        page.get_by_role("button", name="Next").click()
+        expect(page.locator('.error[data-for="ip"]')).to_contain_text(
+            "IP range 10.77.0.253/24 has room for 2 clients (10.77.0.253-10.77.0.254) but 3 are selected"
+        )
+        shot(page, "deploy-06-ip-conflict")
+        page.get_by_label("First address / prefix (empty: keep DHCP)").fill("10.77.0.101/24")
+        expect(page.locator("#ip-preview")).to_contain_text("10.77.0.103/24")
+        _next(page, 6, "ip")
+        _next(page, 7, "windows")
+        page.get_by_label("Nothing").check()
+        _next(page, 8, "after")
+        review = page.locator("#review")
+        for n, ip in zip(NAMES, IPS, strict=True):
+            expect(review).to_contain_text(n)
+            expect(review).to_contain_text(ip)
+        shot(page, "deploy-09-review")
+        page.get_by_role("button", name="Start deployment").click()
+        page.wait_for_url(re.compile(r".*/deployments/\d+$"))
+
+        # live: every client reaches done without a reload
+        rows = page.locator("#targets tbody tr")
+        expect(rows).to_have_count(3)
+        page.locator('#targets tbody tr[data-state="running"]').first.wait_for(timeout=300_000)
+        shot(page, "deployment-running")
+        expect(page.locator('#targets tbody tr[data-state="done"]')).to_have_count(3, timeout=600_000)
+        expect(page.locator("#dep-state")).to_have_text("done")
+        shot(page, "deployment-done")
+        shown = [
+            (r.locator("td").nth(1).inner_text(), r.locator("td").nth(2).inner_text()) for r in rows.all()
+        ]
+        assert shown == list(zip(NAMES, IPS, strict=True))
+        expect(page.locator("#log")).to_contain_text("client-done")
+
+        page.get_by_role("link", name="Clients").click()
+        expect(page.locator('#clients tbody tr[data-state="done"]')).to_have_count(3)
+        shot(page, "dashboard-done")
+        page.get_by_role("link", name="Deployments").click()
+        expect(page.locator("#deployments tbody")).to_contain_text("op1")
+        shot(page, "deployments")
+        page.get_by_role("link", name="Images").click()
+        page.get_by_role("button", name="linux").click()
+        expect(page.locator("#image-detail")).to_contain_text("linux")
+        shot(page, "images")
+
+    audit = lab.get("/api/audit")["audit"]
+    assert [(a["actor"], a["action"]) for a in audit] == [("op1", "deployment-create")]
+    assert PASSWORD  # the admin's password was set by the first visit
