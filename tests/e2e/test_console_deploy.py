@@ -139,6 +139,10 @@ def test_console_wizard_deploys_three_clients(lab: FleetLab) -> None:
 
         page.get_by_role("link", name="Clients").click()
         expect(page.locator('#clients tbody tr[data-state="done"]')).to_have_count(3)
+        for agent, n, ip in zip(sorted(lab.agents, key=lambda a: a.node.mac), NAMES, IPS, strict=True):
+            expect(page.locator(f'#clients tbody tr[data-mac="{agent.node.mac}"]')).to_contain_text(
+                f"{n} {ip}"
+            )
         shot(page, "dashboard-done")
         page.get_by_role("link", name="Deployments").click()
         expect(page.locator("#deployments tbody")).to_contain_text("op1")

@@ -94,7 +94,8 @@ function progressCell(done, total) {
 // -- dashboard ------------------------------------------------------------------------------------
 async function dashboard() {
   const progress = {}; // mac -> last client-progress event
-  const results = {}; // mac -> done | failed (last deployment)
+  const results = {}; // mac -> done | failed (newest deployment)
+  const assigned = {}; // mac -> "NAME IP" from the newest deployment that had the client
   const selected = new Set();
   let clients = [];
   const canChange = document.body.dataset.role !== "viewer";
@@ -125,7 +126,7 @@ async function dashboard() {
         onchange: (e) => { e.target.checked ? selected.add(c.mac) : selected.delete(c.mac); } });
       const name = el("button", { type: "button", class: "link", onclick: () => inventory(c) }, c.hostname || c.mac);
       body.append(el("tr", { "data-mac": c.mac, "data-state": st }, el("td", {}, box), el("td", {}, name), el("td", { class: "mono" }, c.mac),
-        el("td", {}, c.address), el("td", {}, model(c)), el("td", {}, el("span", { class: `state ${st}` }, st)),
+        el("td", {}, c.address), el("td", {}, assigned[c.mac] || ""), el("td", {}, model(c)), el("td", {}, el("span", { class: `state ${st}` }, st)),
         el("td", {}, ...prog), el("td", {}, when(c.last_seen))));
     }
   }
@@ -152,11 +153,16 @@ async function dashboard() {
     } catch (err) { problem(err); }
     draw();
   }
-  const deps = (await api("GET", "/api/deployments")).deployments;
-  if (deps.length) {
+  async function newest() {
+    const deps = (await api("GET", "/api/deployments")).deployments;
+    if (!deps.length) return;
     const d = await api("GET", `/api/deployments/${deps[0].deployment}`);
-    for (const t of d.clients) if (t.state === "done" || t.state === "failed") results[t.mac] = t.state;
+    for (const t of d.clients) {
+      if (t.state === "done" || t.state === "failed") results[t.mac] = t.state;
+      assigned[t.mac] = [t.name, t.ip].filter(Boolean).join(" ");
+    }
   }
+  await newest();
   $("#filter").addEventListener("input", draw);
   $("#select-all").addEventListener("click", () => { clients.filter(shown).forEach((c) => selected.add(c.mac)); draw(); });
   $("#select-none").addEventListener("click", () => { selected.clear(); draw(); });
@@ -171,6 +177,7 @@ async function dashboard() {
     if (ev.type === "client-done") results[ev.mac] = "done";
     if (ev.type === "client-failed") results[ev.mac] = "failed";
     if (ev.type === "client-assigned" || ev.type === "client-queued") delete results[ev.mac];
+    if (ev.type === "deployment-created") newest().then(draw);
     if (ev.type === "client-progress") draw(); else reload();
   });
   await load();
@@ -272,7 +279,7 @@ async function wizard() {
         const p = await plan();
         if (step + 1 === steps.length) {
           const b = body();
-          $("#review").replaceChildren(el("p", {}, `Image ${p.image} (${disksize(p.image_size)}) to disk rule ${p.disk}, ${b.batch} at a time, then ${b.then}.`),
+          $("#review").replaceChildren(el("p", {}, `Image ${p.image} (${disksize(p.image_size)}) to disk rule ${p.disk}, ${b.batch} at a time, then ${{ reboot: "reboot", shutdown: "shut down", none: "do nothing" }[b.then]}.`),
             el("p", {}, `Gateway ${p.gateway || "(none)"} · DNS ${(p.dns || []).join(", ") || "(none)"}`), planTable(p));
         }
       } catch (err) {
