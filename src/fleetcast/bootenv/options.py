@@ -1,0 +1,120 @@
+"""What a boot environment is built from, and the cache key of those inputs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import fleetcast
+
+# Bump when the build recipe itself changes in a way the inputs below do not show.
+RECIPE_VERSION = 1
+SUITE = "bookworm"
+
+BASE_PACKAGES: tuple[str, ...] = (
+    "linux-image-amd64",
+    "python3",
+    "python3-hivex",
+    "ntfs-3g",
+    "partclone",
+    "udpcast",
+    "zstd",
+    "util-linux",
+    "fdisk",
+    "parted",
+    "e2fsprogs",
+    "dosfstools",
+    "mtools",
+    "kmod",
+    "iproute2",
+    "busybox",
+    "ca-certificates",
+    "xfsprogs",
+    "btrfs-progs",
+)
+
+# Python distributions the agent imports, copied from the running interpreter with their requirements.
+AGENT_DISTRIBUTIONS: tuple[str, ...] = ("zstandard", "blake3", "httpx")
+
+# Module trees dropped from the initrd (no machine being imaged needs them to reach its disk and NIC).
+DROPPED_MODULES: tuple[str, ...] = (
+    "kernel/drivers/gpu",
+    "kernel/sound",
+    "kernel/drivers/media",
+    "kernel/drivers/net/wireless",
+    "kernel/net/wireless",
+    "kernel/net/mac80211",
+    "kernel/drivers/bluetooth",
+    "kernel/net/bluetooth",
+    "kernel/drivers/infiniband",
+    "kernel/drivers/staging",
+    "kernel/drivers/iio",
+    "kernel/drivers/input/joystick",
+    "kernel/drivers/input/touchscreen",
+    "kernel/drivers/isdn",
+)
+
+DPKG_EXCLUDES: tuple[str, ...] = (
+    "/usr/share/man/*",
+    "/usr/share/doc/*",
+    "/usr/share/info/*",
+    "/usr/share/locale/*",
+    "/usr/share/lintian/*",
+    "/usr/share/i18n/*",
+    "/usr/share/zoneinfo/*",
+)
+
+
+@dataclass(frozen=True)
+class BootEnvOptions:
+    """Inputs of a build. ``add_packages``/``add_firmware`` are Debian package names; ``add_modules`` a
+    folder of extra kernel modules (``*.ko``, copied to ``/lib/modules/VERSION/updates/``)."""
+
+    add_packages: tuple[str, ...] = ()
+    add_firmware: tuple[str, ...] = ()
+    add_modules: Path | None = None
+    suite: str = SUITE
+    compression_level: int = 3
+
+    def packages(self) -> tuple[str, ...]:
+        """Every package installed, base first, each once."""
+        seen: dict[str, None] = {}
+        for name in (*BASE_PACKAGES, *self.add_packages, *self.add_firmware):
+            seen.setdefault(name, None)
+        return tuple(seen)
+
+
+def source_tree() -> Path:
+    """The fleetcast package folder being installed into the boot environment."""
+    return Path(fleetcast.__file__).resolve().parent
+
+
+def _hash_tree(h: hashlib._Hash, root: Path) -> None:
+    for path in sorted(root.rglob("*")):
+        if "__pycache__" in path.parts or not path.is_file() or path.suffix == ".pyc":
+            continue
+        h.update(str(path.relative_to(root)).encode() + b"\0")
+        h.update(hashlib.sha256(path.read_bytes()).digest())
+
+
+def cache_key(options: BootEnvOptions) -> str:
+    """Hash of everything that goes into the build: recipe, packages, options, fleetcast's source, extra
+    modules. The same inputs give the same key, so a second ``ensure`` finds the first build."""
+    h = hashlib.sha256()
+    inputs = {
+        "recipe": RECIPE_VERSION,
+        "suite": options.suite,
+        "packages": list(options.packages()),
+        "python": list(AGENT_DISTRIBUTIONS),
+        "dropped": list(DROPPED_MODULES),
+        "excludes": list(DPKG_EXCLUDES),
+        "level": options.compression_level,
+        "modules": options.add_modules is not None,
+    }
+    h.update(json.dumps(inputs, sort_keys=True).encode())
+    _hash_tree(h, source_tree())
+    if options.add_modules is not None:
+        _hash_tree(h, options.add_modules)
+    return h.hexdigest()[:16]

@@ -1,0 +1,69 @@
+"""fleetcast and the Python distributions its agent imports, copied into the boot environment.
+
+The initrd's python3 is Debian's (3.11, like the interpreter running this), so the installed files of
+the running interpreter's distributions (compiled extensions included) work there as they are."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import shutil
+from pathlib import Path
+
+from packaging.requirements import Requirement
+
+from fleetcast.bootenv.options import AGENT_DISTRIBUTIONS, source_tree
+from fleetcast.errors import CommandError
+
+SITE = Path("usr/local/lib/python3.11/dist-packages")
+
+
+def closure(names: tuple[str, ...]) -> list[md.Distribution]:
+    """The distributions named and everything they require (markers evaluated without extras)."""
+    todo = list(names)
+    found: dict[str, md.Distribution] = {}
+    while todo:
+        name = todo.pop()
+        canon = name.lower().replace("_", "-")
+        if canon in found:
+            continue
+        try:
+            dist = md.distribution(name)
+        except md.PackageNotFoundError as exc:
+            raise CommandError(
+                f"boot environment: Python distribution {name!r} is not installed here",
+                argv=[],
+                hint="run 'make setup' (the agent's dependencies are copied from this interpreter)",
+            ) from exc
+        found[canon] = dist
+        for text in dist.requires or []:
+            req = Requirement(text)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(req.name)
+    return [found[k] for k in sorted(found)]
+
+
+def install(root: Path) -> list[str]:
+    """Copy the agent's distributions and the fleetcast package; return ``name==version`` lines."""
+    site = root / SITE
+    site.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for dist in closure(AGENT_DISTRIBUTIONS):
+        base = Path(str(dist.locate_file("")))
+        for f in dist.files or []:
+            src = Path(str(dist.locate_file(f)))
+            rel = src.relative_to(base) if src.is_relative_to(base) else None
+            if rel is None or rel.parts[0] == ".." or "__pycache__" in rel.parts or not src.is_file():
+                continue
+            if rel.parts[0].endswith(".data") or rel.suffix == ".pyc":
+                continue
+            dest = site / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dest)
+        lines.append(f"{dist.metadata['Name']}=={dist.version}")
+    shutil.copytree(
+        source_tree(),
+        site / "fleetcast",
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+        dirs_exist_ok=True,
+    )
+    return lines
