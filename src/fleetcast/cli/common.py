@@ -9,7 +9,18 @@ from typing import Any
 
 from fleetcast import config
 
-GROUPS = ("image", "store", "windows", "serve", "agent", "admin", "deploy", "deployments", "clients")
+GROUPS = (
+    "image",
+    "store",
+    "windows",
+    "serve",
+    "agent",
+    "admin",
+    "deploy",
+    "deployments",
+    "clients",
+    "bootenv",
+)
 
 
 def global_options() -> argparse.ArgumentParser:
