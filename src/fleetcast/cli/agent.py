@@ -16,12 +16,19 @@ def register(
         description="Run the fleetcast agent on a client: it enrolls with the server, reports its inventory, "
         "heartbeats and runs the deploy tasks it is given.",
     )
-    p.add_argument("--server", required=True, metavar="URL", help="server URL, e.g. http://10.0.0.1:8080")
+    p.add_argument(
+        "--server", metavar="URL", help="server URL, e.g. http://10.0.0.1:8080 (default: fleetcast.server=)"
+    )
     p.add_argument(
         "--enroll-token",
-        required=True,
         metavar="TOKEN",
-        help="from 'fleetcast --data DIR admin enroll-token'",
+        help="from 'fleetcast --data DIR admin enroll-token' (default: fleetcast.token=)",
+    )
+    p.add_argument(
+        "--cmdline",
+        default="/proc/cmdline",
+        metavar="FILE",
+        help="kernel command line read when --server/--enroll-token are absent (default: /proc/cmdline)",
     )
     p.add_argument(
         "--allow-disk",
@@ -73,6 +80,17 @@ def handle(args: argparse.Namespace) -> int:
     if not getattr(args, "debug", False):
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise
 
+    if args.server is None or args.enroll_token is None:
+        from fleetcast.agent.cmdline import read
+
+        found = read(Path(args.cmdline))
+        args.server = args.server or found.server
+        args.enroll_token = args.enroll_token or found.enroll_token
+        if args.server is None or args.enroll_token is None:
+            raise UsageError(
+                f"agent: no server URL or enrollment token: neither --server/--enroll-token nor "
+                f"fleetcast.server=/fleetcast.token= in {args.cmdline}"
+            )
     if args.workers < 1:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
     if args.checkpoint_mib < 1:
