@@ -141,3 +141,20 @@ def test_sign_in_roles_sessions_and_refusals(tmp_path: Path) -> None:
 
         # the bearer token keeps working for the CLI and scripts
         assert len(server.get("/api/clients")["clients"]) == 3
+
+        # what an agent sends is shown as text, never as HTML
+        evil = '<img src=x onerror="window.pwned=1">'
+        inventory = {"macs": ["52:54:00:aa:00:09"], "hostname": evil, "dmi": {"model": "<b>bold</b>"}}
+        r = httpx.post(
+            url + "/api/agent/enroll", json={"enroll_token": server.enroll, "inventory": inventory}
+        )
+        assert r.status_code == 200, r.text
+        sign_in(page, url, "viewer1", "viewer password")
+        page.wait_for_url(url + "/")
+        expect(page.locator("#connected")).to_have_text("4 clients connected")
+        row = page.locator('#clients tbody tr[data-mac="52:54:00:aa:00:09"]')
+        expect(row.get_by_role("button", name=evil)).to_have_count(1)
+        expect(row).to_contain_text("<b>bold</b>")
+        assert row.locator("img, b").count() == 0
+        assert page.evaluate("window.pwned") is None
+        shot(page, "08-escaped")

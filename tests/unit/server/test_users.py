@@ -1,0 +1,70 @@
+"""Console users: scrypt hashes, the rules for new users, the sign-in throttle (a real SQLite file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fleetcast.errors import UsageError
+from fleetcast.server.db import Database
+from fleetcast.server.sessions import Sessions
+from fleetcast.server.users import SignInError, SlowDown, Users, hash_password, verify_password
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Database:
+    return Database(f"sqlite:///{tmp_path / 'fc.db'}")
+
+
+def test_hash_is_salted_scrypt_and_verifies() -> None:
+    a, b = hash_password("correct horse"), hash_password("correct horse")
+    assert a.startswith("scrypt$32768$8$1$") and a != b
+    assert verify_password("correct horse", a)
+    assert not verify_password("correct horsE", a)
+    assert not verify_password("x", "md5$nonsense")
+
+
+def test_new_user_rules(db: Database) -> None:
+    users = Users(db)
+    assert users.needs_setup()
+    with pytest.raises(UsageError, match=r"^the password has 3 characters; at least 8 are needed$"):
+        users.add("admin", "admin", "abc")
+    with pytest.raises(UsageError, match=r"^role 'root' is not one of admin, operator, viewer$"):
+        users.add("admin", "root", "long enough")
+    with pytest.raises(UsageError, match=r"^user name '-x' is not valid$"):
+        users.add("-x", "viewer", "long enough")
+    users.add("admin", "admin", "long enough", only_if_none=True)
+    with pytest.raises(UsageError, match=r"^the admin password is already set$"):
+        users.add("other", "admin", "long enough", only_if_none=True)
+    with pytest.raises(UsageError, match=r"^user 'admin' already exists$"):
+        users.add("admin", "viewer", "long enough")
+    assert [u["name"] for u in users.list()] == ["admin"]
+    assert not users.needs_setup()
+
+
+def test_sign_in_throttle(db: Database) -> None:
+    users = Users(db)
+    users.add("ana", "operator", "long enough")
+    assert users.sign_in("ana", "long enough") == "operator"
+    for _ in range(3):
+        with pytest.raises(SignInError, match=r"^wrong user name or password$"):
+            users.sign_in("ana", "wrong")
+    with pytest.raises(SlowDown, match=r"^too many failed sign-ins for 'ana': try again in [12] s$"):
+        users.sign_in("ana", "long enough")
+    with pytest.raises(SignInError, match=r"^wrong user name or password$"):
+        users.sign_in("nobody", "long enough")
+
+
+def test_sessions_end_and_expire(db: Database) -> None:
+    from datetime import timedelta
+
+    sessions = Sessions(db)
+    token, csrf = sessions.create("ana")
+    row = sessions.lookup(token)
+    assert row is not None and row.user == "ana" and row.csrf == csrf
+    sessions.end(token)
+    assert sessions.lookup(token) is None
+    expired = Sessions(db, lifetime=timedelta(seconds=-1))
+    token, _ = expired.create("ana")
+    assert expired.lookup(token) is None
