@@ -152,6 +152,26 @@ def test_console_wizard_deploys_three_clients(lab: FleetLab) -> None:
         expect(page.locator("#image-detail")).to_contain_text("linux")
         shot(page, "images")
 
+        # a second deployment, one at a time, cancelled from its page: the queued clients never start
+        page.get_by_role("link", name="Deploy", exact=True).click()
+        page.get_by_label("Image to deploy").select_option("linux")
+        for step in range(1, 9):
+            if step == 4:
+                page.get_by_label("Clients writing at once").fill("1")
+            page.get_by_role("button", name="Next").click()
+            expect(page.locator(f'fieldset[data-step="{step + 1}"]')).to_be_visible()
+        page.get_by_role("button", name="Start deployment").click()
+        page.wait_for_url(re.compile(r".*/deployments/\d+$"))
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.get_by_role("button", name="Cancel deployment").click()
+        expect(page.locator("#dep-state")).to_have_text("cancelled", timeout=300_000)
+        expect(page.locator('#targets tbody tr[data-state="cancelled"]')).not_to_have_count(0)
+        shot(page, "deployment-cancelled")
+
     audit = lab.get("/api/audit")["audit"]
-    assert [(a["actor"], a["action"]) for a in audit] == [("op1", "deployment-create")]
+    assert [(a["actor"], a["action"]) for a in audit] == [
+        ("op1", "deployment-cancel"),
+        ("op1", "deployment-create"),
+        ("op1", "deployment-create"),
+    ]
     assert PASSWORD  # the admin's password was set by the first visit

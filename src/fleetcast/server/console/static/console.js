@@ -160,6 +160,7 @@ async function dashboard() {
     for (const t of d.clients) {
       if (t.state === "done" || t.state === "failed") results[t.mac] = t.state;
       assigned[t.mac] = [t.name, t.ip].filter(Boolean).join(" ");
+      if (t.state === "running") progress[t.mac] = { bytes_done: t.bytes, bytes_total: t.bytes_total, rate_bps: t.rate_bps };
     }
   }
   await newest();
@@ -330,7 +331,7 @@ async function deployment() {
     }
     $("#overall").value = total ? done / total : 0;
     const counts = dep.clients.reduce((a, t) => { a[t.state] = (a[t.state] || 0) + 1; return a; }, {});
-    $("#overall-text").textContent = `${Object.entries(counts).map(([k, v]) => `${v} ${k}`).join(", ")} · ${bytes(done)} of ${bytes(total)}` +
+    $("#overall-text").textContent = `${Object.entries(counts).map(([k, v]) => `${v} ${k}`).join(", ")}${total ? ` · ${bytes(done)} of ${bytes(total)}` : ""}` +
       (eta ? ` · about ${duration(eta)} left` : "");
     const cancel = $("#cancel");
     if (cancel) cancel.hidden = !["running"].includes(dep.state);
