@@ -4,22 +4,24 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from fleetcast.errors import AgentError, TransportError
+from fleetcast.protocol import (
+    EnrollReply,
+    EnrollRequest,
+    HeartbeatReply,
+    HeartbeatRequest,
+    ProgressReply,
+    ProgressReport,
+    bounded_result,
+    parse,
+)
 from fleetcast.transport.http import DEFAULT_OUTAGE_LIMIT, HttpChunkSource, make_client, request
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class HeartbeatReply:
-    task: dict[str, Any] | None
-    cancel: bool
-    interval: float
 
 
 def _json_object(response: httpx.Response, what: str) -> dict[str, Any]:
@@ -77,13 +79,14 @@ class AgentApi:
         return _json_object(response, what)
 
     def enroll(self, enroll_token: str, inventory: dict[str, Any]) -> int:
-        body = self._call(
-            "POST", "/api/agent/enroll", "enroll", json={"enroll_token": enroll_token, "inventory": inventory}
+        request = parse(EnrollRequest, {"enroll_token": enroll_token, "inventory": inventory}, "enroll")
+        reply = parse(
+            EnrollReply,
+            self._call("POST", "/api/agent/enroll", "enroll", json=request.model_dump()),
+            "enroll",
         )
-        credential, client_id = body.get("credential"), body.get("client_id")
-        if not isinstance(credential, str) or not isinstance(client_id, int):
-            raise AgentError(f"enroll: the server's answer lacks client_id/credential: {sorted(body)}")
-        self.credential, self.client_id = credential, client_id
+        self.credential, self.client_id = reply.credential, reply.client_id
+        client_id = reply.client_id
         self._client.close()
         self._client = self._make_client()
         return client_id
@@ -91,30 +94,27 @@ class AgentApi:
     def heartbeat(
         self, inventory: dict[str, Any] | None, task_id: int | None, *, limit: float | None = None
     ) -> HeartbeatReply:
-        body = self._call(
-            "POST",
-            "/api/agent/heartbeat",
-            "heartbeat",
-            json={"inventory": inventory, "task_id": task_id},
-            limit=limit,
-        )
-        task = body.get("task")
-        interval = body.get("interval", 2)
-        return HeartbeatReply(
-            task=task if isinstance(task, dict) else None,
-            cancel=bool(body.get("cancel", False)),
-            interval=float(interval) if isinstance(interval, int | float) and interval > 0 else 2.0,
-        )
+        request = parse(HeartbeatRequest, {"inventory": inventory, "task_id": task_id}, "heartbeat")
+        body = self._call("POST", "/api/agent/heartbeat", "heartbeat", json=request.model_dump(), limit=limit)
+        return parse(HeartbeatReply, body, "heartbeat reply")
 
     def progress(self, task_id: int, report: dict[str, Any], *, limit: float | None = None) -> bool:
         """Post a progress report; True when the server asks the agent to cancel."""
         body = self._call(
-            "POST", f"/api/agent/tasks/{task_id}/progress", "progress", json=report, limit=limit
+            "POST",
+            f"/api/agent/tasks/{task_id}/progress",
+            "progress",
+            json=parse(ProgressReport, report, "progress report").model_dump(),
+            limit=limit,
         )
-        return bool(body.get("cancel", False))
+        return parse(ProgressReply, body, "progress reply").cancel
 
     def result(self, task_id: int, result: dict[str, Any]) -> None:
-        self._call("POST", f"/api/agent/tasks/{task_id}/result", "result", json=result)
+        body = bounded_result(
+            str(result.get("state")), result.get("error"), result.get("disk"), result.get("action"),
+            [str(c) for c in result.get("changes") or []],
+        )  # fmt: skip
+        self._call("POST", f"/api/agent/tasks/{task_id}/result", "result", json=body.model_dump())
 
     def manifest(self, image: str) -> bytes:
         response = request(

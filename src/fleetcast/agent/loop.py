@@ -22,8 +22,8 @@ from fleetcast.agent.api import AgentApi
 from fleetcast.agent.inventory import Inventory, collect
 from fleetcast.agent.runner import Stopped, TaskRunner
 from fleetcast.agent.state import DEFAULT_STATE_DIR, StateStore
-from fleetcast.agent.task import parse_task
 from fleetcast.errors import AgentError, FleetcastError, TransportError
+from fleetcast.protocol import parse_task
 from fleetcast.transport.http import DEFAULT_OUTAGE_LIMIT, HttpStatusError
 
 logger = logging.getLogger(__name__)

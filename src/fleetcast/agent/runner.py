@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 from fleetcast.agent.api import AgentApi
 from fleetcast.agent.state import StateStore, TaskState
-from fleetcast.agent.task import Task
 from fleetcast.errors import AgentError, DiskError, FleetcastError
 from fleetcast.identity.base import IdentitySettings
 from fleetcast.progress import Rate
+from fleetcast.protocol import Task
 from fleetcast.run import run
 
 if TYPE_CHECKING:
@@ -299,7 +299,7 @@ class TaskRunner:
             from fleetcast.agent.personalize import personalize
 
             settings = IdentitySettings(
-                name=task.name, ip=task.ip, gateway=task.gateway, dns=task.dns, mac=self.mac or None
+                name=task.name, ip=task.ip, gateway=task.gateway, dns=tuple(task.dns), mac=self.mac or None
             )
             kind, lines = personalize(target, manifest, settings)
             changes += [f"{kind}: {line}" for line in lines]

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from fleetcast.server.api_agent import Catalog, Orch, peer
 from fleetcast.server.events import EventBus, load_events
@@ -26,16 +26,19 @@ router = APIRouter(prefix="/api", tags=["admin"], dependencies=[Depends(require_
 
 
 class DeploymentBody(BaseModel):
-    """The body mirrors ``fleetcast deploy``'s flags."""
+    """The body mirrors ``fleetcast deploy``'s flags. Strict: ``"batch": "2"`` or ``"grow": "yes"``
+    is refused, not coerced; unknown keys are refused (a typo does not silently drop a setting)."""
+
+    model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")
 
     image: str = Field(max_length=128)
-    clients: str | list[str] = "all"
+    clients: str | list[Annotated[str, Field(max_length=32)]] = Field(default="all", max_length=100_000)
     disk: str = Field(default="0", max_length=255)
     batch: int = 1
     name: str | None = Field(default=None, max_length=255)
     ip: str | None = Field(default=None, max_length=64)
     gateway: str | None = Field(default=None, max_length=64)
-    dns: str | list[str] = Field(default_factory=list)
+    dns: str | list[Annotated[str, Field(max_length=64)]] = Field(default_factory=list)
     grow: bool = False
     then: str = "reboot"
 

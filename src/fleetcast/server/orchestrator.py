@@ -19,7 +19,7 @@ import logging
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from fleetcast.disk.rules import parse_rule
 from fleetcast.errors import DiskError, NotFoundError, ServerError, UsageError
+from fleetcast.protocol import PHASES, RESULT_STATES, ProgressReport, Task, TaskResult
 from fleetcast.server import plan as planner
 from fleetcast.server.auth import ForbiddenError, hash_credential, new_secret
 from fleetcast.server.db import MAX_INTEGER, AuditRow, Client, Database, Deployment, Target, isoformat, utcnow
@@ -42,8 +43,6 @@ _Row = TypeVar("_Row", Client, Deployment, Target)
 ACTIVE_TARGET = ("queued", "running")
 TERMINAL_TARGET = ("done", "failed", "cancelled")
 ACTIVE_DEPLOYMENT = ("running", "cancelling")
-PHASES = ("selecting-disk", "writing", "verifying", "growing", "personalizing", "finishing")
-RESULT_STATES = ("done", "failed", "cancelled")
 
 
 class DeploymentNotFound(NotFoundError):
@@ -68,26 +67,6 @@ class DeploymentRequest:
     dns: Sequence[str] = ()
     grow: bool = False
     then: str = "reboot"
-
-
-@dataclass(frozen=True)
-class ProgressReport:
-    phase: str
-    bytes_done: int = 0
-    bytes_total: int = 0
-    rate_bps: float = 0.0
-    eta_seconds: float | None = None
-    checkpoint_chunk: int | None = None
-    disk: str | None = None
-
-
-@dataclass(frozen=True)
-class TaskResult:
-    state: str
-    error: str | None = None
-    disk: str | None = None
-    action: str | None = None
-    changes: Sequence[str] = field(default_factory=tuple)
 
 
 @dataclass(frozen=True)
@@ -556,22 +535,23 @@ class Orchestrator:
 
     def _task_dict(self, t: Target) -> dict[str, Any]:
         d = t.deployment
-        return {
-            "task_id": t.id,
-            "deployment_id": d.id,
-            "kind": "deploy",
-            "image": d.image,
-            "image_size": d.image_size,
-            "disk_rule": d.disk_rule,
-            "grow": d.grow,
-            "name": t.name,
-            "ip": t.ip,
-            "gateway": d.gateway,
-            "dns": list(d.dns or []),
-            "then": d.then,
-            "resume_chunk": t.checkpoint_chunk,
-            "attempt": t.attempt,
-        }
+        task = Task(
+            task_id=t.id,
+            deployment_id=d.id,
+            kind="deploy",
+            image=d.image,
+            image_size=d.image_size,
+            disk_rule=d.disk_rule,
+            grow=d.grow,
+            name=t.name,
+            ip=t.ip,
+            gateway=d.gateway,
+            dns=list(d.dns or []),
+            then=d.then,
+            resume_chunk=t.checkpoint_chunk,
+            attempt=t.attempt,
+        )
+        return task.model_dump()
 
     def _hand_back(self, s: Session, t: Target, now: datetime) -> dict[str, Any]:
         """The agent is idle but its target still runs: it restarted. Resume from the checkpoint."""

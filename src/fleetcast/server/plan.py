@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fleetcast.errors import ClientNotFound, UsageError
+from fleetcast.protocol import MAX_DNS, THEN_ACTIONS
 
 logger = logging.getLogger(__name__)
 
-THEN_ACTIONS = ("reboot", "shutdown", "none")
 HOSTNAME_MAX = 63
 MAX_BATCH = 100_000
 WINDOWS_NAME_MAX = 15
@@ -159,7 +159,10 @@ def _address(text: str, what: str) -> ipaddress.IPv4Address | ipaddress.IPv6Addr
 def allocate_ips(ip_range: str | None, count: int, gateway: str | None, dns: Sequence[str]) -> Network:
     """``count`` addresses upwards from ``START/PREFIX``, checked against the network's bounds and
     the gateway; ``gateway`` and ``dns`` need a range (they configure static addressing)."""
-    dns_servers = tuple(str(_address(d, "DNS server")) for d in dns if d.strip())
+    given = [d for d in dns if d.strip()]
+    if len(given) > MAX_DNS:
+        raise UsageError(f"at most {MAX_DNS} DNS servers can be given, found {len(given)}")
+    dns_servers = tuple(str(_address(d, "DNS server")) for d in given)
     if ip_range is None or not ip_range.strip():
         if gateway:
             raise UsageError(

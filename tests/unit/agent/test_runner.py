@@ -16,7 +16,7 @@ from fleetcast.agent.api import AgentApi
 from fleetcast.agent.loop import Agent, AgentSettings
 from fleetcast.agent.runner import TaskRunner, plan_post_action
 from fleetcast.agent.state import StateStore, TaskState
-from fleetcast.agent.task import parse_task
+from fleetcast.protocol import parse_task
 from fleetcast.store.capture import capture
 from fleetcast.store.images import ImageStore
 from fleetcast.store.manifest import Manifest

@@ -1,4 +1,4 @@
-"""Parsing tasks from the server (exact error texts) and the state file."""
+"""Parsing tasks from the server with fleetcast.protocol (exact error texts) and the state file."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from fleetcast.agent.state import StateStore, TaskState
-from fleetcast.agent.task import parse_task
+from fleetcast.protocol import parse_task
 from fleetcast.errors import AgentError
 
 GOOD: dict[str, Any] = {
@@ -36,7 +36,7 @@ def test_parse_good() -> None:
         2,
         "img",
         True,
-        ("10.0.0.2",),
+        ["10.0.0.2"],
         "reboot",
         4,
     )
@@ -45,14 +45,26 @@ def test_parse_good() -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"task_id": None}, "task from the server lacks 'task_id'"),
-        ({"task_id": "1"}, "task field 'task_id': expected int, found str"),
-        ({"task_id": True}, "task field 'task_id': expected int, found bool"),
+        (
+            {"task_id": None},
+            "task from the server: field 'task_id': Input should be a valid integer (found NoneType)",
+        ),
+        (
+            {"task_id": "1"},
+            "task from the server: field 'task_id': Input should be a valid integer (found str)",
+        ),
+        (
+            {"task_id": True},
+            "task from the server: field 'task_id': Input should be a valid integer (found bool)",
+        ),
         ({"kind": "capture"}, "task kind 'capture' is not supported by this agent (supported: deploy)"),
         ({"then": "explode"}, "task field 'then': expected one of reboot, shutdown, none, found 'explode'"),
-        ({"dns": [1]}, "task field 'dns': expected a list of strings"),
-        ({"resume_chunk": -1}, "task field 'resume_chunk': expected >= 0, found -1"),
-        ({"grow": "yes"}, "task field 'grow': expected bool, found str"),
+        ({"dns": [1]}, "task from the server: field 'dns.0': Input should be a valid string (found int)"),
+        (
+            {"resume_chunk": -1},
+            "task from the server: field 'resume_chunk': Input should be greater than or equal to 0 (found int)",
+        ),
+        ({"grow": "yes"}, "task from the server: field 'grow': Input should be a valid boolean (found str)"),
     ],
 )
 def test_parse_bad(change: dict[str, Any], message: str) -> None:

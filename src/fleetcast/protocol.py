@@ -1,0 +1,205 @@
+"""The agent protocol (docs/agent-protocol.md) as typed messages, one module for both sides.
+
+The server takes these models as request bodies and answers with them; the agent builds its
+requests from them and parses the server's answers with them. Every message:
+
+- is **strict**: ``"batch": "2"``, ``true`` for an integer or ``"yes"`` for a boolean are refused,
+  not coerced;
+- refuses ``NaN`` and ``Infinity`` (``rate_bps: 1e999``): the event stream must stay JSON that a
+  browser's ``JSON.parse`` and PostgreSQL's JSON type accept;
+- is **bounded**: every string and list has a maximum, so one request cannot make a large row;
+- what an agent *sends* refuses unknown fields (``extra="forbid"``: no 6 MB inventory of extra keys);
+  what the server *answers* ignores unknown fields, so a newer server can add keys for newer agents.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fleetcast.errors import AgentError
+
+THEN_ACTIONS = ("reboot", "shutdown", "none")
+PHASES = ("selecting-disk", "writing", "verifying", "growing", "personalizing", "finishing")
+RESULT_STATES = ("done", "failed", "cancelled")
+TASK_KINDS = ("deploy",)
+
+# The columns these land in (server/db.py): BigInteger, Integer, String(255), String(16).
+MAX_INTEGER = 2**31 - 1
+MAX_BIG_INTEGER = 2**63 - 1
+MAX_ERROR = 20_000
+MAX_CHANGES = 1_000
+MAX_CHANGE = 1_000
+MAX_MACS = 64
+MAX_DISKS = 256
+MAX_DNS = 8
+
+
+class _Sent(BaseModel):
+    """What an agent sends: strict, finite, no unknown fields."""
+
+    model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid", frozen=True)
+
+
+class _Answered(BaseModel):
+    """What the server answers: strict and finite; unknown fields ignored (forward compatible)."""
+
+    model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="ignore", frozen=True)
+
+
+class Cpu(_Sent):
+    model: str = Field(default="", max_length=255)
+    cores: int = Field(default=0, ge=0, le=1_000_000)
+
+
+class Dmi(_Sent):
+    vendor: str | None = Field(default=None, max_length=255)
+    model: str | None = Field(default=None, max_length=255)
+    serial: str | None = Field(default=None, max_length=255)
+
+
+class Disk(_Sent):
+    path: str = Field(max_length=255)
+    size: int = Field(ge=0, le=MAX_BIG_INTEGER)
+    logical_sector_size: int = Field(default=512, ge=1, le=1 << 20)
+    physical_sector_size: int = Field(default=512, ge=1, le=1 << 20)
+    model: str | None = Field(default=None, max_length=255)
+    serial: str | None = Field(default=None, max_length=255)
+    wwn: str | None = Field(default=None, max_length=255)
+    removable: bool = False
+    rotational: bool = False
+
+
+class Inventory(_Sent):
+    """The machine as the agent sees it; ``macs[0]`` is its identity unless it booted from another."""
+
+    macs: list[str] = Field(min_length=1, max_length=MAX_MACS)
+    hostname: str = Field(default="", max_length=255)
+    cpu: Cpu = Field(default_factory=Cpu)
+    ram_bytes: int = Field(default=0, ge=0, le=MAX_BIG_INTEGER)
+    dmi: Dmi = Field(default_factory=Dmi)
+    disks: list[Disk] = Field(default_factory=list, max_length=MAX_DISKS)
+    agent_version: str = Field(default="", max_length=64)
+    boot_mac: str | None = Field(default=None, max_length=32)
+
+
+class EnrollRequest(_Sent):
+    enroll_token: str = Field(max_length=512)
+    inventory: Inventory
+
+
+class EnrollReply(_Answered):
+    client_id: int
+    credential: str
+
+
+class HeartbeatRequest(_Sent):
+    inventory: Inventory | None = None
+    task_id: int | None = None
+
+
+class Task(_Answered):
+    """A deploy task as the server hands it out; ``task_id`` is the target's id."""
+
+    task_id: int = Field(ge=1, le=MAX_INTEGER)
+    deployment_id: int = Field(ge=1, le=MAX_INTEGER)
+    kind: str
+    image: str = Field(max_length=255)
+    image_size: int = Field(default=0, ge=0)
+    disk_rule: str = Field(max_length=255)
+    grow: bool = False
+    name: str | None = Field(default=None, max_length=255)
+    ip: str | None = Field(default=None, max_length=64)
+    gateway: str | None = Field(default=None, max_length=64)
+    dns: list[str] = Field(default_factory=list, max_length=MAX_DNS)
+    then: str = "none"
+    resume_chunk: int = Field(default=0, ge=0)
+    attempt: int = Field(default=1, ge=0)
+
+
+class HeartbeatReply(_Answered):
+    task: dict[str, Any] | None = None  # parsed by parse_task, so a bad task can still be reported failed
+    cancel: bool = False
+    interval: float = Field(default=2.0, gt=0, le=3600)
+
+
+class ProgressReport(_Sent):
+    phase: str = Field(max_length=32)
+    bytes_done: int = Field(default=0, ge=0, le=MAX_BIG_INTEGER)
+    bytes_total: int = Field(default=0, ge=0, le=MAX_BIG_INTEGER)
+    rate_bps: float = Field(default=0.0, ge=0)
+    eta_seconds: float | None = Field(default=None, ge=0)
+    checkpoint_chunk: int | None = Field(default=None, ge=0, le=MAX_INTEGER)
+    disk: str | None = Field(default=None, max_length=255)
+
+
+class ProgressReply(_Answered):
+    cancel: bool = False
+
+
+class TaskResult(_Sent):
+    state: str = Field(max_length=16)
+    error: str | None = Field(default=None, max_length=MAX_ERROR)
+    disk: str | None = Field(default=None, max_length=255)
+    action: str | None = Field(default=None, max_length=16)
+    changes: list[Annotated[str, Field(max_length=MAX_CHANGE)]] = Field(
+        default_factory=list, max_length=MAX_CHANGES
+    )
+
+
+class ResultReply(_Answered):
+    pass
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def bounded_result(
+    state: str, error: str | None, disk: str | None, action: str | None, changes: list[str]
+) -> TaskResult:
+    """A result that fits the bounds: a long error or change line is cut, a long change list ends
+    with a line saying how many were left out (the agent's log keeps them all)."""
+
+    def cut(text: str, limit: int) -> str:
+        return text if len(text) <= limit else text[: limit - 1] + "…"
+
+    lines = [cut(c, MAX_CHANGE) for c in changes]
+    if len(lines) > MAX_CHANGES:
+        lines = [*lines[: MAX_CHANGES - 1], f"… and {len(lines) - MAX_CHANGES + 1} more changes"]
+    return TaskResult(
+        state=state, error=cut(error, MAX_ERROR) if error is not None else None,
+        disk=disk, action=action, changes=lines,
+    )  # fmt: skip
+
+
+def describe(exc: ValidationError) -> str:
+    """One line: ``field: problem (found TYPE)`` for each error pydantic found."""
+    parts = []
+    for e in exc.errors():
+        loc = ".".join(str(p) for p in e.get("loc", ())) or "body"
+        found = type(e.get("input")).__name__
+        parts.append(f"field {loc!r}: {e.get('msg', 'invalid')} (found {found})")
+    return "; ".join(parts)
+
+
+def parse(model: type[_M], raw: object, what: str) -> _M:
+    """``raw`` (a decoded JSON value) as ``model``; AgentError naming the field otherwise."""
+    if not isinstance(raw, dict):
+        raise AgentError(f"{what}: expected an object, found {type(raw).__name__}")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise AgentError(f"{what}: {describe(exc)}") from exc
+
+
+def parse_task(raw: object) -> Task:
+    """A task from the server, checked; AgentError naming the field, what was expected and found."""
+    task = parse(Task, raw, "task from the server")
+    if task.kind not in TASK_KINDS:
+        raise AgentError(
+            f"task kind {task.kind!r} is not supported by this agent (supported: {', '.join(TASK_KINDS)})"
+        )
+    if task.then not in THEN_ACTIONS:
+        raise AgentError(f"task field 'then': expected one of {', '.join(THEN_ACTIONS)}, found {task.then!r}")
+    return task

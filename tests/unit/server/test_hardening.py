@@ -1,0 +1,80 @@
+"""Issue 12: what a client sends cannot coerce, overflow or smuggle (exact request, status, message)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from serverkit import IMAGE, Server, inventory
+
+
+def _deploy_problem(server: Server, change: dict[str, Any], status: int) -> str:
+    body = {"image": IMAGE, "clients": "all", "disk": "0", "batch": 1, "then": "none", **change}
+    r = server.http.post(
+        "/api/deployments/plan", json=body, headers={"Authorization": f"Bearer {server.admin}"}
+    )
+    assert r.status_code == status, r.text
+    message: str = r.json()["message"]
+    return message
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"batch": "2"}, "invalid request: batch: Input should be a valid integer"),
+        ({"batch": True}, "invalid request: batch: Input should be a valid integer"),
+        ({"grow": "yes"}, "invalid request: grow: Input should be a valid boolean"),
+        ({"bacth": 2}, "invalid request: bacth: Extra inputs are not permitted"),
+    ],
+)
+def test_deployment_body_is_strict(server: Server, change: dict[str, Any], message: str) -> None:
+    server.agent("52:54:00:00:00:01")
+    assert _deploy_problem(server, change, 422) == message
+
+
+def test_too_many_dns_servers(server: Server) -> None:
+    server.agent("52:54:00:00:00:01")
+    dns = [f"10.0.{i // 250}.{i % 250 + 1}" for i in range(10_000)]
+    change = {"ip": "10.0.0.101/24", "dns": dns}
+    assert _deploy_problem(server, change, 400) == "at most 8 DNS servers can be given, found 10000"
+
+
+@pytest.mark.parametrize("number", ["1e999", "-1e999", "NaN", "Infinity"])
+def test_progress_refuses_infinity_and_nan(server: Server, number: str) -> None:
+    a = server.agent("52:54:00:00:00:01")
+    server.deploy()
+    task = a.heartbeat()["task"]
+    r = server.http.post(
+        f"/api/agent/tasks/{task['task_id']}/progress",
+        content=f'{{"phase": "writing", "rate_bps": {number}}}',
+        headers={**a.headers, "Content-Type": "application/json"},
+    )
+    assert r.status_code == 422, r.text
+    assert r.json()["message"].startswith("invalid request: rate_bps: Input should be")
+    assert "finite" in r.json()["message"]
+
+
+def test_inventory_extra_fields_refused(server: Server) -> None:
+    inv = {**inventory("52:54:00:00:00:01", "pc"), "junk": "x" * 1000}
+    r = server.http.post("/api/agent/enroll", json={"enroll_token": server.enroll, "inventory": inv})
+    assert r.status_code == 422
+    assert r.json()["message"] == "invalid request: inventory.junk: Extra inputs are not permitted"
+
+
+def test_result_changes_are_bounded(server: Server) -> None:
+    a = server.agent("52:54:00:00:00:01")
+    server.deploy()
+    task = a.heartbeat()["task"]
+    body = {"state": "done", "changes": ["x"] * 1001}
+    r = server.http.post(f"/api/agent/tasks/{task['task_id']}/result", json=body, headers=a.headers)
+    assert r.status_code == 422
+    assert (
+        r.json()["message"]
+        == "invalid request: changes: List should have at most 1000 items after validation, not 1001"
+    )
+
+
+def test_openapi_has_response_shapes(server: Server) -> None:
+    spec = server.http.get("/api/openapi.json").json()
+    hb = spec["paths"]["/api/agent/heartbeat"]["post"]["responses"]["200"]["content"]["application/json"]
+    assert hb["schema"] == {"$ref": "#/components/schemas/HeartbeatReply"}
