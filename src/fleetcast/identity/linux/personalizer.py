@@ -13,7 +13,7 @@ from fleetcast.identity.linux import files, network
 
 logger = logging.getLogger(__name__)
 
-_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
 SSH_KEYGEN_UNIT = "fleetcast-ssh-keygen.service"
 _SSH_KEYGEN_UNIT_TEXT = """\
 # Written by fleetcast at deployment: the image's SSH host keys were removed so that every
