@@ -24,7 +24,7 @@ from fleetcast.server.auth import AuthError
 from fleetcast.server.db import Base, Database, isoformat, utcnow
 
 ROLES = ("admin", "operator", "viewer")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 MIN_PASSWORD = 8
 # scrypt: 2^15 x 8 x 128 B = 32 MiB and ~0.1 s per check on this machine's cores
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1
