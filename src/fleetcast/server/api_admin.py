@@ -103,6 +103,12 @@ def cancel_deployment(deployment_id: int, request: Request, orch: Orch) -> dict[
     return orch.cancel(deployment_id, actor=actor(request), address=peer(request))
 
 
+@router.post("/deployments/{deployment_id}/retry", status_code=201)
+def retry_deployment(deployment_id: int, request: Request, orch: Orch) -> dict[str, Any]:
+    """A new deployment of the failed clients of a finished one (each keeps its name and IP)."""
+    return orch.retry(deployment_id, actor=actor(request), address=peer(request))
+
+
 @router.get("/events/log")
 def event_log(
     orch: Orch,

@@ -201,20 +201,6 @@ class Orchestrator:
     def create(self, request: DeploymentRequest, *, actor: str, address: str) -> dict[str, Any]:
         plan = self.plan(request)
         with self._tx() as s:
-            ids = [a.client_id for a in plan.assignments]
-            busy = s.execute(
-                select(Target.mac, Target.deployment_id)
-                .join(Deployment)
-                .where(Target.client_id.in_(ids), Target.state.in_(ACTIVE_TARGET))
-                .where(Deployment.state.in_(ACTIVE_DEPLOYMENT))
-                .order_by(Target.mac)
-            ).first()
-            if busy is not None:
-                raise ServerError(
-                    f"client {busy.mac} is already in deployment {busy.deployment_id}, "
-                    "which is still running",
-                    hint=f"wait for it or cancel it: POST /api/deployments/{busy.deployment_id}/cancel",
-                )
             dep = Deployment(
                 image=plan.image,
                 image_size=plan.image_size,
@@ -230,33 +216,96 @@ class Orchestrator:
                 created_at=utcnow(),
                 created_by=actor,
             )
-            s.add(dep)
-            s.flush()
-            for a in plan.assignments:
-                dep.targets.append(
-                    Target(
-                        client_id=a.client_id, position=a.n, mac=a.mac, name=a.name, ip=a.ip, state="queued"
-                    )
-                )
-            s.flush()
-            self._audit(
-                s, actor=actor, address=address, action="deployment-create",
-                target=f"deployment {dep.id}", detail=plan.to_dict(),
-            )  # fmt: skip
-            self.bus.record(
+            targets = [
+                Target(client_id=a.client_id, position=a.n, mac=a.mac, name=a.name, ip=a.ip, state="queued")
+                for a in plan.assignments
+            ]
+            return self._start(
                 s,
-                "deployment-created",
-                deployment_id=dep.id,
-                image=dep.image,
-                batch=dep.batch,
-                clients=len(dep.targets),
+                dep,
+                targets,
+                actor=actor,
+                address=address,
+                action="deployment-create",
+                detail=plan.to_dict(),
             )
-            for t in dep.targets:
-                self.bus.record(
-                    s, "client-queued", deployment_id=dep.id, client_id=t.client_id, mac=t.mac, name=t.name
+
+    def retry(self, deployment_id: int, *, actor: str, address: str) -> dict[str, Any]:
+        """A new deployment of the failed clients of a finished one: same image, disk rule, batch,
+        network and post action; each client keeps its number, name and IP."""
+        with self._tx() as s:
+            old = self._deployment(s, deployment_id)
+            if old.state in ACTIVE_DEPLOYMENT:
+                raise ServerError(
+                    f"deployment {deployment_id} is still {old.state}; its failed clients can be retried "
+                    "when it has finished",
+                    hint=f"wait for it or cancel it: POST /api/deployments/{deployment_id}/cancel",
                 )
-            logger.info("deployment %d: %s to %d clients, batch %d", dep.id, dep.image, len(ids), dep.batch)
-            return deployment_view(dep)
+            failed = [t for t in old.targets if t.state == "failed"]
+            if not failed:
+                raise UsageError(f"deployment {deployment_id} has no failed clients; nothing to retry")
+            self.catalog.info(old.image)  # ImageNotFound if it was deleted since
+            dep = Deployment(
+                image=old.image, image_size=old.image_size, disk_rule=old.disk_rule, batch=old.batch,
+                name_pattern=old.name_pattern, ip_range=old.ip_range, gateway=old.gateway,
+                dns=list(old.dns or []), grow=old.grow, then=old.then, state="running",
+                created_at=utcnow(), created_by=actor,
+            )  # fmt: skip
+            targets = [
+                Target(
+                    client_id=t.client_id,
+                    position=t.position,
+                    mac=t.mac,
+                    name=t.name,
+                    ip=t.ip,
+                    state="queued",
+                )
+                for t in failed
+            ]
+            detail = {"retry_of": deployment_id, "clients": [t.mac for t in failed]}
+            return self._start(
+                s, dep, targets, actor=actor, address=address, action="deployment-retry", detail=detail
+            )
+
+    def _start(
+        self, s: Session, dep: Deployment, targets: list[Target], *, actor: str, address: str,
+        action: str, detail: dict[str, Any],
+    ) -> dict[str, Any]:  # fmt: skip
+        """Store ``dep`` with ``targets`` queued, unless one of their clients is in a running deployment."""
+        ids = [t.client_id for t in targets]
+        busy = s.execute(
+            select(Target.mac, Target.deployment_id)
+            .join(Deployment)
+            .where(Target.client_id.in_(ids), Target.state.in_(ACTIVE_TARGET))
+            .where(Deployment.state.in_(ACTIVE_DEPLOYMENT))
+            .order_by(Target.mac)
+        ).first()
+        if busy is not None:
+            raise ServerError(
+                f"client {busy.mac} is already in deployment {busy.deployment_id}, which is still running",
+                hint=f"wait for it or cancel it: POST /api/deployments/{busy.deployment_id}/cancel",
+            )
+        s.add(dep)
+        s.flush()
+        dep.targets.extend(targets)
+        s.flush()
+        self._audit(
+            s, actor=actor, address=address, action=action, target=f"deployment {dep.id}", detail=detail
+        )
+        self.bus.record(
+            s,
+            "deployment-created",
+            deployment_id=dep.id,
+            image=dep.image,
+            batch=dep.batch,
+            clients=len(dep.targets),
+        )
+        for t in dep.targets:
+            self.bus.record(
+                s, "client-queued", deployment_id=dep.id, client_id=t.client_id, mac=t.mac, name=t.name
+            )
+        logger.info("deployment %d: %s to %d clients, batch %d", dep.id, dep.image, len(ids), dep.batch)
+        return deployment_view(dep)
 
     def cancel(self, deployment_id: int, *, actor: str, address: str) -> dict[str, Any]:
         with self._tx() as s:

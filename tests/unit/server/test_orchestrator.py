@@ -338,3 +338,26 @@ def test_server_restart_gives_running_tasks_a_grace_period(server: Server) -> No
         )
         assert view.json()["clients"][0]["state"] == "running"
         assert view.json()["clients"][0]["checkpoint_chunk"] == 3
+
+
+def test_retry_failed_clients_keeps_names_and_ips(server: Server) -> None:
+    a = server.agent("52:54:00:00:00:01")
+    b = server.agent("52:54:00:00:00:02")
+    dep = server.deploy(batch=2, name="LAB-{n:02}", ip="10.0.0.101/24", gateway="10.0.0.1")
+    ta, tb = a.heartbeat()["task"], b.heartbeat()["task"]
+    early = server.post(f"/api/deployments/{dep['deployment']}/retry", status=409)
+    assert early["message"] == (
+        f"deployment {dep['deployment']} is still running; "
+        "its failed clients can be retried when it has finished"
+    )
+    b.result(tb["task_id"], "failed", "boom")
+    a.result(ta["task_id"])
+    again = server.post(f"/api/deployments/{dep['deployment']}/retry", status=201)
+    assert [(c["mac"], c["n"], c["name"], c["ip"], c["state"]) for c in again["clients"]] == [
+        ("52:54:00:00:00:02", 2, "LAB-02", "10.0.0.102/24", "queued")
+    ]
+    assert again["deployment"] != dep["deployment"]
+    task = b.heartbeat()["task"]
+    assert task is not None
+    server.post(f"/api/deployments/{again['deployment']}/retry", status=409)  # still running
+    assert [x["action"] for x in server.get("/api/audit")["audit"]][:1] == ["deployment-retry"]
