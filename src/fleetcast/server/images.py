@@ -16,8 +16,8 @@ from fleetcast.errors import ImageNotFound, NotFoundError, StoreError, UsageErro
 
 logger = logging.getLogger(__name__)
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-CHUNK_ID_RE = re.compile(r"^[0-9a-f]{64}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+CHUNK_ID_RE = re.compile(r"^[0-9a-f]{64}\Z")
 
 
 class ChunkNotFound(NotFoundError):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
-import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,8 +22,8 @@ logger = logging.getLogger(__name__)
 HOSTNAME_MAX = 63
 MAX_BATCH = 100_000
 WINDOWS_NAME_MAX = 15
-_MAC_RE = re.compile(r"^[0-9a-f]{2}([:-]?)[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
-_NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?$")
+_MAC_RE = re.compile(r"[0-9a-f]{2}([:-]?)[0-9a-f]{2}(\1[0-9a-f]{2}){4}")
+_NAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?")
 _EXAMPLE_PATTERN = "--name 'LAB-{n:02}'"
 _EXAMPLE_RANGE = "START/PREFIX such as 10.0.0.101/24"
 
@@ -58,10 +57,15 @@ class Network:
 def normalize_mac(text: str) -> str:
     """``AA-BB-CC-DD-EE-FF`` / ``aabbccddeeff`` / ``aa:bb:..`` -> ``aa:bb:cc:dd:ee:ff``."""
     value = text.strip().lower()
-    if not _MAC_RE.match(value):
+    if not _MAC_RE.fullmatch(value):
         raise UsageError(f"client {text!r} is not a MAC address: expected aa:bb:cc:dd:ee:ff")
     digits = value.replace(":", "").replace("-", "")
-    return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
+    mac = ":".join(digits[i : i + 2] for i in range(0, 12, 2))
+    if digits in ("000000000000", "ffffffffffff"):
+        raise UsageError(f"MAC address {mac} cannot identify a machine (all-zero or broadcast)")
+    if int(digits[:2], 16) & 1:
+        raise UsageError(f"MAC address {mac} is a multicast address and cannot identify a machine")
+    return mac
 
 
 def parse_clients(spec: str | Sequence[str]) -> list[str] | None:
@@ -107,33 +111,63 @@ def select_clients(spec: str | Sequence[str], enrolled: Sequence[PlanClient]) ->
     return chosen
 
 
-def render_names(pattern: str, count: int, *, max_length: int = HOSTNAME_MAX) -> list[str]:
-    """Names 1..count from ``pattern``; only the field ``{n}`` (with a format spec) is allowed."""
-    try:
-        fields = [f for _, f, _, _ in string.Formatter().parse(pattern) if f is not None]
-    except ValueError as exc:
-        raise UsageError(f"name pattern {pattern!r} is not valid: {exc}", hint=_EXAMPLE_PATTERN) from exc
-    for field in fields:
-        if field != "n":
-            shown = "{" + field + "}"
+MAX_WIDTH = 15
+_FIELD = "only {n} or {n:0W} (W = 1-15) is allowed"
+_WIDTH_RE = re.compile(r"n(?::0([1-9][0-9]?))?")
+
+
+def parse_pattern(pattern: str) -> list[str | int]:
+    """A name pattern as pieces: literal text (str) and client-number fields (int: the zero-padded
+    width, 0 for none). Parsed by hand, never with ``str.format``: a width is at most 15 digits and
+    nothing inside braces is ever evaluated."""
+    pieces: list[str | int] = []
+    text: list[str] = []
+    i = 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "}":
             raise UsageError(
-                f"name pattern {pattern!r} uses {shown}; only {{n}} (the client number from 1) is allowed",
+                f"name pattern {pattern!r} is not valid: '}}' at position {i} has no '{{'",
                 hint=_EXAMPLE_PATTERN,
             )
-    if not fields and count > 1:
+        if ch != "{":
+            text.append(ch)
+            i += 1
+            continue
+        end = pattern.find("}", i + 1)
+        if end < 0:
+            raise UsageError(
+                f"name pattern {pattern!r} is not valid: '{{' at position {i} is not closed",
+                hint=_EXAMPLE_PATTERN,
+            )
+        inner = pattern[i + 1 : end]
+        m = _WIDTH_RE.fullmatch(inner)
+        width = int(m.group(1)) if m is not None and m.group(1) else 0
+        if m is None or width > MAX_WIDTH:
+            raise UsageError(f"name pattern {pattern!r} uses {{{inner}}}; {_FIELD}", hint=_EXAMPLE_PATTERN)
+        if text:
+            pieces.append("".join(text))
+            text = []
+        pieces.append(width)
+        i = end + 1
+    if text:
+        pieces.append("".join(text))
+    return pieces
+
+
+def render_names(pattern: str, count: int, *, max_length: int = HOSTNAME_MAX) -> list[str]:
+    """Names 1..count from ``pattern``: literal text and ``{n}`` / ``{n:0W}`` (parse_pattern)."""
+    pieces = parse_pattern(pattern)
+    if not any(isinstance(p, int) for p in pieces) and count > 1:
         raise UsageError(
             f"name pattern {pattern!r} has no {{n}}: all {count} clients would get the same name",
             hint=_EXAMPLE_PATTERN,
         )
     names: list[str] = []
+    seen: set[str] = set()
     for n in range(1, count + 1):
-        try:
-            name = pattern.format(n=n)
-        except (ValueError, TypeError) as exc:
-            raise UsageError(
-                f"name pattern {pattern!r} cannot format client number {n}: {exc}", hint=_EXAMPLE_PATTERN
-            ) from exc
-        if not _NAME_RE.match(name) or len(name) > HOSTNAME_MAX:
+        name = "".join(p if isinstance(p, str) else str(n).zfill(p) for p in pieces)
+        if not _NAME_RE.fullmatch(name) or len(name) > HOSTNAME_MAX:
             raise UsageError(
                 f"name pattern {pattern!r} gives {name!r}, which is not a valid computer name",
                 hint="use letters, digits and '-', at most 63 characters, not starting or ending with '-'",
@@ -143,8 +177,9 @@ def render_names(pattern: str, count: int, *, max_length: int = HOSTNAME_MAX) ->
                 f"name pattern {pattern!r} gives {name!r} ({len(name)} characters); "
                 f"this image's computer names may have at most {max_length}"
             )
-        if name in names:
+        if name in seen:
             raise UsageError(f"name pattern {pattern!r} gives the name {name!r} to more than one client")
+        seen.add(name)
         names.append(name)
     return names
 

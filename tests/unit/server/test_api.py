@@ -171,10 +171,10 @@ BAD_INPUT = [
     (
         {"name": "LAB-{x}"},
         400,
-        "name pattern 'LAB-{x}' uses {x}; only {n} (the client number from 1) is allowed",
+        "name pattern 'LAB-{x}' uses {x}; only {n} or {n:0W} (W = 1-15) is allowed",
     ),
     ({"name": "LAB"}, 400, "name pattern 'LAB' has no {n}: all 2 clients would get the same name"),
-    ({"name": "LAB-{n"}, 400, "name pattern 'LAB-{n' is not valid: expected '}' before end of string"),
+    ({"name": "LAB-{n"}, 400, "name pattern 'LAB-{n' is not valid: '{' at position 4 is not closed"),
     ({"name": "LAB_{n}"}, 400, "name pattern 'LAB_{n}' gives 'LAB_1', which is not a valid computer name"),
     (
         {"ip": "10.0.0.254/24"},

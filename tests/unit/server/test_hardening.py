@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from serverkit import IMAGE, Server, inventory
+from serverkit import CHUNK_ID, IMAGE, Server, inventory
 
 
 def _deploy_problem(server: Server, change: dict[str, Any], status: int) -> str:
@@ -78,3 +78,48 @@ def test_openapi_has_response_shapes(server: Server) -> None:
     spec = server.http.get("/api/openapi.json").json()
     hb = spec["paths"]["/api/agent/heartbeat"]["post"]["responses"]["200"]["content"]["application/json"]
     assert hb["schema"] == {"$ref": "#/components/schemas/HeartbeatReply"}
+
+
+def test_chunk_id_with_a_newline_is_400(server: Server) -> None:
+    a = server.agent("52:54:00:00:00:01")
+    r = server.http.get(f"/api/agent/chunks/{CHUNK_ID}%0a", headers=a.headers)
+    assert r.status_code == 400
+    assert r.json()["message"] == f"chunk id '{CHUNK_ID}\\n' is not valid: expected 64 lower-case hex digits"
+
+
+def test_name_pattern_with_a_huge_width_is_a_short_400(server: Server) -> None:
+    server.agent("52:54:00:00:00:01")
+    message = _deploy_problem(server, {"name": "{n:99999999}"}, 400)
+    assert (
+        message == "name pattern '{n:99999999}' uses {n:99999999}; only {n} or {n:0W} (W = 1-15) is allowed"
+    )
+
+
+def test_name_pattern_with_a_trailing_newline(server: Server) -> None:
+    server.agent("52:54:00:00:00:01")
+    message = _deploy_problem(server, {"name": "LAB-{n}\n"}, 400)
+    assert message == "name pattern 'LAB-{n}\\n' gives 'LAB-1\\n', which is not a valid computer name"
+
+
+@pytest.mark.parametrize(
+    ("mac", "message"),
+    [
+        (
+            "00:00:00:00:00:00",
+            "MAC address 00:00:00:00:00:00 cannot identify a machine (all-zero or broadcast)",
+        ),
+        (
+            "FF:FF:FF:FF:FF:FF",
+            "MAC address ff:ff:ff:ff:ff:ff cannot identify a machine (all-zero or broadcast)",
+        ),
+        (
+            "01:00:5e:00:00:01",
+            "MAC address 01:00:5e:00:00:01 is a multicast address and cannot identify a machine",
+        ),
+    ],
+)
+def test_unusable_macs_cannot_enroll(server: Server, mac: str, message: str) -> None:
+    inv = inventory(mac, "pc")
+    r = server.http.post("/api/agent/enroll", json={"enroll_token": server.enroll, "inventory": inv})
+    assert r.status_code == 400
+    assert r.json()["message"] == message

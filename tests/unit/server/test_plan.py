@@ -76,21 +76,18 @@ def test_names() -> None:
     assert render_names("LAB-{n:02}", 3) == ["LAB-01", "LAB-02", "LAB-03"]
     assert render_names("pc{n}", 11)[-1] == "pc11"
     assert render_names("SERVER", 1) == ["SERVER"]
+    assert render_names("pc-{n:03}", 2) == ["pc-001", "pc-002"]
+    assert render_names("{n}x{n:02}", 1) == ["1x01"]
 
 
 @pytest.mark.parametrize(
     ("pattern", "count", "message"),
     [
-        ("LAB-{n:02", 2, "name pattern 'LAB-{n:02' is not valid: unmatched '{' in format spec"),
-        ("LAB-{}", 2, "name pattern 'LAB-{}' uses {}; only {n} (the client number from 1) is allowed"),
-        ("{mac}", 2, "name pattern '{mac}' uses {mac}; only {n} (the client number from 1) is allowed"),
+        ("LAB-{n:02", 2, "name pattern 'LAB-{n:02' is not valid: '{' at position 4 is not closed"),
+        ("LAB-{}", 2, "name pattern 'LAB-{}' uses {}; only {n} or {n:0W} (W = 1-15) is allowed"),
+        ("{mac}", 2, "name pattern '{mac}' uses {mac}; only {n} or {n:0W} (W = 1-15) is allowed"),
         ("LAB", 3, "name pattern 'LAB' has no {n}: all 3 clients would get the same name"),
-        (
-            "LAB-{n:q}",
-            1,
-            "name pattern 'LAB-{n:q}' cannot format client number 1: "
-            "Unknown format code 'q' for object of type 'int'",
-        ),
+        ("LAB-{n:q}", 1, "name pattern 'LAB-{n:q}' uses {n:q}; only {n} or {n:0W} (W = 1-15) is allowed"),
         ("-{n}", 1, "name pattern '-{n}' gives '-1', which is not a valid computer name"),
         ("LAB {n}", 1, "name pattern 'LAB {n}' gives 'LAB 1', which is not a valid computer name"),
         (
@@ -98,12 +95,22 @@ def test_names() -> None:
             1,
             f"name pattern '{'x' * 63}{{n}}' gives '{'x' * 63}1', which is not a valid computer name",
         ),
+        ("LAB-{n:.0}", 2, "name pattern 'LAB-{n:.0}' uses {n:.0}; only {n} or {n:0W} (W = 1-15) is allowed"),
+        # issue 12 item 5: a huge width is refused before anything is formatted; nested fields are text
         (
-            "LAB-{n:.0}",
-            2,
-            "name pattern 'LAB-{n:.0}' cannot format client number 1: "
-            "Precision not allowed in integer format specifier",
+            "{n:99999999}",
+            1,
+            "name pattern '{n:99999999}' uses {n:99999999}; only {n} or {n:0W} (W = 1-15) is allowed",
         ),
+        (
+            "{n:{n.__class__.__base__.__subclasses__}}",
+            1,
+            "name pattern '{n:{n.__class__.__base__.__subclasses__}}' uses "
+            "{n:{n.__class__.__base__.__subclasses__}; only {n} or {n:0W} (W = 1-15) is allowed",
+        ),
+        ("LAB-}{n}", 1, "name pattern 'LAB-}{n}' is not valid: '}' at position 4 has no '{'"),
+        # issue 12 item 6: a trailing newline is not part of a valid name
+        ("LAB-{n}\n", 1, "name pattern 'LAB-{n}\\n' gives 'LAB-1\\n', which is not a valid computer name"),
     ],
 )
 def test_name_errors(pattern: str, count: int, message: str) -> None:
