@@ -25,19 +25,28 @@ NAMES = ["LAB-01", "LAB-02", "LAB-03"]
 IPS = ["10.77.0.101/24", "10.77.0.102/24", "10.77.0.103/24"]
 
 
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[FleetLab]:
+def _lab(tmp_path: Path, disk_sizes: list[int]) -> Iterator[FleetLab]:
     golden = tmp_path / "golden.img"
     build_golden(golden, size=256 * MiB, extra_mib=24)
-    with FleetLab(tmp_path, CLIENTS) as lab:
+    with FleetLab(tmp_path, len(disk_sizes), disk_sizes=disk_sizes) as lab:
         lab.capture_image(golden, "linux", pack_size=1 * MiB)
         golden.unlink()
         lab.start_server()
         lab.add_disks()
         lab.start_agents()
-        lab.wait_enrolled(CLIENTS)
+        lab.wait_enrolled(len(disk_sizes))
         lab.net.limit(lab.net.server, RATE)
         yield lab
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[FleetLab]:
+    yield from _lab(tmp_path, [256 * MiB] * CLIENTS)
+
+
+@pytest.fixture
+def small_disk_lab(tmp_path: Path) -> Iterator[FleetLab]:
+    yield from _lab(tmp_path, [256 * MiB, 128 * MiB])
 
 
 def _next(page: Page, step: int, name: str) -> None:
@@ -175,3 +184,42 @@ def test_console_wizard_deploys_three_clients(lab: FleetLab) -> None:
         ("op1", "deployment-create"),
     ]
     assert PASSWORD  # the admin's password was set by the first visit
+
+
+def test_console_retries_the_failed_client(small_disk_lab: FleetLab) -> None:
+    """The second client's disk is too small: it fails, the others are done; *Retry the failed clients*
+    starts a new deployment of that client alone, with its name and IP."""
+    lab = small_disk_lab
+    with relay(lab.net.server.name, lab.net.server.ip, PORT) as url, browser() as b:
+        page = new_page(b)
+        set_password(page, url)
+        expect(page.locator("#connected")).to_have_text("2 clients connected")
+        page.get_by_role("link", name="Deploy", exact=True).click()
+        page.get_by_label("Image to deploy").select_option("linux")
+        for step in range(1, 9):
+            if step == 5:
+                page.locator("#name").fill("LAB-{n:02}")
+            if step == 6:
+                page.get_by_label("First address / prefix (empty: keep DHCP)").fill("10.77.0.101/24")
+            page.get_by_role("button", name="Next").click()
+            expect(page.locator(f'fieldset[data-step="{step + 1}"]')).to_be_visible()
+        page.get_by_role("button", name="Start deployment").click()
+        page.wait_for_url(re.compile(r".*/deployments/1$"))
+        expect(page.locator("#dep-state")).to_have_text("failed", timeout=300_000)
+        failed = page.locator('#targets tbody tr[data-state="failed"]')
+        expect(failed).to_have_count(1)
+        expect(failed).to_contain_text("LAB-02")
+        shot(page, "deployment-failed")
+        page.get_by_role("button", name="Retry the failed clients").click()
+        page.wait_for_url(re.compile(r".*/deployments/2$"))
+        rows = page.locator("#targets tbody tr")
+        expect(rows).to_have_count(1)
+        expect(rows).to_contain_text("LAB-02")
+        expect(rows).to_contain_text("10.77.0.102/24")
+        expect(page.locator("#dep-state")).to_have_text("failed", timeout=300_000)  # the disk is still small
+        shot(page, "deployment-retried")
+    audit = lab.get("/api/audit")["audit"]
+    assert [(a["actor"], a["action"]) for a in audit] == [
+        ("admin", "deployment-retry"),
+        ("admin", "deployment-create"),
+    ]

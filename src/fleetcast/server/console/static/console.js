@@ -306,6 +306,7 @@ async function wizard() {
   });
   form.addEventListener("submit", (e) => { e.preventDefault(); next(); });
   show(1);
+  $("#next").disabled = false; // enabled once the handlers are in place
 }
 
 // -- deployment page ---------------------------------------------------------------------------
