@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fleetcast.bootenv import pydeps, rootfs
-from fleetcast.bootenv.options import BootEnvOptions, cache_key
+from fleetcast.bootenv.options import BootEnvOptions, base_key, cache_key
 from fleetcast.errors import CommandError, NotFoundError, UsageError
 from fleetcast.run import run, which
 
@@ -124,11 +124,11 @@ def ensure(
     check_packages(options.packages())
     cache.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".build-{key}-", dir=cache))
+    work.chmod(0o755)
     try:
         manifest = _build(options, key, work, progress)
         (work / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        (work / "root").rename(work / ".root-done")
-        shutil.rmtree(work / ".root-done")
+        shutil.rmtree(work / "root")
         if entry.exists():  # a stale or half-written entry: replace it
             shutil.rmtree(entry)
         os.rename(work, entry)
@@ -141,16 +141,39 @@ def ensure(
     return found
 
 
+def _base_tree(options: BootEnvOptions, cache: Path, progress: StepFn) -> tuple[Path, float]:
+    """The pruned Debian tree for ``options``' packages: kept in ``cache/base-<key>/`` (seconds spent)."""
+    bkey = base_key(options)
+    base = cache / f"base-{bkey}"
+    if (base / "root" / "init.done").is_file():
+        return base / "root", 0.0
+    started = time.monotonic()
+    tmp = Path(tempfile.mkdtemp(prefix=f".base-{bkey}-", dir=cache))
+    try:
+        root = tmp / "root"
+        progress(f"boot environment: mmdebstrap {options.suite} ({len(options.packages())} packages)")
+        rootfs.debootstrap(root, options)
+        version = rootfs.kernel_version(root)
+        progress(f"boot environment: pruning kernel modules of {version}")
+        rootfs.prune(root, version, options)
+        (root / "init.done").write_text(bkey + "\n")
+        if base.exists():
+            shutil.rmtree(base)
+        os.rename(tmp, base)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return base / "root", time.monotonic() - started
+
+
 def _build(options: BootEnvOptions, key: str, work: Path, progress: StepFn) -> dict[str, object]:
     started = time.monotonic()
+    base, t_strap = _base_tree(options, work.parent, progress)
     root = work / "root"
-    progress(f"boot environment {key}: mmdebstrap {options.suite} ({len(options.packages())} packages)")
-    rootfs.debootstrap(root, options)
-    t_strap = time.monotonic() - started
+    run(["cp", "-a", base, root])
+    (root / "init.done").unlink()
     version = rootfs.kernel_version(root)
     shutil.copyfile(root / "boot" / f"vmlinuz-{version}", work / "vmlinuz")
-    progress(f"boot environment {key}: pruning kernel modules of {version}")
-    rootfs.prune(root, version, options)
     progress(f"boot environment {key}: installing fleetcast and its Python dependencies")
     installed = pydeps.install(root)
     rootfs.install_init(root, key)
@@ -175,6 +198,7 @@ def _build(options: BootEnvOptions, key: str, work: Path, progress: StepFn) -> d
         "tree_bytes": tree_bytes,
         "initrd_bytes": size,
         "kernel_bytes": (work / "vmlinuz").stat().st_size,
+        "base_key": base_key(options),
         "seconds_mmdebstrap": round(t_strap, 1),
         "seconds_pack": round(t_pack, 1),
         "seconds_total": round(total, 1),

@@ -99,22 +99,33 @@ def _hash_tree(h: hashlib._Hash, root: Path) -> None:
         h.update(hashlib.sha256(path.read_bytes()).digest())
 
 
-def cache_key(options: BootEnvOptions) -> str:
-    """Hash of everything that goes into the build: recipe, packages, options, fleetcast's source, extra
-    modules. The same inputs give the same key, so a second ``ensure`` finds the first build."""
+def base_key(options: BootEnvOptions) -> str:
+    """Hash of what the Debian tree is made from (packages, module pruning, extra modules): the tree is
+    kept under this key so a change of fleetcast's source only re-installs fleetcast and re-packs."""
     h = hashlib.sha256()
     inputs = {
         "recipe": RECIPE_VERSION,
         "suite": options.suite,
         "packages": list(options.packages()),
-        "python": list(AGENT_DISTRIBUTIONS),
         "dropped": list(DROPPED_MODULES),
         "excludes": list(DPKG_EXCLUDES),
-        "level": options.compression_level,
         "modules": options.add_modules is not None,
     }
     h.update(json.dumps(inputs, sort_keys=True).encode())
-    _hash_tree(h, source_tree())
     if options.add_modules is not None:
         _hash_tree(h, options.add_modules)
+    return h.hexdigest()[:16]
+
+
+def cache_key(options: BootEnvOptions) -> str:
+    """Hash of everything that goes into the build: the base tree's inputs, fleetcast's source, the Python
+    distributions and the packing. The same inputs give the same key, so ``ensure`` finds the first build."""
+    h = hashlib.sha256()
+    inputs = {
+        "base": base_key(options),
+        "python": list(AGENT_DISTRIBUTIONS),
+        "level": options.compression_level,
+    }
+    h.update(json.dumps(inputs, sort_keys=True).encode())
+    _hash_tree(h, source_tree())
     return h.hexdigest()[:16]

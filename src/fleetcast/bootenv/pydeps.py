@@ -9,8 +9,6 @@ import importlib.metadata as md
 import shutil
 from pathlib import Path
 
-from packaging.requirements import Requirement
-
 from fleetcast.bootenv.options import AGENT_DISTRIBUTIONS, source_tree
 from fleetcast.errors import CommandError
 
@@ -19,6 +17,8 @@ SITE = Path("usr/local/lib/python3.11/dist-packages")
 
 def closure(names: tuple[str, ...]) -> list[md.Distribution]:
     """The distributions named and everything they require (markers evaluated without extras)."""
+    from packaging.requirements import Requirement  # build host only: the initrd has no packaging
+
     todo = list(names)
     found: dict[str, md.Distribution] = {}
     while todo:

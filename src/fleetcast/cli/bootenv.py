@@ -39,6 +39,10 @@ def register(
     b.add_argument("--add-modules", metavar="DIR", help="folder of extra kernel modules (*.ko)")
     b.add_argument("--iso", metavar="FILE", help="also write a hybrid ISO/USB image that boots it")
     b.add_argument(
+        "--server", metavar="URL", help="with --iso: the server URL written into the ISO's command line"
+    )
+    b.add_argument("--enroll-token", metavar="TOKEN", help="with --iso: the enrollment token written into it")
+    b.add_argument(
         "--cache",
         metavar="DIR",
         help="cache folder (default: /var/cache/fleetcast/bootenv)",
@@ -50,6 +54,7 @@ def register(
 def handle_build(args: argparse.Namespace) -> int:
     from fleetcast.bootenv import BootEnvOptions, ensure
     from fleetcast.cli.common import print_json
+    from fleetcast.errors import UsageError
 
     options = BootEnvOptions(
         add_packages=tuple(args.add_package),
@@ -61,12 +66,17 @@ def handle_build(args: argparse.Namespace) -> int:
         if not args.json:
             print(line, file=sys.stderr, flush=True)
 
+    if (args.server or args.enroll_token) and not args.iso:
+        raise UsageError("--server and --enroll-token go into the ISO's command line: give --iso FILE too")
+    if bool(args.server) != bool(args.enroll_token):
+        raise UsageError("--server and --enroll-token go together (the ISO's agent needs both)")
     env = ensure(options, cache_dir=Path(args.cache) if args.cache else None, progress=progress)
     iso = None
     if args.iso:
         from fleetcast.bootenv.iso import make_iso
 
-        iso = make_iso(env, Path(args.iso))
+        line = env.cmdline(args.server, args.enroll_token) if args.server else None
+        iso = make_iso(env, Path(args.iso), cmdline=line)
     if args.json:
         print_json(
             {
