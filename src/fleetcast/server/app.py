@@ -17,6 +17,7 @@ from fleetcast.server.auth import Tokens
 from fleetcast.server.db import Database, redact
 from fleetcast.server.events import EventBus
 from fleetcast.server.images import ImageCatalog
+from fleetcast.server.limits import BodyLimit
 from fleetcast.server.orchestrator import Orchestrator
 from fleetcast.server.settings import ServerSettings
 
@@ -77,6 +78,7 @@ def create_app(settings: ServerSettings, *, catalog: ImageCatalog | None = None)
     app.state.catalog = cat
     app.state.orchestrator = orch
     problems.install(app)
+    app.add_middleware(BodyLimit)
 
     @app.get("/api/health", tags=["meta"])
     def health() -> dict[str, Any]:

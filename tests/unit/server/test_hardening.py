@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -123,3 +124,54 @@ def test_unusable_macs_cannot_enroll(server: Server, mac: str, message: str) -> 
     r = server.http.post("/api/agent/enroll", json={"enroll_token": server.enroll, "inventory": inv})
     assert r.status_code == 400
     assert r.json()["message"] == message
+
+
+def test_a_large_body_without_a_token_is_refused_before_reading(server: Server) -> None:
+    body = b"[" + b"0," * 1_000_000 + b"0]"
+    r = server.http.post("/api/deployments/plan", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 413
+    assert r.json()["message"] == (
+        f"request body for /api/deployments/plan is {len(body)} bytes; at most 1048576 bytes are accepted"
+    )
+
+
+def test_a_small_body_without_a_token_is_refused_before_parsing(server: Server) -> None:
+    r = server.http.post(
+        "/api/deployments/plan", content=b"{not json", headers={"Content-Type": "application/json"}
+    )
+    assert r.status_code == 401
+    assert r.json()["message"] == "this endpoint needs an Authorization: Bearer token"
+    r = server.http.post(
+        "/api/agent/heartbeat", content=b"{not json", headers={"Authorization": "Bearer fc_x"}
+    )
+    assert r.status_code == 401
+    assert r.json()["message"] == "the agent credential is not known (or was replaced by a newer enrollment)"
+
+
+def test_enrollment_body_is_bounded(server: Server) -> None:
+    inv = inventory("52:54:00:00:00:01", "pc")
+    body = ('{"enroll_token": "x", "inventory": {"macs": [' + ",".join(['"a"'] * 100_000) + "]}}").encode()
+    r = server.http.post("/api/agent/enroll", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 413
+    assert r.json()["message"] == (
+        f"request body for /api/agent/enroll is {len(body)} bytes; at most 262144 bytes are accepted"
+    )
+    assert inv  # the normal inventory still enrolls:
+    server.agent("52:54:00:00:00:01")
+
+
+def test_a_chunked_body_is_cut_off_at_the_limit(server: Server) -> None:
+    def chunks() -> Iterator[bytes]:
+        for _ in range(40):
+            yield b" " * 65536
+
+    r = server.http.post(
+        "/api/deployments/plan",
+        content=chunks(),
+        headers={"Authorization": f"Bearer {server.admin}", "Content-Type": "application/json"},
+    )
+    assert r.status_code == 413
+    assert r.json()["message"] == (
+        "request body for /api/deployments/plan is over the limit (sent without Content-Length); "
+        "at most 1048576 bytes are accepted"
+    )
