@@ -63,6 +63,20 @@ def test_sign_in_roles_sessions_and_refusals(tmp_path: Path) -> None:
         expect(page.locator("#inventory")).to_contain_text("Inventory of sim-01")
         expect(page.locator("#inventory")).to_contain_text("/dev/sim01")
         shot(page, "03-inventory")
+        # images: details, verify, delete
+        page.get_by_role("link", name="Images").click()
+        page.get_by_role("button", name="tiny").click()
+        page.get_by_role("button", name="Verify").click()
+        expect(page.locator("#image-detail [role=status]")).to_have_text(
+            re.compile(r"^Image tiny is intact: \d+ chunks, [\d.]+ MiB verified\.$")
+        )
+        shot(page, "03-image-verified")
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.get_by_role("button", name="Delete").click()
+        expect(page.locator("#images tbody")).to_have_text("No images in the store.")
+        assert [a["action"] for a in server.get("/api/audit")["audit"]] == ["image-delete"]
+        assert server.get("/api/audit")["audit"][0]["actor"] == "admin"
+        make_image(data / "store", "tiny")  # back for the rest of the test
         # the setup page is gone once a password is set
         page.goto(url + "/setup")
         page.wait_for_url("**/signin")

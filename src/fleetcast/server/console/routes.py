@@ -14,8 +14,11 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import BaseModel, Field
 
 from fleetcast import __version__
-from fleetcast.errors import FleetcastError
+from fleetcast.errors import FleetcastError, ServerError
 from fleetcast.server.auth import ForbiddenError, same
+from fleetcast.server.db import AuditRow
+from fleetcast.server.images import ImageCatalog, check_name
+from fleetcast.server.orchestrator import Orchestrator
 from fleetcast.server.sessions import (
     COOKIE,
     Principal,
@@ -241,3 +244,52 @@ def add_user(body: UserBody, request: Request, _: Admin) -> dict[str, Any]:
 def me(request: Request) -> dict[str, Any]:
     who = principal(request)
     return {"name": who.name, "role": who.role, "can_change": who.can_change}
+
+
+# -- images: verify and delete (what `fleetcast image verify` / `image rm` do, for the console) ----
+
+
+class VerifyOut(BaseModel):
+    image: str
+    ok: bool
+    chunks: int
+    bytes: int
+    problems: list[str]
+
+
+class RemovedOut(BaseModel):
+    removed: str
+
+
+def _catalog(request: Request) -> ImageCatalog:
+    cat: ImageCatalog = request.app.state.catalog
+    return cat
+
+
+@api.post("/images/{name}/verify", response_model=VerifyOut, tags=["images"])
+def verify_image(name: str, request: Request) -> dict[str, Any]:
+    """Re-hash every chunk the image uses (operators and admins; it reads the whole image)."""
+    principal(request)
+    report = _catalog(request).store().verify(check_name(name))
+    result: dict[str, Any] = report.to_dict()
+    return result
+
+
+@api.delete("/images/{name}", response_model=RemovedOut, tags=["images"])
+def delete_image(name: str, request: Request) -> dict[str, Any]:
+    """Unpublish an image (its chunks go at the next `fleetcast store gc`); refused while a running
+    deployment uses it."""
+    who = principal(request)
+    check_name(name)
+    orch: Orchestrator = request.app.state.orchestrator
+    for d in orch.deployments():
+        if d["image"] == name and d["state"] in ("running", "cancelling"):
+            raise ServerError(
+                f"image {name!r} is used by deployment {d['deployment']}, which is still {d['state']}",
+                hint=f"wait for it or cancel it: POST /api/deployments/{d['deployment']}/cancel",
+            )
+    _catalog(request).store().remove(name)
+    with orch.db.transaction() as s:
+        address = request.client.host if request.client else ""
+        s.add(AuditRow(actor=who.name, address=address, action="image-delete", target=f"image {name}"))
+    return {"removed": name}

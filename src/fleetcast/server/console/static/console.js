@@ -398,6 +398,25 @@ async function imagesPage() {
     const parts = im.partitions || [];
     box.replaceChildren(el("h2", { tabindex: -1 }, name), dl);
     if (parts.length) box.append(el("table", {}, el("tbody", {}, ...parts.map((p) => el("tr", {}, ...Object.values(p).map((v) => el("td", {}, typeof v === "object" ? JSON.stringify(v) : v)))))));
+    if (document.body.dataset.role !== "viewer") {
+      const status = el("p", { role: "status", "aria-live": "polite" });
+      const verify = el("button", { type: "button", onclick: async () => {
+        status.textContent = `Verifying ${name}…`;
+        try {
+          const r = await api("POST", `/api/images/${encodeURIComponent(name)}/verify`);
+          status.textContent = r.ok ? `Image ${name} is intact: ${r.chunks} chunks, ${bytes(r.bytes)} verified.`
+            : `Image ${name} failed verification: ${r.problems.length} bad chunk(s): ${r.problems[0]}.`;
+        } catch (err) { status.textContent = sentence(err); }
+      } }, "Verify");
+      const del = el("button", { type: "button", onclick: async () => {
+        if (!confirm(`Delete image ${name}? Its chunks are freed at the next 'fleetcast store gc'.`)) return;
+        try {
+          await api("DELETE", `/api/images/${encodeURIComponent(name)}`);
+          location.reload();
+        } catch (err) { status.textContent = sentence(err); }
+      } }, "Delete");
+      box.append(el("div", { class: "wizard-nav" }, verify, del), status);
+    }
     box.hidden = false;
     box.querySelector("h2").focus();
   }
