@@ -19,8 +19,8 @@ from fleetcast.protocol import (
     ResultReply,
     TaskResult,
 )
-from fleetcast.server.auth import Tokens, bearer
-from fleetcast.server.images import ImageCatalog
+from fleetcast.server.auth import ForbiddenError, Tokens, bearer
+from fleetcast.server.images import ImageCatalog, check_chunk_id
 from fleetcast.server.orchestrator import Orchestrator
 
 logger = logging.getLogger(__name__)
@@ -78,20 +78,51 @@ def catalog(request: Request) -> ImageCatalog:
 Catalog = Annotated[ImageCatalog, Depends(catalog)]
 
 
+def task_image(orch: Orchestrator, client_id: int, wanted: str) -> str:
+    """The image of the client's running task; 403 when it has none, or ``wanted`` is another."""
+    image = orch.task_image(client_id)
+    if image is None:
+        raise ForbiddenError(
+            f"client {client_id} has no running task, so it may not fetch {wanted}",
+            hint="an agent fetches only the image of its current task",
+        )
+    return image
+
+
+def own_image(orch: Orchestrator, client_id: int, name: str) -> str:
+    image = task_image(orch, client_id, f"image {name!r}")
+    if image != name:
+        raise ForbiddenError(
+            f"client {client_id}'s task deploys image {image!r}, not {name!r}",
+            hint="an agent fetches only the image of its current task",
+        )
+    return name
+
+
 @router.get("/images/{name}/manifest", response_class=FileResponse)
-def manifest(name: str, cat: Catalog, client_id: AgentId) -> FileResponse:
-    return FileResponse(cat.manifest_path(name), media_type="application/json")
+def manifest(name: str, cat: Catalog, orch: Orch, client_id: AgentId) -> FileResponse:
+    path = cat.manifest_path(name)
+    own_image(orch, client_id, name)
+    return FileResponse(path, media_type="application/json")
 
 
 @router.get("/images/{name}/index", response_class=FileResponse)
-def index(name: str, cat: Catalog, client_id: AgentId) -> FileResponse:
+def index(name: str, cat: Catalog, orch: Orch, client_id: AgentId) -> FileResponse:
     """The binary chunk index of a format-2 image (docs/image-format.md), beside its manifest."""
     path = cat.manifest_path(name).with_name("index")
+    own_image(orch, client_id, name)
     if not path.is_file():
         raise ImageNotFound(f"image {name!r} has no chunk index (it is format version 1)")
     return FileResponse(path, media_type="application/octet-stream")
 
 
 @router.get("/chunks/{chunk_id}", response_class=FileResponse)
-def chunk(chunk_id: str, cat: Catalog, client_id: AgentId) -> FileResponse:
+def chunk(chunk_id: str, cat: Catalog, orch: Orch, client_id: AgentId) -> FileResponse:
+    check_chunk_id(chunk_id)
+    image = task_image(orch, client_id, f"pack {chunk_id}")
+    if chunk_id not in cat.pack_ids(image):
+        raise ForbiddenError(
+            f"pack {chunk_id} is not part of image {image!r}, which client {client_id}'s task deploys",
+            hint="an agent fetches only the image of its current task",
+        )
     return FileResponse(cat.chunk_path(chunk_id), media_type="application/octet-stream")

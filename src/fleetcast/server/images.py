@@ -67,6 +67,7 @@ class ImageCatalog:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._store: Any = None
+        self._packs: dict[str, tuple[int, frozenset[str]]] = {}
 
     def store(self) -> Any:
         if self._store is None:
@@ -117,11 +118,21 @@ class ImageCatalog:
                 logger.warning("image %s skipped: %s", name, exc)
         return found
 
+    def pack_ids(self, name: str) -> frozenset[str]:
+        """The packs image ``name`` needs (cached until its manifest file changes)."""
+        path = self.manifest_path(name)
+        stamp = path.stat().st_mtime_ns
+        cached = self._packs.get(name)
+        if cached is None or cached[0] != stamp:
+            cached = (stamp, frozenset(self.store().open(name).pack_ids()))
+            self._packs[name] = cached
+        return cached[1]
+
     def chunk_path(self, chunk_id: str) -> Path:
         check_chunk_id(chunk_id)
         path = Path(self.store().chunk_path(chunk_id))
         if not path.is_file() or not _within(path, self.root):
-            raise ChunkNotFound(f"chunk {chunk_id} is not in the store {self.root}")
+            raise ChunkNotFound(f"chunk {chunk_id} is not in the server's store")
         return path
 
 

@@ -412,6 +412,16 @@ class Orchestrator:
             )
         return client_id
 
+    def task_image(self, client_id: int) -> str | None:
+        """The image of the client's running task: the only one its agent may fetch (issue 12 item 3)."""
+        with self.db.sessions() as s:
+            return s.scalars(
+                select(Deployment.image)
+                .join(Target)
+                .where(Target.client_id == client_id, Target.state == "running")
+                .order_by(Target.id.desc())
+            ).first()
+
     def heartbeat(
         self, client_id: int, *, task_id: int | None, inventory: dict[str, Any] | None, address: str
     ) -> dict[str, Any]:

@@ -37,13 +37,17 @@ class FakeCatalog(ImageCatalog):
             raise ImageNotFound(f"image {name!r} does not exist in the store {self.root}")
         return ImageInfo(IMAGE, IMAGE_SIZE, 512, self.os_hint, "2026-01-01T00:00:00+00:00", 1, 20, 4096)
 
+    def pack_ids(self, name: str) -> frozenset[str]:
+        self.info(name)
+        return frozenset({CHUNK_ID, "cd" * 32})
+
     def chunk_path(self, chunk_id: str) -> Path:
         check_chunk_id(chunk_id)
         path = self.root / "chunks" / chunk_id[:2] / chunk_id
         if not path.is_file():
             from fleetcast.server.images import ChunkNotFound
 
-            raise ChunkNotFound(f"chunk {chunk_id} is not in the store {self.root}")
+            raise ChunkNotFound(f"chunk {chunk_id} is not in the server's store")
         return path
 
 

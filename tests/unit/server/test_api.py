@@ -125,6 +125,8 @@ def test_images(server: Server) -> None:
 
 def test_manifest_and_chunks_served_exactly(server: Server) -> None:
     a = server.agent("52:54:00:00:00:01")
+    server.deploy()
+    assert a.heartbeat()["task"]["image"] == IMAGE
     r = server.http.get(f"/api/agent/images/{IMAGE}/manifest", headers=a.headers)
     assert r.status_code == 200
     assert r.content == server.catalog.manifest
@@ -136,15 +138,14 @@ def test_manifest_and_chunks_served_exactly(server: Server) -> None:
 
 def test_bad_chunk_and_image_requests_fail_alone(server: Server) -> None:
     a = server.agent("52:54:00:00:00:01")
+    server.deploy()
+    assert a.heartbeat()["task"]["image"] == IMAGE
     cases = [
-        (
-            f"/api/agent/chunks/{'cd' * 32}",
-            404,
-            f"chunk {'cd' * 32} is not in the store {server.catalog.root}",
-        ),
+        (f"/api/agent/chunks/{'cd' * 32}", 404, f"chunk {'cd' * 32} is not in the server's store"),
         ("/api/agent/chunks/..%2F..%2Fsecrets", 404, None),
         ("/api/agent/chunks/ABC", 400, "chunk id 'ABC' is not valid: expected 64 lower-case hex digits"),
         ("/api/agent/images/nope/manifest", 404, None),
+        ("/api/agent/images/nope/index", 404, None),
         ("/api/agent/images/..%2Fsecrets/manifest", 404, None),
         ("/api/agent/images/.hidden/manifest", 400, None),
     ]

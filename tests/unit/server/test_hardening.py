@@ -175,3 +175,32 @@ def test_a_chunked_body_is_cut_off_at_the_limit(server: Server) -> None:
         "request body for /api/deployments/plan is over the limit (sent without Content-Length); "
         "at most 1048576 bytes are accepted"
     )
+
+
+def test_an_agent_fetches_only_its_tasks_image(server: Server) -> None:
+    a = server.agent("52:54:00:00:00:01")
+    b = server.agent("52:54:00:00:00:02")
+    hint = "an agent fetches only the image of its current task"
+    for path, what in [
+        (f"/api/agent/images/{IMAGE}/manifest", f"image '{IMAGE}'"),
+        (f"/api/agent/images/{IMAGE}/index", f"image '{IMAGE}'"),
+        (f"/api/agent/chunks/{CHUNK_ID}", f"pack {CHUNK_ID}"),
+    ]:
+        r = server.http.get(path, headers=a.headers)
+        assert r.status_code == 403, path
+        assert r.json() == {
+            "error": "ForbiddenError",
+            "message": f"client {a.client_id} has no running task, so it may not fetch {what}",
+            "hint": hint,
+        }
+    server.deploy(clients="52:54:00:00:00:01")
+    assert a.heartbeat()["task"]["image"] == IMAGE
+    assert server.http.get(f"/api/agent/chunks/{CHUNK_ID}", headers=a.headers).status_code == 200
+    # b has no task: still refused; a may not fetch a pack outside its image
+    assert server.http.get(f"/api/agent/chunks/{CHUNK_ID}", headers=b.headers).status_code == 403
+    other = "ef" * 32
+    r = server.http.get(f"/api/agent/chunks/{other}", headers=a.headers)
+    assert r.status_code == 403
+    assert r.json()["message"] == (
+        f"pack {other} is not part of image '{IMAGE}', which client {a.client_id}'s task deploys"
+    )
