@@ -49,6 +49,13 @@ def _add(args: argparse.Namespace) -> int:
         config_file=getattr(args, "config", None),
     )
     password = _password()
+    try:
+        s.data_dir.mkdir(parents=True, exist_ok=True)  # as `fleetcast serve` does on its first start
+    except OSError as exc:
+        raise UsageError(
+            f"cannot create the data directory {s.data_dir}: {exc.strerror}",
+            hint="run as root or pick a writable --data directory",
+        ) from exc
     db = Database(s.db_url)
     try:
         user = Users(db).add(args.name, args.role, password)

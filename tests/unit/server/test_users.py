@@ -68,3 +68,31 @@ def test_sessions_end_and_expire(db: Database) -> None:
     expired = Sessions(db, lifetime=timedelta(seconds=-1))
     token, _ = expired.create("ana")
     assert expired.lookup(token) is None
+
+
+def test_admin_user_add_cli(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    fleetcast = Path(sys.executable).parent / "fleetcast"
+    data = tmp_path / "new" / "data"  # made on first use, as `fleetcast serve` does
+
+    def add(name: str, role: str, password: str) -> subprocess.CompletedProcess[str]:
+        argv = [str(fleetcast), "admin", "user", "add", name, "--role", role, "--data", str(data)]
+        return subprocess.run(argv, input=password + "\n", capture_output=True, text=True, check=False)
+
+    ok = add("ana", "operator", "long enough")
+    assert (ok.returncode, ok.stdout) == (0, "user ana added with role operator\n")
+    again = add("ana", "viewer", "long enough")
+    assert again.returncode == 2
+    assert again.stderr.splitlines() == [
+        "fleetcast: error: user 'ana' already exists",
+        "hint: pick another name",
+    ]
+    short = add("bob", "viewer", "short")
+    assert short.returncode == 2
+    assert (
+        short.stderr.splitlines()[0]
+        == "fleetcast: error: the password has 5 characters; at least 8 are needed"
+    )
+    assert Users(Database(f"sqlite:///{data / 'fleetcast.db'}")).list()[0]["role"] == "operator"
