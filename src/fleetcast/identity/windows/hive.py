@@ -364,10 +364,16 @@ class Hive:
             raise HiveError(f"hive {self.path}: writing {dest} failed: {exc}") from exc
 
 
-def rewrite_sids(hive: Hive, old: Sid, new: Sid, *, under: str = "") -> list[str]:
+def rewrite_sids(hive: Hive, old: Sid, new: Sid, *, under: str = "", in_place: bool = False) -> list[str]:
     """Replace ``old`` (the machine SID, and its accounts' SIDs) by ``new`` in every value below
     ``under`` -- binary SIDs in place, SID text in string values -- and rename keys named after
-    them. Value types are kept exactly. Returns one line per changed value or renamed key."""
+    them. Value types are kept exactly. Returns one line per changed value or renamed key.
+
+    With ``in_place``, values whose only change is a binary SID (same length) are NOT set through
+    hivex: the caller's raw pass (``scrub(..., all_cells=True)``) replaces those bytes in their cells
+    after the commit. Setting one value through hivex rewrites every value of its key (a big-data
+    ``UserTile`` would come back as one plain cell, its old cells leaked); in place, every value keeps
+    its vk cell, its data cells and its bytes except the SID's."""
     start = hive.node(under) if under else hive.root()
     if start is None:
         return []
@@ -377,6 +383,7 @@ def rewrite_sids(hive: Hive, old: Sid, new: Sid, *, under: str = "") -> list[str
         vals = hive.values(node)
         new_vals: list[Value] = []
         touched: list[str] = []
+        resized = False
         for v in vals:
             data, n = replace_binary(v.data, old, new)
             if v.type in (REG_SZ, REG_EXPAND_SZ, REG_MULTI_SZ) and len(v.data) % 2 == 0:
@@ -385,11 +392,13 @@ def rewrite_sids(hive: Hive, old: Sid, new: Sid, *, under: str = "") -> list[str
                 if m:
                     data = text2.encode("utf-16-le", errors="surrogatepass")
                     n += m
+                    resized = True
             new_vals.append(Value(v.name, v.type, data))
             if n:
                 touched.append(v.name or "(default)")
-        if touched:
+        if touched and (resized or not in_place):
             hive.set_values(node, new_vals)
+        if touched:
             changes.append(f"{path}: {', '.join(touched)}: {old} -> {new}")
         name = hive.name(node)
         renamed, m = replace_text(name, old, new)

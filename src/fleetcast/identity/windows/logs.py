@@ -68,15 +68,64 @@ def _log_seq(log: Path) -> int:
     return int(struct.unpack_from("<I", head, 4)[0])
 
 
+def _log_name(log: Path) -> str:
+    with log.open("rb") as fh:
+        head = fh.read(112)
+    return _base_name(head[48:112].decode("utf-16-le", errors="replace").split("\0", 1)[0])
+
+
+def _base_name(name: str) -> str:
+    """The file name in a base block's name field (the last 31 characters of the hive's path)."""
+    return name.rsplit("\\", 1)[-1]
+
+
+def usable_logs(st: HiveState) -> tuple[list[Path], list[str]]:
+    """The logs that may be replayed into ``st``'s hive, and a warning for each one ignored.
+
+    A log is ignored when it has no ``regf`` base block, when the hive name in its base block is not
+    the hive's (a log of another hive), or when its sequence number is below the hive's secondary
+    sequence number: its entries precede the hive's last complete write (a stale log; replaying it
+    writes old pages over newer ones)."""
+    keep: list[Path] = []
+    warnings_: list[str] = []
+    for log in st.logs:
+        seq = _log_seq(log)
+        if seq < 0:
+            warnings_.append(f"warning: {log.name} ignored: it has no 'regf' base block")
+        elif st.base.name and _log_name(log).lower() != _base_name(st.base.name).lower():
+            warnings_.append(
+                f"warning: {log.name} ignored: it is the log of hive {_log_name(log)!r}, "
+                f"not of {_base_name(st.base.name)!r}"
+            )
+        elif seq < st.base.seq2:
+            warnings_.append(
+                f"warning: {log.name} ignored: stale (sequence {seq}, the hive was written up to "
+                f"{st.base.seq2})"
+            )
+        else:
+            keep.append(log)
+    for w in warnings_:
+        logger.warning("%s: %s", st.path, w)
+    return keep, warnings_
+
+
 def replay(st: HiveState, workdir: Path) -> Path:
     """Replay ``st``'s logs into a copy in ``workdir``; return the copy (clean, checksum fixed).
 
     Raises HiveError with the way out when the hive is dirty and no usable log is there."""
     hive = st.path
-    if not st.logs:
+    usable, ignored = usable_logs(st)
+    if not usable:
+        why = (
+            "are missing"
+            if not ignored
+            else "do not belong to it or are stale ("
+            + "; ".join(w.removeprefix("warning: ") for w in ignored)
+            + ")"
+        )
         raise HiveError(
             f"hive {hive} is dirty (sequence numbers {st.base.seq1} and {st.base.seq2} differ) and its "
-            "transaction logs (.LOG1/.LOG2) are missing",
+            f"transaction logs (.LOG1/.LOG2) {why}",
             hint="boot this Windows once and shut it down completely (shutdown /s /t 0, Fast Startup off), "
             "or copy the hive's .LOG1/.LOG2 files beside it, then retry",
         )
@@ -84,7 +133,7 @@ def replay(st: HiveState, workdir: Path) -> Path:
 
     recovery: Any = importlib.import_module("regipy.recovery")
 
-    logs = sorted(st.logs, key=_log_seq)
+    logs = sorted(usable, key=_log_seq)
     primary = logs[-1]
     secondary = logs[0] if len(logs) > 1 else None
     out = workdir / (hive.name + ".replayed")
@@ -109,8 +158,29 @@ def replay(st: HiveState, workdir: Path) -> Path:
             fh.seek(0)
             fh.write(block)
     fix_checksum(out)
+    _check_replayed(hive, out)
     logger.info("replayed %d dirty page(s) of %s from %s", pages, hive, ", ".join(p.name for p in logs))
     return out
+
+
+def _check_replayed(hive: Path, out: Path) -> None:
+    """The replayed copy must be readable whole by hivex (every key and value) and by regipy before
+    anything is built on it."""
+    from fleetcast.identity.windows.hive import Hive
+    from fleetcast.identity.windows.txn import RegipyView
+
+    try:
+        h = Hive(out)
+        for _path, node in h.walk():
+            h.values(node)
+        RegipyView(out)
+    except HiveError as exc:
+        raise HiveError(
+            f"hive {hive} is dirty and its logs replay into a damaged hive ({exc.message}); "
+            "nothing was written",
+            hint="boot this Windows once and shut it down completely (shutdown /s /t 0, Fast Startup off), "
+            "then retry",
+        ) from exc
 
 
 def _apply(recovery: Any, hive: Path, primary: Path, secondary: Path | None, out: Path) -> int:

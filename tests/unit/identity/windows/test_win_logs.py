@@ -31,14 +31,30 @@ def test_dirty_hive_with_logs_is_replayed(hive_file: Unpack, tmp_path: Path) -> 
     assert Hive(out).get_string("ControlSet001\\Control\\ComputerName\\ComputerName", "ComputerName")
 
 
-def test_dirty_hive_without_logs_is_refused(hive_file: Unpack, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("foreign_log", "why"),
+    [
+        (None, "are missing"),
+        # issue 13 finding 6: another hive's log is ignored, not reported as damage
+        (
+            "regipy/SYSTEM_B.LOG1.xz",
+            "do not belong to it or are stale (SECURITY.LOG1 ignored: it is the log of hive 'SYSTEM', "
+            "not of 'SECURITY')",
+        ),
+    ],
+)
+def test_dirty_hive_without_usable_logs_is_refused(
+    hive_file: Unpack, tmp_path: Path, foreign_log: str | None, why: str
+) -> None:
     sec = hive_file("regipy/SECURITY.xz", "SECURITY")
+    if foreign_log is not None:
+        hive_file(foreign_log, "SECURITY.LOG1")
     st = logs.state(sec)
     with pytest.raises(HiveError) as exc:
         logs.working_copy(st, tmp_path)
     assert str(exc.value) == (
         f"hive {sec} is dirty (sequence numbers 107 and 106 differ) and its transaction logs "
-        "(.LOG1/.LOG2) are missing"
+        f"(.LOG1/.LOG2) {why}"
     )
     assert exc.value.hint is not None and "shutdown /s /t 0" in exc.value.hint
 
@@ -49,3 +65,30 @@ def test_clean_hive_is_edited_from_itself(hive_file: Unpack, tmp_path: Path) -> 
     work.mkdir()
     path, replayed = logs.working_copy(logs.state(sam), work)
     assert not replayed and path == sam and list(work.iterdir()) == []
+
+
+def _set_seq(log: Path, seq: int) -> None:
+    import struct
+
+    from fleetcast.identity.windows.hive import fix_checksum
+
+    with log.open("r+b") as fh:
+        fh.seek(4)
+        fh.write(struct.pack("<II", seq, seq))
+    fix_checksum(log)
+
+
+def test_stale_second_log_is_ignored_with_a_warning(hive_file: Unpack, tmp_path: Path) -> None:
+    """Issue 13 finding 2: a log whose sequence precedes the hive's last write is not replayed."""
+    system = hive_file("regipy/SYSTEM_B.xz", "SYSTEM")
+    hive_file("regipy/SYSTEM_B.LOG1.xz", "SYSTEM.LOG1")
+    log2 = hive_file("regipy/SYSTEM_B.LOG2.xz", "SYSTEM.LOG2")
+    _set_seq(log2, 1600)  # the hive is 1622/1621: LOG2 is stale
+    st = logs.state(system)
+    usable, warned = logs.usable_logs(st)
+    assert [p.name for p in usable] == ["SYSTEM.LOG1"]
+    assert warned == ["warning: SYSTEM.LOG2 ignored: stale (sequence 1600, the hive was written up to 1621)"]
+    work = tmp_path / "work"
+    work.mkdir()
+    out = logs.replay(st, work)
+    assert not read_base_block(out).dirty
