@@ -85,8 +85,12 @@ class Inventory(_Sent):
 
 
 class EnrollRequest(_Sent):
+    """``credential``: the agent's current credential, if it has one (it proves that a re-enrollment
+    of a known MAC comes from the same machine; without it the admin must revoke the old one)."""
+
     enroll_token: str = Field(max_length=512)
     inventory: Inventory
+    credential: str | None = Field(default=None, max_length=512)
 
 
 class EnrollReply(_Answered):

@@ -56,11 +56,14 @@ def golden(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _state(agent: Agent) -> dict[str, Any] | None:
-    try:
-        data: dict[str, Any] = json.loads((agent.state_dir / "state.json").read_text())
-        return data
-    except (OSError, ValueError):
-        return None
+    """The agent's task state: ``STATE_DIR/MAC/state.json`` (each identity has its own directory)."""
+    for path in agent.state_dir.glob("*/state.json"):
+        try:
+            data: dict[str, Any] = json.loads(path.read_text())
+            return data
+        except (OSError, ValueError):
+            return None
+    return None
 
 
 def _wait(what: str, predicate: Any, timeout: float = 120.0) -> Any:

@@ -78,8 +78,10 @@ class AgentApi:
         )
         return _json_object(response, what)
 
-    def enroll(self, enroll_token: str, inventory: dict[str, Any]) -> int:
-        request = parse(EnrollRequest, {"enroll_token": enroll_token, "inventory": inventory}, "enroll")
+    def enroll(self, enroll_token: str, inventory: dict[str, Any], *, credential: str | None = None) -> int:
+        """Enroll; ``credential`` (the one this agent had) proves a re-enrollment is the same machine."""
+        raw = {"enroll_token": enroll_token, "inventory": inventory, "credential": credential}
+        request = parse(EnrollRequest, raw, "enroll")
         reply = parse(
             EnrollReply,
             self._call("POST", "/api/agent/enroll", "enroll", json=request.model_dump()),

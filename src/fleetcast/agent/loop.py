@@ -21,7 +21,7 @@ from typing import Any
 from fleetcast.agent.api import AgentApi
 from fleetcast.agent.inventory import Inventory, collect
 from fleetcast.agent.runner import Stopped, TaskRunner
-from fleetcast.agent.state import DEFAULT_STATE_DIR, StateStore
+from fleetcast.agent.state import DEFAULT_STATE_DIR, StateLock, StateStore, claim
 from fleetcast.errors import AgentError, FleetcastError, TransportError
 from fleetcast.protocol import parse_task
 from fleetcast.transport.http import DEFAULT_OUTAGE_LIMIT, HttpStatusError
@@ -52,6 +52,7 @@ class Agent:
         self.stop_event = threading.Event()
         self.api = AgentApi(settings.server, outage_limit=settings.outage_limit, stop=self.stop_event.is_set)
         self.state = StateStore(settings.state_dir)
+        self.lock: StateLock | None = None
         self.inventory: Inventory | None = None
 
     def install_signal_handlers(self) -> None:
@@ -73,7 +74,12 @@ class Agent:
 
     def enroll(self) -> int:
         self.inventory = self._collect()
-        client_id = self.api.enroll(self.settings.enroll_token, self.inventory.to_dict())
+        if self.lock is None:  # the state of this identity, locked against a second agent
+            self.state, self.lock = claim(self.settings.state_dir, self.inventory.primary_mac)
+        saved = self.state.load_credential(self.api.server)
+        client_id = self.api.enroll(self.settings.enroll_token, self.inventory.to_dict(), credential=saved)
+        assert self.api.credential is not None
+        self.state.save_credential(self.api.server, self.api.credential)
         logger.info(
             "enrolled with %s as client %d (MAC %s, %d disk(s))",
             self.api.server, client_id, self.inventory.primary_mac, len(self.inventory.disks),
@@ -96,6 +102,14 @@ class Agent:
 
     def run(self) -> int:
         """Loop until stopped (or, with ``once``, until one task ended). Returns an exit status."""
+        try:
+            return self._run()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+                self.lock = None
+
+    def _run(self) -> int:
         if not self.enroll_patiently():
             return 0
         runner = TaskRunner(

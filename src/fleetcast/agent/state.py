@@ -1,17 +1,24 @@
-"""The agent's state file: what a restarted agent needs to resume the task it was running.
+"""The agent's state: what a restarted agent needs to resume its task and to prove who it is.
 
-``STATE_DIR/state.json`` holds the task id, deployment id, the disk being written and the last
+Each agent keeps its state in ``STATE_DIR/MAC`` (its identity, colons left out), locked while it runs:
+several agents on one host never share a state, and a second agent of the same identity is
+refused with the PID of the first (``claim``). ``credential.json`` (0600) keeps the credential the
+server gave, so a restarted agent enrolls again as itself (docs/agent-protocol.md).
+
+``state.json`` holds the task id, deployment id, the disk being written and the last
 checkpoint (a chunk index after which everything before it is written and fsynced). It is written
 atomically (temp + fsync + rename) at every checkpoint, and cleared when the task ends.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import IO
 
 from fleetcast.errors import AgentError
 
@@ -19,6 +26,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_STATE_DIR = Path("/var/lib/fleetcast-agent")
 STATE_FILE = "state.json"
+CREDENTIAL_FILE = "credential.json"
+LOCK_FILE = "lock"
 
 
 @dataclass(frozen=True)
@@ -70,8 +79,92 @@ class StateStore:
                 hint="give the agent a writable --state-dir",
             ) from exc
 
+    def load_credential(self, server: str) -> str | None:
+        """The credential this agent got from ``server`` last time, or None."""
+        try:
+            raw = json.loads((self.directory / CREDENTIAL_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        if (
+            not isinstance(raw, dict)
+            or raw.get("server") != server
+            or not isinstance(raw.get("credential"), str)
+        ):
+            return None
+        credential: str = raw["credential"]
+        return credential
+
+    def save_credential(self, server: str, credential: str) -> None:
+        path = self.directory / CREDENTIAL_FILE
+        tmp = path.with_name(CREDENTIAL_FILE + ".tmp")
+        try:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                json.dump({"server": server, "credential": credential}, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise AgentError(
+                f"cannot save the agent credential in {self.directory}: {exc.strerror}",
+                hint="give the agent a writable --state-dir",
+            ) from exc
+
     def clear(self) -> None:
         try:
             self.path.unlink(missing_ok=True)
         except OSError as exc:
             logger.warning("cannot remove %s: %s", self.path, exc.strerror)
+
+
+def identity_key(mac: str) -> str:
+    return mac.lower().replace(":", "").replace("-", "")
+
+
+class StateLock:
+    """The lock of one identity's state directory, held while the agent runs."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._fh: IO[str] | None = None
+
+    def acquire(self) -> None:
+        path = self.directory / LOCK_FILE
+        try:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fh = open(path, "a+")  # noqa: SIM115 - held open for the agent's life
+        except OSError as exc:
+            raise AgentError(
+                f"cannot create the agent state directory {self.directory}: {exc.strerror}",
+                hint="give the agent a writable --state-dir",
+            ) from exc
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            other = fh.read().strip() or "?"
+            fh.close()
+            raise AgentError(
+                f"agent state directory {self.directory} is in use by another agent (PID {other})",
+                hint="each agent needs its own machine identity; stop the other agent or give --state-dir",
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        self._fh = fh
+
+    def release(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+def claim(base: Path, mac: str) -> tuple[StateStore, StateLock]:
+    """The state of identity ``mac`` under ``base``, locked for this process (AgentError naming the
+    other agent's PID when it is taken)."""
+    directory = Path(base) / identity_key(mac)
+    lock = StateLock(directory)
+    lock.acquire()
+    return StateStore(directory), lock

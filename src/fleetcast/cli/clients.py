@@ -1,4 +1,6 @@
-"""``fleetcast clients list``: the clients the server knows (inventory, online, what they are doing)."""
+"""``fleetcast clients list``: the clients the server knows (inventory, online, what they are doing);
+``fleetcast clients revoke ID``: forget a client's credential (its agent is refused; the machine may
+enroll again, which is how an admin approves a re-enrollment)."""
 
 from __future__ import annotations
 
@@ -19,6 +21,24 @@ def register(
     add_server_options(ls)
     ls.add_argument("--json", action="store_true", help='print {"clients": [...]} on stdout')
     ls.set_defaults(func=_list)
+    rv = cmds.add_parser(
+        "revoke",
+        parents=[parent],
+        help="forget a client's credential: its agent is refused and the machine may enroll again",
+    )
+    add_server_options(rv)
+    rv.add_argument("client_id", type=int, metavar="ID", help="the client's id (fleetcast clients list)")
+    rv.set_defaults(func=_revoke)
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    from fleetcast.cli.common import printable
+    from fleetcast.cli.deploy import api_client
+
+    with api_client(args) as api:
+        c = api.post(f"/api/clients/{args.client_id}/revoke")
+    print(printable(f"client {c['id']} ({c['mac']}): credential revoked; it may enroll again"))
+    return 0
 
 
 def _disks(disks: list[dict[str, object]]) -> str:

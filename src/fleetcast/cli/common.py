@@ -49,8 +49,22 @@ def print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
+def printable(text: str, *, newlines: bool = False) -> str:
+    """``text`` with control characters (C0, DEL, C1: escape sequences, carriage returns, newlines
+    unless ``newlines``) shown as ``\\xNN`` / ``\\uNNNN``, so what agents send cannot move the
+    cursor or recolour the terminal (issue 12 item 4)."""
+
+    def one(ch: str) -> str:
+        if ch.isprintable() or ch == " " or (newlines and ch == "\n"):
+            return ch
+        return f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"
+
+    return "".join(one(ch) for ch in text)
+
+
 def print_table(headers: list[str], rows: list[list[str]]) -> None:
-    """A plain aligned table for humans."""
+    """A plain aligned table for humans; every cell passes ``printable``."""
+    rows = [[printable(c) for c in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in rows:
         for i, cell in enumerate(row):

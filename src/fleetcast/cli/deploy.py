@@ -179,6 +179,12 @@ def _mib(n: float) -> str:
 
 
 def progress_line(c: dict[str, Any]) -> str:
+    from fleetcast.cli.common import printable
+
+    return printable(_progress_line(c))
+
+
+def _progress_line(c: dict[str, Any]) -> str:
     from fleetcast.progress import human_duration
 
     who = f"{c.get('name') or '-':<12} {c['mac']}"

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from fleetcast import __version__
-from fleetcast.cli.common import GROUPS, global_options
+from fleetcast.cli.common import GROUPS, global_options, printable
 from fleetcast.errors import FleetcastError
 from fleetcast.log import setup_logging
 
@@ -55,9 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FleetcastError as exc:
         if debug:
             logger.exception("failed")
-        print(f"fleetcast: error: {exc.message}", file=sys.stderr)
+        print(f"fleetcast: error: {printable(exc.message, newlines=True)}", file=sys.stderr)
         if exc.hint:
-            print(f"hint: {exc.hint}", file=sys.stderr)
+            print(f"hint: {printable(exc.hint, newlines=True)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("fleetcast: interrupted", file=sys.stderr)

@@ -68,6 +68,12 @@ def get_client(client_id: int, orch: Orch) -> dict[str, Any]:
     return orch.client(client_id)
 
 
+@router.post("/clients/{client_id}/revoke")
+def revoke_client(client_id: int, request: Request, orch: Orch) -> dict[str, Any]:
+    """Forget the client's credential (its agent is refused; the machine may enroll again)."""
+    return orch.revoke(client_id, actor=actor(request), address=peer(request))
+
+
 @router.get("/images")
 def list_images(cat: Catalog) -> dict[str, Any]:
     return {"images": [i.to_dict() for i in cat.list()]}

@@ -50,7 +50,9 @@ AgentId = Annotated[int, Depends(agent_id)]
 def enroll(body: EnrollRequest, request: Request, orch: Orch) -> dict[str, Any]:
     tokens: Tokens = request.app.state.tokens
     tokens.check_enroll(body.enroll_token)
-    client_id, credential = orch.enroll(body.inventory.model_dump(), address=peer(request))
+    client_id, credential = orch.enroll(
+        body.inventory.model_dump(), address=peer(request), credential=body.credential
+    )
     return {"client_id": client_id, "credential": credential}
 
 

@@ -27,10 +27,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from fleetcast.disk.rules import parse_rule
-from fleetcast.errors import DiskError, NotFoundError, ServerError, UsageError
+from fleetcast.errors import ClientNotFound, DiskError, NotFoundError, ServerError, UsageError
 from fleetcast.protocol import PHASES, RESULT_STATES, ProgressReport, Task, TaskResult
 from fleetcast.server import plan as planner
-from fleetcast.server.auth import ForbiddenError, hash_credential, new_secret
+from fleetcast.server.auth import ForbiddenError, hash_credential, new_secret, same
 from fleetcast.server.db import MAX_INTEGER, AuditRow, Client, Database, Deployment, Target, isoformat, utcnow
 from fleetcast.server.events import EventBus
 from fleetcast.server.images import ImageCatalog
@@ -43,6 +43,10 @@ _Row = TypeVar("_Row", Client, Deployment, Target)
 ACTIVE_TARGET = ("queued", "running")
 TERMINAL_TARGET = ("done", "failed", "cancelled")
 ACTIVE_DEPLOYMENT = ("running", "cancelling")
+
+
+class ConflictError(ServerError):
+    """A state conflict (HTTP 409)."""
 
 
 class DeploymentNotFound(NotFoundError):
@@ -349,6 +353,19 @@ class Orchestrator:
                 raise NotFoundError(f"client {client_id} does not exist", hint="GET /api/clients lists them")
             return self._client_view(s, c)
 
+    def revoke(self, client_id: int, *, actor: str, address: str) -> dict[str, Any]:
+        """Forget the client's credential: its agent is refused from now on, and the machine may
+        enroll again (keeping its id, its history and a running task, which is handed back)."""
+        with self._tx() as s:
+            c = _get(s, Client, client_id)
+            if c is None:
+                raise ClientNotFound(f"client {client_id} does not exist", hint="GET /api/clients lists them")
+            c.credential_hash = None
+            self._audit(s, actor=actor, address=address, action="client-revoke",
+                        target=f"client {c.id} ({c.mac})", detail={})  # fmt: skip
+            logger.info("client %s (%d): credential revoked by %s", c.mac, c.id, actor)
+            return self._client_view(s, c)
+
     def audit(self, limit: int = 1000) -> list[dict[str, Any]]:
         with self.db.sessions() as s:
             rows = s.scalars(select(AuditRow).order_by(AuditRow.id.desc()).limit(limit))
@@ -367,19 +384,44 @@ class Orchestrator:
 
     # ---- agent side ---------------------------------------------------------------------------
 
-    def enroll(self, inventory: dict[str, Any], *, address: str) -> tuple[int, str]:
+    def enroll(
+        self, inventory: dict[str, Any], *, address: str, credential: str | None = None
+    ) -> tuple[int, str]:
+        """A credential for the machine of ``inventory``. Its identity is the MAC it booted from
+        (``boot_mac``) or else its first MAC. First enrollment wins: a known identity enrolls again
+        only with its current credential, or after an admin revoked it (``fleetcast clients revoke``).
+        A secondary MAC that is another client's identity is dropped (it cannot take that client's
+        place in a ``--clients MAC`` deployment)."""
         macs = [planner.normalize_mac(m) for m in inventory.get("macs", [])]
         if not macs:
             raise UsageError("inventory.macs is empty: the agent must report at least one MAC address")
-        inventory = {**inventory, "macs": macs}
-        credential = new_secret()
+        boot = inventory.get("boot_mac")
+        if boot:
+            boot_mac = planner.normalize_mac(boot)
+            macs = [boot_mac, *(m for m in macs if m != boot_mac)]
+        new_credential = new_secret()
         with self._tx() as s:
             client = s.scalars(select(Client).where(Client.mac == macs[0])).first()
+            others = set(s.scalars(select(Client.mac).where(Client.mac.in_(macs[1:]))))
+            if others:
+                logger.warning("enrollment of %s: dropping MACs of other clients %s", macs[0], sorted(others))
+                macs = [macs[0], *(m for m in macs[1:] if m not in others)]
+            inventory = {**inventory, "macs": macs}
             again = client is not None
             now = utcnow()
             if client is None:
                 client = Client(mac=macs[0], enrolled_at=now)
                 s.add(client)
+            elif client.credential_hash is not None and not (
+                credential and same(hash_credential(credential), client.credential_hash)
+            ):
+                raise ConflictError(
+                    f"client {client.mac} (id {client.id}) is already enrolled; enrolling it again needs "
+                    "its current credential or an admin's approval",
+                    hint=f"if this is the same machine, run `fleetcast clients revoke {client.id}` "
+                    "and start the agent again",
+                )
+            credential = new_credential
             client.inventory = inventory
             client.hostname = str(inventory.get("hostname", ""))
             client.credential_hash = hash_credential(credential)

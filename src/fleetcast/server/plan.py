@@ -94,9 +94,10 @@ def select_clients(spec: str | Sequence[str], enrolled: Sequence[PlanClient]) ->
                 "no clients are enrolled", hint="start the agents first; `fleetcast clients list` shows them"
             )
         return sorted(enrolled, key=lambda c: c.mac)
-    by_mac: dict[str, PlanClient] = {}
+    # primary MACs first: a secondary MAC never shadows another client's identity
+    by_mac: dict[str, PlanClient] = {c.mac: c for c in enrolled}
     for client in enrolled:
-        for mac in (client.mac, *client.macs):
+        for mac in client.macs:
             by_mac.setdefault(mac, client)
     chosen: list[PlanClient] = []
     for mac in macs:

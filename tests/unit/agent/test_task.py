@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from fleetcast.agent.state import StateStore, TaskState
-from fleetcast.protocol import parse_task
 from fleetcast.errors import AgentError
+from fleetcast.protocol import parse_task
 
 GOOD: dict[str, Any] = {
     "task_id": 1,
@@ -62,7 +62,8 @@ def test_parse_good() -> None:
         ({"dns": [1]}, "task from the server: field 'dns.0': Input should be a valid string (found int)"),
         (
             {"resume_chunk": -1},
-            "task from the server: field 'resume_chunk': Input should be greater than or equal to 0 (found int)",
+            "task from the server: field 'resume_chunk': "
+            "Input should be greater than or equal to 0 (found int)",
         ),
         ({"grow": "yes"}, "task from the server: field 'grow': Input should be a valid boolean (found str)"),
     ],

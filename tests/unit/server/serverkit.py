@@ -114,7 +114,11 @@ class Agent:
     def enroll(self) -> None:
         r = self.server.http.post(
             "/api/agent/enroll",
-            json={"enroll_token": self.server.enroll, "inventory": inventory(self.mac, self.hostname)},
+            json={
+                "enroll_token": self.server.enroll,
+                "inventory": inventory(self.mac, self.hostname),
+                "credential": self.credential or None,  # what the real agent keeps in its state dir
+            },
         )
         assert r.status_code == 200, r.text
         self.client_id = r.json()["client_id"]

@@ -98,6 +98,7 @@ def test_enroll_rejects_a_bad_mac_and_a_missing_inventory(server: Server) -> Non
 
 def test_reenroll_keeps_client_id_and_mac_is_normalized(server: Server) -> None:
     a = server.agent("52-54-00-AA-BB-01", "first")
+    server.post(f"/api/clients/{a.client_id}/revoke")  # the admin approves a second enrollment
     b = server.agent("52:54:00:aa:bb:01", "second")
     assert a.client_id == b.client_id
     clients = server.get("/api/clients")["clients"]

@@ -116,3 +116,16 @@ def test_progress_lines_and_result_table(capsys: pytest.CaptureFixture[str]) -> 
         "10.0",
         "20.0",
     ]
+
+
+def test_control_characters_from_agents_are_escaped(capsys: pytest.CaptureFixture[str]) -> None:
+    from fleetcast.cli.common import print_table, printable
+
+    evil = "pc\x1b[2J\x1b]0;owned\x07\r\nfake\x9b"
+    assert printable(evil) == "pc\\x1b[2J\\x1b]0;owned\\x07\\x0d\\x0afake\\x9b"
+    failed = {**VIEW["clients"][0], "state": "failed", "error": "disk \x1b[31mred"}
+    assert progress_line(failed) == "LAB-01       52:54:00:00:00:01  failed: disk \\x1b[31mred"
+    print_table(["hostname"], [[evil]])
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\r" not in out
+    assert out.splitlines()[2] == "pc\\x1b[2J\\x1b]0;owned\\x07\\x0d\\x0afake\\x9b"

@@ -204,3 +204,52 @@ def test_an_agent_fetches_only_its_tasks_image(server: Server) -> None:
     assert r.json()["message"] == (
         f"pack {other} is not part of image '{IMAGE}', which client {a.client_id}'s task deploys"
     )
+
+
+def _enroll(server: Server, macs: list[str], **extra: Any) -> Any:
+    inv = {**inventory(macs[0], "intruder"), "macs": macs}
+    body = {"enroll_token": server.enroll, "inventory": inv, **extra}
+    return server.http.post("/api/agent/enroll", json=body)
+
+
+def test_a_known_mac_cannot_enroll_again_without_its_credential(server: Server) -> None:
+    victim = server.agent("52:54:00:00:00:01", "victim")
+    r = _enroll(server, ["52:54:00:00:00:01"])
+    assert r.status_code == 409
+    assert r.json() == {
+        "error": "ConflictError",
+        "message": f"client 52:54:00:00:00:01 (id {victim.client_id}) is already enrolled; enrolling it "
+        "again needs its current credential or an admin's approval",
+        "hint": f"if this is the same machine, run `fleetcast clients revoke {victim.client_id}` "
+        "and start the agent again",
+    }
+    assert _enroll(server, ["52:54:00:00:00:01"], credential="fc_wrong").status_code == 409
+    assert victim.heartbeat()["cancel"] is False  # the victim's credential still works
+    # with its own credential the machine enrolls again (and the old credential stops working)
+    old = victim.headers
+    victim.enroll()
+    assert server.http.post("/api/agent/heartbeat", json={}, headers=old).status_code == 401
+    # after the admin revoked it, anyone with the enrollment token may enroll it again
+    server.post(f"/api/clients/{victim.client_id}/revoke")
+    assert server.http.post("/api/agent/heartbeat", json={}, headers=victim.headers).status_code == 401
+    assert _enroll(server, ["52:54:00:00:00:01"]).json()["client_id"] == victim.client_id
+    assert server.get("/api/audit")["audit"][0]["action"] == "client-revoke"
+
+
+def test_a_secondary_mac_cannot_take_another_clients_place(server: Server) -> None:
+    victim = server.agent("52:54:00:00:00:02", "victim")
+    r = _enroll(server, ["52:54:00:00:00:01", "52:54:00:00:00:02"])
+    assert r.status_code == 200
+    intruder = r.json()["client_id"]
+    assert server.get(f"/api/clients/{intruder}")["macs"] == ["52:54:00:00:00:01"]
+    plan = server.post("/api/deployments/plan", {"image": IMAGE, "clients": "52:54:00:00:00:02"})
+    assert [c["client_id"] for c in plan["clients"]] == [victim.client_id]
+
+
+def test_the_boot_mac_is_the_identity(server: Server) -> None:
+    inv = {**inventory("52:54:00:00:00:01", "pc"), "macs": ["52:54:00:00:00:01", "52:54:00:00:00:09"]}
+    inv["boot_mac"] = "52:54:00:00:00:09"
+    r = server.http.post("/api/agent/enroll", json={"enroll_token": server.enroll, "inventory": inv})
+    assert r.status_code == 200
+    c = server.get(f"/api/clients/{r.json()['client_id']}")
+    assert (c["mac"], c["macs"]) == ("52:54:00:00:00:09", ["52:54:00:00:00:09", "52:54:00:00:00:01"])
