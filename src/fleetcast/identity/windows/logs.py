@@ -166,10 +166,12 @@ def replay(st: HiveState, workdir: Path) -> Path:
 def _check_replayed(hive: Path, out: Path) -> None:
     """The replayed copy must be readable whole by hivex (every key and value) and by regipy before
     anything is built on it."""
+    from fleetcast.identity.windows.fsck import require_sound
     from fleetcast.identity.windows.hive import Hive
     from fleetcast.identity.windows.txn import RegipyView
 
     try:
+        require_sound(out)
         h = Hive(out)
         for _path, node in h.walk():
             h.values(node)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fleetcast.errors import FleetcastError, HiveError, IdentityError
+from fleetcast.identity.windows.fsck import fsck, require_sound
 from fleetcast.identity.windows.hive import Hive, read_base_block
 
 logger = logging.getLogger(__name__)
@@ -104,14 +105,17 @@ class Transaction:
         self, original: Path, hive: Hive, *, logs: list[Path], check: Check, post: Check | None = None
     ) -> Path:
         """Commit ``hive`` to a temp copy beside ``original``, run ``post`` on it (the raw scrub),
-        reopen it with hivex and run ``check`` (the independent parser)."""
+        run ``check`` (the independent parser), the structural check (fsck: sound, and no more
+        unreachable allocated cells than the hive read) and reopen it with hivex."""
         tmp = original.with_name(original.name + NEW_SUFFIX)
         try:
+            leaked_before = len(fsck(hive.base.path).unreachable)
             hive.commit(tmp)
             if post is not None:
                 post(tmp)
             check(tmp)
             read_base_block(tmp)
+            require_sound(tmp, label=original, max_unreachable=leaked_before)
             Hive(tmp)  # reopens with hivex
             _fsync(tmp)
         except OSError as exc:
