@@ -25,6 +25,13 @@ def register(
         help="print the agents' enrollment token (made on first use, DATA/secrets/enroll-token)",
     )
     enroll.set_defaults(func=_print_token, token_file="enroll-token")
+    rotate = cmds.add_parser(
+        "rotate-enroll-token",
+        parents=[parent],
+        help="replace the enrollment token and print the new one; a running server uses it at once "
+        "(enrolled agents keep their credentials; new agents need the new token)",
+    )
+    rotate.set_defaults(func=_print_token, token_file="enroll-token", rotate=True)
     from fleetcast.cli import users
 
     users.register(cmds, parent)
@@ -34,10 +41,11 @@ def _print_token(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from fleetcast import config
-    from fleetcast.server.auth import read_or_create
+    from fleetcast.server.auth import read_or_create, rotate
 
     config_file = getattr(args, "config", None)
     file_values = config.load_config_file(Path(config_file) if config_file else None)
     data = Path(config.resolve("data", getattr(args, "data", None), file_values))
-    print(read_or_create(data / "secrets", args.token_file))
+    make = rotate if getattr(args, "rotate", False) else read_or_create
+    print(make(data / "secrets", args.token_file))
     return 0

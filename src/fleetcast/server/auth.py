@@ -50,6 +50,27 @@ def same(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode(), b.encode())
 
 
+def rotate(secrets_dir: Path, filename: str) -> str:
+    """Replace the token in ``secrets_dir/filename`` with a new one (0600, atomically) and return it.
+    A running server notices the new file on the next request that needs it (no restart)."""
+    read_or_create(secrets_dir, filename)
+    path = secrets_dir / filename
+    token = new_secret()
+    tmp = path.with_name(f".{filename}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(token + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise UsageError(f"cannot write {path}: {exc.strerror}") from exc
+    logger.info("rotated %s", path)
+    return token
+
+
 def read_or_create(secrets_dir: Path, filename: str) -> str:
     """The token in ``secrets_dir/filename``, creating it (mode 0600, atomically) if it is missing."""
     path = secrets_dir / filename
@@ -97,7 +118,30 @@ class Tokens:
     def __init__(self, secrets_dir: Path) -> None:
         self.secrets_dir = secrets_dir
         self.admin = read_or_create(secrets_dir, ADMIN_TOKEN_FILE)
-        self.enroll = read_or_create(secrets_dir, ENROLL_TOKEN_FILE)
+        self._enroll = read_or_create(secrets_dir, ENROLL_TOKEN_FILE)
+        self._enroll_stamp = self._stamp(ENROLL_TOKEN_FILE)
+
+    def _stamp(self, filename: str) -> tuple[int, int]:
+        try:
+            st = (self.secrets_dir / filename).stat()
+        except OSError:
+            return (0, 0)
+        return (st.st_ino, st.st_mtime_ns)
+
+    @property
+    def enroll(self) -> str:
+        """The enrollment token, re-read when ``fleetcast admin rotate-enroll-token`` replaced it."""
+        stamp = self._stamp(ENROLL_TOKEN_FILE)
+        if stamp != self._enroll_stamp:
+            try:
+                text = (self.secrets_dir / ENROLL_TOKEN_FILE).read_text().strip()
+            except OSError as exc:
+                logger.warning("cannot re-read the enrollment token: %s; keeping the old one", exc.strerror)
+                return self._enroll
+            if text:
+                self._enroll, self._enroll_stamp = text, stamp
+                logger.info("the enrollment token was rotated")
+        return self._enroll
 
     def check_admin(self, authorization: str | None) -> None:
         token = bearer(authorization)

@@ -253,3 +253,19 @@ def test_the_boot_mac_is_the_identity(server: Server) -> None:
     assert r.status_code == 200
     c = server.get(f"/api/clients/{r.json()['client_id']}")
     assert (c["mac"], c["macs"]) == ("52:54:00:00:00:09", ["52:54:00:00:00:09", "52:54:00:00:00:01"])
+
+
+def test_the_enrollment_token_rotates_without_a_restart(server: Server) -> None:
+    from fleetcast.server.auth import rotate
+
+    old = server.enroll
+    a = server.agent("52:54:00:00:00:01")
+    new = rotate(server.settings.secrets_dir, "enroll-token")
+    assert new != old
+    inv = inventory("52:54:00:00:00:02", "pc")
+    r = server.http.post("/api/agent/enroll", json={"enroll_token": old, "inventory": inv})
+    assert r.status_code == 403
+    assert r.json()["message"] == "the enrollment token is wrong"
+    r = server.http.post("/api/agent/enroll", json={"enroll_token": new, "inventory": inv})
+    assert r.status_code == 200
+    assert a.heartbeat()["cancel"] is False  # enrolled agents keep their credentials
