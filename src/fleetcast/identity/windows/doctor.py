@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from fleetcast.errors import IdentityError
+from fleetcast.errors import HiveError, IdentityError
 from fleetcast.identity.windows import inspect, layout, security, software, system
 from fleetcast.identity.windows.hive import Hive
 
@@ -86,8 +86,14 @@ def diagnose(root: Path) -> list[Finding]:
             p = layout.find(cfg, name)
             return inspect.open_readonly(p, work)[0] if p is not None and p.is_file() else None
 
-        sysh = hive("SYSTEM")
-        soft = hive("SOFTWARE")
+        def required(name: str) -> Hive:
+            h = hive(name)
+            if h is None:  # the checks need it: refuse as inspect does, never report "no cause found"
+                raise HiveError(f"{root}: {name} hive missing from Windows\\System32\\config")
+            return h
+
+        sysh = required("SYSTEM")
+        soft = required("SOFTWARE")
         sec = hive("SECURITY")
 
         # Appx packages installed for a user but not provisioned
@@ -156,7 +162,11 @@ def diagnose(root: Path) -> list[Finding]:
                 )
             pending = []
             if st.pending_file_renames:
-                pending.append(f"PendingFileRenameOperations ({len(st.pending_file_renames) // 2} file(s))")
+                ops = "; ".join(
+                    f"rename {src} to {dst}" if dst else f"delete {src}"
+                    for src, dst in st.pending_file_renames
+                )
+                pending.append(f"PendingFileRenameOperations ({len(st.pending_file_renames)} file(s): {ops})")
             if soft is not None:
                 pending += software.reboot_markers(soft)
             if pending:

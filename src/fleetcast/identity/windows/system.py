@@ -156,17 +156,27 @@ class SetupState:
     upgraded: bool
     generalization_state: int | None
     cleanup_state: int | None
-    pending_file_renames: list[str]
+    pending_file_renames: list[tuple[str, str]]  # (source, destination); "" = delete
     bitlocker_boot_status: int | None
 
 
-def setup_state(sysh: Hive) -> SetupState:
-    from fleetcast.identity.windows.hive import decode_multi_sz
+def pending_operations(data: bytes) -> list[tuple[str, str]]:
+    """PendingFileRenameOperations: NUL-terminated (source, destination) pairs, an empty destination
+    meaning delete; the list ends at an empty source. Empty strings are data here, never dropped."""
+    parts = data[: len(data) // 2 * 2].decode("utf-16-le", errors="replace").split("\0")
+    out = []
+    for i in range(0, len(parts), 2):
+        if not parts[i]:
+            break
+        out.append((parts[i], parts[i + 1] if i + 1 < len(parts) else ""))
+    return out
 
+
+def setup_state(sysh: Hive) -> SetupState:
     cs = current_set(sysh)
     pfro = sysh.get(f"{cs}\\Control\\Session Manager", "PendingFileRenameOperations")
     pfro2 = sysh.get(f"{cs}\\Control\\Session Manager", "PendingFileRenameOperations2")
-    renames = [s for v in (pfro, pfro2) if v is not None for s in decode_multi_sz(v.data)]
+    renames = [op for v in (pfro, pfro2) if v is not None for op in pending_operations(v.data)]
     upgraded = sysh.node("Setup\\Upgrade") is not None or sysh.get("Setup", "Upgrade") is not None
     return SetupState(
         system_setup_in_progress=sysh.get_dword("Setup", "SystemSetupInProgress"),

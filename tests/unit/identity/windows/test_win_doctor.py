@@ -2,6 +2,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from fleetcast.errors import HiveError
 from fleetcast.identity.windows import doctor
 from fleetcast.identity.windows.testtree import TreeInfo, build_windows_tree, unpack
 
@@ -49,7 +52,7 @@ def test_log_findings(tmp_path: Path) -> None:
 
 
 def test_upgraded_pending_reboot_and_generalization_state(tmp_path: Path) -> None:
-    from fleetcast.identity.windows.hive import REG_DWORD, REG_MULTI_SZ, Hive, encode_multi_sz
+    from fleetcast.identity.windows.hive import REG_DWORD, REG_MULTI_SZ, Hive
 
     info = build_windows_tree(tmp_path / "u", system="win10", sam_pair="winreg-kb", with_acls=False)
     cfg = info.root / "Windows/System32/config"
@@ -61,11 +64,32 @@ def test_upgraded_pending_reboot_and_generalization_state(tmp_path: Path) -> Non
         (3).to_bytes(4, "little"),
     )
     sm = h.ensure_path("ControlSet001\\Control\\Session Manager")
-    h.set_value(sm, "PendingFileRenameOperations", REG_MULTI_SZ, encode_multi_sz(["\\??\\C:\\a.tmp", ""]))
+    # two deletes (empty destinations) and a rename, as Windows writes them (issue 13 finding 4)
+    ops = "\\??\\C:\\a.tmp\0\0\\??\\C:\\b.tmp\0\0\\??\\C:\\c.new\0!\\??\\C:\\c.dll\0\0"
+    h.set_value(sm, "PendingFileRenameOperations", REG_MULTI_SZ, ops.encode("utf-16-le"))
     h.commit(cfg / "SYSTEM.tmp")
     (cfg / "SYSTEM.tmp").replace(cfg / "SYSTEM")
-    found = _codes(doctor.diagnose(info.root))
+    findings = doctor.diagnose(info.root)
+    found = _codes(findings)
     assert found["upgraded"] and found["generalization-state"] and found["pending-reboot"]
+    pending = next(f for f in findings if f.code == "pending-reboot")
+    assert pending.evidence.startswith(
+        "PendingFileRenameOperations (3 file(s): delete \\??\\C:\\a.tmp; delete \\??\\C:\\b.tmp; "
+        "rename \\??\\C:\\c.new to !\\??\\C:\\c.dll)"
+    )
+
+
+@pytest.mark.parametrize(("name", "as_dir"), [("SYSTEM", False), ("SOFTWARE", False), ("SOFTWARE", True)])
+def test_missing_system_or_software_is_refused(tmp_path: Path, name: str, as_dir: bool) -> None:
+    """Issue 13 finding 5: doctor refuses like inspect instead of skipping its checks."""
+    info = build_windows_tree(tmp_path / "m", sam_pair="winreg-kb", with_acls=False)
+    hive = info.root / "Windows/System32/config" / name
+    hive.unlink()
+    if as_dir:
+        hive.mkdir()
+    with pytest.raises(HiveError) as exc:
+        doctor.diagnose(info.root)
+    assert str(exc.value) == f"{info.root}: {name} hive missing from Windows\\System32\\config"
 
 
 def test_clean_volume_has_no_blocker(tmp_path: Path) -> None:
