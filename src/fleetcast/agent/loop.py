@@ -21,8 +21,9 @@ from typing import Any
 from fleetcast.agent.api import AgentApi
 from fleetcast.agent.inventory import Inventory, collect
 from fleetcast.agent.runner import Stopped, TaskRunner
-from fleetcast.agent.state import DEFAULT_STATE_DIR, StateLock, StateStore, claim
+from fleetcast.agent.state import DEFAULT_STATE_DIR, StateStore, claim
 from fleetcast.errors import AgentError, FleetcastError, TransportError
+from fleetcast.pidlock import PidLock
 from fleetcast.protocol import parse_task
 from fleetcast.transport.http import DEFAULT_OUTAGE_LIMIT, HttpStatusError
 
@@ -52,7 +53,7 @@ class Agent:
         self.stop_event = threading.Event()
         self.api = AgentApi(settings.server, outage_limit=settings.outage_limit, stop=self.stop_event.is_set)
         self.state = StateStore(settings.state_dir)
-        self.lock: StateLock | None = None
+        self.lock: PidLock | None = None
         self.inventory: Inventory | None = None
 
     def install_signal_handlers(self) -> None:

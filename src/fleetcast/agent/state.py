@@ -12,15 +12,14 @@ atomically (temp + fsync + rename) at every checkpoint, and cleared when the tas
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO
 
 from fleetcast.errors import AgentError
+from fleetcast.pidlock import PidLock
 
 logger = logging.getLogger(__name__)
 
@@ -122,49 +121,22 @@ def identity_key(mac: str) -> str:
     return mac.lower().replace(":", "").replace("-", "")
 
 
-class StateLock:
-    """The lock of one identity's state directory, held while the agent runs."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self._fh: IO[str] | None = None
-
-    def acquire(self) -> None:
-        path = self.directory / LOCK_FILE
-        try:
-            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fh = open(path, "a+")  # noqa: SIM115 - held open for the agent's life
-        except OSError as exc:
-            raise AgentError(
-                f"cannot create the agent state directory {self.directory}: {exc.strerror}",
-                hint="give the agent a writable --state-dir",
-            ) from exc
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            other = fh.read().strip() or "?"
-            fh.close()
-            raise AgentError(
-                f"agent state directory {self.directory} is in use by another agent (PID {other})",
-                hint="each agent needs its own machine identity; stop the other agent or give --state-dir",
-            ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"{os.getpid()}\n")
-        fh.flush()
-        self._fh = fh
-
-    def release(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
-
-
-def claim(base: Path, mac: str) -> tuple[StateStore, StateLock]:
+def claim(base: Path, mac: str) -> tuple[StateStore, PidLock]:
     """The state of identity ``mac`` under ``base``, locked for this process (AgentError naming the
     other agent's PID when it is taken)."""
     directory = Path(base) / identity_key(mac)
-    lock = StateLock(directory)
-    lock.acquire()
+    lock = PidLock(directory / LOCK_FILE)
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        other = lock.acquire()
+    except OSError as exc:
+        raise AgentError(
+            f"cannot create the agent state directory {directory}: {exc.strerror}",
+            hint="give the agent a writable --state-dir",
+        ) from exc
+    if other is not None:
+        raise AgentError(
+            f"agent state directory {directory} is in use by another agent (PID {other})",
+            hint="each agent needs its own machine identity; stop the other agent or give --state-dir",
+        )
     return StateStore(directory), lock

@@ -51,7 +51,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from fleetcast.server.app import create_app
-    from fleetcast.server.settings import build
+    from fleetcast.server.settings import build, lock_data_dir
 
     settings = build(
         data=getattr(args, "data", None),
@@ -61,6 +61,10 @@ def _serve(args: argparse.Namespace) -> int:
         store=args.store,
     )
     check_bind(settings.host, settings.port)
+    lock = None
+    if not settings.database_url or settings.database_url.startswith("sqlite"):
+        settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        lock = lock_data_dir(settings.data_dir)
     app = create_app(settings)
     debug = bool(getattr(args, "debug", False))
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
@@ -80,5 +84,8 @@ def _serve(args: argparse.Namespace) -> int:
         log_level="debug" if debug else "info",
         access_log=debug,
         timeout_graceful_shutdown=5,
+        proxy_headers=False,  # X-Forwarded-For is not trusted: audit addresses are the real peers
     )
+    if lock is not None:
+        lock.release()
     return 0

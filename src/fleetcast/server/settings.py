@@ -10,6 +10,7 @@ from typing import Any
 
 from fleetcast import config
 from fleetcast.errors import UsageError
+from fleetcast.pidlock import PidLock
 
 logger = logging.getLogger(__name__)
 
@@ -115,3 +116,22 @@ def build(
         stale_after=_seconds(server_table, "stale_after", source),
         task_timeout=_seconds(server_table, "task_timeout", source),
     )
+
+
+LOCK_FILE = "serve.lock"
+
+
+def lock_data_dir(data_dir: Path) -> PidLock:
+    """``DATA/serve.lock``, held by the one ``fleetcast serve`` of a SQLite data directory: a second
+    server on it would write the same database and each live stream would miss the other's events."""
+    lock = PidLock(data_dir / LOCK_FILE)
+    try:
+        other = lock.acquire()
+    except OSError as exc:
+        raise UsageError(f"cannot open {lock.path}: {exc.strerror}") from exc
+    if other is not None:
+        raise UsageError(
+            f"data directory {data_dir} is already served by another fleetcast serve (PID {other})",
+            hint="stop it first; several servers on one database need PostgreSQL (--database)",
+        )
+    return lock

@@ -152,7 +152,13 @@ class SimAgent:
             "disks": [{"path": f"/dev/sim{self.mac[-2:]}", "size": 1 << 30}],
             "agent_version": "sim",
         }
-        body = self.post("/api/agent/enroll", {"enroll_token": self.server.enroll, "inventory": inventory})
+        # like the real agent, it proves a re-enrollment with the credential it kept (first enrollment wins)
+        request = {
+            "enroll_token": self.server.enroll,
+            "inventory": inventory,
+            "credential": self.credential or None,
+        }
+        body = self.post("/api/agent/enroll", request)
         self.credential, self.client_id = body["credential"], body["client_id"]
 
     def restart(self) -> None:

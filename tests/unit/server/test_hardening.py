@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -269,3 +272,30 @@ def test_the_enrollment_token_rotates_without_a_restart(server: Server) -> None:
     r = server.http.post("/api/agent/enroll", json={"enroll_token": new, "inventory": inv})
     assert r.status_code == 200
     assert a.heartbeat()["cancel"] is False  # enrolled agents keep their credentials
+
+
+def test_a_second_server_on_one_sqlite_data_directory_is_refused(tmp_path: Path) -> None:
+    from fleetcast.errors import UsageError
+    from fleetcast.server.settings import lock_data_dir
+
+    code = (
+        "import time; from pathlib import Path; from fleetcast.server.settings import lock_data_dir; "
+        f"held = lock_data_dir(Path({str(tmp_path)!r})); print('held', flush=True); time.sleep(60)"
+    )
+    first = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout is not None and first.stdout.readline() == "held\n"
+        with pytest.raises(UsageError) as info:
+            lock_data_dir(tmp_path)
+        assert str(info.value) == (
+            f"data directory {tmp_path} is already served by another fleetcast serve (PID {first.pid})"
+        )
+        assert (
+            info.value.hint == "stop it first; several servers on one database need PostgreSQL (--database)"
+        )
+    finally:
+        first.kill()
+        first.wait()
+        assert first.stdout is not None
+        first.stdout.close()
+    lock_data_dir(tmp_path).release()  # gone with the first server
