@@ -63,6 +63,16 @@ class BaseBlock:
         return self.seq1 != self.seq2
 
 
+USER_HIVE_NAMES = ("ntuser.dat", "usrclass.dat")
+
+
+def _truncated_hint(path: Path) -> str:
+    """RegBack holds machine hives only: a user hive comes back from a copy of the profile."""
+    if path.name.lower() in USER_HIVE_NAMES:
+        return "copy the hive again from its source, or restore the user's profile folder from a backup"
+    return "copy the hive again from its source, or restore it from Windows\\System32\\config\\RegBack"
+
+
 def read_base_block(path: Path) -> BaseBlock:
     """Parse and check a hive's base block; raise HiveError naming the problem."""
     try:
@@ -82,7 +92,7 @@ def read_base_block(path: Path) -> BaseBlock:
     if size < BASE_BLOCK_SIZE + HBIN_ALIGN:
         raise HiveError(
             f"hive {path} is truncated: {size} bytes, a hive needs at least {BASE_BLOCK_SIZE + HBIN_ALIGN}",
-            hint="copy the hive again from its source, or restore it from Windows\\System32\\config\\RegBack",
+            hint=_truncated_hint(path),
         )
     seq1, seq2 = struct.unpack_from("<II", block, 4)
     major, minor = struct.unpack_from("<II", block, 20)
@@ -93,7 +103,7 @@ def read_base_block(path: Path) -> BaseBlock:
         raise HiveError(
             f"hive {path} is truncated: its header declares {BASE_BLOCK_SIZE + hbins_size} bytes, "
             f"the file has {size}",
-            hint="copy the hive again from its source, or restore it from Windows\\System32\\config\\RegBack",
+            hint=_truncated_hint(path),
         )
     return BaseBlock(
         path=path,

@@ -119,7 +119,12 @@ def inspect(root: Path) -> Report:
                 }
             )
             if st.dirty:
-                how = "its logs were replayed into a temporary copy for reading" if st.logs else "no logs"
+                how = (
+                    "its logs were replayed into a temporary copy for reading"
+                    if st.logs
+                    else "personalize will refuse this hive: boot this Windows once and shut it down "
+                    "completely (Fast Startup off), or copy its .LOG1/.LOG2 beside it"
+                )
                 rep.warnings.append(f"{st.describe()}: {how}")
         if "SYSTEM" not in opened:
             raise HiveError(f"{root}: SYSTEM hive missing from Windows\\System32\\config")

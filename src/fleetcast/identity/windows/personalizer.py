@@ -318,10 +318,16 @@ def _run(root: Path, opts: Options, hives: _Hives, tx: Transaction, changes: lis
             if rewritten is None:
                 continue
             data, n = rewritten
-            for log in logs.find_logs(uh.path):
+            rel_hive = uh.path.relative_to(root)
+            user_logs = logs.find_logs(uh.path)
+            if logs.state(uh.path).dirty:
+                names = ", ".join(p.name for p in user_logs)
+                changes.append(f"user hive {rel_hive}: dirty hive, transaction logs replayed ({names})")
+            for log in user_logs:
                 tx.stage_file(log, b"")
+                changes.append(f"user hive {rel_hive}: log {log.name} emptied")
             tx.stage_file(uh.path, data)
-            changes.append(f"user hive {uh.path.relative_to(root)}: {n} security descriptor SID(s) rewritten")
+            changes.append(f"user hive {rel_hive}: {n} security descriptor SID(s) rewritten")
 
     for rel, data in files:
         tx.stage_file(layout.target(root, rel), data)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from fleetcast.errors import UsageError
 from fleetcast.identity.windows import layout, logs
+from fleetcast.identity.windows.fsck import fsck, require_sound
 from fleetcast.identity.windows.hive import Hive, scrub
 from fleetcast.identity.windows.sid import Sid
 from fleetcast.identity.windows.software import Profile
@@ -69,4 +70,5 @@ def rewrite(hive: Path, old: Sid, new: Sid, workdir: Path) -> tuple[bytes, int] 
         return None
     Hive(work, label=hive)
     RegipyView(work)
+    require_sound(work, label=hive, max_unreachable=len(fsck(copy).unreachable))
     return work.read_bytes(), res.sk_sids_replaced

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fleetcast.cli.main import main
-from fleetcast.identity.windows.testtree import TreeInfo
+from fleetcast.identity.windows.testtree import TreeInfo, build_windows_tree, unpack
 
 
 def test_unattend_prints_xml(capsys: pytest.CaptureFixture[str]) -> None:
@@ -72,3 +72,15 @@ def test_inspect_flags_sid_mismatch(tmp_path: Path, capsys: pytest.CaptureFixtur
         {"rid": 501, "name": "Guest"},
         {"rid": 1000, "name": "Preston"},
     ]
+
+
+def test_inspect_says_personalize_refuses_a_dirty_hive_without_logs(tmp_path: Path) -> None:
+    """Issue 13 finding 7."""
+    from fleetcast.identity.windows.inspect import inspect
+
+    info = build_windows_tree(tmp_path / "d", sam_pair="winreg-kb", with_acls=False)
+    unpack("regipy/SECURITY.xz", info.root / "Windows/System32/config/SECURITY")  # dirty, no logs
+    assert (
+        "SECURITY: dirty (sequence 107/106; no logs): personalize will refuse this hive: boot this Windows "
+        "once and shut it down completely (Fast Startup off), or copy its .LOG1/.LOG2 beside it"
+    ) in inspect(info.root).warnings

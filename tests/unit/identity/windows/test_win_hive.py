@@ -34,6 +34,18 @@ def test_truncated_hive(hive_file: Unpack, tmp_path: Path) -> None:
     with pytest.raises(HiveError) as exc:
         Hive(tiny)
     assert str(exc.value) == f"hive {tiny} is truncated: 5000 bytes, a hive needs at least 8192"
+    assert exc.value.hint is not None and "RegBack" in exc.value.hint
+
+
+def test_truncated_user_hive_hint_names_no_regback(hive_file: Unpack, tmp_path: Path) -> None:
+    """Issue 13 finding 7: RegBack holds no user hives."""
+    cut = tmp_path / "NTUSER.DAT"
+    cut.write_bytes(hive_file("winreg-kb/NTUSER.DAT.xz").read_bytes()[:20_000])
+    with pytest.raises(HiveError) as exc:
+        Hive(cut)
+    assert exc.value.hint == (
+        "copy the hive again from its source, or restore the user's profile folder from a backup"
+    )
 
 
 def test_wrong_magic(tmp_path: Path) -> None:
