@@ -254,6 +254,7 @@ def test_stale_task_fails_and_frees_its_place(tmp_path: object, server: Server) 
     orch = server.http.app.state.orchestrator  # type: ignore[attr-defined]
     with orch.db.transaction() as s:
         s.get(Target, ta["task_id"]).last_report = utcnow() - timedelta(seconds=3600)
+    orch.sweep()  # what the app's background sweeper does every few seconds
     tb = b.heartbeat()["task"]
     assert tb is not None
     view = server.get(f"/api/deployments/{dep['deployment']}")
