@@ -56,7 +56,9 @@ def inventory(i: int) -> dict[str, object]:
     }
 
 
-async def run_load(url: str, enroll: str, admin: str, agents: int, seconds: float, interval: float) -> None:
+async def run_load(
+    url: str, enroll: str, admin: str, *, agents: int, seconds: float, interval: float
+) -> None:
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as http:
         sem = asyncio.Semaphore(50)
@@ -135,7 +137,7 @@ def bench(agents: int, seconds: float, interval: float) -> None:
             admin = (data / "secrets" / "admin-token").read_text().strip()
             enroll = (data / "secrets" / "enroll-token").read_text().strip()
             print(f"{agents} agents, heartbeat every {interval:g} s, {seconds:g} s:", flush=True)
-            asyncio.run(run_load(url, enroll, admin, agents, seconds, interval))
+            asyncio.run(run_load(url, enroll, admin, agents=agents, seconds=seconds, interval=interval))
         finally:
             proc.terminate()
             try:
