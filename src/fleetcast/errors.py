@@ -5,9 +5,13 @@ subprocess failures -- at its boundary with ``raise X(...) from exc``)::
 
     FleetcastError                 root; .hint is an optional "what to do about it"
     ├── UsageError                 bad arguments or settings (CLI exit 2)
-    ├── NotFoundError              a named thing does not exist (CLI exit 3)
+    │   └── BodyTooLarge           a request body beyond its limit (HTTP 413)
+    ├── NotFoundError              a named thing does not exist (CLI exit 3; HTTP 404)
     │   ├── ImageNotFound
-    │   └── ClientNotFound
+    │   ├── ClientNotFound
+    │   ├── ChunkNotFound          a pack the store does not have
+    │   ├── DeploymentNotFound
+    │   └── TaskNotFound
     ├── IntegrityError             data does not match its hash or checksum (CLI exit 4)
     │   └── ChunkCorrupt
     ├── CommandError               an external command failed (stderr tail attached)
@@ -18,7 +22,10 @@ subprocess failures -- at its boundary with ``raise X(...) from exc``)::
     ├── CaptureError
     ├── RestoreError
     ├── TransportError             HTTP / multicast chunk delivery
-    ├── ServerError                orchestrator and API state
+    ├── ServerError                orchestrator and API state (HTTP 409 unless below)
+    │   ├── AuthError              no or a wrong credential (HTTP 401)
+    │   ├── ForbiddenError         a credential not allowed to do this (HTTP 403)
+    │   └── ConflictError          a state conflict (HTTP 409)
     ├── AgentError                 the client-side task runner
     └── IdentityError              personalizing a deployed system
         └── HiveError              a Windows registry hive that cannot be read or written safely
@@ -48,6 +55,12 @@ class UsageError(FleetcastError):
     exit_code = 2
 
 
+class BodyTooLarge(UsageError):
+    """A request body beyond its route's limit (HTTP 413)."""
+
+    http_status = 413
+
+
 class NotFoundError(FleetcastError):
     exit_code = 3
 
@@ -57,6 +70,18 @@ class ImageNotFound(NotFoundError):
 
 
 class ClientNotFound(NotFoundError):
+    pass
+
+
+class ChunkNotFound(NotFoundError):
+    pass
+
+
+class DeploymentNotFound(NotFoundError):
+    pass
+
+
+class TaskNotFound(NotFoundError):
     pass
 
 
@@ -116,6 +141,18 @@ class TransportError(FleetcastError):
 
 class ServerError(FleetcastError):
     pass
+
+
+class AuthError(ServerError):
+    """No or a wrong credential (HTTP 401)."""
+
+
+class ForbiddenError(ServerError):
+    """A credential that is not allowed to do this (HTTP 403)."""
+
+
+class ConflictError(ServerError):
+    """A state conflict (HTTP 409)."""
 
 
 class AgentError(FleetcastError):

@@ -16,21 +16,15 @@ import os
 import secrets
 from pathlib import Path
 
-from fleetcast.errors import ServerError, UsageError
+from fleetcast.errors import AuthError, ForbiddenError, UsageError
+
+__all__ = ["AuthError", "ForbiddenError", "Tokens", "bearer", "hash_credential", "new_secret", "same"]
 
 logger = logging.getLogger(__name__)
 
 ADMIN_TOKEN_FILE = "admin-token"
 ENROLL_TOKEN_FILE = "enroll-token"
 TOKEN_BYTES = 32
-
-
-class AuthError(ServerError):
-    """No or a wrong credential (HTTP 401)."""
-
-
-class ForbiddenError(ServerError):
-    """A credential that is not allowed to do this (HTTP 403)."""
 
 
 TOKEN_PREFIX = "fc_"

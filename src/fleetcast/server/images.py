@@ -12,16 +12,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from fleetcast.errors import ImageNotFound, NotFoundError, StoreError, UsageError
+from fleetcast.errors import ChunkNotFound, ImageNotFound, NotFoundError, StoreError, UsageError
+
+__all__ = ["ChunkNotFound", "ImageCatalog", "ImageInfo", "check_chunk_id", "check_name"]
 
 logger = logging.getLogger(__name__)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 CHUNK_ID_RE = re.compile(r"^[0-9a-f]{64}\Z")
-
-
-class ChunkNotFound(NotFoundError):
-    pass
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from fleetcast.errors import FleetcastError, UsageError
+from fleetcast.errors import BodyTooLarge, FleetcastError, UsageError
 from fleetcast.server import problems
 from fleetcast.server.auth import bearer
 
@@ -33,12 +33,6 @@ AGENT_LIMIT = 256 << 10
 RESULT_LIMIT = 2 << 20
 UNAUTHENTICATED = ("/api/agent/enroll",)
 BODY_METHODS = ("POST", "PUT", "PATCH", "DELETE")
-
-
-class BodyTooLarge(UsageError):
-    """A request body beyond its route's limit (HTTP 413)."""
-
-    http_status = 413
 
 
 def limit_for(path: str) -> int:

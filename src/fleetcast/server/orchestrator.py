@@ -27,7 +27,16 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from fleetcast.disk.rules import parse_rule
-from fleetcast.errors import ClientNotFound, DiskError, NotFoundError, ServerError, UsageError
+from fleetcast.errors import (
+    ClientNotFound,
+    ConflictError,
+    DeploymentNotFound,
+    DiskError,
+    NotFoundError,
+    ServerError,
+    TaskNotFound,
+    UsageError,
+)
 from fleetcast.protocol import PHASES, RESULT_STATES, ProgressReport, Task, TaskResult
 from fleetcast.server import plan as planner
 from fleetcast.server.auth import ForbiddenError, hash_credential, new_secret, same
@@ -43,18 +52,6 @@ _Row = TypeVar("_Row", Client, Deployment, Target)
 ACTIVE_TARGET = ("queued", "running")
 TERMINAL_TARGET = ("done", "failed", "cancelled")
 ACTIVE_DEPLOYMENT = ("running", "cancelling")
-
-
-class ConflictError(ServerError):
-    """A state conflict (HTTP 409)."""
-
-
-class DeploymentNotFound(NotFoundError):
-    pass
-
-
-class TaskNotFound(NotFoundError):
-    pass
 
 
 @dataclass(frozen=True)
