@@ -9,9 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.fixtures.windows_tree import build_windows_tree
 
 from fleetcast.identity.windows.inspect import inspect
-from fleetcast.identity.windows.testtree import build_windows_tree
 from fleetcast.lab.deploy_demo import FleetLab
 from fleetcast.lab.sample_disk import MiB, build_sample_disk, mount_partition
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tests.fixtures.windows_tree import build_windows_tree
 
 from fleetcast.agent.personalize import personalize
 from fleetcast.identity.base import IdentitySettings, OsKind
 from fleetcast.identity.windows import acl
 from fleetcast.identity.windows.inspect import inspect
 from fleetcast.identity.windows.sid import Sid
-from fleetcast.identity.windows.testtree import build_windows_tree
 from fleetcast.lab.sample_disk import MiB, build_sample_disk, mount_partition
 from fleetcast.store.capture import capture
 from fleetcast.store.images import ImageStore

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 from Registry import Registry
+from tests.fixtures.windows_tree import ADMINISTRATORS, LOCAL_SYSTEM, build_windows_tree
 
 from fleetcast.disk.loop import attach
 from fleetcast.errors import IdentityError
 from fleetcast.identity.windows import acl, personalize
 from fleetcast.identity.windows.personalizer import Options
 from fleetcast.identity.windows.sid import Sid, seeded_machine_sid
-from fleetcast.identity.windows.testtree import ADMINISTRATORS, LOCAL_SYSTEM, build_windows_tree
 from fleetcast.run import run, spawn
 
 pytestmark = pytest.mark.integration

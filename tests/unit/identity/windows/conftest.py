@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from fleetcast.identity.windows.testtree import TreeInfo, build_windows_tree, unpack
+from tests.fixtures.windows_tree import TreeInfo, build_windows_tree, unpack
 
 
 @pytest.fixture

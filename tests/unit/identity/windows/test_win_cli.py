@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from tests.fixtures.windows_tree import TreeInfo, build_windows_tree, unpack
 
 from fleetcast.cli.main import main
-from fleetcast.identity.windows.testtree import TreeInfo, build_windows_tree, unpack
 
 
 def test_unattend_prints_xml(capsys: pytest.CaptureFixture[str]) -> None:
@@ -58,7 +58,7 @@ def test_personalize_inspect_doctor(tree: TreeInfo, capsys: pytest.CaptureFixtur
 
 
 def test_inspect_flags_sid_mismatch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from fleetcast.identity.windows.testtree import build_windows_tree
+    from tests.fixtures.windows_tree import build_windows_tree
 
     info = build_windows_tree(tmp_path / "m", sam_pair="regipy", with_acls=False)
     assert main(["windows", "inspect", str(info.root), "--json"]) == 0

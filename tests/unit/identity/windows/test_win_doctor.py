@@ -3,10 +3,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tests.fixtures.windows_tree import TreeInfo, build_windows_tree, unpack
 
 from fleetcast.errors import HiveError
 from fleetcast.identity.windows import doctor
-from fleetcast.identity.windows.testtree import TreeInfo, build_windows_tree, unpack
 
 APPX_LINE = (
     "2025-09-12 10:01:02, Error                 SYSPRP Package "

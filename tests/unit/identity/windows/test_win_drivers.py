@@ -5,12 +5,12 @@ from pathlib import Path
 
 import pytest
 from Registry import Registry
+from tests.fixtures.windows_tree import TreeInfo
 
 from fleetcast.errors import UsageError
 from fleetcast.identity.windows import drivers, system
 from fleetcast.identity.windows.hive import Hive
 from fleetcast.identity.windows.personalizer import Options
-from fleetcast.identity.windows.testtree import TreeInfo
 
 Unpack = Callable[..., Path]
 

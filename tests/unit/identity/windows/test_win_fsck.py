@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 from dissect.regf import RegistryHive
+from tests.fixtures.windows_tree import TreeInfo
 
 from fleetcast.errors import HiveError
 from fleetcast.identity.windows.fsck import fsck, require_sound
 from fleetcast.identity.windows.hive import REG_BINARY, Hive, fix_checksum
 from fleetcast.identity.windows.personalizer import Options, personalize
-from fleetcast.identity.windows.testtree import TreeInfo
 
 Unpack = Callable[..., Path]
 CONFIG = Path("Windows/System32/config")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from Registry import Registry
+from tests.fixtures.windows_tree import empty_hive
 
 from fleetcast.errors import HiveError
 from fleetcast.identity.windows.hive import (
@@ -17,7 +18,6 @@ from fleetcast.identity.windows.hive import (
     read_base_block,
     scrub,
 )
-from fleetcast.identity.windows.testtree import empty_hive
 
 Unpack = Callable[..., Path]
 

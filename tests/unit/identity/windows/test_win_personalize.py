@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from regipy.registry import RegistryHive
 from Registry import Registry
+from tests.fixtures.windows_tree import TreeInfo, build_windows_tree
 from win_dumps import Dump, dump
 
 from fleetcast.errors import HiveError, IdentityError, UsageError
@@ -16,7 +17,6 @@ from fleetcast.identity.base import IdentitySettings, OsKind, get
 from fleetcast.identity.windows import personalize
 from fleetcast.identity.windows.personalizer import Options
 from fleetcast.identity.windows.sid import Sid, seeded_machine_sid
-from fleetcast.identity.windows.testtree import TreeInfo, build_windows_tree
 from fleetcast.identity.windows.unattend import StaticIp
 
 CONFIG = "Windows/System32/config"
@@ -242,7 +242,7 @@ def test_failure_after_hives_are_replaced_rolls_everything_back(
 
 
 def test_corrupted_system_hive_writes_nothing(tree: TreeInfo, tmp_path: Path) -> None:
-    from fleetcast.identity.windows.testtree import unpack
+    from tests.fixtures.windows_tree import unpack
 
     cfg = tree.root / CONFIG
     unpack("regipy/corrupted_system_hive.xz", cfg / "SYSTEM")

@@ -54,8 +54,9 @@ def test_rollback_removes_created_folders(tmp_path: Path) -> None:
 def test_interrupt_between_two_renames_leaves_every_hive_in_place(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from tests.fixtures.windows_tree import build_windows_tree
+
     from fleetcast.identity.windows.personalizer import Options, personalize
-    from fleetcast.identity.windows.testtree import build_windows_tree
 
     info = build_windows_tree(tmp_path / "t", with_acls=False)
     cfg = info.root / "Windows" / "System32" / "config"
@@ -78,8 +79,9 @@ def test_interrupt_between_two_renames_leaves_every_hive_in_place(
 def test_backup_that_cannot_be_deleted_is_a_warning_not_a_failure(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from tests.fixtures.windows_tree import build_windows_tree
+
     from fleetcast.identity.windows.personalizer import Options, personalize
-    from fleetcast.identity.windows.testtree import build_windows_tree
 
     info = build_windows_tree(tmp_path / "t", with_acls=False)
     cfg = info.root / "Windows" / "System32" / "config"
