@@ -13,6 +13,17 @@ from fleetcast.server.api_agent import Catalog, Orch, peer
 from fleetcast.server.events import EventBus, load_events
 from fleetcast.server.orchestrator import DeploymentRequest
 from fleetcast.server.sessions import actor, principal
+from fleetcast.server.views import (
+    AuditList,
+    ClientList,
+    ClientView,
+    DeploymentList,
+    DeploymentView,
+    EventList,
+    ImageList,
+    ImageView,
+    PlanView,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -58,64 +69,64 @@ class DeploymentBody(BaseModel):
         )
 
 
-@router.get("/clients")
+@router.get("/clients", response_model=ClientList)
 def list_clients(orch: Orch) -> dict[str, Any]:
     return {"clients": orch.clients()}
 
 
-@router.get("/clients/{client_id}")
+@router.get("/clients/{client_id}", response_model=ClientView)
 def get_client(client_id: int, orch: Orch) -> dict[str, Any]:
     return orch.client(client_id)
 
 
-@router.post("/clients/{client_id}/revoke")
+@router.post("/clients/{client_id}/revoke", response_model=ClientView)
 def revoke_client(client_id: int, request: Request, orch: Orch) -> dict[str, Any]:
     """Forget the client's credential (its agent is refused; the machine may enroll again)."""
     return orch.revoke(client_id, actor=actor(request), address=peer(request))
 
 
-@router.get("/images")
+@router.get("/images", response_model=ImageList)
 def list_images(cat: Catalog) -> dict[str, Any]:
     return {"images": [i.to_dict() for i in cat.list()]}
 
 
-@router.get("/images/{name}")
+@router.get("/images/{name}", response_model=ImageView)
 def get_image(name: str, cat: Catalog) -> dict[str, Any]:
     return cat.info(name).to_dict()
 
 
-@router.post("/deployments/plan")
+@router.post("/deployments/plan", response_model=PlanView)
 def plan_deployment(body: DeploymentBody, orch: Orch) -> dict[str, Any]:
     return orch.plan(body.request()).to_dict()
 
 
-@router.post("/deployments", status_code=201)
+@router.post("/deployments", status_code=201, response_model=DeploymentView)
 def create_deployment(body: DeploymentBody, request: Request, orch: Orch) -> dict[str, Any]:
     return orch.create(body.request(), actor=actor(request), address=peer(request))
 
 
-@router.get("/deployments")
+@router.get("/deployments", response_model=DeploymentList, response_model_exclude_unset=True)
 def list_deployments(orch: Orch) -> dict[str, Any]:
     return {"deployments": orch.deployments()}
 
 
-@router.get("/deployments/{deployment_id}")
+@router.get("/deployments/{deployment_id}", response_model=DeploymentView)
 def get_deployment(deployment_id: int, orch: Orch) -> dict[str, Any]:
     return orch.deployment(deployment_id)
 
 
-@router.post("/deployments/{deployment_id}/cancel")
+@router.post("/deployments/{deployment_id}/cancel", response_model=DeploymentView)
 def cancel_deployment(deployment_id: int, request: Request, orch: Orch) -> dict[str, Any]:
     return orch.cancel(deployment_id, actor=actor(request), address=peer(request))
 
 
-@router.post("/deployments/{deployment_id}/retry", status_code=201)
+@router.post("/deployments/{deployment_id}/retry", status_code=201, response_model=DeploymentView)
 def retry_deployment(deployment_id: int, request: Request, orch: Orch) -> dict[str, Any]:
     """A new deployment of the failed clients of a finished one (each keeps its name and IP)."""
     return orch.retry(deployment_id, actor=actor(request), address=peer(request))
 
 
-@router.get("/events/log")
+@router.get("/events/log", response_model=EventList)
 def event_log(
     orch: Orch,
     since: Annotated[int, Query(ge=0)] = 0,
@@ -154,6 +165,6 @@ def events(
     )
 
 
-@router.get("/audit")
+@router.get("/audit", response_model=AuditList)
 def audit(orch: Orch, limit: Annotated[int, Query(ge=1, le=100_000)] = 1000) -> dict[str, Any]:
     return {"audit": orch.audit(limit)}

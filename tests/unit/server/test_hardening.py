@@ -299,3 +299,17 @@ def test_a_second_server_on_one_sqlite_data_directory_is_refused(tmp_path: Path)
         assert first.stdout is not None
         first.stdout.close()
     lock_data_dir(tmp_path).release()  # gone with the first server
+
+
+def test_admin_answers_have_response_shapes_and_keep_every_key(server: Server) -> None:
+    spec = server.http.get("/api/openapi.json").json()
+    ok = spec["paths"]["/api/clients"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert ok["schema"] == {"$ref": "#/components/schemas/ClientList"}
+    for name in ("ClientView", "ImageInfo", "PlanView", "DeploymentView", "TargetView", "AuditList"):
+        assert name in spec["components"]["schemas"]
+    a = server.agent("52:54:00:00:00:01")
+    dep = server.deploy(name="LAB-{n:02}")
+    assert dep["name"] == "LAB-{n:02}" and dep["clients"][0]["n"] == 1  # keys beyond the model stay
+    listed = server.get("/api/deployments")["deployments"][0]
+    assert "clients" not in listed and listed["deployment"] == dep["deployment"]
+    assert server.get("/api/clients")["clients"][0]["id"] == a.client_id
