@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fleetcast.errors import HiveError
-from fleetcast.identity.windows.sid import Sid, replace_binary, replace_text
+from fleetcast.identity.windows.sid import Sid, replace_binary, replace_text, replace_text_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -402,7 +402,8 @@ def rewrite_sids(hive: Hive, old: Sid, new: Sid, *, under: str = "", in_place: b
                 if m:
                     data = text2.encode("utf-16-le", errors="surrogatepass")
                     n += m
-                    resized = True
+                    # same-length text is rewritten in place by the raw pass too
+                    resized = resized or len(text2) != len(text)
             new_vals.append(Value(v.name, v.type, data))
             if n:
                 touched.append(v.name or "(default)")
@@ -426,6 +427,7 @@ class ScrubResult:
     sk_sids_replaced: int = 0
     other_sids_replaced: int = 0
     fragments_replaced: int = 0
+    text_sids_replaced: int = 0
 
 
 def scrub(path: Path, *, old: Sid | None, new: Sid | None, all_cells: bool) -> ScrubResult:
@@ -470,6 +472,11 @@ def scrub(path: Path, *, old: Sid | None, new: Sid | None, all_cells: bool) -> S
                             res.sk_sids_replaced += n
                         else:
                             res.other_sids_replaced += n
+                    if all_cells:  # SID text (UTF-16/ANSI, same length only) inside any value
+                        replaced, n = replace_text_bytes(bytes(data[body]), old, new)
+                        if n:
+                            data[body] = replaced
+                            res.text_sids_replaced += n
                     if all_cells and words_old in data[body]:
                         res.fragments_replaced += data[body].count(words_old)
                         data[body] = data[body].replace(words_old, words_new)

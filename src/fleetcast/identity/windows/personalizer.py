@@ -86,7 +86,7 @@ def _new_sid(opts: Options, old: Sid) -> Sid:
     elif opts.sid_seed is not None:
         new = seeded_machine_sid(opts.sid_seed)
     else:
-        new = random_machine_sid()
+        new = random_machine_sid(like=old)  # same text length: SID text is rewritten in place
     if new == old:
         raise UsageError(f"the new machine SID {new} is the image's own SID", hint="pick another seed")
     return new

@@ -119,10 +119,39 @@ def _machine_from_words(words: tuple[int, int, int]) -> Sid:
     return Sid(NT_AUTHORITY, (NT_NON_UNIQUE, *words))
 
 
-def random_machine_sid() -> Sid:
-    """A fresh machine SID from the OS random source (what Sysprep /generalize does)."""
-    words = tuple(secrets.randbelow(0xFFFFFFFF - 0x10000) + 0x10000 for _ in range(3))
-    return _machine_from_words((words[0], words[1], words[2]))
+def random_machine_sid(like: Sid | None = None) -> Sid:
+    """A fresh machine SID from the OS random source (what Sysprep /generalize does). With ``like``,
+    each number has as many digits as ``like``'s: the SID's text keeps its length, so SID text inside
+    values can be rewritten in place."""
+    if like is None or len(like.subauthorities) != 4:
+        words = tuple(secrets.randbelow(0xFFFFFFFF - 0x10000) + 0x10000 for _ in range(3))
+        return _machine_from_words((words[0], words[1], words[2]))
+    picked = []
+    for w in like.subauthorities[1:]:
+        digits = len(str(w))
+        low, high = max(10 ** (digits - 1), 0x10000), min(10**digits - 1, 0xFFFFFFFF)
+        if low > high:  # a number too short for a random machine word: keep the length rule off
+            return random_machine_sid()
+        picked.append(low + secrets.randbelow(high - low + 1))
+    return _machine_from_words((picked[0], picked[1], picked[2]))
+
+
+def replace_text_bytes(data: bytes, old: Sid, new: Sid) -> tuple[bytes, int]:
+    """Replace ``old``'s text (and ``old-RID``) by ``new``'s inside raw bytes, UTF-16LE and ANSI, when
+    both texts have the same length (in place: nothing moves). A longer number is not a match."""
+    old_s, new_s = str(old), str(new)
+    if len(old_s) != len(new_s):
+        return data, 0
+    count = 0
+    for enc in ("utf-16-le", "ascii"):
+        width = 2 if enc == "utf-16-le" else 1
+        digit = b"[0-9]\\x00" if width == 2 else b"[0-9]"
+        pat = re.compile(
+            b"(?i)" + re.escape(old_s.encode(enc)) + b"(?!" + digit + b")",
+        )
+        data, n = pat.subn(new_s.encode(enc), data)
+        count += n
+    return data, count
 
 
 def check_seed(seed: str) -> str:
