@@ -313,6 +313,7 @@ def _run(root: Path, opts: Options, hives: _Hives, tx: Transaction, changes: lis
         else:
             changes.append(f"file ACLs: skipped, {root} is not an ntfs-3g mount (no system.ntfs_acl)")
 
+        changes += profiles.rename_sid_folders(root, old_sid, new_sid, tx)
         for uh in user_hives:
             rewritten = profiles.rewrite(uh.path, old_sid, new_sid, hives.workdir)
             if rewritten is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,9 +16,9 @@ from fleetcast.errors import UsageError
 from fleetcast.identity.windows import layout, logs
 from fleetcast.identity.windows.fsck import fsck, require_sound
 from fleetcast.identity.windows.hive import Hive, scrub
-from fleetcast.identity.windows.sid import Sid
+from fleetcast.identity.windows.sid import Sid, replace_text
 from fleetcast.identity.windows.software import Profile
-from fleetcast.identity.windows.txn import RegipyView
+from fleetcast.identity.windows.txn import RegipyView, Transaction
 
 logger = logging.getLogger(__name__)
 
@@ -72,3 +73,38 @@ def rewrite(hive: Path, old: Sid, new: Sid, workdir: Path) -> tuple[bytes, int] 
     RegipyView(work)
     require_sound(work, label=hive, max_unreachable=len(fsck(copy).unreachable))
     return work.read_bytes(), res.sk_sids_replaced
+
+
+def _renamer(src: Path, dst: Path) -> Callable[[], None]:
+    def undo() -> None:
+        src.rename(dst)
+
+    return undo
+
+
+SID_FOLDERS = ("Users/Public/AccountPictures",)  # folders whose subfolders are named S-1-5-21-...-RID
+
+
+def rename_sid_folders(root: Path, old: Sid, new: Sid, tx: Transaction) -> list[str]:
+    """Rename the folders named after ``old``'s accounts (the account pictures ``UserTile`` points at)
+    to ``new``'s. Only when the SID text keeps its length: then the values naming those folders were
+    rewritten in place, and folder and value stay in step. Undone by ``tx``'s rollback."""
+    if len(str(old)) != len(str(new)):
+        return [f"folders named after {old}: kept (the new SID's text has another length)"]
+    out = []
+    for rel in SID_FOLDERS:
+        base = layout.find(root, rel)
+        if base is None or not base.is_dir():
+            continue
+        for child in sorted(base.iterdir()):
+            renamed, n = replace_text(child.name, old, new)
+            if not n or not child.is_dir():
+                continue
+            target = child.with_name(renamed)
+            if target.exists():
+                out.append(f"warning: folder {child.relative_to(root)} kept: {renamed} exists")
+                continue
+            child.rename(target)
+            tx.on_rollback(f"folder {target}", _renamer(target, child))
+            out.append(f"folder {child.relative_to(root)}: renamed to {renamed}")
+    return out

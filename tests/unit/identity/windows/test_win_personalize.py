@@ -366,3 +366,32 @@ def test_new_sid_alone_rewrites_key_descriptors_in_system(tree: TreeInfo) -> Non
     assert "SYSTEM: 6 key security descriptor SID(s) rewritten" in changes
     raw = system.read_bytes()
     assert old_words not in raw and raw.count(seeded_machine_sid("sk-1").to_bytes()[8:]) == 6
+
+
+def test_account_picture_folders_follow_the_new_sid_and_roll_back(
+    tree: TreeInfo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 13 finding 3: Users\\Public\\AccountPictures\\<SID> folders are renamed with the SID (random
+    SID: same text length), and put back when the run fails."""
+    from fleetcast.identity.windows import sam, txn
+    from fleetcast.identity.windows.hive import Hive
+
+    pics = tree.root / "Users" / "Public" / "AccountPictures"
+    old_dir = pics / f"{tree.machine_sid}-1001"
+    old_dir.mkdir(parents=True)
+    (old_dir / "image192.jpg").write_bytes(b"jpeg")
+    other = pics / "S-1-5-21-1-2-3-1001"  # another machine's: untouched
+    other.mkdir()
+    changes = personalize(tree.root, Options(new_sid=True))
+    new = sam.machine_sid(Hive(tree.root / CONFIG / "SAM"))
+    assert f"folder Users/Public/AccountPictures/{tree.machine_sid}-1001: renamed to {new}-1001" in changes
+    assert sorted(p.name for p in pics.iterdir()) == sorted([f"{new}-1001", other.name])
+    assert (pics / f"{new}-1001" / "image192.jpg").read_bytes() == b"jpeg"
+
+    def boom(self: txn.Transaction, target: Path, data: bytes) -> None:
+        raise IdentityError("disk full (simulated)")
+
+    monkeypatch.setattr(txn.Transaction, "stage_file", boom)
+    with pytest.raises(IdentityError, match="simulated"):
+        personalize(tree.root, Options(new_sid=True))
+    assert sorted(p.name for p in pics.iterdir()) == sorted([f"{new}-1001", other.name])
