@@ -99,9 +99,14 @@ async def run_load(
             headers = {"Authorization": f"Bearer {admin}"}
             while time.monotonic() < end:
                 started = time.monotonic()
-                r = await http.get("/api/clients", headers=headers)
-                if r.status_code != 200 or len(r.json()["clients"]) != agents:
-                    errors["clients"] = errors.get("clients", 0) + 1
+                try:
+                    r = await http.get("/api/clients", headers=headers)
+                    if r.status_code != 200 or len(r.json()["clients"]) != agents:
+                        errors["clients"] = errors.get("clients", 0) + 1
+                except httpx.HTTPError as exc:
+                    errors[f"clients {type(exc).__name__}"] = (
+                        errors.get(f"clients {type(exc).__name__}", 0) + 1
+                    )
                 lists.append(time.monotonic() - started)
                 await asyncio.sleep(1.0)
 
