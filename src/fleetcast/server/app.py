@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -38,7 +39,8 @@ async def _sweeper(orch: Orchestrator, every: float) -> None:
 def create_app(settings: ServerSettings, *, catalog: ImageCatalog | None = None) -> FastAPI:
     """The server for ``settings``: database opened and schema created, tokens made if missing."""
     try:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(settings.data_dir, 0o700)  # the database and the store hold golden disks and secrets
     except OSError as exc:
         raise UsageError(
             f"cannot create the data directory {settings.data_dir}: {exc.strerror}",
@@ -46,6 +48,10 @@ def create_app(settings: ServerSettings, *, catalog: ImageCatalog | None = None)
         ) from exc
     tokens = Tokens(settings.secrets_dir)
     db = Database(settings.db_url)
+    if not settings.database_url:
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(f"{settings.data_dir / 'fleetcast.db'}{suffix}", 0o600)
     bus = EventBus()
     cat = catalog or ImageCatalog(settings.store)
     orch = Orchestrator(db, bus, cat, settings)

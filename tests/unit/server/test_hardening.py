@@ -313,3 +313,11 @@ def test_admin_answers_have_response_shapes_and_keep_every_key(server: Server) -
     listed = server.get("/api/deployments")["deployments"][0]
     assert "clients" not in listed and listed["deployment"] == dep["deployment"]
     assert server.get("/api/clients")["clients"][0]["id"] == a.client_id
+
+
+def test_data_directory_and_database_are_private(server: Server) -> None:
+    import stat
+
+    data = server.settings.data_dir
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    assert stat.S_IMODE((data / "fleetcast.db").stat().st_mode) == 0o600
