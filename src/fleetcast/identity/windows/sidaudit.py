@@ -1,0 +1,90 @@
+"""The duplicate-SID audit: which Windows installations of the fleet share a machine SID.
+
+``inventory(root)`` is what the agent reports for one Windows volume (read-only, from ``inspect``);
+``duplicate_groups`` groups the fleet's reports by machine SID; ``render_text`` spells out the
+consequence and the fix for each group (``fleetcast audit sids``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from fleetcast.identity.windows.inspect import inspect
+
+CONSEQUENCE = (
+    "Windows 11 24H2+ and Server 2025 (updates of August/September 2025, KB5064081, KB5065426) refuse "
+    "Kerberos and NTLM logons between machines that share a machine SID (LsaSrv event 6167)"
+)
+FIX = (
+    "give each machine its own SID: deploy them again (the agent's personalize step writes a new random "
+    "SID), or, once the personalize-only task exists, `fleetcast personalize CLIENTS --new-sid`; "
+    "on one machine by hand: `fleetcast windows personalize ROOT --new-sid` from the boot environment"
+)
+
+
+@dataclass(frozen=True)
+class Installation:
+    client: str
+    partition: str
+    machine_sid: str
+    computer_name: str
+    version: str
+    domain: str | None
+
+
+def inventory(root: Path) -> dict[str, Any]:
+    """One Windows volume as the agent reports it: machine SID, computer name, version, domain."""
+    rep = inspect(root)
+    current = rep.names[0] if rep.names else {}
+    return {
+        "machine_sid": rep.machine_sid_sam,
+        "computer_name": current.get("computer_name") or rep.account_domain or "",
+        "version": str(rep.version.get("description", "")),
+        "domain": rep.domain.get("name") if rep.domain.get("joined") else None,
+    }
+
+
+@dataclass(frozen=True)
+class Group:
+    machine_sid: str
+    installations: list[Installation]
+
+
+def duplicate_groups(installs: Iterable[Installation]) -> list[Group]:
+    """Groups of two or more installations with the same machine SID, largest first."""
+    by_sid: dict[str, list[Installation]] = {}
+    for inst in installs:
+        by_sid.setdefault(inst.machine_sid.upper(), []).append(inst)
+    groups = [
+        Group(sid, sorted(members, key=lambda i: (i.client, i.partition)))
+        for sid, members in by_sid.items()
+        if len(members) > 1
+    ]
+    return sorted(groups, key=lambda g: (-len(g.installations), g.machine_sid))
+
+
+def to_json(groups: list[Group]) -> dict[str, Any]:
+    return {
+        "groups": [
+            {"machine_sid": g.machine_sid, "installations": [asdict(i) for i in g.installations]}
+            for g in groups
+        ],
+        "consequence": CONSEQUENCE,
+        "fix": FIX,
+    }
+
+
+def render_text(groups: list[Group], seen: int) -> str:
+    if not groups:
+        return f"no shared machine SID among {seen} Windows installation(s)\n"
+    out = [f"{len(groups)} machine SID(s) shared among {seen} Windows installation(s):"]
+    for g in groups:
+        out.append(f"{g.machine_sid}: {len(g.installations)} installations")
+        for i in g.installations:
+            dom = f", domain {i.domain}" if i.domain else ", workgroup"
+            out.append(f"  {i.client} {i.partition}: {i.computer_name} ({i.version}{dom})")
+    out += [f"consequence: {CONSEQUENCE}", f"fix: {FIX}"]
+    return "\n".join(out) + "\n"
