@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
@@ -27,7 +28,15 @@ def add_server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--server", metavar="URL", help=f"server URL, e.g. http://10.0.0.1:8080 (or ${SERVER_ENV})"
     )
-    p.add_argument("--token", metavar="T", help=f"admin token: `fleetcast admin token` (or ${TOKEN_ENV})")
+    p.add_argument(
+        "--token",
+        metavar="T",
+        help=f"admin token: `fleetcast admin token`; a command line is readable by every local user "
+        f"in /proc, so prefer --token-file or ${TOKEN_ENV}",
+    )
+    p.add_argument(
+        "--token-file", metavar="FILE", help="read the admin token from FILE (e.g. DATA/secrets/admin-token)"
+    )
 
 
 def api_client(args: argparse.Namespace) -> ApiClient:
@@ -38,6 +47,12 @@ def api_client(args: argparse.Namespace) -> ApiClient:
         logging.getLogger("httpx").setLevel(logging.WARNING)
     server = args.server or os.environ.get(SERVER_ENV)
     token = args.token or os.environ.get(TOKEN_ENV)
+    token_file = getattr(args, "token_file", None)
+    if token_file:
+        try:
+            token = Path(token_file).read_text().strip()
+        except OSError as exc:
+            raise UsageError(f"cannot read the token file {token_file}: {exc.strerror}") from exc
     if not server:
         raise UsageError("no server given", hint=f"pass --server URL or set ${SERVER_ENV}")
     if not token:

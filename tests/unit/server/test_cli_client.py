@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import pytest
 
@@ -129,3 +131,18 @@ def test_control_characters_from_agents_are_escaped(capsys: pytest.CaptureFixtur
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\r" not in out
     assert out.splitlines()[2] == "pc\\x1b[2J\\x1b]0;owned\\x07\\x0d\\x0afake\\x9b"
+
+
+def test_token_file_is_read(tmp_path: Path) -> None:
+    import argparse
+
+    from fleetcast.cli.deploy import api_client
+
+    (tmp_path / "t").write_text("fc_secret\n")
+    args = argparse.Namespace(server="http://127.0.0.1:1", token=None, token_file=str(tmp_path / "t"))
+    with api_client(args) as api:
+        assert api.http.headers["Authorization"] == "Bearer fc_secret"
+    args.token_file = str(tmp_path / "missing")
+    with pytest.raises(UsageError) as info:
+        api_client(args)
+    assert str(info.value) == f"cannot read the token file {tmp_path / 'missing'}: No such file or directory"
