@@ -395,3 +395,25 @@ def test_account_picture_folders_follow_the_new_sid_and_roll_back(
     with pytest.raises(IdentityError, match="simulated"):
         personalize(tree.root, Options(new_sid=True))
     assert sorted(p.name for p in pics.iterdir()) == sorted([f"{new}-1001", other.name])
+
+
+def test_dirty_user_hive_replay_and_log_emptying_are_reported(tree: TreeInfo) -> None:
+    """Issue 13 finding 7. The dirty hive with its logs is SYSTEM_B's (a real dirty hive; no dirty
+    real user hive is published), put where the profile's NTUSER.DAT is."""
+    from tests.fixtures.windows_tree import unpack
+
+    from fleetcast.identity.windows.hive import read_base_block
+
+    home = tree.root / "Users" / "gold_administrator"
+    unpack("regipy/SYSTEM_B.xz", home / "NTUSER.DAT")
+    unpack("regipy/SYSTEM_B.LOG1.xz", home / "NTUSER.DAT.LOG1")
+    unpack("regipy/SYSTEM_B.LOG2.xz", home / "NTUSER.DAT.LOG2")
+    changes = personalize(tree.root, Options(new_sid=True, sid_seed="dirty-user"))
+    rel = "Users/gold_administrator/NTUSER.DAT"
+    assert (
+        f"user hive {rel}: dirty hive, transaction logs replayed (NTUSER.DAT.LOG1, NTUSER.DAT.LOG2)"
+        in changes
+    )
+    assert f"user hive {rel}: log NTUSER.DAT.LOG1 emptied" in changes
+    assert (home / "NTUSER.DAT.LOG2").stat().st_size == 0
+    assert not read_base_block(home / "NTUSER.DAT").dirty
