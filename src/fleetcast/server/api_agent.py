@@ -51,7 +51,10 @@ def enroll(body: EnrollRequest, request: Request, orch: Orch) -> dict[str, Any]:
     tokens: Tokens = request.app.state.tokens
     tokens.check_enroll(body.enroll_token)
     client_id, credential = orch.enroll(
-        body.inventory.model_dump(), address=peer(request), credential=body.credential
+        body.inventory.model_dump(),
+        address=peer(request),
+        credential=body.credential,
+        key=tokens.admin.encode(),
     )
     return {"client_id": client_id, "credential": credential}
 

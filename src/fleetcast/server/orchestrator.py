@@ -15,6 +15,9 @@ cancelled. All changes happen under one lock (one server process per database).
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import logging
 import threading
 from collections.abc import Iterator, Sequence
@@ -39,7 +42,7 @@ from fleetcast.errors import (
 )
 from fleetcast.protocol import PHASES, RESULT_STATES, ProgressReport, Task, TaskResult
 from fleetcast.server import plan as planner
-from fleetcast.server.auth import ForbiddenError, hash_credential, new_secret, same
+from fleetcast.server.auth import TOKEN_PREFIX, ForbiddenError, hash_credential, new_secret, same
 from fleetcast.server.db import MAX_INTEGER, AuditRow, Client, Database, Deployment, Target, isoformat, utcnow
 from fleetcast.server.events import EventBus
 from fleetcast.server.images import ImageCatalog
@@ -91,6 +94,19 @@ class Plan:
                 for a in self.assignments
             ],
         }
+
+
+def derive(credential: str, key: bytes) -> str:
+    """The credential that replaces ``credential`` on re-enrollment (HMAC with the server's key)."""
+    digest = hmac.new(key, credential.encode(), hashlib.sha256).digest()
+    return TOKEN_PREFIX + base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def _proves(credential: str, current_hash: str, key: bytes) -> bool:
+    """``credential`` is the client's current one, or the one before it (a retried enrollment)."""
+    return same(hash_credential(credential), current_hash) or same(
+        hash_credential(derive(credential, key)), current_hash
+    )
 
 
 def _get(s: Session, model: type[_Row], row_id: int) -> _Row | None:
@@ -386,7 +402,7 @@ class Orchestrator:
     # ---- agent side ---------------------------------------------------------------------------
 
     def enroll(
-        self, inventory: dict[str, Any], *, address: str, credential: str | None = None
+        self, inventory: dict[str, Any], *, address: str, credential: str | None = None, key: bytes = b""
     ) -> tuple[int, str]:
         """A credential for the machine of ``inventory``. Its identity is the MAC it booted from
         (``boot_mac``) or else its first MAC. First enrollment wins: a known identity enrolls again
@@ -414,7 +430,7 @@ class Orchestrator:
                 client = Client(mac=macs[0], enrolled_at=now)
                 s.add(client)
             elif client.credential_hash is not None and not (
-                credential and same(hash_credential(credential), client.credential_hash)
+                credential and _proves(credential, client.credential_hash, key)
             ):
                 raise ConflictError(
                     f"client {client.mac} (id {client.id}) is already enrolled; enrolling it again needs "
@@ -422,7 +438,9 @@ class Orchestrator:
                     hint=f"if this is the same machine, run `fleetcast clients revoke {client.id}` "
                     "and start the agent again",
                 )
-            credential = new_credential
+            # derived from the presented credential: a retried request whose answer was lost gets
+            # the same new credential again instead of a 409
+            credential = derive(credential, key) if again and credential else new_credential
             client.inventory = inventory
             client.hostname = str(inventory.get("hostname", ""))
             client.credential_hash = hash_credential(credential)

@@ -321,3 +321,13 @@ def test_data_directory_and_database_are_private(server: Server) -> None:
     data = server.settings.data_dir
     assert stat.S_IMODE(data.stat().st_mode) == 0o700
     assert stat.S_IMODE((data / "fleetcast.db").stat().st_mode) == 0o600
+
+
+def test_a_retried_enrollment_whose_answer_was_lost_gets_the_same_credential(server: Server) -> None:
+    a = server.agent("52:54:00:00:00:01")
+    old = a.credential
+    first = _enroll(server, ["52:54:00:00:00:01"], credential=old)
+    again = _enroll(server, ["52:54:00:00:00:01"], credential=old)  # the first answer never arrived
+    assert first.status_code == again.status_code == 200
+    assert first.json() == again.json()
+    assert first.json()["credential"] != old
