@@ -4,7 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := ntfs-3g partclone fdisk dosfstools mtools qemu-utils libhivex-bin python3-hivex \
 	python3-venv dnsmasq-base udpcast e2fsprogs postgresql nftables iproute2 attr xz-utils util-linux \
-	fuse3 kmod
+	fuse3 kmod xfsprogs btrfs-progs parted zstd cpio mmdebstrap qemu-system-x86 ovmf ipxe \
+	shim-signed grub-efi-amd64-signed grub-pc-bin grub-efi-amd64-bin grub-common xorriso chromium
 STAMP := $(VENV)/.setup-$(shell cat pyproject.toml Makefile | sha256sum | cut -c1-16)
 PYTEST_ARGS ?=
 
