@@ -20,6 +20,7 @@ GROUPS = (
     "deployments",
     "clients",
     "bootenv",
+    "lab",
 )
 
 
