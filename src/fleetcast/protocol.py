@@ -34,6 +34,7 @@ MAX_CHANGE = 1_000
 MAX_MACS = 64
 MAX_DISKS = 256
 MAX_DNS = 8
+MAX_WINDOWS = 64
 
 
 class _Sent(BaseModel):
@@ -71,6 +72,19 @@ class Disk(_Sent):
     rotational: bool = False
 
 
+class WindowsInstall(_Sent):
+    """A Windows installation on one of the agent's disks, read-only (the duplicate-SID audit,
+    issue 13): its machine SID, computer name, version and domain; ``error`` when it could not be read."""
+
+    disk: str = Field(max_length=255)
+    partition: int = Field(ge=0, le=MAX_INTEGER)
+    machine_sid: str | None = Field(default=None, max_length=64, pattern=r"^S-1-5-21(-[0-9]{1,10}){3}$")
+    computer_name: str = Field(default="", max_length=255)
+    version: str = Field(default="", max_length=255)
+    domain: str | None = Field(default=None, max_length=255)
+    error: str | None = Field(default=None, max_length=MAX_CHANGE)
+
+
 class Inventory(_Sent):
     """The machine as the agent sees it; ``macs[0]`` is its identity unless it booted from another."""
 
@@ -82,6 +96,7 @@ class Inventory(_Sent):
     disks: list[Disk] = Field(default_factory=list, max_length=MAX_DISKS)
     agent_version: str = Field(default="", max_length=64)
     boot_mac: str | None = Field(default=None, max_length=32)
+    windows: list[WindowsInstall] = Field(default_factory=list, max_length=MAX_WINDOWS)
 
 
 class EnrollRequest(_Sent):
