@@ -21,9 +21,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from fleetcast.errors import AgentError
 
 THEN_ACTIONS = ("reboot", "shutdown", "none")
-PHASES = ("selecting-disk", "writing", "verifying", "growing", "personalizing", "finishing")
+PHASES = (
+    "selecting-disk", "writing", "verifying", "growing", "personalizing", "finishing",
+    "capturing", "publishing",
+)  # fmt: skip
 RESULT_STATES = ("done", "failed", "cancelled")
-TASK_KINDS = ("deploy",)
+TASK_KINDS = ("deploy", "capture")
 
 # The columns these land in (server/db.py): BigInteger, Integer, String(255), String(16).
 MAX_INTEGER = 2**31 - 1
@@ -34,6 +37,9 @@ MAX_CHANGE = 1_000
 MAX_MACS = 64
 MAX_DISKS = 256
 MAX_DNS = 8
+# capture (docs/agent-protocol.md, "Capture"): chunk hashes per have request, its body is raw digests
+MAX_HAVE = 4096
+DIGEST_BYTES = 32
 MAX_WINDOWS = 64
 
 
@@ -119,7 +125,9 @@ class HeartbeatRequest(_Sent):
 
 
 class Task(_Answered):
-    """A deploy task as the server hands it out; ``task_id`` is the target's id."""
+    """A task as the server hands it out; ``task_id`` is the target's id. ``kind`` "deploy" writes
+    ``image`` to the disk ``disk_rule`` picks; "capture" reads that disk into a new image named
+    ``image`` on the server (``replace``: an existing image of that name is replaced at publish)."""
 
     task_id: int = Field(ge=1, le=MAX_INTEGER)
     deployment_id: int = Field(ge=1, le=MAX_INTEGER)
@@ -135,6 +143,7 @@ class Task(_Answered):
     then: str = "none"
     resume_chunk: int = Field(default=0, ge=0)
     attempt: int = Field(default=1, ge=0)
+    replace: bool = False
 
 
 class HeartbeatReply(_Answered):
@@ -169,6 +178,63 @@ class TaskResult(_Sent):
 
 class ResultReply(_Answered):
     pass
+
+
+# ---- capture: the agent reads its disk, the server keeps only what it lacks ------------------------
+# POST /api/agent/captures/{task_id}/begin                        -> CaptureBeginReply
+# POST /api/agent/captures/{task_id}/have   body: N x 32-byte digests (application/octet-stream)
+#                                                                 -> HaveReply
+# GET  /api/agent/captures/{task_id}/packs/{pack_id}?stored_hash=H -> PackStatus
+# PUT  /api/agent/captures/{task_id}/packs/{pack_id}?stored_hash=H&stored=N&offset=O
+#      body: stored[O:] (streamed; a cut-off body keeps what arrived)  -> PackStatus
+# PUT  /api/agent/captures/{task_id}/index  body: the binary chunk index -> PackStatus
+# POST /api/agent/captures/{task_id}/publish body: the manifest's JSON bytes -> PublishReply
+
+
+class CaptureBeginReply(_Answered):
+    """The capture may go ahead: ``image`` is free (or ``replace`` was asked for)."""
+
+    image: str = Field(max_length=255)
+    replace: bool = False
+    max_have: int = Field(default=MAX_HAVE, ge=1)
+
+
+class KnownPack(_Answered):
+    stored: int = Field(ge=0, le=MAX_BIG_INTEGER)
+    hash: str = Field(min_length=64, max_length=64)
+
+
+class HaveReply(_Answered):
+    """``known``: ``[i, pack, offset]`` for every asked digest ``i`` (its position in the request) the
+    server keeps; ``packs``: stored size and stored hash of each pack named there."""
+
+    known: list[tuple[int, str, int]] = Field(default_factory=list, max_length=MAX_HAVE)
+    packs: dict[str, KnownPack] = Field(default_factory=dict, max_length=MAX_HAVE)
+
+
+class PackStatus(_Answered):
+    """How many bytes of a pack (or the index) the server holds for this capture; ``complete`` once
+    all arrived and the pack was verified (its content hashes to its id, its stored bytes to the hash)."""
+
+    received: int = Field(ge=0, le=MAX_BIG_INTEGER)
+    complete: bool = False
+
+
+class PublishReply(_Answered):
+    image: str = Field(max_length=255)
+    image_id: str = Field(max_length=64)
+
+
+def pack_digests(body: bytes) -> list[bytes]:
+    """A have request's body as its digests; AgentError when it is not whole 32-byte digests or too many."""
+    if len(body) % DIGEST_BYTES:
+        raise AgentError(
+            f"have request: expected a multiple of {DIGEST_BYTES} bytes of digests, found {len(body)} bytes"
+        )
+    n = len(body) // DIGEST_BYTES
+    if n > MAX_HAVE:
+        raise AgentError(f"have request: at most {MAX_HAVE} digests per request, found {n}")
+    return [body[i : i + DIGEST_BYTES] for i in range(0, len(body), DIGEST_BYTES)]
 
 
 _M = TypeVar("_M", bound=BaseModel)

@@ -25,6 +25,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
     create_engine,
     event,
 )
@@ -149,6 +150,38 @@ class Target(Base):
     changes: Mapped[list[Any]] = mapped_column(default=list)
 
     deployment: Mapped[Deployment] = relationship(back_populates="targets")
+
+
+class CaptureRow(Base):
+    """A network capture (server/capture.py): one deployment of one target whose task kind is
+    "capture"; ``image`` is the name it publishes. Counters are the server's own (what it received)."""
+
+    __tablename__ = "captures"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id"), unique=True, index=True)
+    image: Mapped[str] = mapped_column(String(255), index=True)
+    replace: Mapped[bool] = mapped_column(Boolean, default=False)
+    image_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    bytes_read: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_received: Mapped[int] = mapped_column(BigInteger, default=0)
+    chunks_new: Mapped[int] = mapped_column(BigInteger, default=0)
+    chunks_known: Mapped[int] = mapped_column(BigInteger, default=0)
+    packs_new: Mapped[int] = mapped_column(Integer, default=0)
+    published_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class CaptureLease(Base):
+    """A pack a running capture relies on (answered by ``have`` or uploaded, not yet published):
+    ``store gc`` keeps every pack with a lease that has not expired."""
+
+    __tablename__ = "capture_leases"
+    __table_args__ = (UniqueConstraint("capture_id", "pack_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    capture_id: Mapped[int] = mapped_column(ForeignKey("captures.id"), index=True)
+    pack_id: Mapped[str] = mapped_column(String(64), index=True)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
 
 
 class EventRow(Base):

@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from fleetcast.disk.rules import parse_rule
 from fleetcast.errors import (
@@ -43,7 +43,17 @@ from fleetcast.errors import (
 from fleetcast.protocol import PHASES, RESULT_STATES, ProgressReport, Task, TaskResult
 from fleetcast.server import plan as planner
 from fleetcast.server.auth import TOKEN_PREFIX, ForbiddenError, hash_credential, new_secret, same
-from fleetcast.server.db import MAX_INTEGER, AuditRow, Client, Database, Deployment, Target, isoformat, utcnow
+from fleetcast.server.db import (
+    MAX_INTEGER,
+    AuditRow,
+    CaptureRow,
+    Client,
+    Database,
+    Deployment,
+    Target,
+    isoformat,
+    utcnow,
+)
 from fleetcast.server.events import EventBus
 from fleetcast.server.images import ImageCatalog
 from fleetcast.server.settings import ServerSettings
@@ -545,7 +555,7 @@ class Orchestrator:
             if report.disk:
                 t.disk = report.disk
             fields = {"name": t.name, "task_id": t.id}
-            if report.phase == "writing" and t.started_at is None:
+            if report.phase in ("writing", "capturing") and t.started_at is None:
                 t.started_at = now
                 self.bus.record(
                     s, "client-started", deployment_id=t.deployment_id, client_id=t.client_id, mac=t.mac,
@@ -656,10 +666,15 @@ class Orchestrator:
 
     def _task_dict(self, t: Target) -> dict[str, Any]:
         d = t.deployment
+        s = object_session(t)
+        capture = (
+            s.scalars(select(CaptureRow).where(CaptureRow.deployment_id == d.id)).first() if s else None
+        )  # a capture (server/capture.py) is a deployment of one target with a captures row
         task = Task(
             task_id=t.id,
             deployment_id=d.id,
-            kind="deploy",
+            kind="capture" if capture is not None else "deploy",
+            replace=capture.replace if capture is not None else False,
             image=d.image,
             image_size=d.image_size,
             disk_rule=d.disk_rule,
