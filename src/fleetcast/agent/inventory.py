@@ -43,6 +43,7 @@ class Inventory:
     dmi: dict[str, str] = field(default_factory=dict)
     disks: tuple[DiskInventory, ...] = ()
     agent_version: str = __version__
+    windows: tuple[dict[str, Any], ...] = ()  # protocol.WindowsInstall each (issue 13 SID audit)
 
     @property
     def primary_mac(self) -> str:
@@ -57,6 +58,7 @@ class Inventory:
             "dmi": dict(self.dmi),
             "disks": [d.to_dict() for d in self.disks],
             "agent_version": self.agent_version,
+            "windows": [dict(w) for w in self.windows],
         }
 
 
@@ -122,10 +124,24 @@ def dmi_info(dmi_root: Path) -> dict[str, str]:
     }
 
 
-def collect(allow: Sequence[Path] | None = None, *, roots: Roots | None = None) -> Inventory:
-    """The machine's inventory now. ``allow`` limits the disks (``--allow-disk``)."""
+def windows_installs(disks: Sequence[DiskInventory]) -> tuple[dict[str, Any], ...]:
+    """The Windows installations on ``disks``, read-only (identity.windows.scan; cached there)."""
+    try:
+        from fleetcast.identity.windows.scan import scan
+    except ImportError as exc:  # no hivex on this machine
+        logger.debug("Windows volumes not scanned: %s", exc)
+        return ()
+    return tuple(f.to_dict() for f in scan(Path(d.path) for d in disks))
+
+
+def collect(
+    allow: Sequence[Path] | None = None, *, roots: Roots | None = None, windows: bool = False
+) -> Inventory:
+    """The machine's inventory now. ``allow`` limits the disks (``--allow-disk``); ``windows`` also
+    reads the Windows installations on them (mounts read-only; the agent does)."""
     roots = roots or Roots()
     model, cores = cpu_info(roots.proc)
+    disks = tuple(list_disks(allow))
     return Inventory(
         macs=tuple(mac_addresses(roots.net)),
         hostname=socket.gethostname(),
@@ -133,5 +149,6 @@ def collect(allow: Sequence[Path] | None = None, *, roots: Roots | None = None) 
         cpu_cores=cores,
         ram_bytes=ram_bytes(roots.proc),
         dmi=dmi_info(roots.dmi),
-        disks=tuple(list_disks(allow)),
+        disks=disks,
+        windows=windows_installs(disks) if windows else (),
     )

@@ -65,7 +65,7 @@ class Agent:
         signal.signal(signal.SIGINT, handler)
 
     def _collect(self) -> Inventory:
-        inv = collect(self.settings.allow or None)
+        inv = collect(self.settings.allow or None, windows=True)
         if not inv.macs:
             raise AgentError(
                 "this machine has no Ethernet MAC address to identify it",
@@ -146,6 +146,8 @@ class Agent:
                 continue
             if reply.task is not None:
                 state = self._run_task(runner, reply.task)
+                _forget_windows()  # the task may have rewritten a disk: read its Windows volumes again
+                last_inventory = 0.0
                 if state is None:  # stopping
                     return 0
                 if self.settings.once:
@@ -182,3 +184,11 @@ class Agent:
         except FleetcastError as exc:  # the result could not be delivered; the server will hand it back
             logger.error("task %d: %s", task.task_id, exc.message)
             return "failed"
+
+
+def _forget_windows() -> None:
+    try:
+        from fleetcast.identity.windows.scan import invalidate
+    except ImportError:
+        return
+    invalidate()

@@ -815,4 +815,5 @@ def client_view(c: Client, active: Target | None) -> dict[str, Any]:
         "dmi": inv.get("dmi"),
         "disks": inv.get("disks", []),
         "agent_version": inv.get("agent_version"),
+        "windows": inv.get("windows", []),  # Windows installations on its disks (issue 13 SID audit)
     }

@@ -35,6 +35,7 @@ class ClientView(_View):
     dmi: dict[str, Any] | None
     disks: list[dict[str, Any]]
     agent_version: str | None
+    windows: list[dict[str, Any]] = []  # protocol.WindowsInstall: disk, partition, machine_sid, ...
 
 
 class ClientList(_View):

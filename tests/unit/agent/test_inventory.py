@@ -60,4 +60,5 @@ def test_collect_to_dict(tmp_path: Path) -> None:
     assert d["dmi"] == {"vendor": "QEMU", "model": "Standard PC", "serial": ""}
     assert [x["path"] for x in d["disks"]] == [str(img)]
     assert d["disks"][0]["size"] == 1024
-    assert set(d) == {"macs", "hostname", "cpu", "ram_bytes", "dmi", "disks", "agent_version"}
+    assert set(d) == {"macs", "hostname", "cpu", "ram_bytes", "dmi", "disks", "agent_version", "windows"}
+    assert d["windows"] == []  # not scanned unless asked (the agent asks)
