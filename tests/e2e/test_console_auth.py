@@ -41,8 +41,13 @@ def test_sign_in_roles_sessions_and_refusals(tmp_path: Path) -> None:
     data = tmp_path / "data"
     make_image(data / "store", "tiny")
     with serve(data) as server, browser() as b:
-        for mac in MACS:
-            SimAgent(server, mac).enroll()
+        agents = [SimAgent(server, mac) for mac in MACS]
+        for agent in agents:
+            agent.enroll()
+
+        def heartbeats() -> None:  # the test outlasts stale_after (15 s) on a loaded machine
+            for agent in agents:
+                agent.step()  # no task: one heartbeat
         url = server.url
         # the API without a token (and without a session) is refused
         r = httpx.get(url + "/api/clients")
@@ -74,8 +79,10 @@ def test_sign_in_roles_sessions_and_refusals(tmp_path: Path) -> None:
         page.once("dialog", lambda dialog: dialog.accept())
         page.get_by_role("button", name="Delete").click()
         expect(page.locator("#images tbody")).to_have_text("No images in the store.")
-        assert [a["action"] for a in server.get("/api/audit")["audit"]] == ["image-delete"]
-        assert server.get("/api/audit")["audit"][0]["actor"] == "admin"
+        assert [(a["actor"], a["action"]) for a in server.get("/api/audit")["audit"]] == [
+            ("admin", "image-delete"),
+            ("admin", "console-setup"),
+        ]
         make_image(data / "store", "tiny")  # back for the rest of the test
         # the setup page is gone once a password is set
         page.goto(url + "/setup")
@@ -120,9 +127,25 @@ def test_sign_in_roles_sessions_and_refusals(tmp_path: Path) -> None:
             re.compile(r"^too many failed sign-ins for 'admin': try again in [12] s\.$")
         )
         shot(page, "05-slowed")
+        audit = server.get("/api/audit")["audit"]
+        assert [(a["actor"], a["action"], a["target"]) for a in audit[:5]] == [
+            *[("", "signin-failed", "user 'admin'")] * 3,
+            ("admin", "signout", "user admin"),
+            ("admin", "image-delete", "image tiny"),
+        ]
+        # the wait is kept in the database: a restarted server still makes the name wait
+        db = sqlite3.connect(data / "fleetcast.db")
+        assert db.execute(
+            "SELECT address, failures FROM console_signin_failures ORDER BY address"
+        ).fetchall() == [
+            ("*", 3),
+            ("127.0.0.1", 3),
+        ]
+        db.close()
 
         # a viewer sees the clients but no deploy button, and the API refuses it a deployment
         _add_user(data, "viewer1", "viewer", "viewer password")
+        heartbeats()
         sign_in(page, url, "viewer1", "viewer password")
         page.wait_for_url(url + "/")
         expect(page.locator("#connected")).to_have_text("3 clients connected")
@@ -163,6 +186,7 @@ def test_sign_in_roles_sessions_and_refusals(tmp_path: Path) -> None:
             url + "/api/agent/enroll", json={"enroll_token": server.enroll, "inventory": inventory}
         )
         assert r.status_code == 200, r.text
+        heartbeats()
         sign_in(page, url, "viewer1", "viewer password")
         page.wait_for_url(url + "/")
         expect(page.locator("#connected")).to_have_text("4 clients connected")

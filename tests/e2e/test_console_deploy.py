@@ -171,8 +171,12 @@ def test_console_wizard_deploys_three_clients(lab: FleetLab) -> None:
             expect(page.locator(f'fieldset[data-step="{step + 1}"]')).to_be_visible()
         page.get_by_role("button", name="Start deployment").click()
         page.wait_for_url(re.compile(r".*/deployments/\d+$"))
+        # wait on state, not time: the page's handlers are in place and the deployment runs
+        page.locator("body[data-ready]").wait_for()
+        expect(page.locator("#dep-state")).to_have_text("running")
         page.once("dialog", lambda dialog: dialog.accept())
         page.get_by_role("button", name="Cancel deployment").click()
+        expect(page.locator("#dep-state")).to_have_text(re.compile("^cancell(ing|ed)$"))
         expect(page.locator("#dep-state")).to_have_text("cancelled", timeout=300_000)
         expect(page.locator('#targets tbody tr[data-state="cancelled"]')).not_to_have_count(0)
         shot(page, "deployment-cancelled")
@@ -182,6 +186,10 @@ def test_console_wizard_deploys_three_clients(lab: FleetLab) -> None:
         ("op1", "deployment-cancel"),
         ("op1", "deployment-create"),
         ("op1", "deployment-create"),
+        ("op1", "signin"),
+        ("admin", "signout"),
+        ("admin", "user-add"),
+        ("admin", "console-setup"),
     ]
     assert PASSWORD  # the admin's password was set by the first visit
 
@@ -222,4 +230,5 @@ def test_console_retries_the_failed_client(small_disk_lab: FleetLab) -> None:
     assert [(a["actor"], a["action"]) for a in audit] == [
         ("admin", "deployment-retry"),
         ("admin", "deployment-create"),
+        ("admin", "console-setup"),
     ]

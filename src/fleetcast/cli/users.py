@@ -39,7 +39,7 @@ def _password() -> str:
 
 def _add(args: argparse.Namespace) -> int:
     from fleetcast.server import settings
-    from fleetcast.server.db import Database
+    from fleetcast.server.db import AuditRow, Database
     from fleetcast.server.users import Users
 
     s = settings.build(
@@ -59,6 +59,9 @@ def _add(args: argparse.Namespace) -> int:
     db = Database(s.db_url)
     try:
         user = Users(db).add(args.name, args.role, password)
+        with db.transaction() as session:  # the audit log names who ran it on the server
+            session.add(AuditRow(actor=f"cli:{getpass.getuser()}"[:64], address="", action="user-add",
+                                 target=f"user {user['name']}", detail={"role": user["role"]}))  # fmt: skip
     finally:
         db.close()
     print(f"user {user['name']} added with role {user['role']}")

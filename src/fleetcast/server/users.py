@@ -2,6 +2,12 @@
 
 Viewers only look; operators also deploy and cancel; admins also manage users. There is no default
 password: the first visit to the console sets the admin's (``needs_setup``).
+
+Failed sign-ins are counted in the database (table ``console_signin_failures``), so a restart of the
+server forgets nothing. Two counters per attempt: the name *from this address* (``FREE_FAILURES`` free,
+then a wait doubling from ``FIRST_DELAY`` to ``MAX_DELAY``), and the name *from anywhere*
+(``FREE_FAILURES_ANY`` free, then the same doubling) -- so a stranger failing on purpose makes a name
+wait for their own address first, and guessing from many addresses is still slowed.
 """
 
 from __future__ import annotations
@@ -12,11 +18,10 @@ import hmac
 import re
 import secrets
 import threading
-import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import String, func, select
+from sqlalchemy import Integer, String, delete, func, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from fleetcast.errors import UsageError
@@ -30,8 +35,10 @@ MIN_PASSWORD = 8
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1
 # after this many failed sign-ins in a row a name waits, doubling from FIRST_DELAY up to MAX_DELAY
 FREE_FAILURES = 3
+FREE_FAILURES_ANY = 20
 FIRST_DELAY = 2.0
 MAX_DELAY = 300.0
+ANYWHERE = "*"
 
 
 class UserRow(Base):
@@ -41,6 +48,25 @@ class UserRow(Base):
     role: Mapped[str] = mapped_column(String(16))
     password_hash: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class FailureRow(Base):
+    """Failed sign-ins in a row of one name from one address (``address`` = ``*``: from anywhere)."""
+
+    __tablename__ = "console_signin_failures"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    address: Mapped[str] = mapped_column(String(64), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    not_before: Mapped[datetime] = mapped_column(default=utcnow)
+    last_failure: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+def delay_after(failures: int, free: int) -> float:
+    """Seconds a name waits after ``failures`` failures in a row when ``free`` are free."""
+    if failures < free:
+        return 0.0
+    return min(FIRST_DELAY * 2.0 ** min(failures - free, 16), MAX_DELAY)
 
 
 class SignInError(AuthError):
@@ -95,7 +121,7 @@ def check_new(name: str, role: str, password: str) -> None:
 
 
 class Users:
-    """The users of one database, with a per-name throttle of failed sign-ins (in memory)."""
+    """The users of one database, with the throttle of failed sign-ins (kept in the database)."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -132,31 +158,48 @@ class Users:
             row = s.get(UserRow, name)
             return row.role if row is not None else None
 
-    def sign_in(self, name: str, password: str) -> str:
-        """The user's role, or SignInError (SlowDown while the name must wait)."""
-        with self._lock:
-            failures, not_before = self._failures.get(name, (0, 0.0))
-        wait = not_before - time.monotonic()
-        if wait > 0:
-            raise SlowDown(
-                f"too many failed sign-ins for {name!r}: try again in {int(wait) + 1} s",
-                hint="the wait doubles with every further failure",
-            )
+    def sign_in(self, name: str, password: str, address: str = "") -> str:
+        """The user's role, or SignInError (SlowDown while the name must wait, from ``address``
+        or from anywhere)."""
+        name, address = name[:64], address[:64] or "?"
+        keys = ((name, address, FREE_FAILURES), (name, ANYWHERE, FREE_FAILURES_ANY))
+        now = utcnow()
         with self.db.sessions() as s:
+            rows = [s.get(FailureRow, (n, a)) for n, a, _ in keys]
+            wait = max(((r.not_before - now).total_seconds() for r in rows if r is not None), default=0.0)
+            if wait > 0:
+                raise SlowDown(
+                    f"too many failed sign-ins for {name!r}: try again in {int(wait) + 1} s",
+                    hint="the wait doubles with every further failure",
+                )
             row = s.get(UserRow, name)
             stored = row.password_hash if row is not None else hash_password("")  # same time either way
             role = row.role if row is not None else None
-        if role is not None and verify_password(password, stored):
-            with self._lock:
-                self._failures.pop(name, None)
-            return role
-        failures += 1
-        delay = (
-            0.0 if failures < FREE_FAILURES else min(FIRST_DELAY * 2 ** (failures - FREE_FAILURES), MAX_DELAY)
-        )
-        with self._lock:
-            self._failures[name] = (failures, time.monotonic() + delay)
-        raise SignInError("wrong user name or password", hint="names and passwords are case-sensitive")
+        ok = role is not None and verify_password(password, stored)
+        with self._lock, self.db.transaction() as s:
+            if ok:
+                for n, a, _ in keys:  # other addresses keep their count
+                    s.execute(delete(FailureRow).where(FailureRow.name == n, FailureRow.address == a))
+            else:
+                now = utcnow()
+                for n, a, free in keys:
+                    failure = s.get(FailureRow, (n, a))
+                    if failure is None:
+                        failure = FailureRow(name=n, address=a, failures=0)
+                        s.add(failure)
+                    failure.failures += 1
+                    failure.last_failure = now
+                    failure.not_before = now + timedelta(seconds=delay_after(failure.failures, free))
+        if not ok or role is None:
+            raise SignInError("wrong user name or password", hint="names and passwords are case-sensitive")
+        return role
+
+    def failures(self, name: str) -> dict[str, int]:
+        """Failed sign-ins in a row of ``name`` per address (``*``: from anywhere)."""
+        with self.db.sessions() as s:
+            return {
+                r.address: r.failures for r in s.scalars(select(FailureRow).where(FailureRow.name == name))
+            }
 
 
 def user_dict(row: UserRow) -> dict[str, Any]:

@@ -56,6 +56,36 @@ def test_sign_in_throttle(db: Database) -> None:
         users.sign_in("nobody", "long enough")
 
 
+def test_throttle_survives_a_restart_and_is_per_address(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'fc.db'}"
+    first = Database(url)
+    Users(first).add("ana", "operator", "long enough")
+    for _ in range(3):
+        with pytest.raises(SignInError):
+            Users(first).sign_in("ana", "wrong", "10.0.0.9")
+    first.close()
+    again = Users(Database(url))  # a new server process on the same database remembers
+    with pytest.raises(SlowDown, match=r"^too many failed sign-ins for 'ana': try again in [12] s$"):
+        again.sign_in("ana", "long enough", "10.0.0.9")
+    assert again.failures("ana") == {"10.0.0.9": 3, "*": 3}
+    # the stranger at 10.0.0.9 does not lock ana out of her own machine
+    assert again.sign_in("ana", "long enough", "10.0.0.5") == "operator"
+    assert again.failures("ana") == {"10.0.0.9": 3}
+
+
+def test_throttle_from_anywhere_slows_many_addresses(db: Database) -> None:
+    from fleetcast.server.users import FREE_FAILURES_ANY, delay_after
+
+    users = Users(db)
+    users.add("ana", "operator", "long enough")
+    for i in range(FREE_FAILURES_ANY):
+        with pytest.raises(SignInError, match=r"^wrong user name or password$"):
+            users.sign_in("ana", "wrong", f"10.0.1.{i}")
+    with pytest.raises(SlowDown, match=r"^too many failed sign-ins for 'ana': try again in [12] s$"):
+        users.sign_in("ana", "long enough", "10.0.2.1")
+    assert [delay_after(n, 3) for n in (2, 3, 4, 5, 12, 40)] == [0.0, 2.0, 4.0, 8.0, 300.0, 300.0]
+
+
 def test_sessions_end_and_expire(db: Database) -> None:
     from datetime import timedelta
 

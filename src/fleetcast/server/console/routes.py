@@ -71,6 +71,20 @@ def sessions_of(request: Request) -> Sessions:
     return sessions
 
 
+def address_of(request: Request) -> str:
+    return request.client.host if request.client else ""
+
+
+def audit(
+    request: Request, actor: str, action: str, target: str, detail: dict[str, Any] | None = None
+) -> None:
+    """One row of the audit log (``GET /api/audit``) with the user who did it."""
+    orch: Orchestrator = request.app.state.orchestrator
+    with orch.db.transaction() as s:
+        s.add(AuditRow(actor=actor[:64], address=address_of(request)[:64], action=action,
+                       target=target[:255], detail=detail or {}))  # fmt: skip
+
+
 def signed_in(request: Request, token: str) -> RedirectResponse:
     response = RedirectResponse("/", status_code=303)
     response.set_cookie(
@@ -110,7 +124,8 @@ async def setup(request: Request) -> Response:
     except FleetcastError as exc:
         return render("setup.html", 400, errors={"password": exc.message + "."})
     token, _ = sessions_of(request).create("admin")
-    logger.info("console: admin password set from %s", request.client.host if request.client else "")
+    logger.info("console: admin password set from %s", address_of(request))
+    audit(request, "admin", "console-setup", "user admin")
     return signed_in(request, token)
 
 
@@ -128,13 +143,15 @@ async def signin(request: Request) -> Response:
     f = await form(request)
     name = f.get("name", "").strip()
     try:
-        users_of(request).sign_in(name, f.get("password", ""))
+        users_of(request).sign_in(name, f.get("password", ""), address_of(request))
     except SlowDown as exc:
         return render("signin.html", 429, errors={"password": exc.message + "."}, name=name, note="")
     except FleetcastError as exc:
-        logger.warning("console: failed sign-in for %r", name)
+        logger.warning("console: failed sign-in for %r from %s", name, address_of(request))
+        audit(request, "", "signin-failed", f"user {name[:64]!r}")
         return render("signin.html", 401, errors={"password": exc.message + "."}, name=name, note="")
     token, _ = sessions_of(request).create(name)
+    audit(request, name, "signin", f"user {name}")
     return signed_in(request, token)
 
 
@@ -147,6 +164,7 @@ async def signout(request: Request) -> Response:
         if not same(f.get("csrf", ""), who.csrf):
             raise ForbiddenError("the sign-out form has no valid CSRF token", hint="reload the page")
         sessions_of(request).end(request.cookies.get(COOKIE, ""))
+        audit(request, who.name, "signout", f"user {who.name}")
     response = RedirectResponse("/signin", status_code=303)
     response.delete_cookie(COOKIE, path="/")
     return response
@@ -236,8 +254,10 @@ def list_users(request: Request, _: Admin) -> dict[str, Any]:
 
 
 @api.post("/users", status_code=201, response_model=UserOut)
-def add_user(body: UserBody, request: Request, _: Admin) -> dict[str, Any]:
-    return users_of(request).add(body.name, body.role, body.password)
+def add_user(body: UserBody, request: Request, who: Admin) -> dict[str, Any]:
+    user = users_of(request).add(body.name, body.role, body.password)
+    audit(request, who.name, "user-add", f"user {user['name']}", {"role": user["role"]})
+    return user
 
 
 @api.get("/me", response_model=Me)
@@ -289,7 +309,5 @@ def delete_image(name: str, request: Request) -> dict[str, Any]:
                 hint=f"wait for it or cancel it: POST /api/deployments/{d['deployment']}/cancel",
             )
     _catalog(request).store().remove(name)
-    with orch.db.transaction() as s:
-        address = request.client.host if request.client else ""
-        s.add(AuditRow(actor=who.name, address=address, action="image-delete", target=f"image {name}"))
+    audit(request, who.name, "image-delete", f"image {name}")
     return {"removed": name}

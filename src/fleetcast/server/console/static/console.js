@@ -340,18 +340,7 @@ async function deployment() {
     if (retry) retry.hidden = !(counts.failed && !["running", "cancelling"].includes(dep.state));
   }
   async function load() { dep = await api("GET", `/api/deployments/${id}`); draw(); }
-  await load();
-  const reload = throttled(load, 300);
-  const log = $("#log");
-  live(`/api/events?since=0&deployment_id=${encodeURIComponent(id)}`, (ev) => {
-    if (ev.type !== "client-progress") {
-      const t = dep.clients.find((c) => c.mac === ev.mac);
-      lines.push(ev.id);
-      log.append(el("li", {}, el("time", { datetime: ev.ts }, new Date(ev.ts).toLocaleTimeString()), " ",
-        `${t && t.name ? t.name + " " : ""}${ev.mac || ""} ${ev.type}${ev.error ? ": " + ev.error : ""}${ev.phase ? " (" + ev.phase + ")" : ""}`));
-    }
-    reload();
-  });
+  // the buttons start hidden and are shown by draw(), so they only appear once they work
   const cancel = $("#cancel");
   if (cancel) cancel.addEventListener("click", async () => {
     if (!confirm("Cancel this deployment? Clients already writing stop; their disks are left incomplete.")) return;
@@ -364,6 +353,18 @@ async function deployment() {
       const d = await api("POST", `/api/deployments/${id}/retry`);
       location.assign(`/deployments/${d.deployment}`);
     } catch (err) { problem(err); }
+  });
+  await load();
+  const reload = throttled(load, 300);
+  const log = $("#log");
+  live(`/api/events?since=0&deployment_id=${encodeURIComponent(id)}`, (ev) => {
+    if (ev.type !== "client-progress") {
+      const t = dep.clients.find((c) => c.mac === ev.mac);
+      lines.push(ev.id);
+      log.append(el("li", {}, el("time", { datetime: ev.ts }, new Date(ev.ts).toLocaleTimeString()), " ",
+        `${t && t.name ? t.name + " " : ""}${ev.mac || ""} ${ev.type}${ev.error ? ": " + ev.error : ""}${ev.phase ? " (" + ev.phase + ")" : ""}`));
+    }
+    reload();
   });
 }
 
@@ -447,5 +448,6 @@ async function usersPage() {
 const PAGES = { dashboard, deploy: wizard, deployment, deployments: deploymentsList, images: imagesPage, users: usersPage };
 document.addEventListener("DOMContentLoaded", () => {
   const fn = PAGES[document.body.dataset.page];
-  if (fn) fn().catch((err) => problem(err));
+  // data-ready: the page's handlers are in place (tests wait on it, not on time)
+  if (fn) fn().then(() => { document.body.dataset.ready = "1"; }, (err) => problem(err));
 });
