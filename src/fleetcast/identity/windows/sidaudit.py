@@ -66,25 +66,63 @@ def duplicate_groups(installs: Iterable[Installation]) -> list[Group]:
     return sorted(groups, key=lambda g: (-len(g.installations), g.machine_sid))
 
 
-def to_json(groups: list[Group]) -> dict[str, Any]:
+def to_json(
+    groups: list[Group], seen: int | None = None, unreadable: Iterable[Unreadable] = ()
+) -> dict[str, Any]:
     return {
+        "installations": seen,
         "groups": [
             {"machine_sid": g.machine_sid, "installations": [asdict(i) for i in g.installations]}
             for g in groups
         ],
         "consequence": CONSEQUENCE,
         "fix": FIX,
+        "not_checked": [asdict(u) for u in unreadable],
     }
 
 
-def render_text(groups: list[Group], seen: int) -> str:
+@dataclass(frozen=True)
+class Unreadable:
+    client: str
+    partition: str
+    error: str
+
+
+def client_label(client: dict[str, Any]) -> str:
+    """How the audit names a client of ``GET /api/clients``: id, hostname and MAC."""
+    host = client.get("hostname") or "-"
+    return f"client {client.get('id')} {host} ({client.get('mac')})"
+
+
+def from_clients(clients: Iterable[dict[str, Any]]) -> tuple[list[Installation], list[Unreadable]]:
+    """The installations the clients' inventories report (``windows`` of ``GET /api/clients``), and
+    the Windows volumes an agent could not read."""
+    installs: list[Installation] = []
+    unreadable: list[Unreadable] = []
+    for c in clients:
+        for w in c.get("windows") or []:
+            where = f"{w.get('disk')} partition {w.get('partition')}"
+            if w.get("machine_sid"):
+                installs.append(
+                    Installation(
+                        client_label(c), where, str(w["machine_sid"]), str(w.get("computer_name") or ""),
+                        str(w.get("version") or ""), w.get("domain"),
+                    )
+                )  # fmt: skip
+            else:
+                unreadable.append(Unreadable(client_label(c), where, str(w.get("error") or "no machine SID")))
+    return installs, unreadable
+
+
+def render_text(groups: list[Group], seen: int, unreadable: Iterable[Unreadable] = ()) -> str:
+    tail = [f"not checked: {u.client} {u.partition}: {u.error}" for u in unreadable]
     if not groups:
-        return f"no shared machine SID among {seen} Windows installation(s)\n"
+        return "\n".join([f"no shared machine SID among {seen} Windows installation(s)", *tail]) + "\n"
     out = [f"{len(groups)} machine SID(s) shared among {seen} Windows installation(s):"]
     for g in groups:
         out.append(f"{g.machine_sid}: {len(g.installations)} installations")
         for i in g.installations:
             dom = f", domain {i.domain}" if i.domain else ", workgroup"
             out.append(f"  {i.client} {i.partition}: {i.computer_name} ({i.version}{dom})")
-    out += [f"consequence: {CONSEQUENCE}", f"fix: {FIX}"]
+    out += [f"consequence: {CONSEQUENCE}", f"fix: {FIX}", *tail]
     return "\n".join(out) + "\n"
