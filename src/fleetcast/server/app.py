@@ -13,7 +13,7 @@ from fastapi import FastAPI
 
 from fleetcast import __version__
 from fleetcast.errors import UsageError
-from fleetcast.server import api_admin, api_agent, console, problems
+from fleetcast.server import api_admin, api_agent, capture, console, problems
 from fleetcast.server.auth import Tokens
 from fleetcast.server.db import Database, redact
 from fleetcast.server.events import EventBus
@@ -93,6 +93,8 @@ def create_app(settings: ServerSettings, *, catalog: ImageCatalog | None = None)
 
     app.include_router(api_admin.router)
     app.include_router(api_agent.router)
+    app.include_router(capture.admin_router)  # network capture (issue 11)
+    app.include_router(capture.agent_router)
     console.install(app, db)  # the web console at / and /api/users (docs/console.md)
     logger.info(
         "server ready: data %s, store %s, database %s", settings.data_dir, settings.store, redact(db.url)

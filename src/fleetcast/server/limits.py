@@ -35,7 +35,12 @@ UNAUTHENTICATED = ("/api/agent/enroll",)
 BODY_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 
 
+CAPTURE_LIMIT = 4 << 30  # capture uploads (packs, the chunk index): their routes check sizes themselves
+
+
 def limit_for(path: str) -> int:
+    if path.startswith("/api/agent/captures/"):
+        return CAPTURE_LIMIT
     if path.startswith("/api/agent/tasks/") and path.endswith("/result"):
         return RESULT_LIMIT
     if path.startswith("/api/agent/"):
