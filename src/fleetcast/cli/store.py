@@ -18,6 +18,9 @@ def register(
     cmds = group.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = cmds.add_parser("check", parents=[parent], help="report leftovers, damaged and missing chunks")
+    p.add_argument(
+        "--repair", action="store_true", help="rebuild the dedupe index from the images' own indexes"
+    )
     add_store(p)
     add_json(p)
     p.set_defaults(func=cmd_check)
@@ -40,7 +43,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from fleetcast.progress import human_bytes
 
     store = _store_root(args)
-    report = store.check()
+    report = store.check(repair=args.repair)
     if args.json:
         print_json(report.to_dict() | {"store": str(store.root)})
     else:
@@ -54,6 +57,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         ):
             for item in items:
                 print(f"{title}: {item}")
+        dx = report.dedupe_index
+        behind = dx.get("images_not_indexed")
+        print(
+            f"dedupe index: {dx.get('state')}"
+            + (f", {dx['images']} images, {dx['entries']} entries" if "entries" in dx else "")
+            + (f" (not yet indexed: {', '.join(behind)})" if behind else "")
+        )
         print(
             f"unreferenced: {report.unreferenced_chunks} chunks, {human_bytes(report.unreferenced_bytes)} "
             "('fleetcast store gc' frees them)"

@@ -12,6 +12,7 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -167,3 +168,11 @@ def write_file_durable(path: Path, data: bytes) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def copy_durable(src: Path, dst: Path) -> None:
+    """Copy a file to a new file and fsync it."""
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        shutil.copyfileobj(fin, fout, 1 << 20)
+        fout.flush()
+        os.fsync(fout.fileno())

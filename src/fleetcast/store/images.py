@@ -7,12 +7,13 @@ Layout::
     STORE/images/NAME/manifest.json an image is visible exactly when this file exists
     STORE/tmp/cap-*/                one directory per running capture (its own lock file inside)
 
-Atomic publish (``CaptureTransaction.commit``): new chunks are written into the capture's tmp directory;
-at the end one ``syncfs`` makes them durable, they are renamed into ``chunks/``, a second ``syncfs`` makes
-the renames durable, and only then the manifest is written to ``tmp/cap-*/image/manifest.json``, fsynced,
-and the ``image`` directory renamed to ``images/NAME`` (then ``images/`` is fsynced). A capture killed at
-any moment leaves a tmp directory and possibly unreferenced chunks, never a visible image; ``store check``
-reports them and ``store gc`` removes them.
+Atomic publish (``CaptureTransaction.commit``): new packs are written into the capture's tmp directory
+and fsynced as they are written (by the capture's worker threads); at the end they are renamed into
+``chunks/`` and the directories they were renamed into are fsynced, then the index and manifest are written
+to ``tmp/cap-*/image/`` and fsynced, and the ``image`` directory renamed to ``images/NAME`` (then
+``images/`` is fsynced). Only what the capture wrote is flushed, never the whole store filesystem.
+A capture killed at any moment leaves a tmp directory and possibly unreferenced chunks, never a visible
+image; ``store check`` reports them and ``store gc`` removes them.
 
 Concurrency: a capture holds ``STORE/lock`` shared from before its first dedupe look-up until its manifest
 is published, so the chunks it found already present cannot be collected under it; ``gc`` takes the lock
@@ -36,11 +37,11 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from fleetcast.errors import CaptureError, ImageNotFound, ManifestError, StoreError, UsageError
-from fleetcast.store.chunkstore import ChunkStore, fsync_dir, syncfs, write_file_durable
+from fleetcast.store.chunkstore import ChunkStore, copy_durable, fsync_dir, write_file_durable
 from fleetcast.store.manifest import INDEX_FILE, Manifest, load_image, valid_name
 
 if TYPE_CHECKING:
-    from fleetcast.store.maintenance import CheckReport, GcReport, VerifyReport
+    from fleetcast.store.maintenance import CheckReport, GcReport, Protect, VerifyReport
 
 logger = logging.getLogger(__name__)
 
@@ -175,15 +176,16 @@ class ImageStore:
 
         return verify_image(self, name)
 
-    def check(self) -> CheckReport:
+    def check(self, *, repair: bool = False) -> CheckReport:
         from fleetcast.store.maintenance import check_store
 
-        return check_store(self)
+        return check_store(self, repair=repair)
 
-    def gc(self) -> GcReport:
+    def gc(self, *, protect: Protect = None) -> GcReport:
+        """See ``maintenance.gc_store`` (``protect``: pack ids leased by the server)."""
         from fleetcast.store.maintenance import gc_store
 
-        return gc_store(self)
+        return gc_store(self, protect=protect)
 
     # -- locking ----------------------------------------------------------------------------------------
     @contextmanager
@@ -295,11 +297,10 @@ class CaptureTransaction:
         return self.store.chunks.size(chunk_id)
 
     def add_chunk(self, chunk_id: str, stored: bytes) -> None:
-        """Write a new chunk into the tmp directory (thread-safe for distinct ids; durable at commit)."""
-        path = self.new_dir / chunk_id
+        """Write a new pack into the tmp directory and fsync it (thread-safe for distinct ids; the worker
+        threads of a capture call this, so the fsyncs overlap with reading)."""
         try:
-            with open(path, "wb") as f:
-                f.write(stored)
+            write_file_durable(self.new_dir / chunk_id, stored)
         except OSError as exc:
             raise StoreError(f"cannot write chunk {chunk_id} in {self.dir}: {exc.strerror}") from exc
         self.new_chunks[chunk_id] = len(stored)
@@ -310,20 +311,28 @@ class CaptureTransaction:
         if manifest.name != self.name:
             raise CaptureError(f"manifest names image {manifest.name!r}, expected {self.name!r}")
         try:
-            syncfs(self.dir)
+            # fsync only what this capture wrote: each new pack was fsynced when written; here the renames
+            # (their directories), the image's files and directory, then the publishing rename
             subdirs: set[Path] = set()
+            new_subdirs = False
             for cid in self.new_chunks:
                 final = store.chunks.path(cid)
                 if final.parent not in subdirs:
-                    final.parent.mkdir(parents=True, exist_ok=True)
+                    if not final.parent.is_dir():
+                        final.parent.mkdir(parents=True, exist_ok=True)
+                        new_subdirs = True
                     subdirs.add(final.parent)
                 os.rename(self.new_dir / cid, final)
+            for d in sorted(subdirs):
+                fsync_dir(d)
+            if new_subdirs:
+                fsync_dir(store.chunks.root)
             image_dir = self.dir / "image"
             image_dir.mkdir()
             for fname, src in (extra or {}).items():
-                shutil.copyfile(src, image_dir / fname)  # durable by the syncfs below
+                copy_durable(src, image_dir / fname)
             write_file_durable(image_dir / MANIFEST, manifest.to_json())
-            syncfs(store.root)  # chunk renames and the manifest are durable before the image appears
+            fsync_dir(image_dir)
             try:
                 os.rename(image_dir, store.images_dir / self.name)
             except OSError as exc:

@@ -6,15 +6,18 @@ import contextlib
 import logging
 import os
 import shutil
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fleetcast.errors import ChunkCorrupt, StoreError
+from fleetcast.errors import ChunkCorrupt, NotFoundError, StoreError
 from fleetcast.store.chunkstore import chunk_hash, decompress_verify
-from fleetcast.store.images import ImageStore
 from fleetcast.store.manifest import CHUNK_ID_RE, PackRef
+
+if TYPE_CHECKING:
+    from fleetcast.store.images import ImageStore
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +98,7 @@ class CheckReport:
     running_captures: list[str] = field(default_factory=list)
     unreferenced_chunks: int = 0
     unreferenced_bytes: int = 0
+    dedupe_index: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -112,33 +116,41 @@ class CheckReport:
             "running_captures": self.running_captures,
             "unreferenced_chunks": self.unreferenced_chunks,
             "unreferenced_bytes": self.unreferenced_bytes,
+            "dedupe_index": self.dedupe_index,
         }
 
 
 def _references(store: ImageStore, report: CheckReport | None) -> tuple[dict[str, int], list[str]]:
-    """Stored object id -> stored size over all images, and the names of images whose manifest is damaged."""
+    """Stored object id -> stored size over all images, and the names of images whose manifest is damaged.
+
+    An image removed while this runs (its manifest vanished between listing and opening) is skipped: it
+    is not damage, and its packs are unreferenced from now on."""
     refs: dict[str, int] = {}
     damaged: list[str] = []
     for name in store.names():
         try:
             manifest = store.open(name)
+        except NotFoundError:
+            continue
         except StoreError as exc:
             damaged.append(f"{name}: {exc.message}")
             continue
         if report is not None:
             report.images += 1
-        for _, chunk in manifest.entries():
-            refs.setdefault(chunk.id, chunk.stored)
+        for p in manifest.pack_refs():
+            refs.setdefault(p.id, p.stored)
     return refs, damaged
 
 
-def check_store(store: ImageStore) -> CheckReport:
-    """Leftovers of killed captures, damaged manifests, damaged or missing chunks, what gc would free."""
+def check_store(store: ImageStore, *, repair: bool = False) -> CheckReport:
+    """Leftovers of killed captures, damaged manifests, damaged or missing chunks, what gc would free,
+    and the dedupe index's state; ``repair`` rebuilds the dedupe index from the images."""
     report = CheckReport()
     if not store.root.is_dir():
         raise StoreError(
             f"the store {store.root} does not exist", hint="capture an image first, or pass --store DIR"
         )
+    report.dedupe_index = _check_dedupe(store, repair)
     refs, report.damaged_manifests = _references(store, report)
     present: dict[str, Path] = {}
     for fname, path in store.chunks.iter_files():
@@ -168,12 +180,44 @@ def check_store(store: ImageStore) -> CheckReport:
     return report
 
 
+def _check_dedupe(store: ImageStore, repair: bool) -> dict[str, Any]:
+    from fleetcast.store.dedupe import DedupeIndex, db_path
+    from fleetcast.store.manifest import image_id
+
+    if repair:
+        dx, _ = DedupeIndex.rebuild(store)
+        with dx:
+            st = dx.stats()
+        return {"state": "rebuilt", "images": st.images, "entries": st.entries, "bytes": st.bytes}
+    if not db_path(store).exists():
+        return {"state": "missing", "hint": "built by the next capture, or 'fleetcast store check --repair'"}
+    try:
+        with DedupeIndex.open(store, sync=False, create=False) as dx:
+            st = dx.stats()
+            known = dx.image_ids()
+    except StoreError as exc:
+        return {"state": "unreadable", "problem": exc.message}
+    present: dict[str, str] = {}
+    for name in store.names():
+        with contextlib.suppress(OSError):
+            present[name] = image_id(store.manifest_path(name).read_bytes())
+    behind = sorted(n for n, i in present.items() if known.get(n) != i)
+    return {
+        "state": "behind" if behind else "current",
+        "images": st.images,
+        "entries": st.entries,
+        "bytes": st.bytes,
+        "images_not_indexed": behind,
+    }
+
+
 @dataclass
 class GcReport:
     removed_chunks: int = 0
     freed_chunk_bytes: int = 0
     removed_leftovers: int = 0
     freed_leftover_bytes: int = 0
+    protected_packs: int = 0
 
     @property
     def freed_bytes(self) -> int:
@@ -186,6 +230,7 @@ class GcReport:
             "removed_leftovers": self.removed_leftovers,
             "freed_leftover_bytes": self.freed_leftover_bytes,
             "freed_bytes": self.freed_bytes,
+            "protected_packs": self.protected_packs,
         }
 
 
@@ -207,8 +252,18 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def gc_store(store: ImageStore) -> GcReport:
-    """Remove chunks no image references and leftovers of killed captures (refuses while a capture runs)."""
+Protect = Callable[[], Collection[str]] | Collection[str] | None
+
+
+def gc_store(store: ImageStore, *, protect: Protect = None) -> GcReport:
+    """Remove chunks no image references and leftovers of killed captures (refuses while a capture runs).
+
+    ``protect``: pack ids to keep although no image references them yet -- a set, or a callable called
+    once while gc holds the store lock exclusively (the server passes its leases: packs a network capture
+    uploaded or was told the store has). The dedupe index forgets the removed packs before their files go.
+    """
+    from fleetcast.store.dedupe import DedupeIndex, db_path
+
     if not store.root.is_dir():
         raise StoreError(f"the store {store.root} does not exist", hint="pass --store DIR")
     report = GcReport()
@@ -219,9 +274,20 @@ def gc_store(store: ImageStore) -> GcReport:
                 f"refusing to collect garbage: {len(damaged)} image(s) have damaged manifests ({damaged[0]})",
                 hint="fix or remove those images first ('fleetcast store check' lists them)",
             )
+        kept = set(protect() if callable(protect) else (protect or ()))
+        doomed: list[tuple[str, Path]] = []
         for fname, path in store.chunks.iter_files():
             if fname in refs and path.parent.name == fname[:2]:
                 continue
+            if fname in kept and path.parent.name == fname[:2]:
+                report.protected_packs += 1
+                continue
+            doomed.append((fname, path))
+        gone = [f for f, _ in doomed if CHUNK_ID_RE.fullmatch(f)]
+        if gone and db_path(store).exists():
+            with DedupeIndex.open(store, sync=False) as dx:
+                dx.forget_packs(gone)
+        for fname, path in doomed:
             size = _tree_size(path)
             _remove(path)
             if CHUNK_ID_RE.fullmatch(fname):
@@ -238,10 +304,11 @@ def gc_store(store: ImageStore) -> GcReport:
             report.removed_leftovers += 1
             report.freed_leftover_bytes += size
     logger.info(
-        "gc: removed %d chunks (%d bytes) and %d leftovers (%d bytes)",
+        "gc: removed %d chunks (%d bytes) and %d leftovers (%d bytes); %d protected packs kept",
         report.removed_chunks,
         report.freed_chunk_bytes,
         report.removed_leftovers,
         report.freed_leftover_bytes,
+        report.protected_packs,
     )
     return report

@@ -1,0 +1,176 @@
+"""The persistent dedupe index (store/dedupe.py) and the server's ingest API (store/ingest.py): lookups
+agree with a scan of every manifest through capture, re-capture, rm, gc and a rebuild after the file was
+deleted or damaged; uploaded packs are stored only when intact; gc keeps leased packs."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from fleetcast.errors import ChunkCorrupt, IntegrityError
+from fleetcast.store.capture import CaptureStats, capture
+from fleetcast.store.chunkstore import chunk_hash, compress, decompress_verify
+from fleetcast.store.dedupe import DB_FILE, DedupeIndex
+from fleetcast.store.images import ImageStore
+from fleetcast.store.ingest import StoreIngest
+from fleetcast.store.manifest import INDEX_FILE
+from fleetcast.store.restore import restore
+
+pytestmark = pytest.mark.integration
+
+MiB = 1 << 20
+
+
+def _disk(path: Path, seed: int, size: int = 6 * MiB, changed: int = 0) -> Path:
+    """A raw, unpartitioned disk: random 64 KiB windows and zero ones; ``changed`` windows re-randomized."""
+    rnd = random.Random(seed)
+    out = bytearray()
+    for i in range(size // (64 << 10)):
+        out += rnd.randbytes(64 << 10) if i % 3 else bytes(64 << 10)
+    crnd = random.Random(seed + 1000)
+    for _ in range(changed):
+        w = crnd.randrange(size // (64 << 10))
+        out[w * (64 << 10) : (w + 1) * (64 << 10)] = crnd.randbytes(64 << 10)
+    path.write_bytes(bytes(out))
+    return path
+
+
+def _scan(store: ImageStore) -> set[tuple[bytes, str, int]]:
+    rows = set()
+    for m in store.list():
+        for _, c in m.entries():
+            rows.add((bytes.fromhex(c.hash), c.id, c.offset))
+    return rows
+
+
+def _rows(store: ImageStore) -> set[tuple[bytes, str, int]]:
+    with DedupeIndex.open(store, sync=False) as dx:
+        return set(dx.rows())
+
+
+def test_index_follows_capture_rm_gc_and_rebuild(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path / "store")
+    a = _disk(tmp_path / "a.img", 1)
+    capture(a, "a", store, pack_size=MiB)
+    assert (store.root / DB_FILE).is_file()
+    assert _rows(store) == _scan(store) != set()
+
+    again = CaptureStats()
+    capture(a, "a2", store, pack_size=MiB, stats=again)
+    assert again.new_bytes == 0  # every chunk answered by the index
+    b = _disk(tmp_path / "b.img", 1, changed=5)
+    stats = CaptureStats()
+    mb = capture(b, "b", store, pack_size=MiB, stats=stats)
+    assert stats.new_chunks == 1  # the 5 changed windows only, in one new pack
+    assert _rows(store) == _scan(store)
+
+    mc = capture(_disk(tmp_path / "c.img", 3), "c", store, pack_size=MiB)
+    for name in ("a", "a2", "c"):
+        store.remove(name)
+    report = store.gc()
+    assert report.removed_chunks == len(mc.pack_ids())  # b still uses every pack of a
+    # after rm + gc: no row names a removed pack; rows beyond the scan are chunks of the removed images
+    # inside packs b still uses -- present and intact, so still answerable
+    rows = _rows(store)
+    assert rows >= _scan(store)
+    assert {pid for _, pid, _ in rows} == set(mb.pack_ids())
+    for h, pid, off in rows - _scan(store):
+        data = decompress_verify(pid, store.chunks.read(pid), None, what="test")
+        assert chunk_hash(data[off : off + (64 << 10)]) == h.hex()
+    with DedupeIndex.rebuild(store)[0] as dx:
+        assert set(dx.rows()) == _scan(store)
+    with DedupeIndex.open(store) as dx:
+        assert dx.image_ids() == {"b": mb.image_id}
+
+    # store check says how the index stands; --repair rebuilds it
+    assert store.check().dedupe_index["state"] == "current"
+    (store.root / DB_FILE).unlink()
+    assert store.check().dedupe_index["state"] == "missing"
+    repaired = store.check(repair=True).dedupe_index
+    assert repaired["state"] == "rebuilt" and repaired["images"] == 1
+    assert _rows(store) == _scan(store)
+
+    # deleted: rebuilt on the next open; damaged: rebuilt too
+    (store.root / DB_FILE).unlink()
+    assert _rows(store) == set()  # sync=False on a new file: empty
+    with DedupeIndex.open(store) as dx:
+        assert set(dx.rows()) == _scan(store)
+    (store.root / DB_FILE).write_bytes(b"not a database" * 100)
+    for suffix in ("-wal", "-shm"):
+        (store.root / f"{DB_FILE}{suffix}").unlink(missing_ok=True)
+    with DedupeIndex.open(store) as dx:
+        assert dx.rebuilt
+        assert set(dx.rows()) == _scan(store)
+
+    # a capture killed between its publish and its index update: the next open takes the image in
+    conn = sqlite3.connect(store.root / DB_FILE)
+    conn.execute("DELETE FROM images")
+    conn.execute("DELETE FROM chunks")
+    conn.commit()
+    conn.close()
+    with DedupeIndex.open(store) as dx:
+        assert set(dx.rows()) == _scan(store)
+
+    # a pack deleted behind the store's back is never answered
+    victim = mb.pack_ids()[0]
+    store.chunks.path(victim).unlink()
+    hashes = [bytes.fromhex(c.hash) for _, c in mb.entries()]
+    with DedupeIndex.open(store) as dx:
+        known = dx.have(hashes)
+        assert known and all(k.pack != victim for k in known.values())
+        assert all(pid != victim for _, pid, _ in dx.rows())
+
+
+def test_upload_publish_and_leases(tmp_path: Path) -> None:
+    src = ImageStore(tmp_path / "src")
+    disk = _disk(tmp_path / "d.img", 2)
+    m = capture(disk, "d", src, pack_size=MiB)
+    dst = ImageStore(tmp_path / "dst")
+    ing = StoreIngest(dst)
+
+    hashes = [bytes.fromhex(c.hash) for _, c in m.entries()]
+    assert ing.have(hashes) == {}
+    first = m.pack_refs()[0]
+    stored = src.chunks.read(first.id)
+    with pytest.raises(ChunkCorrupt) as err:
+        ing.put_pack(first.id, stored + b"x" * 100)
+    assert str(err.value) == f"uploaded pack {first.id} has 100 bytes after its zstd frame"
+    with pytest.raises(ChunkCorrupt) as err:
+        ing.put_pack(first.id, stored[:-10])
+    assert str(err.value).startswith(f"uploaded pack {first.id} ")
+    other = compress(b"other" * 1000)
+    with pytest.raises(ChunkCorrupt) as err:
+        ing.put_pack(first.id, other)
+    assert str(err.value) == f"uploaded pack {first.id}: its content hashes to {chunk_hash(b'other' * 1000)}"
+    assert not dst.chunks.has(first.id)
+
+    manifest = src.read_manifest_bytes("d")
+    index = (src.images_dir / "d" / INDEX_FILE).read_bytes()
+    with pytest.raises(IntegrityError) as err2:
+        ing.publish(manifest, index)
+    assert str(err2.value) == f"uploaded image 'd' names pack {first.id}, which the store does not have"
+    assert dst.names() == []
+
+    for p in m.pack_refs():
+        assert ing.put_pack(p.id, src.chunks.read(p.id), stored_hash=p.hash) == p
+    # leased but not yet published: gc keeps them only when told
+    assert dst.gc(protect=lambda: [p.id for p in m.pack_refs()]).removed_chunks == 0
+    got = ing.publish(manifest, index, expected_id=m.image_id)
+    assert got.image_id == m.image_id and dst.names() == ["d"]
+    assert set(ing.have(hashes)) == set(hashes)
+    assert dst.verify("d").ok
+    out = tmp_path / "out.img"
+    restore(dst.open("d"), dst.source(), out)
+    assert out.read_bytes() == disk.read_bytes()
+
+    # an unreferenced upload: kept while leased, collected after
+    extra = b"lease me" * 5000
+    eid = chunk_hash(extra)
+    ing.put_pack(eid, compress(extra))
+    report = dst.gc(protect={eid})
+    assert report.protected_packs == 1 and dst.chunks.has(eid)
+    assert dst.gc().removed_chunks == 1 and not dst.chunks.has(eid)
+    ing.close()
