@@ -6,7 +6,9 @@ p2 100 MiB ESP (Debian's signed shim as ``EFI/BOOT/BOOTX64.EFI``, signed GRUB ``
 ``grub.cfg`` that finds the root by label), p3 ext4 root labelled ``lab-root`` (fstab and ``root=`` by
 label, so a deployed copy with new UUIDs still boots). A first-boot unit prints one line on the serial
 console, ``fleetcast-lab-report {"mac", "hostname", "ip", "machine_id", "secure_boot"}``, and POSTs the
-same JSON to ``{server}/api/lab/report`` when ``/etc/fleetcast-lab/server`` holds a server URL.
+same JSON to ``{server}/api/lab/report`` when ``/etc/fleetcast-lab/server`` holds a server URL: the
+image carries the virtual lab's fixed server URL (:data:`LAB_SERVER_URL`; the lab runs in its own network
+namespace, so a fixed address never meets another network).
 
 The disk is cached in ``/var/cache/fleetcast/golden/<key>/disk.img`` keyed by the hash of its inputs.
 """
@@ -31,7 +33,9 @@ logger = logging.getLogger(__name__)
 NAME = "lab-debian"
 ROOT_LABEL = "lab-root"
 DEFAULT_CACHE = Path("/var/cache/fleetcast/golden")
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
+LAB_SUBNET = "10.78.0"  # /24 on the virtual lab's bridge (fleetcast.lab.vlab)
+LAB_SERVER_URL = f"http://{LAB_SUBNET}.1:8080"
 MiB = 1 << 20
 DISK_SIZE = 2 << 30
 BIOS_START, BIOS_SIZE = 1 * MiB, 1 * MiB
@@ -113,6 +117,7 @@ NETWORK = "[Match]\nName=en* eth*\n\n[Network]\nDHCP=ipv4\n"
 def golden_key() -> str:
     h = hashlib.sha256()
     inputs = {"recipe": RECIPE_VERSION, "packages": PACKAGES, "excludes": EXCLUDES, "size": DISK_SIZE}
+    inputs["server"] = LAB_SERVER_URL
     h.update(json.dumps(inputs, sort_keys=True).encode())
     for text in (GRUB_CFG, STUB_CFG, REPORT_SH, REPORT_UNIT, NETWORK, BIOS_MODULES):
         h.update(text.encode())
@@ -171,6 +176,7 @@ def _root(root: Path) -> None:
     sbin.write_text(REPORT_SH)
     sbin.chmod(0o755)
     (root / "etc" / "fleetcast-lab").mkdir(parents=True, exist_ok=True)
+    (root / "etc" / "fleetcast-lab" / "server").write_text(LAB_SERVER_URL + "\n")
     (root / "etc" / "systemd" / "system" / "fleetcast-lab-report.service").write_text(REPORT_UNIT)
     wants = root / "etc" / "systemd" / "system" / "multi-user.target.wants"
     wants.mkdir(parents=True, exist_ok=True)
