@@ -51,6 +51,15 @@ def _disks(disks: list[dict[str, object]]) -> str:
     return ", ".join(parts) or "-"
 
 
+def _sids(windows: list[dict[str, object]], shared: set[str]) -> str:
+    """The machine SIDs of a client's Windows installations; "(shared)" when another has it too."""
+    parts = []
+    for w in windows:
+        sid = str(w.get("machine_sid") or "")
+        parts.append(f"{sid} (shared)" if sid.upper() in shared else sid or "unreadable")
+    return ", ".join(parts) or "-"
+
+
 def _list(args: argparse.Namespace) -> int:
     from fleetcast.cli.common import print_json, print_table
     from fleetcast.cli.deploy import api_client
@@ -60,6 +69,9 @@ def _list(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"clients": clients})
         return 0
+    from fleetcast.identity.windows.sidaudit import duplicate_groups, from_clients
+
+    shared = {g.machine_sid for g in duplicate_groups(from_clients(clients)[0])}
     rows = [
         [
             str(c["id"]),
@@ -71,8 +83,9 @@ def _list(args: argparse.Namespace) -> int:
             if c.get("deployment_id") is None
             else f"{c['state']} (deployment {c['deployment_id']})",
             _disks(c.get("disks") or []),
+            _sids(c.get("windows") or [], shared),
         ]
         for c in clients
     ]
-    print_table(["id", "mac", "hostname", "address", "online", "state", "disks"], rows)
+    print_table(["id", "mac", "hostname", "address", "online", "state", "disks", "machine SID"], rows)
     return 0

@@ -12,8 +12,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from fleetcast.identity.windows.inspect import inspect
-
 CONSEQUENCE = (
     "Windows 11 24H2+ and Server 2025 (updates of August/September 2025, KB5064081, KB5065426) refuse "
     "Kerberos and NTLM logons between machines that share a machine SID (LsaSrv event 6167)"
@@ -37,6 +35,8 @@ class Installation:
 
 def inventory(root: Path) -> dict[str, Any]:
     """One Windows volume as the agent reports it: machine SID, computer name, version, domain."""
+    from fleetcast.identity.windows.inspect import inspect  # hivex: only where volumes are read
+
     rep = inspect(root)
     current = rep.names[0] if rep.names else {}
     return {
