@@ -35,6 +35,7 @@ REPORT_INTERVAL = 1.0
 REPORT_OUTAGE_LIMIT = 10.0
 # fsync + checkpoint every 16 MiB written: a restarted agent redoes at most this much
 CHECKPOINT_BYTES = 16 << 20
+ACTIVE_PHASES = ("writing", "capturing")  # the phases whose reports carry a rate and an ETA
 
 
 class Cancelled(AgentError):
@@ -77,7 +78,8 @@ class Reporter:
 
     def update(self, *, urgent: bool = False, **fields: Any) -> None:
         with self._lock:
-            if fields.get("phase") == "writing" and self.snapshot.phase != "writing":
+            phase = fields.get("phase")
+            if phase in ACTIVE_PHASES and self.snapshot.phase != phase:
                 self.rate = Rate(started=time.monotonic())
                 fields.setdefault("start_done", fields.get("bytes_done", self.snapshot.bytes_done))
             for key, value in fields.items():
@@ -89,7 +91,7 @@ class Reporter:
         with self._lock:
             s = self.snapshot
             self.rate.update(s.bytes_done - s.start_done, max(s.bytes_total - s.start_done, 0))
-            writing = s.phase == "writing"
+            writing = s.phase in ACTIVE_PHASES
             rate = self.rate.bytes_per_second if writing else 0.0
             eta = self.rate.eta_seconds if writing else None
             return {
@@ -205,7 +207,12 @@ class TaskRunner:
             "changes": [],
         }
         try:
-            result.update(self._deploy(task, reporter, cancel))
+            if task.kind == "capture":
+                from fleetcast.agent.capture import run_capture
+
+                result.update(run_capture(self, task, reporter, cancel))
+            else:
+                result.update(self._deploy(task, reporter, cancel))
             result["state"] = "done"
         except Stopped:
             reporter.stop()

@@ -1,0 +1,255 @@
+"""Running one capture task: read the chosen disk as ``fleetcast image capture`` does, send the server only
+what it lacks (issue 11, docs/agent-protocol.md "Capture").
+
+The disk is opened read-only by the engine (``store.capture.capture``), which cuts, hashes and packs
+chunks locally; ``RemoteSink`` is its ``CaptureSink`` over the agent API:
+
+- ``have``: one request per batch of chunk digests (raw 32-byte digests in, JSON out);
+- ``put_pack``: the pack's status first (a pack the server already holds, or part of, is not sent
+  again), then the rest from the offset that arrived. A network drop mid-body is retried from the
+  new status, through outages of up to ``outage_limit`` seconds. The engine packs deterministically,
+  so a capture restarted after a kill re-creates the same packs and sends only the missing ones;
+- ``publish``: the chunk index (resumable like a pack), then the manifest; the server publishes atomically.
+
+Nothing is written to the source disk: the engine opens it ``O_RDONLY`` and a capture never mounts it.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import blake3
+import httpx
+from pydantic import ValidationError
+
+from fleetcast.errors import AgentError, TransportError
+from fleetcast.protocol import (
+    MAX_HAVE,
+    CaptureBeginReply,
+    HaveReply,
+    PackStatus,
+    PublishReply,
+    Task,
+    describe,
+)
+from fleetcast.store.source import KnownChunk
+from fleetcast.transport.http import HttpStatusError, request
+
+if TYPE_CHECKING:
+    from fleetcast.agent.api import AgentApi
+    from fleetcast.agent.runner import Reporter, TaskRunner
+
+logger = logging.getLogger(__name__)
+
+_BACKOFF_FIRST = 0.5
+_BACKOFF_MAX = 5.0
+
+
+def _model(model: Any, response: httpx.Response, what: str) -> Any:
+    try:
+        return model.model_validate_json(response.content)
+    except ValidationError as exc:
+        raise AgentError(f"{what}: {describe(exc)}") from exc
+
+
+@dataclass
+class SinkStats:
+    have_asked: int = 0
+    have_known: int = 0
+    packs_sent: int = 0
+    packs_skipped: int = 0
+    bytes_sent: int = 0  # request bodies: digests, pack bytes, index, manifest
+
+    def add(self, **n: int) -> None:
+        for k, v in n.items():
+            setattr(self, k, getattr(self, k) + v)
+
+
+class RemoteSink:
+    """``store.source.CaptureSink`` over ``/api/agent/captures/{task_id}/``; thread-safe per pack."""
+
+    def __init__(
+        self,
+        api: AgentApi,
+        task_id: int,
+        *,
+        stop: Callable[[], bool] | None = None,
+        max_have: int = MAX_HAVE,
+    ) -> None:
+        self.api = api
+        self.task_id = task_id
+        self.base = f"/api/agent/captures/{task_id}"
+        self.stop = stop
+        self.max_have = max(1, min(max_have, MAX_HAVE))
+        self.stats = SinkStats()
+        self._lock = threading.Lock()
+        self.published: PublishReply | None = None
+
+    def __enter__(self) -> RemoteSink:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        # leaving without publish abandons the capture: the server shows nothing; its leases expire
+        return None
+
+    def _request(self, method: str, url: str, what: str, **kw: Any) -> httpx.Response:
+        return request(
+            self.api._client, method, url, outage_limit=self.api.outage_limit, stop=self.stop, what=what, **kw
+        )
+
+    def _count(self, **n: int) -> None:
+        with self._lock:
+            self.stats.add(**n)
+
+    # -- CaptureSink ------------------------------------------------------------------------------------
+    def have(self, hashes: Sequence[bytes]) -> dict[bytes, KnownChunk]:
+        out: dict[bytes, KnownChunk] = {}
+        for start in range(0, len(hashes), self.max_have):
+            batch = list(hashes[start : start + self.max_have])
+            body = b"".join(batch)
+            response = self._request(
+                "POST", f"{self.base}/have", "have request", content=body,
+                headers={"Content-Type": "application/octet-stream"},
+            )  # fmt: skip
+            reply: HaveReply = _model(HaveReply, response, "have reply")
+            for i, pack, offset in reply.known:
+                info = reply.packs.get(pack)
+                if not 0 <= i < len(batch) or info is None:
+                    raise AgentError(f"have reply: entry {i} or pack {pack} is not part of the request")
+                out[batch[i]] = KnownChunk(pack, offset, info.stored, info.hash)
+            self._count(have_asked=len(batch), have_known=len(reply.known), bytes_sent=len(body))
+        return out
+
+    def put_pack(self, pack_id: str, stored: bytes) -> None:
+        self._upload(f"{self.base}/packs/{pack_id}", stored, f"pack {pack_id[:16]}", pack=True)
+
+    def publish(self, manifest: bytes, index: Path) -> str:
+        self._upload(f"{self.base}/index", index.read_bytes(), "chunk index", pack=False)
+        response = self._request(
+            "POST", f"{self.base}/publish", "publish", content=manifest,
+            headers={"Content-Type": "application/json"},
+        )  # fmt: skip
+        self._count(bytes_sent=len(manifest))
+        self.published = _model(PublishReply, response, "publish reply")
+        return self.published.image_id
+
+    # -- resumable upload -------------------------------------------------------------------------------
+    def _upload(self, url: str, data: bytes, what: str, *, pack: bool) -> None:
+        params: dict[str, Any] = {"stored": len(data)}
+        if pack:
+            params["stored_hash"] = blake3.blake3(data).hexdigest()
+            status: PackStatus = _model(
+                PackStatus, self._request("GET", url, f"{what} status", params=params), f"{what} status"
+            )
+        else:
+            status = PackStatus(received=0)
+        if status.complete:
+            self._count(packs_skipped=1 if pack else 0)
+            return
+        first_failure: float | None = None
+        delay = _BACKOFF_FIRST
+        while True:
+            offset = min(status.received, len(data))
+            try:
+                response = self.api._client.put(
+                    url, params={**params, "offset": offset}, content=data[offset:],
+                    headers={"Content-Type": "application/octet-stream"},
+                )  # fmt: skip
+                problem = f"status {response.status_code}"
+                if response.is_success:
+                    self._count(bytes_sent=len(data) - offset)
+                    status = _model(PackStatus, response, f"{what} upload")
+                    if status.complete:
+                        self._count(packs_sent=1 if pack else 0)
+                        return
+                    problem = f"only {status.received} of {len(data)} bytes arrived"
+                elif response.status_code in (422,):  # did not verify: send it all again
+                    logger.warning(
+                        "%s: the server refused it (%s); sending it again", what, response.text[:200]
+                    )
+                    status = PackStatus(received=0)
+                    continue
+                elif response.status_code not in (409, 408, 425, 429, 500, 502, 503, 504):
+                    raise HttpStatusError(
+                        f"{what}: server answered {response.status_code}: {response.text[:200]}",
+                        status=response.status_code,
+                    )
+            except httpx.TransportError as exc:
+                problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            now = time.monotonic()
+            if first_failure is None:
+                first_failure = now
+                logger.warning("%s upload interrupted (%s); continuing where it stopped", what, problem)
+            elif now - first_failure > self.api.outage_limit:
+                raise TransportError(f"{what}: upload failed for {now - first_failure:.0f} s: {problem}")
+            if self.stop is not None and self.stop():
+                raise TransportError(f"{what}: stopped during the upload ({problem})")
+            time.sleep(delay)
+            delay = min(delay * 2, _BACKOFF_MAX)
+            # what arrived: the status request itself rides out the rest of the outage
+            status = _model(
+                PackStatus, self._request("GET", url, f"{what} status", params=params), f"{what} status"
+            ) if pack else PackStatus(received=0)  # fmt: skip
+
+
+def run_capture(
+    runner: TaskRunner, task: Task, reporter: Reporter, cancel: threading.Event
+) -> dict[str, Any]:
+    """The capture task: disk chosen by the rule, read into image ``task.image`` on the server."""
+    from fleetcast.disk.discovery import list_disks
+    from fleetcast.disk.rules import parse_rule, select_disk
+    from fleetcast.store.capture import CaptureStats, capture
+    from fleetcast.store.images import ImageStore
+
+    api = runner.api
+    reporter.update(phase="selecting-disk", urgent=True)
+    rule = parse_rule(task.disk_rule)
+    disk = select_disk(rule, list_disks(runner.allow), 0)
+    source = Path(disk.path)
+    reporter.update(disk=disk.path, urgent=True)
+
+    def stopping() -> bool:
+        return runner.stop.is_set() or cancel.is_set()
+
+    begin = request(
+        api._client, "POST", f"/api/agent/captures/{task.task_id}/begin", outage_limit=api.outage_limit,
+        stop=stopping, what="capture begin",
+    )  # fmt: skip
+    info: CaptureBeginReply = _model(CaptureBeginReply, begin, "capture begin reply")
+    runner._check(cancel)
+    sink = RemoteSink(api, task.task_id, stop=stopping, max_have=info.max_have)
+    started = time.monotonic()
+
+    def progress(done: int, total: int) -> None:
+        runner._check(cancel)
+        first = reporter.snapshot.phase != "capturing"
+        reporter.update(phase="capturing", bytes_done=done, bytes_total=total, urgent=first)
+
+    logger.info("task %d: capturing %s as %r (replace: %s)", task.task_id, source, task.image, info.replace)
+    stats = CaptureStats()
+    with tempfile.TemporaryDirectory(prefix="fleetcast-netcap-") as empty:
+        # the engine checks the name against a store; the server checks it for real (begin, publish)
+        manifest = capture(
+            source, task.image, ImageStore(Path(empty)), progress=progress, stats=stats, sink=sink
+        )
+    seconds = time.monotonic() - started
+    runner._check(cancel)
+    reporter.update(phase="finishing", urgent=True)
+    s = sink.stats
+    lines = [
+        f"capture: image {task.image!r} ({manifest.image_id[:16]}) from {disk.path}",
+        f"capture: bytes_read {stats.read_bytes}, bytes_sent {s.bytes_sent}, chunks_new "
+        f"{s.have_asked - s.have_known}, chunks_known {s.have_known}, packs sent {s.packs_sent}, packs the "
+        f"server had {s.packs_skipped}, seconds {seconds:.1f}",
+    ]
+    return {"disk": disk.path, "changes": lines, "action": "none"}
