@@ -21,6 +21,7 @@ GROUPS = (
     "clients",
     "bootenv",
     "lab",
+    "capture",
     "audit",
 )
 
