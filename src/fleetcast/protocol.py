@@ -144,6 +144,8 @@ class Task(_Answered):
     resume_chunk: int = Field(default=0, ge=0)
     attempt: int = Field(default=1, ge=0)
     replace: bool = False
+    # how the packs come: "multicast" -> the agent joins the batch's session (server/multicast.py)
+    transport: str = Field(default="unicast", max_length=16)
 
 
 class HeartbeatReply(_Answered):

@@ -52,6 +52,20 @@ class DeploymentBody(BaseModel):
     dns: str | list[Annotated[str, Field(max_length=64)]] = Field(default_factory=list)
     grow: bool = False
     then: str = "reboot"
+    transport: str = Field(default="unicast", max_length=16)  # unicast | multicast | auto
+    min_clients: int | None = Field(default=None, ge=1, le=100_000)  # multicast start rules
+    max_wait: float | None = Field(default=None, ge=0, le=86_400)
+    multicast_from: int | None = Field(default=None, ge=1, le=100_000)  # auto: multicast from K
+    drop_below: float | None = Field(default=None, ge=0)  # bytes/s; a slower receiver goes unicast
+
+    def multicast_options(self) -> dict[str, Any]:
+        given = {
+            "min_clients": self.min_clients,
+            "max_wait": self.max_wait,
+            "multicast_from": self.multicast_from,
+            "drop_below": self.drop_below,
+        }
+        return {k: v for k, v in given.items() if v is not None}
 
     def request(self) -> DeploymentRequest:
         dns = self.dns.split(",") if isinstance(self.dns, str) else self.dns
@@ -66,6 +80,8 @@ class DeploymentBody(BaseModel):
             dns=tuple(d.strip() for d in dns if d.strip()),
             grow=self.grow,
             then=self.then,
+            transport=self.transport,
+            multicast=self.multicast_options(),
         )
 
 

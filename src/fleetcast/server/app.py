@@ -13,7 +13,7 @@ from fastapi import FastAPI
 
 from fleetcast import __version__
 from fleetcast.errors import UsageError
-from fleetcast.server import api_admin, api_agent, capture, console, problems
+from fleetcast.server import api_admin, api_agent, capture, console, multicast, problems
 from fleetcast.server.auth import Tokens
 from fleetcast.server.db import Database, redact
 from fleetcast.server.events import EventBus
@@ -67,6 +67,7 @@ def create_app(settings: ServerSettings, *, catalog: ImageCatalog | None = None)
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            mcast.close()  # every udp-sender ends with the server
             db.close()
 
     app = FastAPI(
@@ -95,6 +96,7 @@ def create_app(settings: ServerSettings, *, catalog: ImageCatalog | None = None)
     app.include_router(api_agent.router)
     app.include_router(capture.admin_router)  # network capture (issue 11)
     app.include_router(capture.agent_router)
+    mcast = multicast.install(app, orch, settings.data_dir)  # sessions + their routes (docs/multicast.md)
     console.install(app, db)  # the web console at / and /api/users (docs/console.md)
     logger.info(
         "server ready: data %s, store %s, database %s", settings.data_dir, settings.store, redact(db.url)

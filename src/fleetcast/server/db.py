@@ -111,6 +111,9 @@ class Deployment(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
     created_by: Mapped[str] = mapped_column(String(255), default="")
+    # unicast | multicast (resolved from auto at creation); multicast start rules (server/multicast.py)
+    transport: Mapped[str] = mapped_column(String(16), default="unicast")
+    multicast: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
     targets: Mapped[list[Target]] = relationship(
         back_populates="deployment", order_by="Target.position", cascade="all, delete-orphan"

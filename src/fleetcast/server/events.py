@@ -36,6 +36,14 @@ EVENT_TYPES = (
     "client-cancelled",
     "deployment-finished",
     "deployment-cancelled",
+    "multicast-waiting",
+    "multicast-started",
+    "multicast-finished",
+    "multicast-rules-changed",
+    "client-multicast-joined",
+    "client-multicast-late",
+    "client-multicast-dropped",
+    "client-transport",
 )
 _PENDING = "fleetcast_events"
 QUEUE_SIZE = 10_000

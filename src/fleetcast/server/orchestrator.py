@@ -81,6 +81,8 @@ class DeploymentRequest:
     dns: Sequence[str] = ()
     grow: bool = False
     then: str = "reboot"
+    transport: str = "unicast"  # unicast | multicast | auto (server/multicast.py)
+    multicast: dict[str, Any] | None = None  # MulticastOptions.to_dict()
 
 
 @dataclass(frozen=True)
@@ -91,12 +93,18 @@ class Plan:
     disk_rule: str
     assignments: list[planner.Assignment]
     network: planner.Network
+    transport: str = "unicast"
+    transport_reason: str = ""
+    multicast: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "image": self.image,
             "image_size": self.image_size,
             "disk": self.disk_rule,
+            "transport": self.transport,
+            "transport_reason": self.transport_reason,
+            "multicast": self.multicast,
             "gateway": self.network.gateway,
             "dns": list(self.network.dns),
             "clients": [
@@ -173,6 +181,7 @@ def deployment_view(d: Deployment, *, with_clients: bool = True) -> dict[str, An
         "dns": list(d.dns or []),
         "grow": d.grow,
         "then": d.then,
+        "transport": d.transport,
         "created_at": isoformat(d.created_at),
         "finished_at": isoformat(d.finished_at),
         "created_by": d.created_by,
@@ -223,7 +232,17 @@ class Orchestrator:
             dns=request.dns,
             max_name_length=max_len,
         )
-        return Plan(request.image, info.disk_size, info.os_hint, request.disk.strip(), assignments, network)
+        from fleetcast.server import multicast as mc
+
+        opts = mc.MulticastOptions.from_dict(request.multicast)
+        mc.check_options(request.transport, opts)
+        transport, why = mc.resolve_transport(
+            request.transport, batch=request.batch, clients=len(assignments), opts=opts
+        )
+        return Plan(
+            request.image, info.disk_size, info.os_hint, request.disk.strip(), assignments, network,
+            transport, why, opts.to_dict() if transport == "multicast" else None,
+        )  # fmt: skip
 
     def create(self, request: DeploymentRequest, *, actor: str, address: str) -> dict[str, Any]:
         plan = self.plan(request)
@@ -239,6 +258,8 @@ class Orchestrator:
                 dns=list(plan.network.dns),
                 grow=request.grow,
                 then=request.then,
+                transport=plan.transport,
+                multicast=plan.multicast or {},
                 state="running",
                 created_at=utcnow(),
                 created_by=actor,
@@ -276,6 +297,7 @@ class Orchestrator:
                 image=old.image, image_size=old.image_size, disk_rule=old.disk_rule, batch=old.batch,
                 name_pattern=old.name_pattern, ip_range=old.ip_range, gateway=old.gateway,
                 dns=list(old.dns or []), grow=old.grow, then=old.then, state="running",
+                transport=old.transport, multicast=dict(old.multicast or {}),
                 created_at=utcnow(), created_by=actor,
             )  # fmt: skip
             targets = [
@@ -686,6 +708,7 @@ class Orchestrator:
             then=d.then,
             resume_chunk=t.checkpoint_chunk,
             attempt=t.attempt,
+            transport=d.transport,
         )
         return task.model_dump()
 

@@ -1,0 +1,566 @@
+"""Multicast sessions: one per batch of a ``--transport multicast`` deployment (docs/multicast.md).
+
+A session is created when the first agent of a batch joins (``POST /api/agent/multicast/{task}/join``)
+and then:
+
+    waiting ──(joined >= min_clients, or max_wait seconds since the first join)──▶ starting
+    starting ──(udp-sender spawned; agents see it in their next report and start udp-receiver)──▶
+    streaming ──(every pack sent once, in disk order, then the end frame)──▶ finished
+    any ──(deployment cancelled or finished, sender failed, server stopping)──▶ ended (sender killed)
+
+The start rules (``min_clients``, ``max_wait``) can be changed while a session waits
+(``POST /api/deployments/{id}/multicast``, ``fleetcast deployments multicast ID``). An agent that joins
+after the start (a late joiner, a restarted agent) is told ``late`` and takes the missing packs by HTTP;
+so does one whose stream broke or that was dropped. **Dropping:** while streaming, when the session's
+rate stays below ``drop_below`` bytes/s, the member whose interface received the least (it is the one
+the others wait for: udpcast retransmits what it lost to everyone) is dropped, with the event
+``client-multicast-dropped``; it stops its receiver and finishes by HTTP. Each session's udp-sender is
+tracked by PID and ends with the session.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from fleetcast.errors import ConflictError, UsageError
+from fleetcast.run import run_text
+from fleetcast.server.api_admin import require_admin
+from fleetcast.server.api_agent import AgentId, peer
+from fleetcast.server.db import Deployment, Target
+from fleetcast.server.orchestrator import Orchestrator
+from fleetcast.transport.multicast import Channel, Sender
+
+logger = logging.getLogger(__name__)
+
+TRANSPORTS = ("unicast", "multicast", "auto")
+DEFAULT_MULTICAST_FROM = 4
+DEFAULT_MAX_WAIT = 60.0
+DEFAULT_DROP_BELOW = 0.0  # bytes/s; 0 = never drop
+SENDER_WAIT = 15.0  # how long udp-sender waits for the joined receivers to connect
+DROP_WINDOW = 4.0
+DROP_GRACE = 6.0
+GROUP_BASE = "239.255.42."
+PORT_BASE = 9000
+TICK = 0.25
+
+
+@dataclass(frozen=True)
+class MulticastOptions:
+    """What a deployment asked for; stored in its ``multicast`` column as a dict."""
+
+    min_clients: int | None = None  # None: the batch's size
+    max_wait: float = DEFAULT_MAX_WAIT
+    multicast_from: int = DEFAULT_MULTICAST_FROM
+    drop_below: float = DEFAULT_DROP_BELOW
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "min_clients": self.min_clients,
+            "max_wait": self.max_wait,
+            "multicast_from": self.multicast_from,
+            "drop_below": self.drop_below,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any] | None) -> MulticastOptions:
+        raw = raw or {}
+        return cls(
+            min_clients=raw.get("min_clients"),
+            max_wait=float(raw.get("max_wait", DEFAULT_MAX_WAIT)),
+            multicast_from=int(raw.get("multicast_from", DEFAULT_MULTICAST_FROM)),
+            drop_below=float(raw.get("drop_below", DEFAULT_DROP_BELOW)),
+        )
+
+
+def check_options(transport: str, opts: MulticastOptions) -> None:
+    if transport not in TRANSPORTS:
+        raise UsageError(f"transport {transport!r} is not one of {', '.join(TRANSPORTS)}")
+    if opts.min_clients is not None and opts.min_clients < 1:
+        raise UsageError(f"--min-clients must be at least 1, found {opts.min_clients}")
+    if not 0 <= opts.max_wait <= 86_400:
+        raise UsageError(f"--max-wait must be 0 to 86400 seconds, found {opts.max_wait}")
+    if opts.multicast_from < 1:
+        raise UsageError(f"--multicast-from must be at least 1, found {opts.multicast_from}")
+    if opts.drop_below < 0:
+        raise UsageError(f"--drop-below must be 0 or more bytes/s, found {opts.drop_below}")
+
+
+def resolve_transport(requested: str, *, batch: int, clients: int, opts: MulticastOptions) -> tuple[str, str]:
+    """The transport a deployment uses and why: ``auto`` is multicast when a batch holds at least
+    ``multicast_from`` clients."""
+    size = min(batch, clients)
+    if requested == "auto":
+        if size >= opts.multicast_from:
+            return "multicast", f"auto: batches of {size} clients (multicast from {opts.multicast_from})"
+        return "unicast", f"auto: batches of {size} clients (multicast from {opts.multicast_from})"
+    return requested, f"{requested} (asked for)"
+
+
+def route_interface(address: str) -> str | None:
+    """The interface the kernel routes ``address`` through (``ip route get``), or None."""
+    import json
+
+    try:
+        routes = json.loads(run_text(["ip", "-j", "route", "get", address]))
+    except Exception:  # no route, no ip: let udpcast pick its default interface
+        return None
+    if isinstance(routes, list) and routes and isinstance(routes[0], dict):
+        dev = routes[0].get("dev")
+        return str(dev) if dev else None
+    return None
+
+
+@dataclass
+class Member:
+    target_id: int
+    client_id: int
+    mac: str
+    joined_at: float
+    state: str = "joined"  # joined | dropped | left
+    rx: list[tuple[float, int]] = field(default_factory=list)
+    packs: int = 0
+    result: dict[str, Any] | None = None
+
+    def rx_rate(self, window: float, now: float) -> float | None:
+        recent = [(t, b) for t, b in self.rx if t >= now - window]
+        if len(recent) < 2 or recent[-1][0] - recent[0][0] < window / 2:
+            return None
+        return (recent[-1][1] - recent[0][1]) / (recent[-1][0] - recent[0][0])
+
+
+@dataclass
+class Session:
+    id: str
+    deployment_id: int
+    image: str
+    image_id: str
+    channel: Channel
+    min_clients: int
+    max_wait: float
+    drop_below: float
+    created: float
+    state: str = "waiting"
+    members: dict[int, Member] = field(default_factory=dict)
+    sender: Sender | None = None
+    started: float | None = None
+    finished: float | None = None
+    error: str | None = None
+    rate: list[tuple[float, int]] = field(default_factory=list)
+    last_drop: float = 0.0
+    log: IO[bytes] | None = None
+
+    @property
+    def active(self) -> list[Member]:
+        return [m for m in self.members.values() if m.state == "joined"]
+
+    def view(self) -> dict[str, Any]:
+        sender = self.sender
+        return {
+            "session": self.id,
+            "deployment": self.deployment_id,
+            "image": self.image,
+            "state": self.state,
+            "group": self.channel.group,
+            "port": self.channel.port,
+            "interface": self.channel.interface,
+            "min_clients": self.min_clients,
+            "max_wait": self.max_wait,
+            "drop_below": self.drop_below,
+            "sender_pid": sender.pid if sender and sender.running else None,
+            "bytes_sent": sender.bytes_sent if sender else 0,
+            "packs_sent": sender.packs_sent if sender else 0,
+            "error": self.error,
+            "members": [
+                {"task_id": m.target_id, "mac": m.mac, "state": m.state, "packs": m.packs, "result": m.result}
+                for m in self.members.values()
+            ],
+        }
+
+
+class MulticastManager:
+    """All sessions of one server; ``tick()`` runs from its own thread (``start()``)."""
+
+    def __init__(self, orch: Orchestrator, *, log_dir: Path | None = None) -> None:
+        self.orch = orch
+        self.log_dir = log_dir
+        self._lock = threading.RLock()
+        self.sessions: dict[str, Session] = {}
+        self._current: dict[int, str] = {}  # deployment id -> its newest session
+        self._next_slot = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="multicast-sessions", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        with self._lock:
+            for session in self.sessions.values():
+                self._end(session, "ended", "the server is stopping")
+
+    def _loop(self) -> None:
+        while not self._stop.wait(TICK):
+            try:
+                self.tick()
+            except Exception:  # keep the sessions going; the next tick may work
+                logger.exception("multicast tick failed")
+
+    def pids(self) -> list[int]:
+        with self._lock:
+            return [
+                s.sender.pid for s in self.sessions.values() if s.sender and s.sender.running and s.sender.pid
+            ]
+
+    # ---- agent side --------------------------------------------------------------------------
+
+    def _task(self, client_id: int, task_id: int) -> tuple[Target, Deployment]:
+        with self.orch.db.sessions() as s:
+            t = self.orch._task(s, client_id, task_id)
+            dep = t.deployment
+            s.expunge_all()
+            return t, dep
+
+    def join(self, client_id: int, task_id: int, peer: str) -> dict[str, Any]:
+        t, dep = self._task(client_id, task_id)
+        if t.state != "running" or dep.transport != "multicast":
+            return {"state": "none", "reason": "this task does not use multicast"}
+        with self._lock:
+            session = self.sessions.get(self._current.get(dep.id, ""))
+            if session is not None and t.id in session.members and session.state in ("waiting", "starting"):
+                return self._reply(session, session.members[t.id])
+            if session is None or session.state in ("finished", "ended", "failed"):
+                if t.attempt > 1 or t.checkpoint_chunk > 0:
+                    self._event("client-multicast-late", dep.id, t, reason="restarted agent")
+                    return {"state": "late", "reason": "a restarted agent finishes by HTTP"}
+                session = self._new_session(dep, peer)
+            if session.state != "waiting":
+                self._event("client-multicast-late", dep.id, t, session=session.id, reason=session.state)
+                return {"state": "late", "session": session.id, "reason": f"the session is {session.state}"}
+            member = Member(t.id, t.client_id, t.mac, time.monotonic())
+            session.members[t.id] = member
+            self._event(
+                "client-multicast-joined", dep.id, t, session=session.id, joined=len(session.members),
+                min_clients=session.min_clients,
+            )  # fmt: skip
+            return self._reply(session, member)
+
+    def _reply(self, session: Session, member: Member) -> dict[str, Any]:
+        state = session.state
+        if member.state == "dropped":
+            state = "dropped"
+        return {
+            "state": state,
+            "session": session.id,
+            "image_id": session.image_id,
+            "group": session.channel.group,
+            "port": session.channel.port,
+        }
+
+    def report(self, client_id: int, task_id: int, body: MemberReport) -> dict[str, Any]:
+        with self._lock:
+            session = self.sessions.get(body.session)
+            member = session.members.get(task_id) if session else None
+            if session is None or member is None or member.client_id != client_id:
+                return {"state": "none"}
+            now = time.monotonic()
+            if body.rx_bytes is not None:
+                member.rx.append((now, body.rx_bytes))
+                del member.rx[:-64]
+            member.packs = body.packs
+            if body.done is not None:
+                member.result = body.done
+                if member.state == "joined":
+                    member.state = "left"
+                self._event_target(
+                    "client-transport", session.deployment_id, member, session=session.id, **body.done
+                )
+            return self._reply(session, member)
+
+    # ---- admin side --------------------------------------------------------------------------
+
+    def set_rules(self, deployment_id: int, *, min_clients: int | None, max_wait: float | None) -> None:
+        """Change the start rules of the deployment's waiting session (and of later ones)."""
+        with self.orch._tx() as s:
+            dep = self.orch._deployment(s, deployment_id)
+            if dep.transport != "multicast":
+                raise ConflictError(
+                    f"deployment {deployment_id} does not use multicast (it is {dep.transport})"
+                )
+            opts = MulticastOptions.from_dict(dep.multicast)
+            raw = opts.to_dict()
+            if min_clients is not None:
+                raw["min_clients"] = min_clients
+            if max_wait is not None:
+                raw["max_wait"] = max_wait
+            new = MulticastOptions.from_dict(raw)
+            check_options("multicast", new)
+            dep.multicast = new.to_dict()
+            with self._lock:
+                session = self.sessions.get(self._current.get(deployment_id, ""))
+                if session is not None and session.state == "waiting":
+                    if min_clients is not None:
+                        session.min_clients = min_clients
+                    if max_wait is not None:
+                        session.max_wait = max_wait
+            self.orch.bus.record(
+                s, "multicast-rules-changed", deployment_id=deployment_id, min_clients=min_clients,
+                max_wait=max_wait,
+            )  # fmt: skip
+
+    def view(self, deployment_id: int) -> dict[str, Any]:
+        with self.orch.db.sessions() as s:
+            dep = self.orch._deployment(s, deployment_id)
+            transport, opts = dep.transport, MulticastOptions.from_dict(dep.multicast)
+        with self._lock:
+            sessions = [x.view() for x in self.sessions.values() if x.deployment_id == deployment_id]
+        return {"deployment": deployment_id, "transport": transport, "options": opts.to_dict(),
+                "sessions": sessions}  # fmt: skip
+
+    # ---- sessions ----------------------------------------------------------------------------
+
+    def _new_session(self, dep: Deployment, peer: str) -> Session:
+        from fleetcast.store.manifest import Manifest
+
+        manifest: Manifest = self.orch.catalog.store().open(dep.image)
+        opts = MulticastOptions.from_dict(dep.multicast)
+        clients = len(dep.targets) if dep.targets else dep.batch
+        slot = self._next_slot
+        self._next_slot = (self._next_slot + 1) % 250
+        channel = Channel(f"{GROUP_BASE}{1 + slot}", PORT_BASE + 2 * slot, route_interface(peer))
+        session = Session(
+            id=secrets.token_hex(16),
+            deployment_id=dep.id,
+            image=dep.image,
+            image_id=manifest.image_id,
+            channel=channel,
+            min_clients=opts.min_clients or max(1, min(dep.batch, clients)),
+            max_wait=opts.max_wait,
+            drop_below=opts.drop_below,
+            created=time.monotonic(),
+        )
+        self.sessions[session.id] = session
+        self._current[dep.id] = session.id
+        self._event_dep(
+            "multicast-waiting", dep.id, session=session.id, group=channel.group, port=channel.port,
+            min_clients=session.min_clients, max_wait=session.max_wait,
+        )  # fmt: skip
+        return session
+
+    def _packs(self, session: Session) -> Iterator[tuple[str, Callable[[], bytes]]]:
+        manifest = self.orch.catalog.store().open(session.image)
+        for pack_id in manifest.pack_ids():
+            path = self.orch.catalog.chunk_path(pack_id)
+            yield pack_id, path.read_bytes
+
+    def tick(self) -> None:
+        with self._lock:
+            sessions = [s for s in self.sessions.values() if s.state in ("waiting", "starting", "streaming")]
+        if not sessions:
+            return
+        with self.orch.db.sessions() as s:
+            ids = {x.deployment_id for x in sessions}
+            states = {d.id: d.state for d in s.query(Deployment).filter(Deployment.id.in_(ids))}
+        now = time.monotonic()
+        with self._lock:
+            for session in sessions:
+                if states.get(session.deployment_id) != "running":
+                    self._end(session, "ended", f"deployment {states.get(session.deployment_id, 'gone')}")
+                elif session.state == "waiting":
+                    self._maybe_start(session, now)
+                else:
+                    self._watch(session, now)
+
+    def _maybe_start(self, session: Session, now: float) -> None:
+        joined = len(session.active)
+        waited = now - session.created
+        if joined == 0 or (joined < session.min_clients and waited < session.max_wait):
+            return
+        why = f"{joined} joined" if joined >= session.min_clients else f"waited {waited:.0f} s"
+        log = None
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            log = open(self.log_dir / f"udp-sender-{session.id}.log", "ab")  # noqa: SIM115 (closed at end)
+        session.log = log
+        session.sender = Sender(
+            session.channel, session.id, session.image_id, self._packs(session),
+            min_receivers=joined, max_wait=SENDER_WAIT, log=log,
+        )  # fmt: skip
+        session.state = "starting"
+        session.started = now
+        session.sender.start()
+        self._event_dep(
+            "multicast-started", session.deployment_id, session=session.id, receivers=joined, reason=why,
+            sender_pid=session.sender.pid,
+        )  # fmt: skip
+
+    def _watch(self, session: Session, now: float) -> None:
+        sender = session.sender
+        assert sender is not None
+        if session.state == "starting" and sender.bytes_sent > 0:
+            session.state = "streaming"
+        if sender.finished.is_set():
+            if sender.error:
+                self._end(session, "failed", sender.error)
+            else:
+                self._end(session, "finished", None)
+            return
+        session.rate.append((now, sender.bytes_sent))
+        del session.rate[:-256]
+        if session.drop_below <= 0 or session.state != "streaming" or session.started is None:
+            return
+        if now - session.started < DROP_GRACE or now - session.last_drop < DROP_GRACE:
+            return
+        recent = [(t, b) for t, b in session.rate if t >= now - DROP_WINDOW]
+        if len(recent) < 2 or recent[-1][0] - recent[0][0] < DROP_WINDOW / 2:
+            return
+        rate = (recent[-1][1] - recent[0][1]) / (recent[-1][0] - recent[0][0])
+        if rate >= session.drop_below:
+            return
+        rates = [(m.rx_rate(DROP_WINDOW, now), m) for m in session.active]
+        known = sorted(((r, m) for r, m in rates if r is not None), key=lambda x: x[0])
+        if len(known) < 2:
+            return
+        slowest_rate, slowest = known[0]
+        others = sorted(r for r, _ in known[1:])
+        median = others[len(others) // 2]
+        if slowest_rate > 0.8 * median:
+            return  # nobody stands out: the network as a whole is slow
+        slowest.state = "dropped"
+        session.last_drop = now
+        self._event_target(
+            "client-multicast-dropped", session.deployment_id, slowest, session=session.id,
+            session_rate_bps=round(rate), drop_below=session.drop_below, rx_bps=round(slowest_rate),
+            others_rx_bps=round(median),
+        )  # fmt: skip
+        logger.info("multicast session %s: dropped %s (rx %.0f B/s, others %.0f B/s, session %.0f B/s)",
+                    session.id, slowest.mac, slowest_rate, median, rate)  # fmt: skip
+
+    def _end(self, session: Session, state: str, error: str | None) -> None:
+        if session.state in ("finished", "ended", "failed"):
+            return
+        if session.sender is not None:
+            session.sender.stop()
+        if session.log is not None:
+            session.log.close()
+            session.log = None
+        session.state = state
+        session.error = error
+        session.finished = time.monotonic()
+        sender = session.sender
+        self._event_dep(
+            "multicast-finished", session.deployment_id, session=session.id, state=state, error=error,
+            bytes_sent=sender.bytes_sent if sender else 0, packs_sent=sender.packs_sent if sender else 0,
+        )  # fmt: skip
+
+    # ---- events ------------------------------------------------------------------------------
+
+    def _event_dep(self, type: str, deployment_id: int, **data: Any) -> None:
+        with self.orch._tx() as s:
+            self.orch.bus.record(s, type, deployment_id=deployment_id, **data)
+
+    def _event(self, type: str, deployment_id: int, t: Target, **data: Any) -> None:
+        with self.orch._tx() as s:
+            self.orch.bus.record(
+                s, type, deployment_id=deployment_id, client_id=t.client_id, mac=t.mac, task_id=t.id, **data
+            )
+
+    def _event_target(self, type: str, deployment_id: int, m: Member, **data: Any) -> None:
+        with self.orch._tx() as s:
+            self.orch.bus.record(
+                s, type, deployment_id=deployment_id, client_id=m.client_id, mac=m.mac, task_id=m.target_id,
+                **data,
+            )  # fmt: skip
+
+
+# ---- HTTP ------------------------------------------------------------------------------------
+
+
+class MemberReport(BaseModel):
+    """What a receiving agent reports about once a second: its interface's received bytes (the drop
+    rule compares them), the packs it took from the stream, and at the end how it finished."""
+
+    model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")
+
+    session: str = Field(min_length=32, max_length=32)
+    rx_bytes: int | None = Field(default=None, ge=0)
+    packs: int = Field(default=0, ge=0)
+    done: dict[str, int | str] | None = Field(default=None, max_length=16)
+
+
+class RulesBody(BaseModel):
+    model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")
+
+    min_clients: int | None = Field(default=None, ge=1, le=100_000)
+    max_wait: float | None = Field(default=None, ge=0, le=86_400)
+
+
+def manager(request: Request) -> MulticastManager:
+    mgr: MulticastManager = request.app.state.multicast
+    return mgr
+
+
+Manager = Annotated[MulticastManager, Depends(manager)]
+
+
+agent_router = APIRouter(prefix="/api/agent/multicast", tags=["agent"])
+admin_router = APIRouter(prefix="/api/deployments", tags=["admin"], dependencies=[Depends(require_admin)])
+
+
+@agent_router.post("/{task_id}/join")
+def join(task_id: int, request: Request, mgr: Manager, client_id: AgentId) -> dict[str, Any]:
+    """Join the batch's session: ``waiting``/``starting``/``streaming`` with the group and port, or
+    ``late`` / ``none`` (then the agent takes every pack by HTTP)."""
+    return mgr.join(client_id, task_id, peer(request))
+
+
+@agent_router.post("/{task_id}/report")
+def report(task_id: int, body: MemberReport, mgr: Manager, client_id: AgentId) -> dict[str, Any]:
+    return mgr.report(client_id, task_id, body)
+
+
+@admin_router.get("/{deployment_id}/multicast")
+def show(deployment_id: int, mgr: Manager) -> dict[str, Any]:
+    """The deployment's transport, start rules and sessions (members, sender PID, bytes sent)."""
+    return mgr.view(deployment_id)
+
+
+@admin_router.post("/{deployment_id}/multicast")
+def rules(deployment_id: int, body: RulesBody, mgr: Manager) -> dict[str, Any]:
+    """Change the start rules while the session waits (``fleetcast deployments multicast ID``)."""
+    if body.min_clients is None and body.max_wait is None:
+        raise UsageError("nothing to change: give min_clients and/or max_wait")
+    mgr.set_rules(deployment_id, min_clients=body.min_clients, max_wait=body.max_wait)
+    return mgr.view(deployment_id)
+
+
+def install(app: FastAPI, orch: Orchestrator, data_dir: Path | None = None) -> MulticastManager:
+    """The session manager for this app (``app.state.multicast``) and its routes; started now."""
+    log_dir = data_dir / "multicast" if data_dir is not None else Path(tempfile.gettempdir())
+    mgr = MulticastManager(orch, log_dir=log_dir)
+    app.state.multicast = mgr
+    app.include_router(agent_router)
+    app.include_router(admin_router)
+    mgr.start()
+    with contextlib.suppress(Exception):
+        import atexit
+
+        atexit.register(mgr.close)
+    return mgr
