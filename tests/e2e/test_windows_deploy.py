@@ -1,10 +1,16 @@
 """Issue 4 end to end: an NTFS image holding a Windows tree, deployed by ``fleetcast serve`` to two
 ``fleetcast agent`` processes in network namespaces, gives two machines with different names and SIDs
-(the agent's Windows personalizer runs after the write)."""
+(the agent's Windows personalizer runs after the write).
+
+Issue 13 audit on the way: the agents' loop disks first hold the same cloned Windows (same machine
+SID): their inventories report it and ``fleetcast audit sids`` names the pair (exit 1); after the
+deployment each reports the SID it wrote, and the audit finds none shared (exit 0)."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +18,7 @@ import pytest
 from tests.fixtures.windows_tree import build_windows_tree
 
 from fleetcast.identity.windows.inspect import inspect
+from fleetcast.identity.windows.sidaudit import CONSEQUENCE
 from fleetcast.lab.deploy_demo import FleetLab
 from fleetcast.lab.sample_disk import MiB, build_sample_disk, mount_partition
 
@@ -34,8 +41,19 @@ def test_windows_image_to_two_agents(lab: FleetLab, tmp_path: Path) -> None:
     lab.capture_image(golden, "win")
     lab.start_server()
     lab.add_disks()
+    for agent in lab.agents:  # plain clones of the golden disk: one machine SID twice
+        with open(golden, "rb") as src, open(agent.disk, "r+b") as dst:
+            shutil.copyfileobj(src, dst, 4 << 20)
     lab.start_agents()
     lab.wait_enrolled(CLIENTS)
+    before = lab.cli("audit", "sids", "--server", lab.url, "--token", lab.admin_token, "--json")
+    assert before.returncode == 1, before.stderr.decode(errors="replace")[-3000:]
+    report = json.loads(before.stdout)
+    assert report["installations"] == CLIENTS and report["not_checked"] == []
+    (group,) = report["groups"]
+    assert group["machine_sid"] == str(info.machine_sid) and len(group["installations"]) == CLIENTS
+    assert {i["partition"] for i in group["installations"]} == {f"{a.disk} partition 2" for a in lab.agents}
+    assert report["consequence"] == CONSEQUENCE
     proc = lab.cli(
         "deploy", "win", "--server", lab.url, "--token", lab.admin_token, "--clients", "all", "--disk", "0",
         "--name", "WIN-{n:02}", "--ip", "10.77.0.101/24", "--gateway", "10.77.0.1", "--dns", "10.77.0.1",
@@ -54,3 +72,16 @@ def test_windows_image_to_two_agents(lab: FleetLab, tmp_path: Path) -> None:
             seen[names.pop()] = rep.machine_sid_sam
     assert sorted(seen) == ["WIN-01", "WIN-02"]
     assert len(set(seen.values())) == CLIENTS
+
+    # each agent reports the SID it wrote (its inventory right after the task), the audit is clean
+    deadline = time.monotonic() + 60
+    while True:
+        reported = {w["computer_name"]: w["machine_sid"] for c in lab.get("/api/clients")["clients"]
+                    for w in c["windows"]}  # fmt: skip
+        if reported == seen or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert reported == seen
+    after = lab.cli("audit", "sids", "--server", lab.url, "--token", lab.admin_token)
+    assert after.returncode == 0, after.stdout.decode(errors="replace")
+    assert after.stdout.decode() == f"no shared machine SID among {CLIENTS} Windows installation(s)\n"
