@@ -44,6 +44,7 @@ EVENT_TYPES = (
     "client-multicast-late",
     "client-multicast-dropped",
     "client-transport",
+    "capture-published",
 )
 _PENDING = "fleetcast_events"
 QUEUE_SIZE = 10_000

@@ -1,0 +1,258 @@
+"""``NetbootService``: dnsmasq as a supervised child of ``fleetcast serve`` (or of the lab).
+
+``check()`` refuses, before anything starts: an interface that does not exist or has no IPv4 address,
+a bad range, and full DHCP where another DHCP server already answers (a DHCPDISCOVER probe on the
+interface, unless ``force``). ``start()`` prepares the TFTP root, writes the configuration and spawns
+``dnsmasq --keep-in-foreground --log-facility=-``; its log lines go to this module's logger; when it
+dies it is started again after a growing pause (1, 2, 4 … 30 s). ``stop()`` ends it by PID.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections import deque
+from dataclasses import replace
+from typing import IO
+
+from fleetcast.errors import CommandError, UsageError
+from fleetcast.netboot import dhcp
+from fleetcast.netboot.dnsmasq import (
+    DhcpMode,
+    InterfaceInfo,
+    NetbootConfig,
+    check_range,
+    grub_stub,
+    interface_info,
+    prepare_tftp_root,
+    render,
+)
+from fleetcast.run import spawn, which
+
+logger = logging.getLogger(__name__)
+
+PROBE_SECONDS = 2.5
+START_WAIT = 5.0
+STOP_WAIT = 5.0
+BACKOFF_FIRST = 1.0
+BACKOFF_MAX = 30.0
+STABLE_SECONDS = 30.0  # a dnsmasq that ran this long resets the backoff
+_PREFIX = re.compile(r"^dnsmasq(?:-(\w+))?\[\d+\]: ")
+_DETAIL = ("sent size:", "requested options:", "available DHCP", "vendor class:", "user class:", "tags:")
+
+
+def _level(line: str) -> int:
+    low = line.lower()
+    if "failed" in low or "error" in low or "cannot" in low or "illegal" in low:
+        return logging.WARNING
+    if any(d in line for d in _DETAIL):
+        return logging.DEBUG
+    return logging.INFO
+
+
+class NetbootService:
+    """One dnsmasq for ``cfg``. Thread-safe start/stop/reconfigure; ``pid`` and ``restarts`` for status."""
+
+    def __init__(self, cfg: NetbootConfig, *, force: bool = False, fallback_cmdline: str = "") -> None:
+        self.cfg = cfg
+        self.force = force
+        self.fallback_cmdline = fallback_cmdline
+        self.restarts = 0
+        self.iface: InterfaceInfo | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.RLock()
+        self._stopping = threading.Event()
+        self._monitor: threading.Thread | None = None
+        self._tail: deque[str] = deque(maxlen=20)
+        self._started = threading.Event()
+
+    @property
+    def pid(self) -> int | None:
+        proc = self._proc
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+    # ---- checks -------------------------------------------------------------------------------
+
+    def check(self) -> InterfaceInfo:
+        """Every refusal, before anything starts; returns the interface's addresses."""
+        which("dnsmasq", package="dnsmasq-base")
+        cfg = self.cfg
+        iface = interface_info(cfg.interface)
+        if iface.ipv4 is None:
+            raise UsageError(
+                f"interface {iface.name} has no IPv4 address; network boot needs one (clients fetch from it)",
+                hint=f"ip addr add 10.0.0.1/24 dev {iface.name}",
+            )
+        if cfg.mode is DhcpMode.FULL:
+            if cfg.dhcp_range is None:
+                raise UsageError(
+                    "--dhcp full needs --range START-END", hint="for example --range 10.0.0.100-10.0.0.200"
+                )
+            check_range(cfg.dhcp_range, iface)
+            if not self.force:
+                offers = dhcp.probe(cfg.interface, timeout=PROBE_SECONDS)
+                if offers:
+                    servers = sorted({o.server_id or o.sender for o in offers})
+                    raise UsageError(
+                        f"another DHCP server answers on {cfg.interface} ({', '.join(servers)} offered "
+                        f"{offers[0].yiaddr}): refusing to start a second one in full mode",
+                        hint="use --dhcp proxy beside it (the default without --range), or --force "
+                        "if you really mean to run two DHCP servers",
+                    )
+        elif cfg.dhcp_range is not None:
+            raise UsageError(f"--range is only for --dhcp full (the mode is {cfg.mode.value})")
+        self.iface = iface
+        return iface
+
+    # ---- life cycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Check, prepare, start dnsmasq and wait until it says it started (CommandError if it exits)."""
+        with self._lock:
+            if self._proc is not None:
+                return
+            iface = self.check()
+            self._write(iface)
+            self._stopping.clear()
+            self._spawn(first=True)
+            self._monitor = threading.Thread(target=self._watch, name="dnsmasq-monitor", daemon=True)
+            self._monitor.start()
+        logger.info(
+            "network boot: dnsmasq (pid %s) on %s, DHCP %s%s, TFTP %s, server %s",
+            self.pid, self.cfg.interface, self.cfg.mode.value,
+            f" {self.cfg.dhcp_range}" if self.cfg.dhcp_range else "", self.cfg.tftp_root, self.cfg.server_url,
+        )  # fmt: skip
+
+    def _write(self, iface: InterfaceInfo) -> None:
+        self.cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        prepare_tftp_root(self.cfg, grub_stub(self.cfg.server_url, self.fallback_cmdline))
+        text = render(self.cfg, iface)
+        tmp = self.cfg.conf_file.with_name(".dnsmasq.conf.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, self.cfg.conf_file)
+        if not iface.ipv6_global:
+            logger.warning(
+                "network boot: %s has no global IPv6 address, so no router advertisements: iPXE waits "
+                "about 13 s for IPv6 (add one, e.g. ip -6 addr add fd00::1/64 dev %s)",
+                iface.name, iface.name,
+            )  # fmt: skip
+
+    def _argv(self) -> list[str]:
+        return [
+            which("dnsmasq", package="dnsmasq-base"),
+            f"--conf-file={self.cfg.conf_file}",
+            "--keep-in-foreground",
+            "--log-facility=-",
+        ]
+
+    def _spawn(self, *, first: bool) -> None:
+        self._started.clear()
+        self._tail.clear()
+        proc = spawn(self._argv(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self._proc = proc
+        assert proc.stderr is not None
+        threading.Thread(target=self._pump, args=(proc.stderr,), name="dnsmasq-log", daemon=True).start()
+        deadline = time.monotonic() + START_WAIT
+        while not self._started.is_set() and proc.poll() is None and time.monotonic() < deadline:
+            self._started.wait(0.05)
+        if proc.poll() is not None:
+            time.sleep(0.1)  # let the pump read the last lines
+            tail = "\n".join(self._tail) or "(no output)"
+            self._proc = None
+            error = CommandError(
+                f"dnsmasq exited with status {proc.returncode} at start: {tail}",
+                argv=self._argv(),
+                returncode=proc.returncode,
+                stderr=tail,
+            )
+            if first:
+                raise error
+            logger.error("network boot: %s", error.message)
+
+    def _pump(self, stream: IO[bytes]) -> None:
+        for raw in stream:
+            line = _PREFIX.sub("", raw.decode(errors="replace").rstrip())
+            if not line:
+                continue
+            self._tail.append(line)
+            if line.startswith("started, version"):
+                self._started.set()
+            logger.log(_level(line), "dnsmasq: %s", line)
+
+    def _watch(self) -> None:
+        backoff = BACKOFF_FIRST
+        while not self._stopping.is_set():
+            proc = self._proc
+            began = time.monotonic()
+            if proc is not None:
+                rc = proc.wait()
+                if self._stopping.is_set():
+                    return
+                with self._lock:
+                    if self._proc is not proc:  # reconfigure() replaced it
+                        continue
+                    logger.error(
+                        "network boot: dnsmasq (pid %d) exited with status %s; starting it again in %.0f s",
+                        proc.pid, rc, backoff,
+                    )  # fmt: skip
+                if time.monotonic() - began > STABLE_SECONDS:
+                    backoff = BACKOFF_FIRST
+            if self._stopping.wait(backoff):
+                return
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                if self._proc is None or self._proc.poll() is not None:
+                    self.restarts += 1
+                    self._spawn(first=False)
+            backoff = min(backoff * 2, BACKOFF_MAX)
+
+    def reconfigure(self, *, secureboot_macs: tuple[str, ...]) -> None:
+        """New per-MAC tags (registrations changed): rewrite the configuration and restart dnsmasq."""
+        with self._lock:
+            if tuple(secureboot_macs) == self.cfg.secureboot_macs:
+                return
+            self.cfg = replace(self.cfg, secureboot_macs=tuple(secureboot_macs))
+            if self._proc is None or self.iface is None:
+                return
+            self._write(self.iface)
+            old = self._proc
+            self._proc = None
+            _terminate(old)
+            self._spawn(first=False)
+
+    def stop(self) -> None:
+        """End dnsmasq by its PID (SIGTERM, SIGKILL after 5 s); safe to call twice."""
+        self._stopping.set()
+        with self._lock:
+            proc, self._proc = self._proc, None
+        if proc is not None:
+            _terminate(proc)
+            logger.info("network boot: dnsmasq (pid %d) stopped", proc.pid)
+        if self._monitor is not None and self._monitor is not threading.current_thread():
+            self._monitor.join(timeout=STOP_WAIT)
+
+    def __enter__(self) -> NetbootService:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _terminate(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=STOP_WAIT)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
