@@ -218,25 +218,31 @@ def discover(
     mac = (mac or interface_mac(interface)).lower()
     xid = int.from_bytes(os.urandom(4), "big")
     packet = discover_packet(mac, xid, arch=arch, user_class=user_class, pxe=pxe)
-    offers: list[Packet] = []
     with _client_socket(interface, timeout) as sock:
         sock.sendto(packet, ("255.255.255.255", SERVER_PORT))
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            ready, _, _ = select.select([sock], [], [], left)
-            if not ready:
+        return [r for r in _replies(sock, xid, timeout) if r.message_type == OFFER]
+
+
+def _replies(sock: socket.socket, xid: int, timeout: float, *, first: bool = False) -> list[Packet]:
+    """The server replies for ``xid`` that arrive within ``timeout`` (only the first with ``first``);
+    malformed packets are logged and skipped."""
+    found: list[Packet] = []
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        ready, _, _ = select.select([sock], [], [], left)
+        if not ready:
+            break
+        data, (addr, _port) = sock.recvfrom(4096)
+        try:
+            reply = parse(data, sender=addr)
+        except MalformedPacket as exc:
+            logger.debug("DHCP: ignoring a malformed packet from %s: %s", addr, exc)
+            continue
+        if reply.op == 2 and reply.xid == xid:
+            found.append(reply)
+            if first:
                 break
-            data, (addr, _port) = sock.recvfrom(4096)
-            try:
-                reply = parse(data, sender=addr)
-            except MalformedPacket as exc:
-                logger.debug(
-                    "DHCP probe on %s: ignoring a malformed packet from %s: %s", interface, addr, exc
-                )
-                continue
-            if reply.op == 2 and reply.xid == xid and reply.message_type == OFFER:
-                offers.append(reply)
-    return offers
+    return found
 
 
 PXE_PORT = 4011
@@ -259,19 +265,8 @@ def pxe_request(
         sock.bind((ciaddr, 0))
         sock.settimeout(timeout)
         sock.sendto(packet, (server, PXE_PORT))
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            ready, _, _ = select.select([sock], [], [], left)
-            if not ready:
-                break
-            data, (addr, _port) = sock.recvfrom(4096)
-            try:
-                reply = parse(data, sender=addr)
-            except MalformedPacket:
-                continue
-            if reply.op == 2 and reply.xid == xid:
-                return reply
-    return None
+        replies = _replies(sock, xid, timeout, first=True)
+    return replies[0] if replies else None
 
 
 def probe(interface: str, timeout: float = 2.0) -> list[Packet]:
