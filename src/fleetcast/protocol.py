@@ -26,7 +26,7 @@ PHASES = (
     "capturing", "publishing",
 )  # fmt: skip
 RESULT_STATES = ("done", "failed", "cancelled")
-TASK_KINDS = ("deploy", "capture")
+TASK_KINDS = ("deploy", "capture", "personalize")
 
 # The columns these land in (server/db.py): BigInteger, Integer, String(255), String(16).
 MAX_INTEGER = 2**31 - 1
@@ -127,7 +127,9 @@ class HeartbeatRequest(_Sent):
 class Task(_Answered):
     """A task as the server hands it out; ``task_id`` is the target's id. ``kind`` "deploy" writes
     ``image`` to the disk ``disk_rule`` picks; "capture" reads that disk into a new image named
-    ``image`` on the server (``replace``: an existing image of that name is replaced at publish)."""
+    ``image`` on the server (``replace``: an existing image of that name is replaced at publish);
+    "personalize" re-personalizes the OS already on that disk without writing an image (issue 13:
+    ``new_sid``, ``reset_ids``, ``name``)."""
 
     task_id: int = Field(ge=1, le=MAX_INTEGER)
     deployment_id: int = Field(ge=1, le=MAX_INTEGER)
@@ -146,6 +148,9 @@ class Task(_Answered):
     replace: bool = False
     # how the packs come: "multicast" -> the agent joins the batch's session (server/multicast.py)
     transport: str = Field(default="unicast", max_length=16)
+    # Windows options (issue 9 CONSOLE request; issue 13 personalize tasks); an older server sends none
+    new_sid: bool = True
+    reset_ids: bool = True
 
 
 class HeartbeatReply(_Answered):

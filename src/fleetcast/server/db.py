@@ -155,6 +155,18 @@ class Target(Base):
     deployment: Mapped[Deployment] = relationship(back_populates="targets")
 
 
+class PersonalizeRow(Base):
+    """A personalize-only deployment (server/personalize.py, issue 13): its targets' task kind is
+    "personalize"; the OS already on the chosen disk gets a new identity, no image is written."""
+
+    __tablename__ = "personalizations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id"), unique=True, index=True)
+    new_sid: Mapped[bool] = mapped_column(Boolean, default=True)
+    reset_ids: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
 class CaptureRow(Base):
     """A network capture (server/capture.py): one deployment of one target whose task kind is
     "capture"; ``image`` is the name it publishes. Counters are the server's own (what it received)."""

@@ -50,6 +50,7 @@ from fleetcast.server.db import (
     Client,
     Database,
     Deployment,
+    PersonalizeRow,
     Target,
     isoformat,
     utcnow,
@@ -692,10 +693,15 @@ class Orchestrator:
         capture = (
             s.scalars(select(CaptureRow).where(CaptureRow.deployment_id == d.id)).first() if s else None
         )  # a capture (server/capture.py) is a deployment of one target with a captures row
+        # a personalize-only deployment (server/personalize.py) has a personalizations row
+        by_dep = PersonalizeRow.deployment_id == d.id
+        pers = s.scalars(select(PersonalizeRow).where(by_dep)).first() if s else None
         task = Task(
             task_id=t.id,
             deployment_id=d.id,
-            kind="capture" if capture is not None else "deploy",
+            kind="capture" if capture is not None else "personalize" if pers is not None else "deploy",
+            new_sid=pers.new_sid if pers is not None else True,
+            reset_ids=pers.reset_ids if pers is not None else True,
             replace=capture.replace if capture is not None else False,
             image=d.image,
             image_size=d.image_size,
