@@ -48,12 +48,14 @@ def _register_personalizers() -> None:
         logger.debug("Windows personalizer not importable: %s", exc)
 
 
-def candidates(target: Path, manifest: Manifest) -> list[Candidate]:
-    """Partitions of the written disk that may hold an OS, hinted ones first."""
+def candidates(target: Path, manifest: Manifest | None) -> list[Candidate]:
+    """Partitions of the written disk that may hold an OS, hinted ones first (no manifest: a disk
+    personalized again without an image, issue 13 personalize-only tasks)."""
     from fleetcast.disk.partitions import read_table
 
     table = read_table(target)
-    hints = {a.number: a.os_hint for a in manifest.areas if a.kind == "partition" and a.number is not None}
+    areas = manifest.areas if manifest is not None else []
+    hints = {a.number: a.os_hint for a in areas if a.kind == "partition" and a.number is not None}
     found: list[Candidate] = []
     try:
         with open(target, "rb") as f:
@@ -66,7 +68,7 @@ def candidates(target: Path, manifest: Manifest) -> list[Candidate]:
                 size = os.lseek(f.fileno(), 0, os.SEEK_END)
                 fstype = detect(f, 0, size)
                 if fstype in (FsType.EXT, FsType.NTFS):
-                    found.append(Candidate(0, 0, size, fstype, manifest.os_hint))
+                    found.append(Candidate(0, 0, size, fstype, manifest.os_hint if manifest else None))
     except OSError as exc:
         raise AgentError(f"cannot read the written disk {target}: {exc.strerror}") from exc
     found.sort(key=lambda c: (c.hint is None, c.number))
@@ -109,13 +111,17 @@ def os_kind(root: Path) -> OsKind | None:
     return None
 
 
-def personalize(target: Path, manifest: Manifest, settings: IdentitySettings) -> tuple[OsKind, list[str]]:
-    """Personalize the OS on the freshly written ``target``; return its kind and the change lines."""
+def personalize(
+    target: Path, manifest: Manifest | None, settings: IdentitySettings
+) -> tuple[OsKind, list[str]]:
+    """Personalize the OS on the freshly written ``target`` (``manifest`` None: on a disk deployed
+    before, no image written now); return its kind and the change lines."""
+    what = f"image {manifest.name!r} on {target}" if manifest is not None else f"disk {target}"
     _register_personalizers()
     cands = candidates(target, manifest)
     if not cands:
         raise AgentError(
-            f"image {manifest.name!r} on {target} has no ext or NTFS partition to personalize",
+            f"{what} has no ext or NTFS partition to personalize",
             hint="deploy it without a name/IP, or capture an image that holds an operating system",
         )
     for cand in cands:
@@ -129,7 +135,7 @@ def personalize(target: Path, manifest: Manifest, settings: IdentitySettings) ->
                 personalizer = base.get(kind)
             except IdentityError as exc:
                 raise AgentError(
-                    f"image {manifest.name!r} holds a {kind} system (partition {cand.number}) but this agent "
+                    f"{what} holds a {kind} system (partition {cand.number}) but this agent "
                     f"has no {kind} personalizer: {exc.message}",
                     hint="deploy without --name/--ip, or use an agent with Windows identity support",
                 ) from exc
@@ -141,7 +147,6 @@ def personalize(target: Path, manifest: Manifest, settings: IdentitySettings) ->
                 raise AgentError(f"personalizing partition {cand.number} of {target} failed: {exc}") from exc
     numbers = ", ".join(str(c.number) for c in cands)
     raise AgentError(
-        f"image {manifest.name!r} on {target}: none of partitions {numbers} holds /etc/os-release or "
-        "Windows/System32/config",
+        f"{what}: none of partitions {numbers} holds /etc/os-release or Windows/System32/config",
         hint="the image holds no operating system fleetcast can personalize",
     )
