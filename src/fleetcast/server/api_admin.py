@@ -58,6 +58,21 @@ class DeploymentBody(BaseModel):
     multicast_from: int | None = Field(default=None, ge=1, le=100_000)  # auto: multicast from K
     drop_below: float | None = Field(default=None, ge=0)  # bytes/s; a slower receiver goes unicast
 
+    # IP list instead of a range, and Windows options (server/presets.py, docs/console.md)
+    ip_list: str | None = Field(default=None, max_length=1 << 20)  # CSV lines MAC,NAME,IP/PREFIX
+    new_sid: bool = True
+    reset_ids: bool = True
+    drivers: str | None = Field(default=None, max_length=128)  # a folder DATA/drivers/NAME
+    unattend: str = Field(default="auto", max_length=256 * 1024)  # auto | none | an unattend.xml
+
+    def presets(self) -> dict[str, Any]:
+        windows = {"new_sid": self.new_sid, "reset_ids": self.reset_ids, "drivers": self.drivers,
+                   "unattend": self.unattend}  # fmt: skip
+        return {
+            "ip_list": self.ip_list if self.ip_list and self.ip_list.strip() else None,
+            "windows": windows,
+        }
+
     def multicast_options(self) -> dict[str, Any]:
         given = {
             "min_clients": self.min_clients,
@@ -82,6 +97,7 @@ class DeploymentBody(BaseModel):
             then=self.then,
             transport=self.transport,
             multicast=self.multicast_options(),
+            presets=self.presets(),
         )
 
 

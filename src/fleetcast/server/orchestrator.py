@@ -42,6 +42,7 @@ from fleetcast.errors import (
 )
 from fleetcast.protocol import PHASES, RESULT_STATES, ProgressReport, Task, TaskResult
 from fleetcast.server import plan as planner
+from fleetcast.server import presets
 from fleetcast.server.auth import TOKEN_PREFIX, ForbiddenError, hash_credential, new_secret, same
 from fleetcast.server.db import (
     MAX_INTEGER,
@@ -84,6 +85,7 @@ class DeploymentRequest:
     then: str = "reboot"
     transport: str = "unicast"  # unicast | multicast | auto (server/multicast.py)
     multicast: dict[str, Any] | None = None  # MulticastOptions.to_dict()
+    presets: dict[str, Any] | None = None  # IP list, Windows options (server/presets.py)
 
 
 @dataclass(frozen=True)
@@ -97,9 +99,11 @@ class Plan:
     transport: str = "unicast"
     transport_reason: str = ""
     multicast: dict[str, Any] | None = None
+    shown: dict[str, Any] | None = None  # presets.Presets.apply: ip_source, conflicts, notes, windows
+    stored: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        return (self.shown or {}) | {
             "image": self.image,
             "image_size": self.image_size,
             "disk": self.disk_rule,
@@ -218,21 +222,31 @@ class Orchestrator:
         except DiskError as exc:
             raise UsageError(exc.message, hint=exc.hint) from exc
         info = self.catalog.info(request.image)
+        addresses: dict[int, str] = {}
         with self.db.sessions() as session:
-            enrolled = [
-                planner.PlanClient(c.id, c.mac, tuple(c.inventory.get("macs", ()) or ()), c.hostname)
-                for c in session.scalars(select(Client).order_by(Client.mac))
-            ]
+            enrolled = []
+            for c in session.scalars(select(Client).order_by(Client.mac)):
+                enrolled.append(
+                    planner.PlanClient(c.id, c.mac, tuple(c.inventory.get("macs", ()) or ()), c.hostname)
+                )
+                addresses[c.id] = c.address
         chosen = planner.select_clients(request.clients, enrolled)
         max_len = planner.WINDOWS_NAME_MAX if info.os_hint == "windows" else planner.HOSTNAME_MAX
+        pre = presets.Presets.from_dict(request.presets)
+        ip_range, gateway, dns = pre.range_args(request.ip, request.gateway, request.dns)
         assignments, network = planner.make_plan(
             chosen,
             name_pattern=request.name,
-            ip_range=request.ip,
-            gateway=request.gateway,
-            dns=request.dns,
+            ip_range=ip_range,
+            gateway=gateway,
+            dns=dns,
             max_name_length=max_len,
         )
+        assignments, network, shown, stored = pre.apply(
+            assignments, network, gateway=request.gateway, dns=request.dns, enrolled=enrolled,
+            addresses=addresses, os_hint=info.os_hint, data_dir=self.settings.data_dir,
+            max_name_length=max_len,
+        )  # fmt: skip
         from fleetcast.server import multicast as mc
 
         opts = mc.MulticastOptions.from_dict(request.multicast)
@@ -242,7 +256,7 @@ class Orchestrator:
         )
         return Plan(
             request.image, info.disk_size, info.os_hint, request.disk.strip(), assignments, network,
-            transport, why, opts.to_dict() if transport == "multicast" else None,
+            transport, why, opts.to_dict() if transport == "multicast" else None, shown, stored,
         )  # fmt: skip
 
     def create(self, request: DeploymentRequest, *, actor: str, address: str) -> dict[str, Any]:
@@ -269,7 +283,7 @@ class Orchestrator:
                 Target(client_id=a.client_id, position=a.n, mac=a.mac, name=a.name, ip=a.ip, state="queued")
                 for a in plan.assignments
             ]
-            return self._start(
+            view = self._start(
                 s,
                 dep,
                 targets,
@@ -278,6 +292,8 @@ class Orchestrator:
                 action="deployment-create",
                 detail=plan.to_dict(),
             )
+            presets.store(s, dep.id, plan.stored or {})
+            return view | presets.view_fields(s, dep.id)
 
     def retry(self, deployment_id: int, *, actor: str, address: str) -> dict[str, Any]:
         """A new deployment of the failed clients of a finished one: same image, disk rule, batch,
@@ -313,9 +329,11 @@ class Orchestrator:
                 for t in failed
             ]
             detail = {"retry_of": deployment_id, "clients": [t.mac for t in failed]}
-            return self._start(
+            view = self._start(
                 s, dep, targets, actor=actor, address=address, action="deployment-retry", detail=detail
             )
+            presets.store(s, dep.id, presets.stored_options(s, old.id))  # the same Windows options
+            return view | presets.view_fields(s, dep.id)
 
     def _start(
         self, s: Session, dep: Deployment, targets: list[Target], *, actor: str, address: str,
@@ -380,7 +398,7 @@ class Orchestrator:
 
     def deployment(self, deployment_id: int) -> dict[str, Any]:
         with self.db.sessions() as s:
-            return deployment_view(self._deployment(s, deployment_id))
+            return deployment_view(self._deployment(s, deployment_id)) | presets.view_fields(s, deployment_id)
 
     def deployments(self) -> list[dict[str, Any]]:
         with self.db.sessions() as s:
@@ -716,7 +734,7 @@ class Orchestrator:
             attempt=t.attempt,
             transport=d.transport,
         )
-        return task.model_dump()
+        return task.model_dump() | (presets.task_fields(s, d.id) if pers is None else {})
 
     def _hand_back(self, s: Session, t: Target, now: datetime) -> dict[str, Any]:
         """The agent is idle but its target still runs: it restarted. Resume from the checkpoint."""
