@@ -7,7 +7,11 @@ the image (``load_image``: hash + block headers), to plan a restore (pack -> blo
 pack's entries as a restore in any order does. Format 1's JSON manifest of the same 64 GB image is
 measured in the same run as the baseline (its parse time and peak RSS), and the ratio printed.
 
-    .venv/bin/python bench/scale.py [--sizes 64G,1T] [--used 1T=500G] [--no-v1]
+    .venv/bin/python bench/scale.py [--sizes 64G,1T] [--used 1T=500G] [--no-v1] [--list 100] [--only-list]
+
+``--list N``: a store of N synthetic images (half of each one's packs shared by all), listed the way
+``fleetcast image list`` does (``ImageStore.list`` lazy, then ``usage`` for stored/unique bytes) and as
+the whole CLI process; the eager listing (every index verified) beside it.
 
 The real-data part of issue 7 (a 16 GiB disk beside partclone + zstd) is not in this script yet.
 """
@@ -60,7 +64,9 @@ def _head(name: str, size: int, version: int) -> dict[str, object]:
     }
 
 
-def make_v2(d: Path, size: int, used: int) -> tuple[float, int]:
+def make_v2(d: Path, size: int, used: int, *, name: str = "scale", own: int = 0) -> tuple[float, int]:
+    """A synthetic v2 image in ``d``; ``own`` > 0: the second half of its packs are its own (ids offset
+    by ``own``), the first half shared with every image made with the same size."""
     from fleetcast.store.index import Entry, IndexWriter
 
     n = used // CHUNK
@@ -72,8 +78,9 @@ def make_v2(d: Path, size: int, used: int) -> tuple[float, int]:
         for i in range(n):
             w.add(Entry(0, i // PER_PACK, (i % PER_PACK) * CHUNK, i * CHUNK, rnd(32), ((i * CHUNK, CHUNK),)))
         info = w.close()
-    packs = [{"id": f"{p:064x}", "stored": 9 << 20, "hash": f"{p + 1:064x}"} for p in range(npacks)]
-    area = {
+    ids = [p if not own or p < npacks // 2 else own * npacks + p for p in range(npacks)]
+    packs = [{"id": f"{p:064x}", "stored": 9 << 20, "hash": f"{p + 1:064x}"} for p in ids]
+    area: dict[str, object] = {
         "kind": "disk",
         "number": None,
         "start": 0,
@@ -86,7 +93,7 @@ def make_v2(d: Path, size: int, used: int) -> tuple[float, int]:
         "entries": n,
         "zeros": [],
     }
-    m = _head("scale", size, 2) | {
+    m = _head(name, size, 2) | {
         "packs": packs,
         "areas": [area],
         "index": {"hash": info.hash, "size": info.size, "entries": info.entries},
@@ -158,6 +165,67 @@ def child(d: Path, step: str) -> tuple[float, float, float, float]:
     return float(out[0]), float(out[1]), float(out[2]), float(out[3])
 
 
+_LIST = r"""
+import resource, sys, time
+from pathlib import Path
+from fleetcast.store.images import ImageStore
+store = ImageStore(Path(sys.argv[1]))
+t = time.perf_counter()
+images = store.list(lazy=sys.argv[2] == "lazy")
+usage = store.usage(images)
+took = time.perf_counter() - t
+assert len(images) == len(usage)
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(f"{took:.3f} {rss:.0f} {len(images)}")
+"""
+
+
+def bench_list(count: int, used: int, base: Path) -> None:
+    """``image list`` of ``count`` images: in-process (lazy vs eager), and the whole CLI process."""
+    with tempfile.TemporaryDirectory(prefix="fc-list-", dir=base) as tmp:
+        root = Path(tmp) / "store"
+        t = time.perf_counter()
+        isize = 0
+        for i in range(count):
+            d = root / "images" / f"img{i:03d}"
+            d.mkdir(parents=True)
+            isize += make_v2(d, 2 * used, used, name=f"img{i:03d}", own=i + 1)[1]
+        made = time.perf_counter() - t
+        print(
+            f"image list: {count} images of {used / GiB:.0f} GiB used each "
+            f"(index {isize // count:,} B each), made in {made:.1f} s"
+        )
+        for mode in ("lazy", "eager"):
+            runs = []
+            for _ in range(3):
+                out = subprocess.run(
+                    [sys.executable, "-c", _LIST, str(root), mode], check=True, capture_output=True, text=True
+                ).stdout.split()
+                runs.append((float(out[0]), float(out[1])))
+            best = min(runs)
+            print(f"  store.list({mode}) + usage: {best[0]:.3f} s (best of 3), peak RSS {best[1]:.0f} MiB")
+        exe = Path(sys.executable).parent / "fleetcast"
+        runs2 = []
+        for _ in range(3):
+            t = time.perf_counter()
+            proc = subprocess.run(
+                [str(exe), "image", "list", "--json", "--store", str(root)],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            runs2.append(time.perf_counter() - t)
+            listed = json.loads(proc.stdout)
+            assert len(listed) == count and all("unique_bytes" in x for x in listed)
+        t = time.perf_counter()
+        subprocess.run([str(exe), "--help"], check=True, capture_output=True)
+        startup = time.perf_counter() - t
+        print(
+            f"  fleetcast image list --json (whole process): {min(runs2):.3f} s best of 3 "
+            f"(process start-up alone, fleetcast --help: {startup:.3f} s)"
+        )
+
+
 def parse_size(text: str) -> int:
     units = {"G": GiB, "T": 1024 * GiB}
     return int(float(text[:-1]) * units[text[-1].upper()])
@@ -168,11 +236,16 @@ def main() -> int:
     ap.add_argument("--sizes", default="64G,1T")
     ap.add_argument("--used", default="64G=48G,1T=500G", help="used bytes per size (SIZE=USED,...)")
     ap.add_argument("--no-v1", action="store_true", help="skip the format-1 baseline")
+    ap.add_argument("--list", type=int, default=100, metavar="N", help="image list of N images (0: skip)")
+    ap.add_argument("--list-used", default="8G", help="used bytes of each listed image")
+    ap.add_argument("--only-list", action="store_true", help="only the image list part")
     args = ap.parse_args()
     used_of = dict(kv.split("=") for kv in args.used.split(","))
     base = Path(os.environ.get("TMPDIR", "/tmp"))
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus; 64 KiB entries, 16 MiB packs")
-    for text in args.sizes.split(","):
+    if args.list:
+        bench_list(args.list, parse_size(args.list_used), base)
+    for text in [] if args.only_list else args.sizes.split(","):
         size = parse_size(text)
         used = parse_size(used_of.get(text, text))
         with tempfile.TemporaryDirectory(prefix="fc-scale-", dir=base) as tmp:

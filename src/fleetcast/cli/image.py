@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from fleetcast.cli.common import add_json, add_store, print_json, print_table
 
 if TYPE_CHECKING:
-    from fleetcast.store.images import ImageStore
+    from fleetcast.store.images import ImageStore, ImageUsage
     from fleetcast.store.manifest import Manifest
 
 
@@ -87,9 +87,10 @@ def _store(args: argparse.Namespace) -> ImageStore:
     return ImageStore(store_from_args(args))
 
 
-def summary(m: Manifest) -> dict[str, Any]:
+def summary(m: Manifest, usage: ImageUsage | None = None) -> dict[str, Any]:
     return {
         "name": m.name,
+        "image_id": m.image_id,
         "created": m.created,
         "tool_version": m.tool_version,
         "disk_size": m.disk_size,
@@ -100,6 +101,7 @@ def summary(m: Manifest) -> dict[str, Any]:
         "used_bytes": m.used_bytes,
         "data_bytes": m.data_bytes,
         "stored_bytes": m.stored_bytes,
+        "unique_bytes": usage.unique_bytes if usage is not None else None,
         "chunks": m.entry_count,
         "packs": len(m.chunk_ids()),
         "partitions": [
@@ -136,7 +138,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
     with ProgressBar(f"capture {args.name}", enabled=not args.json) as bar:
         m = capture(args.source, args.name, store, force_raw=args.force_raw, progress=bar, stats=stats)
     seconds = time.monotonic() - started
-    out = summary(m) | {
+    out = summary(m, store.usage().get(m.name)) | {
         "source": str(args.source),
         "store": str(store.root),
         "new_chunks": stats.new_chunks,
@@ -179,8 +181,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     store = _store(args)
     images = store.list()
+    usage = store.usage(images)
     if args.json:
-        print_json([summary(m) for m in images])
+        print_json([summary(m, usage[m.name]) for m in images])
         return 0
     if not images:
         print(f"no images in {store.root}")
@@ -191,19 +194,23 @@ def cmd_list(args: argparse.Namespace) -> int:
             m.created,
             _hb(m.disk_size),
             _hb(m.used_bytes),
-            _hb(m.stored_bytes),
+            _hb(usage[m.name].stored_bytes),
+            _hb(usage[m.name].unique_bytes),
             m.os_hint or "-",
             ",".join(a.fstype for a in m.areas if a.kind != "gap"),
         ]
         for m in images
     ]
-    print_table(["NAME", "CREATED", "DISK", "USED", "STORED", "OS", "FILESYSTEMS"], rows)
+    print_table(["NAME", "CREATED", "DISK", "USED", "STORED", "UNIQUE", "OS", "FILESYSTEMS"], rows)
     return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    m = _store(args).open(args.name)
-    info = summary(m)
+    store = _store(args)
+    m = store.open(args.name)
+    others = [o for o in store.list() if o.name != m.name]
+    usage = store.usage([m, *others])[m.name]
+    info = summary(m, usage)
     if args.json:
         print_json(info | {"table": m.table_dict})
         return 0
@@ -215,7 +222,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     )
     print(f"table      {m.table.label} {m.table.id}")
     print(f"os         {m.os_hint or '-'}")
-    print(f"used       {_hb(m.used_bytes)}, data {_hb(m.data_bytes)}, stored {_hb(m.stored_bytes)}")
+    print(
+        f"used       {_hb(m.used_bytes)}, data {_hb(m.data_bytes)}, stored {_hb(usage.stored_bytes)} "
+        f"(referenced), {_hb(usage.unique_bytes)} unique to this image (freed by rm + gc)"
+    )
+    print(f"id         {m.image_id}")
     print()
     rows = [
         [a.label, str(a.start), _hb(a.size), a.fstype, _hb(a.used), _hb(a.data_bytes), str(a.entry_count)]

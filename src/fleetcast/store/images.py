@@ -34,7 +34,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from fleetcast.errors import CaptureError, ImageNotFound, ManifestError, StoreError, UsageError
 from fleetcast.store.chunkstore import ChunkStore, copy_durable, fsync_dir, write_file_durable
@@ -47,6 +47,13 @@ logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 TMP_PREFIX = "cap-"
+
+
+class ImageUsage(NamedTuple):
+    """Bytes of the packs an image references (each once) and of those no other image references."""
+
+    stored_bytes: int
+    unique_bytes: int
 
 
 def check_name(name: str) -> str:
@@ -108,10 +115,12 @@ class ImageStore:
     def exists(self, name: str) -> bool:
         return self.manifest_path(name).is_file()
 
-    def open(self, name: str) -> Manifest:
-        return self._load(name)[0]
+    def open(self, name: str, *, lazy: bool = False) -> Manifest:
+        """Image ``name``, validated; ``lazy``: its (v2) index is verified only when first used, so
+        listings read nothing but the small manifest."""
+        return self._load(name, lazy=lazy)[0]
 
-    def _load(self, name: str) -> tuple[Manifest, bytes]:
+    def _load(self, name: str, *, lazy: bool = False) -> tuple[Manifest, bytes]:
         """The manifest of image ``name`` and its bytes as stored, read once and validated."""
         path = self.manifest_path(name)
         try:
@@ -124,7 +133,7 @@ class ImageStore:
         except OSError as exc:
             raise StoreError(f"cannot read the manifest of image {name!r}: {exc.strerror}") from exc
         try:
-            manifest = load_image(data, path.parent / INDEX_FILE)  # v2: its index, verified
+            manifest = load_image(data, path.parent / INDEX_FILE, lazy=lazy)  # v2: its index, verified
         except ManifestError as exc:
             raise ManifestError(
                 f"image {name!r} has an invalid manifest: {exc.message}", hint=exc.hint
@@ -137,14 +146,34 @@ class ImageStore:
         """The manifest exactly as stored (what the server hands to agents), validated."""
         return self._load(name)[1]
 
-    def list(self) -> list[Manifest]:
-        """Every readable image, by name; damaged manifests are skipped here (``check`` reports them)."""
+    def list(self, *, lazy: bool = True) -> list[Manifest]:
+        """Every readable image, by name, read lazily (the index of each is verified when first used);
+        damaged manifests are skipped here (``check`` reports them), and so is an image removed while
+        this runs."""
         out: list[Manifest] = []
         for name in self.names():
             try:
-                out.append(self.open(name))
+                out.append(self.open(name, lazy=lazy))
+            except ImageNotFound:
+                continue
             except StoreError as exc:
                 logger.warning("skipping image %s: %s", name, exc)
+        return out
+
+    def usage(self, manifests: Iterable[Manifest] | None = None) -> dict[str, ImageUsage]:
+        """Per image: bytes of the packs it references (each once) and bytes of the packs no other image
+        references (what removing it and running gc would free). ``manifests``: all the store's images
+        (default: ``list()``), since uniqueness is relative to every other image."""
+        images = self.list() if manifests is None else builtins.list(manifests)
+        owners: dict[str, int] = {}
+        for m in images:
+            for p in m.pack_refs():
+                owners[p.id] = owners.get(p.id, 0) + 1
+        out: dict[str, ImageUsage] = {}
+        for m in images:
+            refs = m.pack_refs()
+            unique = [p.stored for p in refs if owners[p.id] == 1]
+            out[m.name] = ImageUsage(stored_bytes=sum(p.stored for p in refs), unique_bytes=sum(unique))
         return out
 
     def remove(self, name: str) -> None:

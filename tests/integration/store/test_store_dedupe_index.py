@@ -4,8 +4,10 @@ deleted or damaged; uploaded packs are stored only when intact; gc keeps leased 
 
 from __future__ import annotations
 
+import json
 import random
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -174,3 +176,37 @@ def test_upload_publish_and_leases(tmp_path: Path) -> None:
     assert report.protected_packs == 1 and dst.chunks.has(eid)
     assert dst.gc().removed_chunks == 1 and not dst.chunks.has(eid)
     ing.close()
+
+
+def test_list_and_info_show_referenced_and_unique_bytes(tmp_path: Path, fleetcast_bin: Path) -> None:
+    store = ImageStore(tmp_path / "store")
+    a = _disk(tmp_path / "a.img", 4)
+    ma = capture(a, "a", store, pack_size=MiB)
+    mb = capture(_disk(tmp_path / "b.img", 4, changed=3), "b", store, pack_size=MiB)
+    mc = capture(_disk(tmp_path / "c.img", 5), "c", store, pack_size=MiB)
+    new_in_b = set(mb.pack_ids()) - set(ma.pack_ids())
+    assert len(new_in_b) == 1
+    sizes = {p.id: p.stored for m in (ma, mb, mc) for p in m.pack_refs()}
+    out = subprocess.run(
+        [str(fleetcast_bin), "image", "list", "--json", "--store", str(store.root)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    listed = {x["name"]: x for x in json.loads(out.stdout)}
+    assert {n: (x["stored_bytes"], x["unique_bytes"]) for n, x in listed.items()} == {
+        "a": (ma.stored_bytes, 0),  # every pack of a is shared with b
+        "b": (mb.stored_bytes, sum(sizes[p] for p in new_in_b)),
+        "c": (mc.stored_bytes, mc.stored_bytes),
+    }
+    assert listed["b"]["image_id"] == mb.image_id
+    out = subprocess.run(
+        [str(fleetcast_bin), "image", "info", "c", "--json", "--store", str(store.root)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    assert json.loads(out.stdout)["unique_bytes"] == mc.stored_bytes
+    # what rm + gc frees is exactly the unique bytes
+    store.remove("b")
+    assert store.gc().freed_chunk_bytes == listed["b"]["unique_bytes"]
