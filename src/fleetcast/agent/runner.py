@@ -211,6 +211,10 @@ class TaskRunner:
                 from fleetcast.agent.capture import run_capture
 
                 result.update(run_capture(self, task, reporter, cancel))
+            elif task.kind == "personalize":  # issue 13: a new identity for the OS on the disk, no image
+                from fleetcast.agent.repersonalize import run_personalize
+
+                result.update(run_personalize(self, task, reporter, cancel))
             else:
                 result.update(self._deploy(task, reporter, cancel))
             result["state"] = "done"

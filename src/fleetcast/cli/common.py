@@ -23,6 +23,7 @@ GROUPS = (
     "lab",
     "capture",
     "audit",
+    "personalize",
 )
 
 

@@ -13,7 +13,7 @@ from fastapi import FastAPI
 
 from fleetcast import __version__
 from fleetcast.errors import UsageError
-from fleetcast.server import api_admin, api_agent, capture, console, multicast, problems
+from fleetcast.server import api_admin, api_agent, capture, console, multicast, personalize, problems
 from fleetcast.server.auth import Tokens
 from fleetcast.server.db import Database, redact
 from fleetcast.server.events import EventBus
@@ -96,6 +96,7 @@ def create_app(settings: ServerSettings, *, catalog: ImageCatalog | None = None)
     app.include_router(api_agent.router)
     app.include_router(capture.admin_router)  # network capture (issue 11)
     app.include_router(capture.agent_router)
+    app.include_router(personalize.router)  # personalize-only deployments (issue 13)
     mcast = multicast.install(app, orch, settings.data_dir)  # sessions + their routes (docs/multicast.md)
     console.install(app, db)  # the web console at / and /api/users (docs/console.md)
     logger.info(
