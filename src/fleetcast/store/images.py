@@ -239,8 +239,8 @@ class ImageStore:
         finally:
             os.close(fd)
 
-    def begin_capture(self, name: str) -> CaptureTransaction:
-        return CaptureTransaction(self, name)
+    def begin_capture(self, name: str, *, replace: bool = False) -> CaptureTransaction:
+        return CaptureTransaction(self, name, replace=replace)
 
     def tmp_entries(self) -> builtins.list[tuple[Path, bool]]:
         """Everything in tmp/ as (path, live): live means a running capture holds its lock."""
@@ -250,6 +250,24 @@ class ImageStore:
         for p in sorted(self.tmp_dir.iterdir()):
             out.append((p, _is_live(p)))
         return out
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def rename_exchange(a: Path, b: Path) -> None:
+    """Swap two paths atomically (Linux renameat2 with RENAME_EXCHANGE); OSError when it cannot."""
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    fn = getattr(libc, "renameat2", None)
+    if fn is None:
+        raise OSError(errno.ENOSYS, "renameat2 is not available")
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
 
 
 def _is_live(tmp: Path) -> bool:
@@ -275,9 +293,10 @@ class CaptureTransaction:
     Used as a context manager; leaving it without ``commit`` (an error) removes the tmp directory.
     """
 
-    def __init__(self, store: ImageStore, name: str) -> None:
+    def __init__(self, store: ImageStore, name: str, *, replace: bool = False) -> None:
         self.store = store
         self.name = check_name(name)
+        self.replace = replace
         self.dir = store.tmp_dir / f"{TMP_PREFIX}{name}-{os.getpid()}-{secrets.token_hex(4)}"
         self.new_dir = self.dir / "chunks"
         self.new_chunks: dict[str, int] = {}
@@ -287,7 +306,7 @@ class CaptureTransaction:
     def __enter__(self) -> CaptureTransaction:
         store = self.store
         store.ensure()
-        if store.exists(self.name):
+        if store.exists(self.name) and not self.replace:
             raise CaptureError(
                 f"image {self.name!r} already exists in the store {store.root}",
                 hint=f"pick another name, or remove it first: fleetcast image rm {self.name}",
@@ -334,6 +353,22 @@ class CaptureTransaction:
             raise StoreError(f"cannot write chunk {chunk_id} in {self.dir}: {exc.strerror}") from exc
         self.new_chunks[chunk_id] = len(stored)
 
+    def _exchange(self, image_dir: Path, final: Path) -> None:
+        """Replace a published image atomically: the new directory and the old one swap places
+        (renameat2 RENAME_EXCHANGE), so readers see the old image or the new one, never neither; the
+        old one is then deleted. Where the filesystem cannot exchange, the old one is renamed away
+        first (a moment without the image)."""
+        try:
+            rename_exchange(image_dir, final)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                raise
+            logger.warning("%s cannot exchange directories atomically; replacing in two steps", final)
+            os.rename(final, image_dir.with_name("old"))
+            os.rename(image_dir, final)
+            return
+        # image_dir now holds the old image
+
     def commit(self, manifest: Manifest, *, extra: dict[str, Path] | None = None) -> None:
         """Publish; ``extra`` files (name -> path, e.g. a v2 image's index) go beside the manifest."""
         store = self.store
@@ -362,8 +397,12 @@ class CaptureTransaction:
                 copy_durable(src, image_dir / fname)
             write_file_durable(image_dir / MANIFEST, manifest.to_json())
             fsync_dir(image_dir)
+            final = store.images_dir / self.name
             try:
-                os.rename(image_dir, store.images_dir / self.name)
+                if self.replace and final.exists():
+                    self._exchange(image_dir, final)
+                else:
+                    os.rename(image_dir, final)
             except OSError as exc:
                 if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
                     raise CaptureError(
@@ -375,5 +414,5 @@ class CaptureTransaction:
         except OSError as exc:
             raise StoreError(f"cannot publish image {self.name!r} in {store.root}: {exc.strerror}") from exc
         self.committed = True
-        shutil.rmtree(self.dir, ignore_errors=True)
+        shutil.rmtree(self.dir, ignore_errors=True)  # with replace: the old image's files, swapped out
         logger.info("published image %s (%d new chunks)", self.name, len(self.new_chunks))

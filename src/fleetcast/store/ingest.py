@@ -129,10 +129,17 @@ class StoreIngest:
         return ref
 
     def publish(
-        self, manifest_bytes: bytes, index: bytes | Path, *, expected_id: str | None = None
+        self,
+        manifest_bytes: bytes,
+        index: bytes | Path,
+        *,
+        expected_id: str | None = None,
+        replace: bool = False,
     ) -> Manifest:
         """Publish an uploaded image atomically: manifest + index validated, every pack present and
-        intact (stored size, stored hash), name free; then visible, and taken into the dedupe index."""
+        intact (stored size, stored hash), name free; then visible, and taken into the dedupe index.
+        ``replace``: an image of the same name is replaced atomically (readers see the old or the new
+        one, never neither); its packs that nothing else uses go at the next gc."""
         store = self.store
         store.ensure()
         tmp_index: Path | None = None
@@ -156,7 +163,9 @@ class StoreIngest:
                     "back to the same bytes)"
                 )
             dx = self.index()
-            with store.begin_capture(m.name) as txn:  # shared lock: gc cannot remove a pack from here on
+            with store.begin_capture(
+                m.name, replace=replace
+            ) as txn:  # shared lock: gc cannot remove a pack from here on
                 for p in m.pack_refs():
                     self._check_pack(m.name, p, dx)
                 txn.commit(m, extra={INDEX_FILE: index_path})

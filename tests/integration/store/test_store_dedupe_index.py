@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fleetcast.errors import ChunkCorrupt, IntegrityError
+from fleetcast.errors import CaptureError, ChunkCorrupt, IntegrityError
 from fleetcast.store.capture import CaptureStats, capture
 from fleetcast.store.chunkstore import chunk_hash, compress, decompress_verify
 from fleetcast.store.dedupe import DB_FILE, DedupeIndex
@@ -167,6 +167,26 @@ def test_upload_publish_and_leases(tmp_path: Path) -> None:
     out = tmp_path / "out.img"
     restore(dst.open("d"), dst.source(), out)
     assert out.read_bytes() == disk.read_bytes()
+
+    # a second capture of another disk under the same name: refused, or replaced atomically
+    src2 = ImageStore(tmp_path / "src2")
+    disk2 = _disk(tmp_path / "d2.img", 9)
+    m2 = capture(disk2, "d", src2, pack_size=MiB)
+    for p in m2.pack_refs():
+        ing.put_pack(p.id, src2.chunks.read(p.id))
+    manifest2 = src2.read_manifest_bytes("d")
+    index2 = src2.images_dir / "d" / INDEX_FILE
+    with pytest.raises(CaptureError) as err3:
+        ing.publish(manifest2, index2)
+    assert str(err3.value) == f"image 'd' already exists in the store {dst.root}"
+    assert ing.publish(manifest2, index2, replace=True).image_id == m2.image_id
+    assert dst.open("d").image_id == m2.image_id and dst.names() == ["d"]
+    assert list(dst.tmp_dir.iterdir()) == []
+    restore(dst.open("d"), dst.source(), out)
+    assert out.read_bytes() == disk2.read_bytes()
+    assert dst.gc().removed_chunks == len(m.pack_ids())  # the replaced image's packs
+    with DedupeIndex.open(dst) as dx:
+        assert dx.image_ids() == {"d": m2.image_id}
 
     # an unreferenced upload: kept while leased, collected after
     extra = b"lease me" * 5000
