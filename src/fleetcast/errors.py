@@ -13,12 +13,14 @@ subprocess failures -- at its boundary with ``raise X(...) from exc``)::
     │   ├── DeploymentNotFound
     │   └── TaskNotFound
     ├── IntegrityError             data does not match its hash or checksum (CLI exit 4)
-    │   └── ChunkCorrupt
+    │   ├── ChunkCorrupt
+    │   └── PackMissing            a pack an image needs is not in the store (the image is damaged)
     ├── CommandError               an external command failed (stderr tail attached)
     ├── DiskError                  block devices, partition tables, target-disk rules
     │   └── FilesystemError        allocation maps, grow, unsupported/unsafe filesystems
     ├── StoreError                 the image store (chunks, manifests, publish, gc)
-    │   └── ManifestError          a manifest that does not parse or validate
+    │   └── ManifestError          a manifest or index that does not parse, validate or match its hash
+    │                              (also an IntegrityError: CLI exit 4)
     ├── CaptureError
     ├── RestoreError
     ├── TransportError             HTTP / multicast chunk delivery
@@ -93,6 +95,10 @@ class ChunkCorrupt(IntegrityError):
     pass
 
 
+class PackMissing(IntegrityError):
+    """A pack an image names is not in the store."""
+
+
 class CommandError(FleetcastError):
     """An external command failed. ``argv``, ``returncode`` and ``stderr`` describe it."""
 
@@ -123,8 +129,8 @@ class StoreError(FleetcastError):
     pass
 
 
-class ManifestError(StoreError):
-    pass
+class ManifestError(StoreError, IntegrityError):
+    """A damaged or edited image's metadata: a StoreError for the API (HTTP 503), exit 4 for the CLI."""
 
 
 class CaptureError(FleetcastError):
