@@ -27,7 +27,9 @@ from fleetcast.protocol import Task
 from fleetcast.run import run
 
 if TYPE_CHECKING:
+    from fleetcast.agent.multicast import MulticastSource
     from fleetcast.store.manifest import Manifest
+    from fleetcast.store.source import PackSource
 
 logger = logging.getLogger(__name__)
 
@@ -290,12 +292,19 @@ class TaskRunner:
         def stopping() -> bool:
             return self.stop.is_set() or cancel.is_set()
 
+        mcast: MulticastSource | None = None
         logger.info("task %d: writing %r to %s from chunk %d", task.task_id, task.image, target, start)
         with self.api.chunk_source(workers=self.workers, prefetch=self.prefetch, stop=stopping) as source:
-            source.warm(p for p in manifest.pack_ids() if p not in done)
+            packs: PackSource = source
+            if task.transport == "multicast":  # the batch's stream first, the rest by HTTP
+                from fleetcast.agent.multicast import MulticastSource
+
+                packs = mcast = MulticastSource(self.api, task, manifest, source, stop=stopping)
+            else:
+                source.warm(p for p in manifest.pack_ids() if p not in done)
             restored = restore(
                 manifest,
-                source,
+                packs,
                 target,
                 grow=task.grow,
                 progress=progress,
@@ -305,6 +314,8 @@ class TaskRunner:
             )
         self._check(cancel)
         changes = list(restored.notes)
+        if mcast is not None:
+            changes.append(mcast.finish())  # which transport it finished with, packs repaired
         if task.name or task.ip or manifest.os_hint:
             reporter.update(phase="personalizing", urgent=True)
             from fleetcast.agent.personalize import personalize

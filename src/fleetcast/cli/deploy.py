@@ -91,10 +91,44 @@ def register(
     )
     p.add_argument("--grow", action="store_true", help="grow the last partition to fill larger disks")
     p.add_argument("--then", choices=("reboot", "shutdown", "none"), default="reboot", help="after deploying")
+    add_transport_options(p)
     p.add_argument("--plan", action="store_true", help="show the assignments and stop (nothing is started)")
     p.add_argument("--wait", action="store_true", help="follow the deployment until every client finished")
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
     p.set_defaults(func=_deploy)
+
+
+def add_transport_options(p: argparse.ArgumentParser) -> None:
+    """``--transport`` and the multicast start rules (docs/multicast.md)."""
+    p.add_argument(
+        "--transport", choices=("unicast", "multicast", "auto"), default="unicast",
+        help="how the packs travel: unicast (HTTP per client), multicast (one stream per batch, missing "
+        "packs by HTTP), auto (multicast when a batch has at least --multicast-from clients)",
+    )  # fmt: skip
+    p.add_argument(
+        "--min-clients",
+        type=int,
+        metavar="N",
+        help="multicast: start when N clients joined "
+        "(default: the batch's size); changeable while waiting: fleetcast deployments multicast",
+    )
+    p.add_argument("--max-wait", type=float, metavar="S", help="multicast: start after S seconds even "
+                   "with fewer clients (default 60)")  # fmt: skip
+    p.add_argument(
+        "--multicast-from", type=int, metavar="K", help="auto: multicast from K clients (default 4)"
+    )
+    p.add_argument("--drop-below", type=float, metavar="MBIT", help="multicast: a receiver that holds the "
+                   "session below MBIT Mbit/s finishes by unicast (default: never)")  # fmt: skip
+
+
+def transport_body(args: argparse.Namespace) -> dict[str, Any]:
+    body: dict[str, Any] = {"transport": args.transport}
+    for key in ("min_clients", "max_wait", "multicast_from"):
+        if getattr(args, key, None) is not None:
+            body[key] = getattr(args, key)
+    if getattr(args, "drop_below", None) is not None:
+        body["drop_below"] = args.drop_below * 1e6 / 8  # Mbit/s -> bytes/s
+    return body
 
 
 def _body(args: argparse.Namespace) -> dict[str, Any]:
@@ -110,6 +144,7 @@ def _body(args: argparse.Namespace) -> dict[str, Any]:
         "dns": dns,
         "grow": args.grow,
         "then": args.then,
+        **transport_body(args),
     }
 
 
@@ -132,6 +167,8 @@ def _deploy(args: argparse.Namespace) -> int:
             else:
                 rows = [[str(c["n"]), c["mac"], c["name"] or "-", c["ip"] or "dhcp"] for c in plan["clients"]]
                 print(f"image {plan['image']} -> {len(rows)} client(s), disk rule {plan['disk']!r}")
+                if plan.get("transport"):
+                    print(f"transport {plan['transport']}: {plan.get('transport_reason') or ''}")
                 print_table(["n", "mac", "name", "ip"], rows)
                 if plan.get("gateway") or plan.get("dns"):
                     print(

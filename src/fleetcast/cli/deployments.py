@@ -1,4 +1,4 @@
-"""``fleetcast deployments list | show ID | cancel ID``: deployments already on the server."""
+"""``fleetcast deployments list | show ID | cancel ID | multicast ID``: deployments already on the server."""
 
 from __future__ import annotations
 
@@ -38,6 +38,43 @@ def register(
     add_server_options(cancel)
     cancel.add_argument("--json", action="store_true", help="print the deployment after the cancel")
     cancel.set_defaults(func=_cancel)
+
+    mc = cmds.add_parser(
+        "multicast", parents=[parent],
+        help="show a deployment's multicast sessions; change its start rules while a session waits",
+    )  # fmt: skip
+    mc.add_argument("id", metavar="ID", type=_deployment_id)
+    add_server_options(mc)
+    mc.add_argument("--min-clients", type=int, metavar="N", help="start when N clients joined")
+    mc.add_argument(
+        "--max-wait", type=float, metavar="S", help="start after S seconds (since the first join)"
+    )
+    mc.add_argument("--json", action="store_true", help="print the multicast view as JSON")
+    mc.set_defaults(func=_multicast)
+
+
+def _multicast(args: argparse.Namespace) -> int:
+    from fleetcast.cli.common import print_json, print_table
+    from fleetcast.cli.deploy import api_client
+
+    with api_client(args) as api:
+        if args.min_clients is not None or args.max_wait is not None:
+            body = {k: v for k, v in (("min_clients", args.min_clients), ("max_wait", args.max_wait))
+                    if v is not None}  # fmt: skip
+            view = api.post(f"/api/deployments/{args.id}/multicast", body)
+        else:
+            view = api.get(f"/api/deployments/{args.id}/multicast")
+    if args.json:
+        print_json(view)
+        return 0
+    print(f"deployment {view['deployment']}: transport {view['transport']}, rules {view['options']}")
+    rows = [
+        [s["session"][:8], s["state"], f"{s['group']}:{s['port']}", f"{len(s['members'])}/{s['min_clients']}",
+         f"{s['max_wait']:.0f}", str(s["bytes_sent"]), str(s["sender_pid"] or "-")]
+        for s in view["sessions"]
+    ]  # fmt: skip
+    print_table(["session", "state", "group", "joined", "max-wait", "bytes sent", "sender"], rows)
+    return 0
 
 
 def _deployment_id(text: str) -> int:

@@ -35,12 +35,11 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from fleetcast.errors import ConflictError, UsageError
-from fleetcast.run import run_text
 from fleetcast.server.api_admin import require_admin
 from fleetcast.server.api_agent import AgentId, peer
-from fleetcast.server.db import Deployment, Target
+from fleetcast.server.db import Deployment
 from fleetcast.server.orchestrator import Orchestrator
-from fleetcast.transport.multicast import Channel, Sender
+from fleetcast.transport.multicast import Channel, Sender, route_interface
 
 logger = logging.getLogger(__name__)
 
@@ -108,18 +107,24 @@ def resolve_transport(requested: str, *, batch: int, clients: int, opts: Multica
     return requested, f"{requested} (asked for)"
 
 
-def route_interface(address: str) -> str | None:
-    """The interface the kernel routes ``address`` through (``ip route get``), or None."""
-    import json
+@dataclass(frozen=True)
+class TaskInfo:
+    id: int
+    client_id: int
+    mac: str
+    state: str
+    attempt: int
+    checkpoint_chunk: int
 
-    try:
-        routes = json.loads(run_text(["ip", "-j", "route", "get", address]))
-    except Exception:  # no route, no ip: let udpcast pick its default interface
-        return None
-    if isinstance(routes, list) and routes and isinstance(routes[0], dict):
-        dev = routes[0].get("dev")
-        return str(dev) if dev else None
-    return None
+
+@dataclass(frozen=True)
+class DeploymentInfo:
+    id: int
+    image: str
+    batch: int
+    transport: str
+    multicast: dict[str, Any]
+    targets: int
 
 
 @dataclass
@@ -231,12 +236,14 @@ class MulticastManager:
 
     # ---- agent side --------------------------------------------------------------------------
 
-    def _task(self, client_id: int, task_id: int) -> tuple[Target, Deployment]:
+    def _task(self, client_id: int, task_id: int) -> tuple[TaskInfo, DeploymentInfo]:
         with self.orch.db.sessions() as s:
             t = self.orch._task(s, client_id, task_id)
-            dep = t.deployment
-            s.expunge_all()
-            return t, dep
+            d = t.deployment
+            return (
+                TaskInfo(t.id, t.client_id, t.mac, t.state, t.attempt, t.checkpoint_chunk),
+                DeploymentInfo(d.id, d.image, d.batch, d.transport, dict(d.multicast or {}), len(d.targets)),
+            )
 
     def join(self, client_id: int, task_id: int, peer: str) -> dict[str, Any]:
         t, dep = self._task(client_id, task_id)
@@ -252,12 +259,12 @@ class MulticastManager:
                     return {"state": "late", "reason": "a restarted agent finishes by HTTP"}
                 session = self._new_session(dep, peer)
             if session.state != "waiting":
-                self._event("client-multicast-late", dep.id, t, session=session.id, reason=session.state)
+                self._event("client-multicast-late", dep.id, t, session_id=session.id, reason=session.state)
                 return {"state": "late", "session": session.id, "reason": f"the session is {session.state}"}
             member = Member(t.id, t.client_id, t.mac, time.monotonic())
             session.members[t.id] = member
             self._event(
-                "client-multicast-joined", dep.id, t, session=session.id, joined=len(session.members),
+                "client-multicast-joined", dep.id, t, session_id=session.id, joined=len(session.members),
                 min_clients=session.min_clients,
             )  # fmt: skip
             return self._reply(session, member)
@@ -290,7 +297,7 @@ class MulticastManager:
                 if member.state == "joined":
                     member.state = "left"
                 self._event_target(
-                    "client-transport", session.deployment_id, member, session=session.id, **body.done
+                    "client-transport", session.deployment_id, member, session_id=session.id, **body.done
                 )
             return self._reply(session, member)
 
@@ -336,12 +343,12 @@ class MulticastManager:
 
     # ---- sessions ----------------------------------------------------------------------------
 
-    def _new_session(self, dep: Deployment, peer: str) -> Session:
+    def _new_session(self, dep: DeploymentInfo, peer: str) -> Session:
         from fleetcast.store.manifest import Manifest
 
         manifest: Manifest = self.orch.catalog.store().open(dep.image)
         opts = MulticastOptions.from_dict(dep.multicast)
-        clients = len(dep.targets) if dep.targets else dep.batch
+        clients = dep.targets or dep.batch
         slot = self._next_slot
         self._next_slot = (self._next_slot + 1) % 250
         channel = Channel(f"{GROUP_BASE}{1 + slot}", PORT_BASE + 2 * slot, route_interface(peer))
@@ -359,7 +366,7 @@ class MulticastManager:
         self.sessions[session.id] = session
         self._current[dep.id] = session.id
         self._event_dep(
-            "multicast-waiting", dep.id, session=session.id, group=channel.group, port=channel.port,
+            "multicast-waiting", dep.id, session_id=session.id, group=channel.group, port=channel.port,
             min_clients=session.min_clients, max_wait=session.max_wait,
         )  # fmt: skip
         return session
@@ -407,7 +414,7 @@ class MulticastManager:
         session.started = now
         session.sender.start()
         self._event_dep(
-            "multicast-started", session.deployment_id, session=session.id, receivers=joined, reason=why,
+            "multicast-started", session.deployment_id, session_id=session.id, receivers=joined, reason=why,
             sender_pid=session.sender.pid,
         )  # fmt: skip
 
@@ -446,7 +453,7 @@ class MulticastManager:
         slowest.state = "dropped"
         session.last_drop = now
         self._event_target(
-            "client-multicast-dropped", session.deployment_id, slowest, session=session.id,
+            "client-multicast-dropped", session.deployment_id, slowest, session_id=session.id,
             session_rate_bps=round(rate), drop_below=session.drop_below, rx_bps=round(slowest_rate),
             others_rx_bps=round(median),
         )  # fmt: skip
@@ -466,7 +473,7 @@ class MulticastManager:
         session.finished = time.monotonic()
         sender = session.sender
         self._event_dep(
-            "multicast-finished", session.deployment_id, session=session.id, state=state, error=error,
+            "multicast-finished", session.deployment_id, session_id=session.id, state=state, error=error,
             bytes_sent=sender.bytes_sent if sender else 0, packs_sent=sender.packs_sent if sender else 0,
         )  # fmt: skip
 
@@ -476,7 +483,7 @@ class MulticastManager:
         with self.orch._tx() as s:
             self.orch.bus.record(s, type, deployment_id=deployment_id, **data)
 
-    def _event(self, type: str, deployment_id: int, t: Target, **data: Any) -> None:
+    def _event(self, type: str, deployment_id: int, t: TaskInfo, **data: Any) -> None:
         with self.orch._tx() as s:
             self.orch.bus.record(
                 s, type, deployment_id=deployment_id, client_id=t.client_id, mac=t.mac, task_id=t.id, **data

@@ -19,6 +19,7 @@ Every process started here is a ``subprocess.Popen`` the caller owns; ``stop()``
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import signal
 import struct
@@ -26,10 +27,11 @@ import subprocess
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO
 
-from fleetcast.errors import TransportError
-from fleetcast.run import spawn, which
+from fleetcast.errors import FleetcastError, TransportError
+from fleetcast.run import run_text, spawn, which
 
 logger = logging.getLogger(__name__)
 
@@ -168,6 +170,25 @@ def read_frames(
         yield pack_id, data
 
 
+def route_interface(address: str) -> str | None:
+    """The interface the kernel routes ``address`` through (``ip -j route get``), or None."""
+    try:
+        routes = json.loads(run_text(["ip", "-j", "route", "get", address]))
+    except (FleetcastError, ValueError):  # no route, no ip: let udpcast pick its default interface
+        return None
+    if isinstance(routes, list) and routes and isinstance(routes[0], dict) and routes[0].get("dev"):
+        return str(routes[0]["dev"])
+    return None
+
+
+def rx_bytes(interface: str) -> int | None:
+    """What ``interface`` has received so far (its kernel counter), or None."""
+    try:
+        return int(Path(f"/sys/class/net/{interface}/statistics/rx_bytes").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 @dataclass(frozen=True)
 class Channel:
     """Where one session's stream goes: udpcast's port base (it uses it and the next port), the group for
@@ -179,7 +200,7 @@ class Channel:
 
 
 def sender_argv(
-    channel: Channel, *, min_receivers: int, max_wait: float, retries_until_drop: int = 8
+    channel: Channel, *, min_receivers: int, max_wait: float, retries_until_drop: int = 40
 ) -> list[str]:
     argv = [
         which("udp-sender", package="udpcast"), "--nokbd", "--no-progress",

@@ -1,0 +1,316 @@
+"""The agent's multicast receiver: a ``PackSource`` that takes the batch's stream first and the rest by HTTP.
+
+``MulticastSource.packs(missing)``:
+
+1. joins the session of its task (``POST /api/agent/multicast/{task}/join``); a late joiner (the
+   session already started, or this agent restarted mid-task) skips to step 4;
+2. waits (reporting every ``REPORT_SECONDS``) until the server starts the session, then runs
+   ``udp-receiver`` and reads its output as frames (``transport.multicast.read_frames``): frames of
+   another session or image are skipped unwritten, and a pack is handed to the restore only after its
+   stored size and blake3 hash match the manifest (the restore then checks every chunk again);
+3. while receiving it reports its interface's received bytes; when the server answers ``dropped`` (this
+   receiver held the session below the drop rate) or the task is cancelled, it ends its udp-receiver;
+4. asks HTTP for exactly the packs still missing (``HttpChunkSource``).
+
+So a resumed restore (``done`` packs) and every kind of loss end in the same place: the missing packs
+by HTTP. ``summary()`` says how it finished, for the task's result and the event log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import queue
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Collection, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import blake3
+
+from fleetcast.agent.api import AgentApi
+from fleetcast.errors import FleetcastError
+from fleetcast.protocol import Task
+from fleetcast.store.manifest import Manifest
+from fleetcast.transport.http import HttpChunkSource
+from fleetcast.transport.multicast import (
+    Channel,
+    FrameStats,
+    Receiver,
+    read_frames,
+    route_interface,
+    rx_bytes,
+)
+
+logger = logging.getLogger(__name__)
+
+REPORT_SECONDS = 0.5
+RECEIVER_START_TIMEOUT = 45.0
+WAIT_LIMIT = 86_400.0
+QUEUE_BYTES = 128 << 20  # verified packs held for the restore while the disk is busy
+
+
+def _grow_pipe(stream: IO[bytes]) -> None:
+    """A 1 MiB pipe from udp-receiver (Linux F_SETPIPE_SZ; the default 64 KiB is a few packets)."""
+    with contextlib.suppress(OSError, AttributeError):
+        fcntl.fcntl(stream.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)
+
+
+class MulticastSource:
+    """``store.source.PackSource`` for a ``transport: multicast`` task; see the module docstring."""
+
+    def __init__(
+        self,
+        api: AgentApi,
+        task: Task,
+        manifest: Manifest,
+        http: HttpChunkSource,
+        *,
+        stop: Callable[[], bool],
+        log_dir: Path | None = None,
+    ) -> None:
+        self.api = api
+        self.task = task
+        self.manifest = manifest
+        self.http = http
+        self.stop = stop
+        self.log_dir = log_dir
+        self.packs_multicast = 0
+        self.packs_http = 0
+        self.packs_corrupt = 0
+        self.stats = FrameStats()
+        self.session: str | None = None
+        self.outcome = "not tried"  # received | late | dropped | broken: ... | none | stopped
+        self._tried = False
+        self._dropped = threading.Event()
+        self._receiver: Receiver | None = None
+
+    # ---- the PackSource --------------------------------------------------------------------
+
+    def packs(self, wanted: Collection[str]) -> Iterator[tuple[str, bytes]]:
+        order = list(wanted)
+        missing = set(order)
+        if not self._tried:
+            self._tried = True
+            for pack_id, data in self._multicast(missing):
+                missing.discard(pack_id)
+                self.packs_multicast += 1
+                yield pack_id, data
+        rest = [p for p in order if p in missing]
+        if rest:
+            logger.info("task %d: %d of %d packs by HTTP (%s)", self.task.task_id, len(rest), len(order),
+                        self.outcome)  # fmt: skip
+        for pack_id, data in self.http.packs(rest):
+            self.packs_http += 1
+            yield pack_id, data
+
+    # ---- the multicast part ----------------------------------------------------------------
+
+    def _post(self, what: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        url = f"/api/agent/multicast/{self.task.task_id}/{what}"
+        return self.api._call("POST", url, f"multicast {what}", json=body or {}, limit=30.0)
+
+    def _report(self, interface: str | None, final: dict[str, Any] | None = None) -> dict[str, Any]:
+        assert self.session is not None
+        body: dict[str, Any] = {"session": self.session, "packs": self.packs_multicast}
+        rx = rx_bytes(interface) if interface else None
+        if rx is not None:
+            body["rx_bytes"] = rx
+        if final is not None:
+            body["done"] = final
+        return self._post("report", body)
+
+    def _multicast(self, missing: set[str]) -> Iterator[tuple[str, bytes]]:
+        try:
+            reply = self._post("join")
+        except FleetcastError as exc:
+            self.outcome = f"join failed: {exc.message}"
+            logger.warning("task %d: multicast join failed: %s", self.task.task_id, exc.message)
+            return
+        state = str(reply.get("state"))
+        if state not in ("waiting", "starting", "streaming"):
+            self.outcome = "late" if state == "late" else state
+            logger.info("task %d: multicast %s: %s", self.task.task_id, state, reply.get("reason"))
+            return
+        self.session = str(reply["session"])
+        image_id = str(reply.get("image_id"))
+        if image_id != self.manifest.image_id:
+            self.outcome = f"session streams image {image_id[:16]}, not {self.manifest.image_id[:16]}"
+            logger.warning("task %d: %s", self.task.task_id, self.outcome)
+            return
+        group, port = str(reply["group"]), int(reply["port"])
+        interface = route_interface(group)
+        started = time.monotonic()
+        while state == "waiting":
+            if self.stop():
+                self.outcome = "stopped"
+                return
+            if time.monotonic() - started > WAIT_LIMIT:
+                self.outcome = "the session never started"
+                return
+            time.sleep(REPORT_SECONDS)
+            try:
+                state = str(self._report(interface).get("state"))
+            except FleetcastError as exc:
+                self.outcome = f"report failed: {exc.message}"
+                return
+        if state not in ("starting", "streaming"):
+            self.outcome = "late" if state in ("finished", "ended", "failed") else state
+            return
+        yield from self._receive(Channel(group, port, interface), image_id, missing)
+
+    def _receive(self, channel: Channel, image_id: str, missing: set[str]) -> Iterator[tuple[str, bytes]]:
+        assert self.session is not None
+        log: IO[bytes] | None = None
+        if self.log_dir is not None:
+            log = open(self.log_dir / f"udp-receiver-{self.session}.log", "ab")  # noqa: SIM115
+        receiver = Receiver(channel, start_timeout=RECEIVER_START_TIMEOUT, log=log)
+        self._receiver = receiver
+        stream = receiver.start()
+        _grow_pipe(stream)
+        done = threading.Event()
+        # udp-receiver must never wait for the disk: a reader thread keeps its pipe empty, with up to
+        # QUEUE_BYTES of verified packs waiting for the restore
+        largest = max((p.stored for p in self.manifest.pack_refs()), default=1)
+        packs: queue.Queue[tuple[str, bytes] | None] = queue.Queue(max(4, QUEUE_BYTES // max(largest, 1)))
+        reader = threading.Thread(
+            target=self._read, args=(stream, image_id, missing, packs, done), name="mcast-read", daemon=True
+        )
+        watcher = threading.Thread(
+            target=self._watch, args=(receiver, channel.interface, done), name="mcast-report", daemon=True
+        )
+        reader.start()
+        watcher.start()
+        self.outcome = "received"
+        try:
+            while (item := packs.get()) is not None:
+                yield item
+        finally:
+            done.set()
+            receiver.stop()
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    packs.get_nowait()  # unblock the reader
+            reader.join(timeout=10)
+            watcher.join(timeout=5)
+            if log is not None:
+                log.close()
+        if self._dropped.is_set():
+            self.outcome = "dropped"
+        elif self.stop():
+            self.outcome = "stopped"
+        rc = receiver.proc.returncode if receiver.proc is not None else None
+        logger.info(
+            "task %d: multicast ended (%s): %d packs, %d foreign frames skipped, udp-receiver %s",
+            self.task.task_id, self.outcome, self.packs_multicast, self.stats.foreign, rc,
+        )  # fmt: skip
+
+    def _read(
+        self,
+        stream: IO[bytes],
+        image_id: str,
+        missing: set[str],
+        packs: queue.Queue[tuple[str, bytes] | None],
+        done: threading.Event,
+    ) -> None:
+        assert self.session is not None
+        refs = {p.id: p for p in self.manifest.pack_refs()}
+        try:
+            for pack_id, data in read_frames(
+                stream, self.session, image_id, wanted=lambda p: p in missing, stats=self.stats
+            ):
+                ref = refs.get(pack_id)
+                if ref is None:
+                    continue
+                if len(data) != ref.stored or (
+                    ref.hash is not None and blake3.blake3(data).hexdigest() != ref.hash
+                ):
+                    self.packs_corrupt += 1
+                    logger.warning("task %d: multicast pack %s failed its hash; HTTP repairs it",
+                                   self.task.task_id, pack_id)  # fmt: skip
+                    continue
+                while not done.is_set():
+                    try:
+                        packs.put((pack_id, data), timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+                if done.is_set():
+                    return
+            self._drain(stream)
+        except (FleetcastError, OSError, ValueError) as exc:
+            if not self._dropped.is_set() and not self.stop() and not done.is_set():
+                self.outcome = f"broken: {exc}"
+                logger.warning("task %d: multicast stream ended: %s", self.task.task_id, exc)
+        finally:
+            with contextlib.suppress(queue.Full):
+                packs.put(None, timeout=30)
+
+    def _drain(self, stream: IO[bytes]) -> None:
+        """After the end frame: read to the end so udp-receiver completes the session with the sender
+        (it acknowledges the end) and exits by itself."""
+        while stream.read(1 << 16):
+            pass
+        proc = self._receiver.proc if self._receiver is not None else None
+        if proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+
+    def _watch(self, receiver: Receiver, interface: str | None, done: threading.Event) -> None:
+        """Report once every REPORT_SECONDS; end the receiver when dropped or stopping."""
+        while not done.wait(REPORT_SECONDS):
+            if self.stop():
+                receiver.stop()
+                return
+            try:
+                state = self._report(interface).get("state")
+            except FleetcastError as exc:
+                logger.warning("task %d: multicast report failed: %s", self.task.task_id, exc.message)
+                continue
+            if state == "dropped":
+                logger.info(
+                    "task %d: dropped from the multicast session; finishing by HTTP", self.task.task_id
+                )
+                self._dropped.set()
+                receiver.stop()
+                return
+
+    # ---- the end ---------------------------------------------------------------------------
+
+    @property
+    def transport(self) -> str:
+        """What the client finished with: multicast when the stream brought packs and it was not
+        dropped; unicast otherwise (late, dropped, restarted, no session)."""
+        return "multicast" if self.packs_multicast and self.outcome == "received" else "unicast"
+
+    def summary(self) -> str:
+        line = (
+            f"transport: {self.transport} ({self.packs_multicast} packs by multicast, "
+            f"{self.packs_http} repaired by HTTP; multicast {self.outcome})"
+        )
+        if self.stats.foreign:
+            line += f"; {self.stats.foreign} frames of another session skipped"
+        return line
+
+    def finish(self) -> str:
+        """Tell the session how this client finished (event ``client-transport``); the result line."""
+        if self.session is not None:
+            final = {
+                "transport": self.transport,
+                "packs_multicast": self.packs_multicast,
+                "packs_repaired": self.packs_http,
+                "outcome": self.outcome[:200],
+                "foreign_frames": self.stats.foreign,
+            }
+            try:
+                self._report(None, final)
+            except FleetcastError as exc:
+                logger.warning("task %d: final multicast report failed: %s", self.task.task_id, exc.message)
+        return self.summary()
+
+    def close(self) -> None:
+        if self._receiver is not None:
+            self._receiver.stop()
