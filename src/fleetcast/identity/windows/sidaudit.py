@@ -17,9 +17,10 @@ CONSEQUENCE = (
     "Kerberos and NTLM logons between machines that share a machine SID (LsaSrv event 6167)"
 )
 FIX = (
-    "give each machine its own SID: deploy them again (the agent's personalize step writes a new random "
-    "SID), or, once the personalize-only task exists, `fleetcast personalize CLIENTS --new-sid`; "
-    "on one machine by hand: `fleetcast windows personalize ROOT --new-sid` from the boot environment"
+    "give each machine its own SID without re-imaging: `fleetcast personalize CLIENTS --new-sid` (the "
+    "agents, booted from the network, rewrite the SID offline), or deploy them again (the agent writes "
+    "a new random SID); on one machine by hand: `fleetcast windows personalize ROOT --new-sid` from the "
+    "boot environment"
 )
 
 
