@@ -98,6 +98,9 @@ def create_app(settings: ServerSettings, *, catalog: ImageCatalog | None = None)
     app.include_router(capture.agent_router)
     app.include_router(personalize.router)  # personalize-only deployments (issue 13)
     mcast = multicast.install(app, orch, settings.data_dir)  # sessions + their routes (docs/multicast.md)
+    from fleetcast.server import boot
+
+    boot.install(app, db)  # network boot: /boot/*, registrations, lab reports (docs/boot-chain.md)
     console.install(app, db)  # the web console at / and /api/users (docs/console.md)
     logger.info(
         "server ready: data %s, store %s, database %s", settings.data_dir, settings.store, redact(db.url)

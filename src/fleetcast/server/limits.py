@@ -31,7 +31,8 @@ logger = logging.getLogger(__name__)
 BODY_LIMIT = 1 << 20
 AGENT_LIMIT = 256 << 10
 RESULT_LIMIT = 2 << 20
-UNAUTHENTICATED = ("/api/agent/enroll",)
+UNAUTHENTICATED = ("/api/agent/enroll", "/api/lab/report")  # the lab report: a first-boot script (boot.py)
+LAB_REPORT_LIMIT = 4096
 BODY_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 
 
@@ -39,6 +40,8 @@ CAPTURE_LIMIT = 4 << 30  # capture uploads (packs, the chunk index): their route
 
 
 def limit_for(path: str) -> int:
+    if path == "/api/lab/report":
+        return LAB_REPORT_LIMIT
     if path.startswith("/api/agent/captures/"):
         return CAPTURE_LIMIT
     if path.startswith("/api/agent/tasks/") and path.endswith("/result"):

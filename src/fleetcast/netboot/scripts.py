@@ -1,0 +1,90 @@
+"""The text the server hands a booting client: iPXE scripts and GRUB configs (pure functions).
+
+What a client gets depends on its :class:`BootAction`: it boots the boot environment (kernel + initrd
+over HTTP with the agent's settings on the kernel command line) unless its last deployment is done and
+nothing else is queued for it; then the script exits so the firmware boots the next device, the local
+disk.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+from fleetcast.bootenv.build import BootEnv
+
+KERNEL = "vmlinuz"
+INITRD = "initrd.img"
+
+
+class BootAction(StrEnum):
+    REGISTER = "register"  # unknown machine: boot the environment, enroll, wait ("N clients connected")
+    WAIT = "wait"  # known, nothing queued: boot the environment and wait for a deployment
+    DEPLOY = "deploy"  # queued or running in a deployment: boot the environment, it starts at once
+    LOCAL = "local"  # its deployment is done: boot from the local disk
+
+    @property
+    def boots_environment(self) -> bool:
+        return self is not BootAction.LOCAL
+
+
+REASONS = {
+    BootAction.REGISTER: "new machine: starting the boot environment to register",
+    BootAction.WAIT: "registered: starting the boot environment to wait for a deployment",
+    BootAction.DEPLOY: "deployment pending: starting the boot environment",
+    BootAction.LOCAL: "deployment done: booting from the local disk",
+}
+
+
+def kernel_cmdline(server_url: str, enroll_token: str, mac: str, *extra: str) -> str:
+    """The boot environment's kernel command line (the names bootenv/init.py and agent/cmdline.py read)."""
+    env = BootEnv(kernel=Path(KERNEL), initrd=Path(INITRD), key="", manifest={})
+    return env.cmdline(server_url, enroll_token, *extra, boot_mac=mac)
+
+
+def ipxe_script(action: BootAction, server_url: str, enroll_token: str, mac: str) -> str:
+    """The per-MAC iPXE script. ``initrd=initrd.img`` is on the kernel line for the EFI stub."""
+    reason = REASONS[action]
+    if not action.boots_environment:
+        return f"#!ipxe\necho fleetcast: {mac}: {reason}\nexit\n"
+    files = f"{server_url}/boot/file"
+    cmdline = kernel_cmdline(server_url, enroll_token, mac, f"initrd={INITRD}")
+    return (
+        "#!ipxe\n"
+        f"echo fleetcast: {mac}: {reason}\n"
+        ":retry\n"
+        f"kernel {files}/{KERNEL} {cmdline} || goto failed\n"
+        f"initrd {files}/{INITRD} || goto failed\n"
+        "boot || goto failed\n"
+        ":failed\n"
+        "echo fleetcast: loading the boot environment failed; trying again in 5 s\n"
+        "sleep 5\n"
+        "goto retry\n"
+    )
+
+
+def chain_script(server_url: str) -> str:
+    """For an iPXE that asked without its MAC: ask again with it."""
+    return f"#!ipxe\nchain {server_url}/boot/ipxe?mac=${{net0/mac}}\n"
+
+
+def http_device(server_url: str) -> str:
+    """GRUB's device for the server: ``(http,HOST:PORT)``."""
+    hostport = server_url.split("://", 1)[-1].split("/", 1)[0]
+    return f"(http,{hostport})"
+
+
+def grub_config(action: BootAction, server_url: str, enroll_token: str, mac: str) -> str:
+    """What the Secure Boot chain's GRUB sources for ``mac``: Debian's signed kernel + initrd over HTTP
+    (GRUB verifies the kernel through shim), or ``exit`` to the firmware's next boot device."""
+    reason = REASONS[action]
+    if not action.boots_environment:
+        return f'echo "fleetcast: {mac}: {reason}"\nexit\n'
+    dev = http_device(server_url)
+    cmdline = kernel_cmdline(server_url, enroll_token, mac)
+    return (
+        f'echo "fleetcast: {mac}: {reason}"\n'
+        f"linux {dev}/boot/file/{KERNEL} {cmdline}\n"
+        f"initrd {dev}/boot/file/{INITRD}\n"
+        "boot\n"
+    )
