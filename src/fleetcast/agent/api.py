@@ -141,6 +141,18 @@ class AgentApi:
         )
         return response.content
 
+    def drivers(self, name: str) -> bytes:
+        """The driver folder ``name`` of the current task as a tar (agent/options.py unpacks it)."""
+        response = request(
+            self._client,
+            "GET",
+            f"/api/agent/drivers/{name}",
+            outage_limit=self.outage_limit,
+            stop=self.stop,
+            what=f"driver folder {name!r}",
+        )
+        return response.content
+
     def chunk_source(
         self, *, workers: int, prefetch: int, stop: Callable[[], bool] | None = None
     ) -> HttpChunkSource:

@@ -263,7 +263,9 @@ def driver_folder(data_dir: Path, name: str) -> Path:
 
 
 def count_infs(folder: Path) -> int:
-    return sum(1 for p in folder.rglob("*") if p.suffix.lower() == ".inf" and p.is_file())
+    return sum(
+        1 for p in folder.rglob("*") if p.suffix.lower() == ".inf" and p.is_file() and not p.is_symlink()
+    )
 
 
 def check_unattend(text: str) -> str:
@@ -328,7 +330,7 @@ def list_driver_folders(data_dir: Path) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = []
     for path in sorted(root.iterdir()):
         if path.is_dir() and DRIVER_NAME_RE.match(path.name):
-            files = [p for p in path.rglob("*") if p.is_file()]
+            files = [p for p in path.rglob("*") if p.is_file() and not p.is_symlink()]  # as sent
             found.append(
                 {
                     "name": path.name,

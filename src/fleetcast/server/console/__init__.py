@@ -16,11 +16,15 @@ STATIC = Path(__file__).parent / "static"
 
 
 def install(app: FastAPI, db: Database) -> None:
-    """Users and sessions on ``app.state``, the pages at ``/``, ``/api/users``, static files."""
+    """Users and sessions on ``app.state``, the pages at ``/``, ``/api/users``, ``/api/drivers``,
+    static files."""
+    from fleetcast.server import drivers
     from fleetcast.server.console import routes
 
     app.state.users = Users(db)
     app.state.sessions = Sessions(db)
+    app.include_router(drivers.admin_router)  # driver folders DATA/drivers/NAME (the wizard's Windows step)
+    app.include_router(drivers.agent_router)
     app.include_router(routes.api)
     app.include_router(routes.pages)
     app.mount("/console/static", StaticFiles(directory=STATIC), name="console-static")
