@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 from fleetcast.agent.api import AgentApi
 from fleetcast.agent.state import StateStore, TaskState
 from fleetcast.errors import AgentError, DiskError, FleetcastError
-from fleetcast.identity.base import IdentitySettings
 from fleetcast.progress import Rate
 from fleetcast.protocol import Task
 from fleetcast.run import run
@@ -318,12 +317,12 @@ class TaskRunner:
             changes.append(mcast.finish())  # which transport it finished with, packs repaired
         if task.name or task.ip or manifest.os_hint:
             reporter.update(phase="personalizing", urgent=True)
+            from fleetcast.agent.options import identity_settings
             from fleetcast.agent.personalize import personalize
 
-            settings = IdentitySettings(
-                name=task.name, ip=task.ip, gateway=task.gateway, dns=tuple(task.dns), mac=self.mac or None
-            )
-            kind, lines = personalize(target, manifest, settings)
+            # name, IP and the Windows options (new SID, reset IDs, drivers folder, unattend.xml)
+            with identity_settings(task, self.api, self.mac) as settings:
+                kind, lines = personalize(target, manifest, settings)
             changes += [f"{kind}: {line}" for line in lines]
         self._check(cancel)
         reporter.update(phase="finishing", urgent=True)
