@@ -100,13 +100,22 @@ class _Ingest:
         from fleetcast.store.images import ImageStore
 
         self.store = ImageStore(store_root)
-        self._impl: Any = None
+        self._local = threading.local()  # one StoreIngest per thread (its dedupe index is a SQLite handle)
         try:
             from fleetcast.store.ingest import StoreIngest  # type: ignore[import-not-found,unused-ignore]
 
-            self._impl = StoreIngest(self.store)
+            self._factory: Any = StoreIngest
         except ImportError:
-            self._impl = None
+            self._factory = None
+
+    @property
+    def _impl(self) -> Any:
+        if self._factory is None:
+            return None
+        impl = getattr(self._local, "impl", None)
+        if impl is None:
+            impl = self._local.impl = self._factory(self.store)
+        return impl
 
     def have(self, hashes: Sequence[bytes]) -> dict[bytes, KnownChunk]:
         if self._impl is not None:
@@ -564,6 +573,7 @@ class CaptureService:
                 name, replace, done_id = row.image, row.replace, row.image_id
             if done_id is not None:  # a retried publish whose answer was lost
                 return PublishReply(image=name, image_id=done_id).model_dump()
+            expected = image_id_of(manifest)
             try:
                 claimed = Manifest.from_json(manifest).name
             except FleetcastError as exc:
@@ -573,36 +583,48 @@ class CaptureService:
             index = self.uploads.root / f"{task_id}-index.part"
             if not index.is_file():
                 raise ConflictError(f"capture task {task_id}: no chunk index was uploaded before the publish")
-            if not replace and name in self.orch.catalog.names():
+            if name in self.orch.catalog.names() and self._published_id(name) == expected:
+                image_id = expected  # published, and then the answer (or our bookkeeping) was lost
+            elif not replace and name in self.orch.catalog.names():
                 raise ConflictError(f"image {name!r} appeared on the server while it was being captured")
-            try:
-                image_id = self.ingest.publish(manifest, index, replace=replace)
-            except FleetcastError as exc:
-                if isinstance(exc, PackRejected | ConflictError):
-                    raise
-                raise ConflictError(
-                    f"image {name!r} cannot be published: {exc.message}", hint=exc.hint
-                ) from exc
-            m = Manifest.from_json(manifest)
-            with self.orch._tx() as s:
-                row = s.get(CaptureRow, live.capture_id)
-                assert row is not None
-                row.image_id = image_id
-                row.published_at = utcnow()
-                row.bytes_read = m.used_bytes
-                row.bytes_received += live.received
-                row.chunks_new += live.chunks_new
-                row.chunks_known += live.chunks_known
-                live.received = live.chunks_new = live.chunks_known = 0
-                s.execute(delete(CaptureLease).where(CaptureLease.capture_id == row.id))
-                self.orch.bus.record(
-                    s, "capture-published", deployment_id=row.deployment_id, image=name, image_id=image_id,
-                    bytes_read=row.bytes_read, bytes_sent=row.bytes_received, chunks_new=row.chunks_new,
-                    chunks_known=row.chunks_known, packs_new=row.packs_new,
-                )  # fmt: skip
+            else:
+                image_id = self._publish(name, manifest, index, replace=replace)
+            self._published(live, name, image_id, Manifest.from_json(manifest).used_bytes)
             index.unlink(missing_ok=True)
             logger.info("capture task %d: published %s (%s)", task_id, name, image_id[:16])
             return PublishReply(image=name, image_id=image_id).model_dump()
+
+    def _published_id(self, name: str) -> str | None:
+        try:
+            return image_id_of(self.ingest.store.read_manifest_bytes(name))
+        except FleetcastError:
+            return None
+
+    def _publish(self, name: str, manifest: bytes, index: Path, *, replace: bool) -> str:
+        try:
+            return self.ingest.publish(manifest, index, replace=replace)
+        except FleetcastError as exc:
+            if isinstance(exc, PackRejected | ConflictError):
+                raise
+            raise ConflictError(f"image {name!r} cannot be published: {exc.message}", hint=exc.hint) from exc
+
+    def _published(self, live: _Live, name: str, image_id: str, used: int) -> None:
+        with self.orch._tx() as s:
+            row = s.get(CaptureRow, live.capture_id)
+            assert row is not None
+            row.image_id = image_id
+            row.published_at = utcnow()
+            row.bytes_read = used
+            row.bytes_received += live.received
+            row.chunks_new += live.chunks_new
+            row.chunks_known += live.chunks_known
+            live.received = live.chunks_new = live.chunks_known = 0
+            s.execute(delete(CaptureLease).where(CaptureLease.capture_id == row.id))
+            self.orch.bus.record(
+                s, "capture-published", deployment_id=row.deployment_id, image=name, image_id=image_id,
+                bytes_read=row.bytes_read, bytes_sent=row.bytes_received, chunks_new=row.chunks_new,
+                chunks_known=row.chunks_known, packs_new=row.packs_new,
+            )  # fmt: skip
 
     def flush_counters(self) -> None:
         """Persist the in-memory counters of captures no longer running (their totals stay visible)."""
@@ -623,6 +645,12 @@ class CaptureService:
                 if t.state != "running":
                     with self._lock:
                         self._live.pop(task_id, None)
+
+
+def image_id_of(manifest: bytes) -> str:
+    from fleetcast.store.manifest import image_id
+
+    return image_id(manifest)
 
 
 def _key(task_id: int, pack_id: str, stored_hash: str) -> str:
