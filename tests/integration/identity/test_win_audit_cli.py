@@ -107,3 +107,34 @@ def test_audit_lists_shared_sids_until_they_differ(tmp_path: Any) -> None:
         assert text.splitlines()[0] == "no shared machine SID among 3 Windows installation(s)"
         clients = server.get("/api/clients")["clients"]
         assert [w["machine_sid"] for c in clients for w in c["windows"]] == [GOLD, NEW, OTHER, None]
+
+
+def test_personalize_refuses_what_changes_nothing_or_no_client(tmp_path: Any) -> None:
+    with serve(tmp_path / "data") as server:
+        cred = _enroll(server, "52:54:00:00:00:01", [_win(GOLD, "GOLDEN")])
+        args = ["--server", server.url, "--token", server.admin]
+        proc = cli("personalize", "all", *args, check=False)
+        assert proc.returncode == 2
+        assert proc.stderr.splitlines() == [
+            "fleetcast: error: nothing to personalize: no new SID, no ID reset and no name",
+            "hint: add --new-sid (what clones sharing a machine SID need) or --name PATTERN",
+        ]
+        proc = cli("personalize", "52:54:00:00:00:09", "--new-sid", *args, check=False)
+        assert proc.returncode != 0
+        assert proc.stderr.splitlines()[0] == "fleetcast: error: client 52:54:00:00:00:09 is not enrolled"
+        proc = cli("personalize", "all", "--new-sid", "--disk", "nonsense", *args, check=False)
+        assert proc.returncode == 2 and "nonsense" in proc.stderr
+        # queued: the one client gets a task of kind personalize with new_sid
+        out = json.loads(
+            cli("personalize", "all", "--new-sid", "--name", "LAB-{n:02}", *args, "--json").stdout
+        )
+        assert out["clients"] == ["52:54:00:00:00:01"]
+        assert server.get("/api/deployments")["deployments"][0]["image"] == ""
+        r = httpx.post(
+            server.url + "/api/agent/heartbeat", json={"inventory": None, "task_id": None},
+            headers={"Authorization": f"Bearer {cred}"}, timeout=30,
+        )  # fmt: skip
+        task = r.json()["task"]
+        assert (task["kind"], task["name"], task["new_sid"], task["reset_ids"], task["disk_rule"]) == (
+            "personalize", "LAB-01", True, False, "0",
+        )  # fmt: skip
