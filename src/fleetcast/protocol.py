@@ -37,6 +37,7 @@ MAX_CHANGE = 1_000
 MAX_MACS = 64
 MAX_DISKS = 256
 MAX_DNS = 8
+MAX_UNATTEND = 256 * 1024
 # capture (docs/agent-protocol.md, "Capture"): chunk hashes per have request, its body is raw digests
 MAX_HAVE = 4096
 DIGEST_BYTES = 32
@@ -151,6 +152,8 @@ class Task(_Answered):
     # Windows options (issue 9 CONSOLE request; issue 13 personalize tasks); an older server sends none
     new_sid: bool = True
     reset_ids: bool = True
+    drivers: str | None = Field(default=None, max_length=128)  # a driver folder's name on the server
+    unattend: str = Field(default="auto", max_length=MAX_UNATTEND)  # "auto", "none" or an unattend.xml text
 
 
 class HeartbeatReply(_Answered):

@@ -57,7 +57,10 @@ def test_parse_good() -> None:
             {"task_id": True},
             "task from the server: field 'task_id': Input should be a valid integer (found bool)",
         ),
-        ({"kind": "capture"}, "task kind 'capture' is not supported by this agent (supported: deploy)"),
+        (
+            {"kind": "backup"},
+            "task kind 'backup' is not supported by this agent (supported: deploy, capture, personalize)",
+        ),
         ({"then": "explode"}, "task field 'then': expected one of reboot, shutdown, none, found 'explode'"),
         ({"dns": [1]}, "task from the server: field 'dns.0': Input should be a valid string (found int)"),
         (
