@@ -11,6 +11,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from fleetcast.cli.presets import add_preset_options, plan_lines, presets_body
+
 if TYPE_CHECKING:
     from fleetcast.server.apiclient import ApiClient
 
@@ -92,6 +94,7 @@ def register(
     p.add_argument("--grow", action="store_true", help="grow the last partition to fill larger disks")
     p.add_argument("--then", choices=("reboot", "shutdown", "none"), default="reboot", help="after deploying")
     add_transport_options(p)
+    add_preset_options(p)  # --ip-list, --keep-sid, --keep-ids, --drivers, --unattend (cli/presets.py)
     p.add_argument("--plan", action="store_true", help="show the assignments and stop (nothing is started)")
     p.add_argument("--wait", action="store_true", help="follow the deployment until every client finished")
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
@@ -145,6 +148,7 @@ def _body(args: argparse.Namespace) -> dict[str, Any]:
         "grow": args.grow,
         "then": args.then,
         **transport_body(args),
+        **presets_body(args),
     }
 
 
@@ -174,6 +178,8 @@ def _deploy(args: argparse.Namespace) -> int:
                     print(
                         f"gateway {plan.get('gateway') or '-'}, dns {', '.join(plan.get('dns') or []) or '-'}"
                     )
+                for line in plan_lines(plan):
+                    print(line)
             return 0
         view = api.post("/api/deployments", _body(args))
         dep = view["deployment"]
