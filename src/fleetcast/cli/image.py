@@ -242,14 +242,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
     report = _store(args).verify(args.name)
     if args.json:
         print_json(report.to_dict())
+    elif report.ok:
+        print(f"image {args.name!r} is intact: {report.chunks} packs, {_hb(report.bytes)} verified")
+    else:
+        for problem in report.problems:  # each once; the error below only counts them
+            print(f"problem: {problem}")
     if not report.ok:
         raise IntegrityError(
-            f"image {args.name!r} failed verification: {len(report.problems)} bad chunk(s): "
-            f"{report.problems[0]}",
+            f"image {args.name!r} failed verification: {len(report.problems)} of {report.chunks} packs "
+            "damaged or missing",
             hint="run 'fleetcast store check'; re-capture the image",
         )
-    if not args.json:
-        print(f"image {args.name!r} is intact: {report.chunks} chunks, {_hb(report.bytes)} verified")
     return 0
 
 

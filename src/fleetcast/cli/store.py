@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from fleetcast.cli.common import add_json, add_store, print_json
+from fleetcast.errors import FleetcastError
 
 if TYPE_CHECKING:
     from fleetcast.store.images import ImageStore
@@ -64,9 +66,11 @@ def cmd_check(args: argparse.Namespace) -> int:
             + (f", {dx['images']} images, {dx['entries']} entries" if "entries" in dx else "")
             + (f" (not yet indexed: {', '.join(behind)})" if behind else "")
         )
+        for pack in report.unreferenced_packs:
+            print(f"unreferenced pack: {pack['id']} ({pack['bytes']} bytes)")
         print(
-            f"unreferenced: {report.unreferenced_chunks} chunks, {human_bytes(report.unreferenced_bytes)} "
-            "('fleetcast store gc' frees them)"
+            f"unreferenced: {report.unreferenced_chunks} packs, {human_bytes(report.unreferenced_bytes)} "
+            f"({report.unreferenced_bytes} bytes) no image uses ('fleetcast store gc' frees them)"
         )
         print("ok" if report.ok else "PROBLEMS FOUND")
     if not report.ok:
@@ -83,11 +87,42 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _server_leases(args: argparse.Namespace, store: ImageStore) -> tuple[Callable[[], set[str]], Any] | None:
+    """When this store is a server's (``--data D``: ``D/store`` beside ``D/fleetcast.db``, or the configured
+    database), gc keeps the packs the server leased to captures in progress (iface-capture.md)."""
+    from fleetcast.server import settings
+
+    try:
+        s = settings.build(
+            data=getattr(args, "data", None),
+            listen=None,
+            database=None,
+            config_file=getattr(args, "config", None),
+            store=getattr(args, "store", None),
+        )
+    except FleetcastError:
+        return None
+    if s.store.resolve() != store.root.resolve():
+        return None
+    if not s.database_url and not (s.data_dir / "fleetcast.db").is_file():
+        return None
+    from fleetcast.server.capture import leased_packs
+    from fleetcast.server.db import Database
+
+    db = Database(s.db_url)
+    return (lambda: leased_packs(db)), db
+
+
 def cmd_gc(args: argparse.Namespace) -> int:
     from fleetcast.progress import human_bytes
 
     store = _store_root(args)
-    report = store.gc()
+    leases = _server_leases(args, store)
+    try:
+        report = store.gc(protect=leases[0] if leases else None)
+    finally:
+        if leases:
+            leases[1].close()
     if args.json:
         print_json(report.to_dict() | {"store": str(store.root)})
     else:
@@ -95,5 +130,10 @@ def cmd_gc(args: argparse.Namespace) -> int:
             f"freed {human_bytes(report.freed_bytes)} ({report.freed_bytes} bytes): "
             f"{report.removed_chunks} unreferenced chunks ({report.freed_chunk_bytes} bytes), "
             f"{report.removed_leftovers} leftovers ({report.freed_leftover_bytes} bytes)"
+            + (
+                f"; kept {report.protected_packs} packs leased to captures in progress"
+                if report.protected_packs
+                else ""
+            )
         )
     return 0

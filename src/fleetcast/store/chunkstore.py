@@ -20,7 +20,7 @@ from pathlib import Path
 import blake3
 import zstandard
 
-from fleetcast.errors import ChunkCorrupt, StoreError
+from fleetcast.errors import ChunkCorrupt, PackMissing, StoreError
 from fleetcast.store.manifest import CHUNK_ID_RE
 
 logger = logging.getLogger(__name__)
@@ -87,6 +87,37 @@ def decompress_verify(chunk_id: str, stored: bytes, length: int | None, *, what:
     return data
 
 
+def decompress_exact(chunk_id: str, stored: bytes, *, what: str, hint: str = _CORRUPT_HINT) -> bytes:
+    """Like ``decompress_verify``, and the stored bytes must be exactly one whole zstd frame: bytes after
+    it (which a one-shot decompression ignores) or a frame cut off fail. For checks of stored packs whose
+    recorded size and hash are not at hand (``store check``, uploads)."""
+    try:
+        declared = zstandard.frame_content_size(stored)
+        if declared > MAX_OBJECT_BYTES:
+            raise ChunkCorrupt(
+                f"{what}: pack {chunk_id} is corrupt: its header declares {declared} bytes of content, "
+                f"more than the {MAX_OBJECT_BYTES} a stored object may hold",
+                hint=hint,
+            )
+        dobj = zstandard.ZstdDecompressor().decompressobj(write_size=max(declared, 0) + 1)
+        data = dobj.decompress(stored)
+        complete, rest = dobj.eof, dobj.unused_data
+    except zstandard.ZstdError as exc:
+        raise ChunkCorrupt(
+            f"{what}: pack {chunk_id} is corrupt: it does not decompress ({exc})", hint=hint
+        ) from exc
+    if not complete:
+        raise ChunkCorrupt(f"{what}: pack {chunk_id} is corrupt: its zstd frame is cut off", hint=hint)
+    if rest:
+        raise ChunkCorrupt(
+            f"{what}: pack {chunk_id} is corrupt: {len(rest)} bytes follow its zstd frame", hint=hint
+        )
+    found = chunk_hash(data)
+    if found != chunk_id:
+        raise ChunkCorrupt(f"{what}: pack {chunk_id} is corrupt: its content hashes to {found}", hint=hint)
+    return data
+
+
 class ChunkStore:
     """The ``chunks/`` directory of a store."""
 
@@ -111,9 +142,9 @@ class ChunkStore:
         try:
             return self.path(chunk_id).read_bytes()
         except FileNotFoundError as exc:
-            raise StoreError(
-                f"chunk {chunk_id} is missing from the store {self.root.parent}",
-                hint="run 'fleetcast store check'",
+            raise PackMissing(
+                f"pack {chunk_id} is missing from the store {self.root.parent}",
+                hint="run 'fleetcast store check'; re-capture the images that use it",
             ) from exc
         except OSError as exc:
             raise StoreError(f"cannot read chunk {chunk_id}: {exc.strerror}") from exc

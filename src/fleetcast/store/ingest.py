@@ -24,10 +24,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import blake3
-import zstandard
 
 from fleetcast.errors import CaptureError, ChunkCorrupt, IntegrityError, StoreError
-from fleetcast.store.chunkstore import MAX_OBJECT_BYTES, chunk_hash, fsync_dir, write_file_durable
+from fleetcast.store.chunkstore import MAX_OBJECT_BYTES, decompress_exact, fsync_dir, write_file_durable
 from fleetcast.store.dedupe import DedupeIndex
 from fleetcast.store.images import ImageStore, check_name
 from fleetcast.store.manifest import CHUNK_ID_RE, INDEX_FILE, Manifest, PackRef, load_image
@@ -48,22 +47,7 @@ def verify_pack_bytes(pack_id: str, stored: bytes, stored_hash: str | None = Non
         raise ChunkCorrupt(f"{what} is empty", hint=_HINT)
     if len(stored) > MAX_OBJECT_BYTES:
         raise ChunkCorrupt(f"{what} is {len(stored)} bytes, more than {MAX_OBJECT_BYTES}", hint=_HINT)
-    try:
-        declared = zstandard.frame_content_size(stored)
-        if declared > MAX_OBJECT_BYTES:
-            raise ChunkCorrupt(f"{what} declares {declared} bytes of content", hint=_HINT)
-        dobj = zstandard.ZstdDecompressor().decompressobj()
-        data = dobj.decompress(stored)
-        complete, rest = dobj.eof, dobj.unused_data
-    except zstandard.ZstdError as exc:
-        raise ChunkCorrupt(f"{what} does not decompress ({exc})", hint=_HINT) from exc
-    if not complete:
-        raise ChunkCorrupt(f"{what} is cut off: its zstd frame does not end", hint=_HINT)
-    if rest:
-        raise ChunkCorrupt(f"{what} has {len(rest)} bytes after its zstd frame", hint=_HINT)
-    found = chunk_hash(data)
-    if found != pack_id:
-        raise ChunkCorrupt(f"{what}: its content hashes to {found}", hint=_HINT)
+    decompress_exact(pack_id, stored, what="upload", hint=_HINT)
     h = str(blake3.blake3(stored).hexdigest())
     if stored_hash is not None and h != stored_hash:
         raise ChunkCorrupt(f"{what}: its stored bytes hash to {h}, expected {stored_hash}", hint=_HINT)

@@ -6,18 +6,20 @@ import contextlib
 import logging
 import os
 import shutil
-from collections.abc import Callable, Collection
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Collection, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fleetcast.errors import ChunkCorrupt, NotFoundError, StoreError
-from fleetcast.store.chunkstore import chunk_hash, decompress_verify
+from fleetcast.errors import ChunkCorrupt, NotFoundError, PackMissing, StoreError
+from fleetcast.store.chunkstore import chunk_hash, decompress_exact
 from fleetcast.store.manifest import CHUNK_ID_RE, PackRef
 
 if TYPE_CHECKING:
     from fleetcast.store.images import ImageStore
+    from fleetcast.store.manifest import Manifest
 
 logger = logging.getLogger(__name__)
 
@@ -54,12 +56,12 @@ def _check_one(
 
     try:
         stored = store.chunks.read(cid)
-    except StoreError as exc:
+    except (StoreError, PackMissing) as exc:
         return 0, f"{what}: {exc.message}"
     try:
         if pack is not None:
             check_stored(what, pack, stored)
-        data = decompress_verify(cid, stored, None, what=what)
+        data = decompress_exact(cid, stored, what=what)
     except ChunkCorrupt as exc:
         return 0, exc.message
     for off, length, h in slices:
@@ -69,22 +71,44 @@ def _check_one(
 
 
 def verify_image(store: ImageStore, name: str) -> VerifyReport:
-    """Read, decompress and re-hash every stored object the image uses (each once) and every slice."""
+    """Read, decompress and re-hash every pack the image uses (each once) and every slice in it; each
+    problem is in the report once (the caller prints them). Memory: one pack's slices at a time (v2)."""
     manifest = store.open(name)
-    slices: dict[str, set[tuple[int, int, str]]] = {}
-    for _, chunk in manifest.entries():
-        slices.setdefault(chunk.id, set()).add((chunk.offset, chunk.length, chunk.hash))
     report = VerifyReport(name)
     what = f"image {name!r}"
-    packs = {p.id: p for p in manifest.pack_refs()}
     with ThreadPoolExecutor(WORKERS) as pool:
-        for n, problem in pool.map(lambda c: _check_one(store, c, sorted(slices[c]), what, packs[c]), slices):
+        inflight: deque[Future[tuple[int, str | None]]] = deque()
+
+        def account(fut: Future[tuple[int, str | None]]) -> None:
+            n, problem = fut.result()
             report.chunks += 1
             report.bytes += n
             if problem:
-                logger.error("%s", problem)
                 report.problems.append(problem)
+
+        for pack, slices in _pack_slices(manifest):
+            inflight.append(pool.submit(_check_one, store, pack.id, slices, what, pack))
+            while len(inflight) > WORKERS + 1:
+                account(inflight.popleft())
+        while inflight:
+            account(inflight.popleft())
     return report
+
+
+def _pack_slices(manifest: Manifest) -> Iterator[tuple[PackRef, list[tuple[int, int, str]]]]:
+    """Each pack of the image with the slices (offset, length, hash) its entries use."""
+    index = manifest.open_index()
+    if index is not None:
+        blocks = index.blocks_of_pack()
+        for i, p in enumerate(manifest.packs):
+            got = {(e.offset, e.length, e.hash.hex()) for e in index.pack_entries(i, blocks.get(i, []))}
+            yield p, sorted(got)
+        return
+    slices: dict[str, set[tuple[int, int, str]]] = {}
+    for _, chunk in manifest.entries():
+        slices.setdefault(chunk.id, set()).add((chunk.offset, chunk.length, chunk.hash))
+    for p in manifest.pack_refs():
+        yield p, sorted(slices.get(p.id, ()))
 
 
 @dataclass
@@ -98,6 +122,7 @@ class CheckReport:
     running_captures: list[str] = field(default_factory=list)
     unreferenced_chunks: int = 0
     unreferenced_bytes: int = 0
+    unreferenced_packs: list[dict[str, Any]] = field(default_factory=list)  # [{"id", "bytes"}]
     dedupe_index: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -116,29 +141,36 @@ class CheckReport:
             "running_captures": self.running_captures,
             "unreferenced_chunks": self.unreferenced_chunks,
             "unreferenced_bytes": self.unreferenced_bytes,
+            "unreferenced_packs": self.unreferenced_packs,
             "dedupe_index": self.dedupe_index,
         }
 
 
-def _references(store: ImageStore, report: CheckReport | None) -> tuple[dict[str, int], list[str]]:
-    """Stored object id -> stored size over all images, and the names of images whose manifest is damaged.
+def _references(
+    store: ImageStore, report: CheckReport | None, *, lazy: bool = False
+) -> tuple[dict[str, PackRef], list[str]]:
+    """Pack id -> what the images record about it (size, stored hash), and the images whose manifest
+    (or, unless ``lazy``, index) is damaged.
 
-    An image removed while this runs (its manifest vanished between listing and opening) is skipped: it
-    is not damage, and its packs are unreferenced from now on."""
-    refs: dict[str, int] = {}
+    An image removed while this runs (its manifest or index vanished between listing and opening) is
+    skipped: that is not damage, and its packs are unreferenced from now on."""
+    refs: dict[str, PackRef] = {}
     damaged: list[str] = []
     for name in store.names():
         try:
-            manifest = store.open(name)
+            manifest = store.open(name, lazy=lazy)
         except NotFoundError:
             continue
         except StoreError as exc:
+            if not store.exists(name):
+                continue  # removed while we read it
             damaged.append(f"{name}: {exc.message}")
             continue
         if report is not None:
             report.images += 1
         for p in manifest.pack_refs():
-            refs.setdefault(p.id, p.stored)
+            if p.id not in refs or refs[p.id].hash is None:
+                refs[p.id] = p
     return refs, damaged
 
 
@@ -162,7 +194,9 @@ def check_store(store: ImageStore, *, repair: bool = False) -> CheckReport:
     what = "store"
 
     def one(cid: str) -> str | None:
-        return _check_one(store, cid, [], what)[1]
+        # a referenced pack against what its images record (size, stored hash); every pack: exactly
+        # one zstd frame (nothing appended) whose content hashes to its name
+        return _check_one(store, cid, [], what, refs.get(cid))[1]
 
     with ThreadPoolExecutor(WORKERS) as pool:
         for problem in pool.map(one, sorted(present)):
@@ -173,8 +207,11 @@ def check_store(store: ImageStore, *, repair: bool = False) -> CheckReport:
             report.missing_chunks.append(cid)
     for cid, path in present.items():
         if cid not in refs:
-            report.unreferenced_chunks += 1
-            report.unreferenced_bytes += path.stat().st_size
+            with contextlib.suppress(OSError):
+                size = path.stat().st_size
+                report.unreferenced_chunks += 1
+                report.unreferenced_bytes += size
+                report.unreferenced_packs.append({"id": cid, "bytes": size})
     for path, live in store.tmp_entries():
         (report.running_captures if live else report.leftovers).append(str(path))
     return report
@@ -268,7 +305,7 @@ def gc_store(store: ImageStore, *, protect: Protect = None) -> GcReport:
         raise StoreError(f"the store {store.root} does not exist", hint="pass --store DIR")
     report = GcReport()
     with store.locked(exclusive=True):
-        refs, damaged = _references(store, None)
+        refs, damaged = _references(store, None, lazy=True)  # v2: the pack list is in the manifest
         if damaged:
             raise StoreError(
                 f"refusing to collect garbage: {len(damaged)} image(s) have damaged manifests ({damaged[0]})",

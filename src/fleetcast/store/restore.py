@@ -32,7 +32,7 @@ from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 import blake3
 
-from fleetcast.errors import ChunkCorrupt, DiskError, FleetcastError, ManifestError, RestoreError
+from fleetcast.errors import ChunkCorrupt, DiskError, FleetcastError, ManifestError, PackMissing, RestoreError
 from fleetcast.progress import ProgressFn, human_bytes
 from fleetcast.store.chunkstore import decompress_verify
 from fleetcast.store.manifest import Area, Manifest, PackRef, check_entry
@@ -437,6 +437,18 @@ def _verify_pack(what: str, pack: PackRef, stored: bytes) -> bytes:
     return decompress_verify(pack.id, stored, None, what=what)
 
 
+def _named(what: str, stream: Iterator[tuple[str, bytes]]) -> Iterator[tuple[str, bytes]]:
+    """The source's packs; a pack it reports missing (a local store) names the image (exit 4)."""
+    try:
+        yield from stream
+    except PackMissing as exc:
+        raise PackMissing(f"{what}: {exc.message}", hint=exc.hint) from exc
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
+
+
 @contextmanager
 def _closing(it: Iterator[Any]) -> Iterator[None]:
     """Close a pack source's generator on the way out, so a failed restore stops its prefetching now
@@ -498,7 +510,7 @@ def _write_packs(
         while missing:
             before = len(missing)
             inflight: deque[tuple[Future[bytes], str]] = deque()
-            stream = source.packs([p.id for p in packs if p.id in missing])  # first-use order
+            stream = _named(what, source.packs([p.id for p in packs if p.id in missing]))  # first-use order
             with _closing(stream):
                 for pid, stored in stream:
                     if pid not in missing:

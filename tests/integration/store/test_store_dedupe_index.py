@@ -139,14 +139,15 @@ def test_upload_publish_and_leases(tmp_path: Path) -> None:
     stored = src.chunks.read(first.id)
     with pytest.raises(ChunkCorrupt) as err:
         ing.put_pack(first.id, stored + b"x" * 100)
-    assert str(err.value) == f"uploaded pack {first.id} has 100 bytes after its zstd frame"
+    assert str(err.value) == f"upload: pack {first.id} is corrupt: 100 bytes follow its zstd frame"
     with pytest.raises(ChunkCorrupt) as err:
         ing.put_pack(first.id, stored[:-10])
-    assert str(err.value).startswith(f"uploaded pack {first.id} ")
+    assert str(err.value) == f"upload: pack {first.id} is corrupt: its zstd frame is cut off"
     other = compress(b"other" * 1000)
     with pytest.raises(ChunkCorrupt) as err:
         ing.put_pack(first.id, other)
-    assert str(err.value) == f"uploaded pack {first.id}: its content hashes to {chunk_hash(b'other' * 1000)}"
+    found = chunk_hash(b"other" * 1000)
+    assert str(err.value) == f"upload: pack {first.id} is corrupt: its content hashes to {found}"
     assert not dst.chunks.has(first.id)
 
     manifest = src.read_manifest_bytes("d")
@@ -230,3 +231,36 @@ def test_list_and_info_show_referenced_and_unique_bytes(tmp_path: Path, fleetcas
     # what rm + gc frees is exactly the unique bytes
     store.remove("b")
     assert store.gc().freed_chunk_bytes == listed["b"]["unique_bytes"]
+
+
+def test_cli_gc_keeps_the_packs_a_server_leased(tmp_path: Path, fleetcast_bin: Path) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import text
+
+    from fleetcast.server.db import Base, CaptureLease, Database, utcnow
+
+    data = tmp_path / "data"
+    store = ImageStore(data / "store")
+    ing = StoreIngest(store)
+    leased, free = b"leased" * 4000, b"free" * 6000
+    ing.put_pack(chunk_hash(leased), compress(leased))
+    ing.put_pack(chunk_hash(free), compress(free))
+    ing.close()
+    db = Database(f"sqlite:///{data / 'fleetcast.db'}")
+    Base.metadata.create_all(db.engine)
+    with db.transaction() as s:
+        s.execute(text("PRAGMA foreign_keys=OFF"))  # a lease without its capture row, for this test
+        s.add(
+            CaptureLease(capture_id=1, pack_id=chunk_hash(leased), expires_at=utcnow() + timedelta(hours=1))
+        )
+    db.close()
+    out = subprocess.run(
+        [str(fleetcast_bin), "--data", str(data), "store", "gc", "--json"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    report = json.loads(out.stdout)
+    assert (report["removed_chunks"], report["protected_packs"]) == (1, 1)
+    assert store.chunks.has(chunk_hash(leased)) and not store.chunks.has(chunk_hash(free))

@@ -40,10 +40,15 @@ def test_flipped_byte_fails_verify_and_restore(golden: Path, tmp_path: Path, fle
 
     proc = fc(fleetcast_bin, "image", "verify", "g", "--store", store.root)
     assert proc.returncode == 4
-    assert (
-        f"fleetcast: error: image 'g' failed verification: 1 bad chunk(s): "
-        f"image 'g': pack {victim} is corrupt: its stored bytes hash to " in (proc.stderr)
+    npacks = len(m.pack_ids())
+    # each problem once: on stdout, the error line only counts them
+    assert proc.stderr.splitlines()[0] == (
+        f"fleetcast: error: image 'g' failed verification: 1 of {npacks} packs damaged or missing"
     )
+    problem = f"problem: image 'g': pack {victim} is corrupt: its stored bytes hash to "
+    assert [line for line in proc.stdout.splitlines() if line.startswith(problem)] == proc.stdout.splitlines()
+    assert len(proc.stdout.splitlines()) == 1
+    assert victim not in proc.stderr
     proc = fc(fleetcast_bin, "image", "verify", "g", "--store", store.root, "--json")
     assert proc.returncode == 4
     report = json.loads(proc.stdout)
@@ -61,6 +66,24 @@ def test_flipped_byte_fails_verify_and_restore(golden: Path, tmp_path: Path, fle
     check = json.loads(proc.stdout)
     assert len(check["damaged_chunks"]) == 1
     assert victim in check["damaged_chunks"][0]
+
+
+def test_a_missing_pack_exits_4_naming_the_image(golden: Path, tmp_path: Path, fleetcast_bin: Path) -> None:
+    store = ImageStore(tmp_path / "store")
+    m = capture(golden, "g", store)
+    victim = m.pack_ids()[-1]
+    store.chunk_path(victim).unlink()
+    missing = f"image 'g': pack {victim} is missing from the store {store.root}"
+    proc = fc(fleetcast_bin, "image", "verify", "g", "--store", store.root)
+    assert (proc.returncode, proc.stdout) == (4, f"problem: {missing}\n")
+    target = tmp_path / "t.img"
+    proc = fc(fleetcast_bin, "image", "restore", "g", target, "--store", store.root)
+    assert proc.returncode == 4
+    assert proc.stderr.splitlines()[0] == f"fleetcast: error: {missing}"
+    assert not target.exists()  # the file restore created is removed again
+    proc = fc(fleetcast_bin, "store", "check", "--store", store.root, "--json")
+    assert proc.returncode == 4
+    assert json.loads(proc.stdout)["missing_chunks"] == [victim]
 
 
 def test_kill_9_capture_leaves_no_image(tmp_path: Path, fleetcast_bin: Path) -> None:
@@ -179,7 +202,7 @@ def test_bad_arguments(golden: Path, tmp_path: Path, fleetcast_bin: Path) -> Non
     doc["packs"][0]["id"] = "zz"
     manifest.write_text(json.dumps(doc))
     proc = fc(fleetcast_bin, "image", "restore", "g", tmp_path / "y.img", "--store", store)
-    assert proc.returncode == 1
+    assert proc.returncode == 4  # damaged metadata: the integrity exit code (docs/image-format.md)
     assert proc.stderr.splitlines()[0] == (
         "fleetcast: error: image 'g' has an invalid manifest: "
         "packs[0].id must be 64 lower-case hex digits (blake3); found 'zz'"
