@@ -9,7 +9,8 @@
 
 Firmware is a small registry keyed by :class:`Firmware` (lab-notes.md has the command lines that work):
 
-- ``bios``: SeaBIOS, the NIC's iPXE option ROM (``efi-virtio.rom`` holds the legacy PXE image too).
+- ``bios``: SeaBIOS with ``graphics=off`` (it and iPXE print on the serial port), the NIC's iPXE
+  option ROM (QEMU's ``efi-virtio.rom`` holds the legacy PXE image too).
 - ``uefi``: ``-machine q35``, OVMF_CODE_4M.fd read-only + a private copy of OVMF_VARS_4M.fd; OVMF hands
   off to the NIC's iPXE EFI driver.
 - ``secureboot``: ``-machine q35,smm=on``, OVMF_CODE_4M.ms.fd + a copy of OVMF_VARS_4M.ms.fd (Microsoft
@@ -46,7 +47,6 @@ logger = logging.getLogger(__name__)
 
 QEMU = "qemu-system-x86_64"
 OVMF_DIR = Path("/usr/share/OVMF")
-IPXE_ROM = Path("/usr/lib/ipxe/qemu/efi-virtio.rom")
 DEFAULT_MEMORY_MIB = 2048  # a ~130 MB initrd needs it (lab-notes.md)
 _SIZE_RE = re.compile(r"^([0-9]+)([KMGT]?)i?B?$", re.IGNORECASE)
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
@@ -89,7 +89,7 @@ class FirmwareProfile:
     kind: ClassVar[Firmware]
     registry: ClassVar[dict[Firmware, type[FirmwareProfile]]] = {}
     machine: ClassVar[str] = "q35"
-    nic_rom: ClassVar[Path | None] = IPXE_ROM
+    nic_rom: ClassVar[bool] = True  # QEMU's own virtio-net ROM (iPXE: legacy PXE + EFI driver)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -104,7 +104,7 @@ class FirmwareProfile:
 
 class BiosProfile(FirmwareProfile):
     kind = Firmware.BIOS
-    machine = "q35"
+    machine = "q35,graphics=off"  # SeaBIOS and iPXE then write to the serial port (no screen here)
 
 
 class _OvmfProfile(FirmwareProfile):
@@ -139,7 +139,7 @@ class SecureBootProfile(_OvmfProfile):
     machine = "q35,smm=on"
     code = "OVMF_CODE_4M.ms.fd"
     vars = "OVMF_VARS_4M.ms.fd"
-    nic_rom = None  # OVMF's own network stack: an unsigned iPXE ROM is refused with Secure Boot on
+    nic_rom = False  # OVMF's own network stack: an unsigned iPXE ROM is refused with Secure Boot on
 
     def args(self, workdir: Path) -> list[str]:
         return [*super().args(workdir), "-global", "driver=cfi.pflash01,property=secure,value=on"]
@@ -256,12 +256,10 @@ class Machine:
             f"unix:{self.qmp_socket},server=on,wait=off",
         ]
         if spec.tap is not None:
-            rom = self.profile.nic_rom
             argv += ["-netdev", f"tap,id=net0,ifname={spec.tap},script=no,downscript=no"]
-            argv += [
-                "-device",
-                f"virtio-net-pci,netdev=net0,mac={spec.mac},bootindex=1,romfile={rom if rom else ''}",
-            ]
+            nic = f"virtio-net-pci,netdev=net0,mac={spec.mac},bootindex=1"
+            # (an explicit romfile=/usr/lib/ipxe/qemu/efi-virtio.rom is not run by SeaBIOS here)
+            argv += ["-device", nic if self.profile.nic_rom else nic + ",romfile="]
         else:
             argv += ["-nic", "none"]
         if self.disk.exists():
