@@ -26,6 +26,13 @@ def register(
 
     for key in ("listen", "database", "store"):
         config.add_flag(p, key)
+    for key in ("interface", "dhcp", "dhcp_range", "server_url", "bootenv", "uefi_boot"):
+        config.add_flag(p, key, dest=key)  # network boot (docs/boot-chain.md)
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="start full DHCP even when another DHCP server answers on --interface",
+    )
     p.set_defaults(func=_serve)
 
 
@@ -47,6 +54,15 @@ def check_bind(host: str, port: int) -> None:
             ) from exc
 
 
+def _exit_on_sigterm() -> None:
+    import signal
+
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -61,11 +77,16 @@ def _serve(args: argparse.Namespace) -> int:
         store=args.store,
     )
     check_bind(settings.host, settings.port)
+    from fleetcast.netboot.service import netboot_from_args
+
+    netboot = netboot_from_args(args, settings)  # every refusal before anything starts
     lock = None
     if not settings.database_url or settings.database_url.startswith("sqlite"):
         settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         lock = lock_data_dir(settings.data_dir)
     app = create_app(settings)
+    if netboot is not None:
+        netboot.attach(app)
     debug = bool(getattr(args, "debug", False))
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     print(
@@ -76,16 +97,24 @@ def _serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        log_level="debug" if debug else "info",
-        access_log=debug,
-        timeout_graceful_shutdown=5,
-        proxy_headers=False,  # X-Forwarded-For is not trusted: audit addresses are the real peers
-    )
+    if netboot is not None:
+        _exit_on_sigterm()  # uvicorn re-raises the signal after shutdown: end through finally (dnsmasq)
+    try:
+        if netboot is not None:
+            netboot.start()
+        uvicorn.run(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            log_level="debug" if debug else "info",
+            access_log=debug,
+            timeout_graceful_shutdown=5,
+            proxy_headers=False,  # X-Forwarded-For is not trusted: audit addresses are the real peers
+        )
+    finally:
+        if netboot is not None:
+            netboot.stop()
     if lock is not None:
         lock.release()
     return 0

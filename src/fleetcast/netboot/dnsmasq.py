@@ -68,7 +68,8 @@ class InterfaceInfo:
 class NetbootConfig:
     """Everything the network boot needs; built once by ``fleetcast serve`` (or the lab) and passed in.
 
-    ``state_dir`` holds ``dnsmasq.conf``, the lease file and the TFTP root ``tftp/``.
+    ``state_dir`` holds ``dnsmasq.conf`` and the lease file; ``tftp_dir`` is the TFTP root (dnsmasq reads
+    it after dropping root, so it must not lie inside the 0700 data directory; default ``state_dir/tftp``).
     ``secureboot_macs``: clients that get the Secure Boot chain (shim → signed GRUB) when UEFI.
     ``uefi_boot``: ``ipxe`` (UEFI clients get snponly.efi) or ``shim`` (every UEFI client gets shim).
     """
@@ -82,10 +83,11 @@ class NetbootConfig:
     secureboot_macs: tuple[str, ...] = ()
     bootenv_dir: Path | None = None
     extra: tuple[str, ...] = field(default_factory=tuple)  # more dnsmasq lines (tests, experts)
+    tftp_dir: Path | None = None
 
     @property
     def tftp_root(self) -> Path:
-        return self.state_dir / "tftp"
+        return self.tftp_dir if self.tftp_dir is not None else self.state_dir / "tftp"
 
     @property
     def conf_file(self) -> Path:
@@ -286,7 +288,7 @@ def prepare_tftp_root(cfg: NetbootConfig, grub_cfg: str) -> dict[str, Path]:
     root = cfg.tftp_root
     try:
         (root / "grub").mkdir(parents=True, exist_ok=True)
-        for d in (cfg.state_dir, root, root / "grub"):
+        for d in (root, root / "grub"):
             os.chmod(d, 0o755)
         for name, src in files.items():
             dst = root / name

@@ -36,7 +36,7 @@ REASONS = {
 }
 
 
-def kernel_cmdline(server_url: str, enroll_token: str, mac: str, *extra: str) -> str:
+def kernel_cmdline(server_url: str, enroll_token: str, mac: str | None, *extra: str) -> str:
     """The boot environment's kernel command line (the names bootenv/init.py and agent/cmdline.py read)."""
     env = BootEnv(kernel=Path(KERNEL), initrd=Path(INITRD), key="", manifest={})
     return env.cmdline(server_url, enroll_token, *extra, boot_mac=mac)

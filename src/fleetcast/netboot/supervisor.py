@@ -36,7 +36,9 @@ from fleetcast.run import spawn, which
 
 logger = logging.getLogger(__name__)
 
-PROBE_SECONDS = 2.5
+# dnsmasq pings an address for 3 s before it first offers it (ISC dhcpd: 1 s); a probe that listens for
+# less misses a real server that does that
+PROBE_SECONDS = 4.0
 START_WAIT = 5.0
 STOP_WAIT = 5.0
 BACKOFF_FIRST = 1.0
@@ -116,7 +118,7 @@ class NetbootService:
         with self._lock:
             if self._proc is not None:
                 return
-            iface = self.check()
+            iface = self.iface or self.check()  # checked already by whoever built this service
             self._write(iface)
             self._stopping.clear()
             self._spawn(first=True)
