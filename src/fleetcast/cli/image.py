@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from fleetcast.cli.common import add_json, add_store, print_json, print_table
 
 if TYPE_CHECKING:
-    from fleetcast.store.images import ImageStore, ImageUsage
-    from fleetcast.store.manifest import Manifest
+    from fleetcast.store.images import ImageStore
 
 
 def register(
@@ -87,41 +86,6 @@ def _store(args: argparse.Namespace) -> ImageStore:
     return ImageStore(store_from_args(args))
 
 
-def summary(m: Manifest, usage: ImageUsage | None = None) -> dict[str, Any]:
-    return {
-        "name": m.name,
-        "image_id": m.image_id,
-        "created": m.created,
-        "tool_version": m.tool_version,
-        "disk_size": m.disk_size,
-        "logical_sector_size": m.logical_sector_size,
-        "physical_sector_size": m.physical_sector_size,
-        "table_label": m.table.label,
-        "os_hint": m.os_hint,
-        "used_bytes": m.used_bytes,
-        "data_bytes": m.data_bytes,
-        "stored_bytes": m.stored_bytes,
-        "unique_bytes": usage.unique_bytes if usage is not None else None,
-        "chunks": m.entry_count,
-        "packs": len(m.chunk_ids()),
-        "partitions": [
-            {
-                "number": a.number,
-                "kind": a.kind,
-                "start": a.start,
-                "size": a.size,
-                "fstype": a.fstype,
-                "os_hint": a.os_hint,
-                "used_bytes": a.used,
-                "data_bytes": a.data_bytes,
-                "chunks": a.entry_count,
-            }
-            for a in m.areas
-            if a.kind != "gap"
-        ],
-    }
-
-
 def _hb(n: int) -> str:
     from fleetcast.progress import human_bytes
 
@@ -131,6 +95,7 @@ def _hb(n: int) -> str:
 def cmd_capture(args: argparse.Namespace) -> int:
     from fleetcast.progress import ProgressBar
     from fleetcast.store.capture import CaptureStats, capture
+    from fleetcast.store.images import summary
 
     store = _store(args)
     stats = CaptureStats()
@@ -179,6 +144,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from fleetcast.store.images import summary
+
     store = _store(args)
     images = store.list()
     usage = store.usage(images)
@@ -206,6 +173,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from fleetcast.store.images import summary
+
     store = _store(args)
     m = store.open(args.name)
     others = [o for o in store.list() if o.name != m.name]
@@ -283,6 +252,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     from fleetcast.progress import ProgressBar
     from fleetcast.store.capture import CaptureStats
     from fleetcast.store.exchange import import_image
+    from fleetcast.store.images import summary
 
     stats = CaptureStats()
     with ProgressBar(f"import {args.name}", enabled=not args.json) as bar:

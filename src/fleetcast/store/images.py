@@ -34,7 +34,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from fleetcast.errors import CaptureError, ImageNotFound, ManifestError, StoreError, UsageError
 from fleetcast.store.chunkstore import ChunkStore, copy_durable, fsync_dir, write_file_durable
@@ -54,6 +54,45 @@ class ImageUsage(NamedTuple):
 
     stored_bytes: int
     unique_bytes: int
+
+
+def summary(m: Manifest, usage: ImageUsage | None = None) -> dict[str, Any]:
+    """What ``image info --json`` / ``image list --json`` and the server's image details show of an image:
+    sizes (``stored_bytes``: every pack it references, once; ``unique_bytes``: packs no other image
+    references, None when ``usage`` is not given), partitions, and per area ``os_info`` when captured."""
+    return {
+        "name": m.name,
+        "image_id": m.image_id,
+        "created": m.created,
+        "tool_version": m.tool_version,
+        "disk_size": m.disk_size,
+        "logical_sector_size": m.logical_sector_size,
+        "physical_sector_size": m.physical_sector_size,
+        "table_label": m.table.label,
+        "os_hint": m.os_hint,
+        "used_bytes": m.used_bytes,
+        "data_bytes": m.data_bytes,
+        "stored_bytes": usage.stored_bytes if usage is not None else m.stored_bytes,
+        "unique_bytes": usage.unique_bytes if usage is not None else None,
+        "chunks": m.entry_count,
+        "packs": len(m.chunk_ids()),
+        "partitions": [
+            {
+                "number": a.number,
+                "kind": a.kind,
+                "start": a.start,
+                "size": a.size,
+                "fstype": a.fstype,
+                "os_hint": a.os_hint,
+                "used_bytes": a.used,
+                "data_bytes": a.data_bytes,
+                "chunks": a.entry_count,
+                "os_info": a.os_info,
+            }
+            for a in m.areas
+            if a.kind != "gap"
+        ],
+    }
 
 
 def check_name(name: str) -> str:

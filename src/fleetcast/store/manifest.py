@@ -146,6 +146,9 @@ class Area:
     data: int | None = None
     skipped: int = 0
     entries: int | None = None
+    # format 2, optional: what an OS inspection found on the area at capture (e.g. Windows version,
+    # edition, generalized, machine SID), a small JSON object; absent from the manifest when None
+    os_info: dict[str, Any] | None = field(default=None, hash=False)
 
     @property
     def label(self) -> str:
@@ -176,7 +179,7 @@ class Area:
             "skipped": self.skipped,
             "entries": self.entry_count,
             "zeros": [list(z) for z in self.zeros],
-        }
+        } | ({"os_info": self.os_info} if self.os_info is not None else {})
 
     def to_dict(self, pack_index: dict[str, int]) -> dict[str, Any]:
         return {
@@ -537,8 +540,24 @@ def _packs_fast(raw: list[Any]) -> list[PackRef] | None:
     return [PackRef(p, rp["stored"], h) for p, h, rp in zip(ids, hashes, raw, strict=True)]
 
 
+MAX_OS_INFO = 8192  # bytes of JSON
+
+
+def _os_info(v: object, what: str) -> dict[str, Any]:
+    if not isinstance(v, dict):
+        raise ManifestError(f"{what} must be an object; found {type(v).__name__}")
+    size = len(json.dumps(v, separators=(",", ":")))
+    if size > MAX_OS_INFO:
+        raise ManifestError(f"{what} is {size} bytes of JSON, more than {MAX_OS_INFO}")
+    return v
+
+
 def _area_v2(raw: object, index: int, disk_size: int) -> Area:
     what = f"areas[{index}]"
+    os_info = None
+    if isinstance(raw, dict) and "os_info" in raw:
+        os_info = _os_info(raw["os_info"], f"{what}.os_info")
+        raw = {k: v for k, v in raw.items() if k != "os_info"}
     d = _obj(raw, what, AREA_KEYS_2)
     shell = dict(d, chunks=[])
     for k in ("data", "skipped", "entries"):
@@ -567,6 +586,7 @@ def _area_v2(raw: object, index: int, disk_size: int) -> Area:
         data=data,
         skipped=skipped,
         entries=entries,
+        os_info=os_info,
     )
 
 

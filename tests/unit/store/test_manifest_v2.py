@@ -66,7 +66,7 @@ def _set(path: str, value: object) -> Callable[[dict[str, Any]], None]:
         *head, last = path.split(".")
         for k in head:
             d = d[int(k)] if isinstance(d, list) else d[k]
-        d[last] = value  # type: ignore[index]
+        d[last] = value
 
     return edit
 
@@ -104,3 +104,20 @@ def test_v2_round_trip_is_byte_exact() -> None:
     assert m.version == 2 and m.entry_count == 2 and m.pack_ids() == [H]
     assert m.to_json() == data
     assert image_id(data) == image_id(m.to_json())
+
+
+def test_os_info_is_optional_and_round_trips() -> None:
+    d = valid2()
+    info = {"product": "Windows 11 Pro", "build": 22631, "generalized": True, "machine_sid": "S-1-5-21-1-2-3"}
+    d["areas"][0]["os_info"] = info
+    data = json.dumps(d, separators=(",", ":")).encode() + b"\n"
+    m = Manifest.from_json(data)
+    assert m.areas[0].os_info == info and m.to_json() == data
+    d["areas"][0]["os_info"] = "windows"
+    with pytest.raises(ManifestError) as err:
+        Manifest.from_json(json.dumps(d))
+    assert err.value.message == "areas[0].os_info must be an object; found str"
+    d["areas"][0]["os_info"] = {"x": "y" * 9000}
+    with pytest.raises(ManifestError) as err:
+        Manifest.from_json(json.dumps(d))
+    assert err.value.message == "areas[0].os_info is 9008 bytes of JSON, more than 8192"
