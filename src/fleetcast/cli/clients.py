@@ -1,6 +1,9 @@
 """``fleetcast clients list``: the clients the server knows (inventory, online, what they are doing);
 ``fleetcast clients revoke ID``: forget a client's credential (its agent is refused; the machine may
-enroll again, which is how an admin approves a re-enrollment)."""
+enroll again, which is how an admin approves a re-enrollment);
+``fleetcast clients register MAC [--name N] [--ip IP] [--boot auto|secureboot]`` and
+``fleetcast clients import FILE`` (CSV MAC,name,IP): machines registered before their first network boot
+(docs/boot-chain.md); ``clients registrations`` lists them, ``clients unregister MAC`` forgets one."""
 
 from __future__ import annotations
 
@@ -29,6 +32,115 @@ def register(
     add_server_options(rv)
     rv.add_argument("client_id", type=int, metavar="ID", help="the client's id (fleetcast clients list)")
     rv.set_defaults(func=_revoke)
+    _register_registrations(cmds, parent)
+
+
+def _register_registrations(
+    cmds: argparse._SubParsersAction[argparse.ArgumentParser], parent: argparse.ArgumentParser
+) -> None:
+    from fleetcast.cli.deploy import add_server_options
+
+    rg = cmds.add_parser(
+        "register", parents=[parent], help="register a machine by MAC before its first network boot"
+    )
+    add_server_options(rg)
+    rg.add_argument("mac", metavar="MAC", help="the MAC it network-boots from, e.g. 52:54:00:12:34:56")
+    rg.add_argument("--name", help="computer name a deployment gives it (when the deployment has no --name)")
+    rg.add_argument("--ip", help="its address, A.B.C.D[/PREFIX] (used when the deployment has no --ip)")
+    rg.add_argument(
+        "--boot",
+        default="auto",
+        choices=("auto", "secureboot"),
+        help="secureboot: a UEFI machine with Secure Boot on gets shim + signed GRUB (DHCP cannot tell)",
+    )
+    rg.add_argument("--replace", action="store_true", help="replace this MAC's registration")
+    rg.add_argument("--json", action="store_true", help="print the registration as JSON")
+    rg.set_defaults(func=_register_one)
+    im = cmds.add_parser(
+        "import", parents=[parent], help="register machines from a CSV file: MAC,name,IP (all or nothing)"
+    )
+    add_server_options(im)
+    im.add_argument("file", metavar="FILE", help="CSV: MAC,name,IP[,boot] per line; header line optional")
+    im.add_argument("--json", action="store_true", help="print the registrations as JSON")
+    im.set_defaults(func=_import)
+    rl = cmds.add_parser("registrations", parents=[parent], help="list the registered MACs")
+    add_server_options(rl)
+    rl.add_argument("--json", action="store_true", help='print {"registrations": [...]}')
+    rl.set_defaults(func=_registrations)
+    ur = cmds.add_parser("unregister", parents=[parent], help="forget a registered MAC")
+    add_server_options(ur)
+    ur.add_argument("mac", metavar="MAC")
+    ur.set_defaults(func=_unregister)
+
+
+def _register_one(args: argparse.Namespace) -> int:
+    from fleetcast.cli.common import print_json, printable
+    from fleetcast.cli.deploy import api_client
+    from fleetcast.netboot import roster
+
+    entry = roster.registration(args.mac, args.name, args.ip, args.boot)  # exact errors before any request
+    body = {**entry.to_dict(), "replace": bool(args.replace)}
+    with api_client(args) as api:
+        r = api.post("/api/registrations", body)
+    if args.json:
+        print_json(r)
+    else:
+        print(
+            printable(
+                f"registered {r['mac']}: name {r['name'] or '-'}, IP {r['ip'] or '-'}, boot {r['boot']}"
+            )
+        )
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fleetcast.cli.common import print_json, printable
+    from fleetcast.cli.deploy import api_client
+    from fleetcast.errors import UsageError
+    from fleetcast.netboot import roster
+
+    path = Path(args.file)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path} is not UTF-8 text (byte {exc.start})") from exc
+    roster.parse_csv(text, source=str(path))  # every bad line, before anything is sent
+    with api_client(args) as api:
+        r = api.post("/api/registrations/import", {"csv": text, "source": str(path)})
+    if args.json:
+        print_json(r)
+    else:
+        print(printable(f"{path}: registered {r['imported']} machine(s)"))
+    return 0
+
+
+def _registrations(args: argparse.Namespace) -> int:
+    from fleetcast.cli.common import print_json, print_table
+    from fleetcast.cli.deploy import api_client
+
+    with api_client(args) as api:
+        regs = api.get("/api/registrations")["registrations"]
+    if args.json:
+        print_json({"registrations": regs})
+        return 0
+    rows = [[r["mac"], r["name"] or "-", r["ip"] or "-", r["boot"]] for r in regs]
+    print_table(["mac", "name", "ip", "boot"], rows)
+    return 0
+
+
+def _unregister(args: argparse.Namespace) -> int:
+    from fleetcast.cli.common import printable
+    from fleetcast.cli.deploy import api_client
+    from fleetcast.server.plan import normalize_mac
+
+    with api_client(args) as api:
+        r = api.request("DELETE", f"/api/registrations/{normalize_mac(args.mac)}")
+    print(printable(f"unregistered {r['mac']}"))
+    return 0
 
 
 def _revoke(args: argparse.Namespace) -> int:

@@ -52,6 +52,17 @@ class RosterError(UsageError):
         self.problems = problems
 
 
+def check_mac(mac: str) -> str:
+    if not mac.strip():
+        raise UsageError("the MAC is empty: expected aa:bb:cc:dd:ee:ff")
+    try:
+        return normalize_mac(mac)
+    except UsageError as exc:
+        if "is not a MAC address" in exc.message:
+            raise UsageError(f"{mac!r} is not a MAC address: expected aa:bb:cc:dd:ee:ff") from exc
+        raise
+
+
 def check_name(name: str) -> str:
     value = name.strip()
     if not _NAME_RE.fullmatch(value) or len(value) > HOSTNAME_MAX:
@@ -99,7 +110,7 @@ def registration(
 ) -> Registration:
     """One checked registration (UsageError with the exact problem)."""
     return Registration(
-        mac=normalize_mac(mac),
+        mac=check_mac(mac),
         name=check_name(name) if name and name.strip() else None,
         ip=check_ip(ip) if ip and ip.strip() else None,
         boot=check_boot(boot),

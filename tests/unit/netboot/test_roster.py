@@ -29,11 +29,12 @@ def test_every_bad_line_is_named() -> None:
         "52:54:00:00:00:07,LAB-07,10.0.0.57,pxe\n"
         "52:54:00:00:00:08,LAB-08,10.0.0.58,auto,extra\n"
         "01:00:5e:00:00:01,LAB-09,\n"
+        ",LAB-10,10.0.0.60\n"
     )
     with pytest.raises(roster.RosterError) as err:
         roster.parse_csv(text, source="room12.csv")
     assert err.value.problems == [
-        "line 2: client '52:54:00:00:00:zz' is not a MAC address: expected aa:bb:cc:dd:ee:ff",
+        "line 2: '52:54:00:00:00:zz' is not a MAC address: expected aa:bb:cc:dd:ee:ff",
         "line 3: name 'LAB_03' is not a valid computer name (letters, digits and '-', at most 63, "
         "not starting or ending with '-')",
         "line 4: IP address '10.0.0.300' is not an IPv4 address (A.B.C.D or A.B.C.D/PREFIX)",
@@ -43,8 +44,9 @@ def test_every_bad_line_is_named() -> None:
         "line 7: boot method 'pxe' is not one of auto, secureboot",
         "line 8: 5 columns, expected MAC,name,IP",
         "line 9: MAC address 01:00:5e:00:00:01 is a multicast address and cannot identify a machine",
+        "line 10: the MAC is empty: expected aa:bb:cc:dd:ee:ff",
     ]
-    assert err.value.message.startswith("room12.csv: 9 problems, nothing imported:\nline 2: ")
+    assert err.value.message.startswith("room12.csv: 10 problems, nothing imported:\nline 2: ")
     assert err.value.hint == "fix the lines named and import the whole file again"
 
 
