@@ -133,10 +133,19 @@ def _set(path: str, value: object) -> Callable[[dict[str, Any]], None]:
 
 _DELETE = object()
 
+
+def _replace_all(new: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
+    def edit(d: dict[str, Any]) -> None:
+        d.clear()
+        d.update(new)
+
+    return edit
+
+
 CORPUS: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     (
         "top not object",
-        lambda d: d.clear() or d.update({"x": 1}),
+        _replace_all({"x": 1}),
         "manifest is missing 'format', 'version', ",
     ),
     ("format", _set("format", "qcow2"), "manifest 'format' must be 'fleetcast-image'; found 'qcow2'"),
