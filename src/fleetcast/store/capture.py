@@ -14,12 +14,12 @@ import logging
 import os
 import tempfile
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import blake3
 
@@ -68,7 +68,7 @@ class _Plan:
 def capture(
     source: Path,
     name: str,
-    store: ImageStore,
+    store: ImageStore | None,
     *,
     force_raw: bool = False,
     progress: ProgressFn | None = None,
@@ -78,9 +78,12 @@ def capture(
     stats: CaptureStats | None = None,
     pack_size: int = PACK_SIZE,
     sink: CaptureSink | None = None,
+    os_info: Mapping[int, dict[str, Any]] | None = None,
 ) -> Manifest:
-    """Capture ``source`` as image ``name`` (format 2) through ``sink`` (default: the local store's);
-    the image is visible only once complete and durable."""
+    """Capture ``source`` as image ``name`` (format 2) through ``sink`` (default: the local store's;
+    ``store`` may be None when a sink is given, e.g. an agent capturing to a server); the image is
+    visible only once complete and durable. ``os_info``: partition number -> what an OS inspection
+    found on it (recorded in that area's ``os_info``)."""
     from fleetcast.disk.device import inspect
     from fleetcast.disk.filesystems import probe_os
     from fleetcast.disk.partitions import read_table
@@ -98,7 +101,9 @@ def capture(
             f"source {source} is not a disk: it is {info_disk.size} bytes, "
             "too small for a partition table or filesystem"
         )
-    if store.exists(name):
+    if sink is None and store is None:
+        raise UsageError("capture needs a store or a sink to write to")
+    if store is not None and sink is None and store.exists(name):
         raise CaptureError(
             f"image {name!r} already exists in the store {store.root}",
             hint=f"pick another name, or remove it first: fleetcast image rm {name}",
@@ -116,7 +121,7 @@ def capture(
             if plan.kind != "gap":
                 plan.os_hint = probe_os(plan.fstype, source, f, plan.start, plan.size)
         with (
-            sink or StoreSink(store, name) as out,
+            sink or StoreSink(_need(store), name) as out,
             tempfile.TemporaryDirectory(prefix="fleetcast-capture-") as tmp,
         ):
             index_path = Path(tmp) / INDEX_FILE
@@ -137,6 +142,11 @@ def capture(
                     pack_size=pack_size,
                 )
                 info = index.close()
+            if os_info:
+                areas = [
+                    replace(a, os_info=os_info.get(a.number or 0)) if a.kind == "partition" else a
+                    for a in areas
+                ]
             hints = [a.os_hint for a in areas if a.os_hint]
             manifest = Manifest(
                 name=name,
@@ -174,6 +184,11 @@ def capture(
         packer.new_packs,
     )
     return manifest
+
+
+def _need(store: ImageStore | None) -> ImageStore:
+    assert store is not None
+    return store
 
 
 def _block_devices(source: Path) -> dict[str, Path]:

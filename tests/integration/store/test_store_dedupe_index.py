@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fleetcast.errors import CaptureError, ChunkCorrupt, IntegrityError
+from fleetcast.errors import CaptureError, ChunkCorrupt, IntegrityError, UsageError
 from fleetcast.store.capture import CaptureStats, capture
 from fleetcast.store.chunkstore import chunk_hash, compress, decompress_verify
 from fleetcast.store.dedupe import DB_FILE, DedupeIndex
@@ -20,6 +20,7 @@ from fleetcast.store.images import ImageStore
 from fleetcast.store.ingest import StoreIngest
 from fleetcast.store.manifest import INDEX_FILE
 from fleetcast.store.restore import restore
+from fleetcast.store.sink_local import StoreSink
 
 pytestmark = pytest.mark.integration
 
@@ -264,3 +265,14 @@ def test_cli_gc_keeps_the_packs_a_server_leased(tmp_path: Path, fleetcast_bin: P
     report = json.loads(out.stdout)
     assert (report["removed_chunks"], report["protected_packs"]) == (1, 1)
     assert store.chunks.has(chunk_hash(leased)) and not store.chunks.has(chunk_hash(free))
+
+
+def test_capture_through_a_sink_without_a_store_and_os_info(golden: Path, tmp_path: Path) -> None:
+    store = ImageStore(tmp_path / "store")
+    info = {"product": "Test OS", "generalized": False}
+    with pytest.raises(UsageError) as err:
+        capture(golden, "g", None)
+    assert str(err.value) == "capture needs a store or a sink to write to"
+    m = capture(golden, "g", None, sink=StoreSink(store, "g"), os_info={2: info})
+    assert [a.os_info for a in m.areas if a.kind == "partition"] == [None, info, None]
+    assert store.open("g").areas == m.areas and store.verify("g").ok
