@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -112,3 +113,129 @@ def test_three_clients_one_stream(lab3: FleetLab, golden: Path) -> None:
     assert {"multicast-waiting", "multicast-started", "multicast-finished", "client-transport"} <= events
     _check_disks(lab, golden, view)
     _wait("no udp-sender/udp-receiver left", lambda: udpcast_pids() == [], timeout=20)
+
+
+def _results(view: dict[str, Any]) -> dict[str, str]:
+    return {c["mac"]: _transport_line(c) for c in view["clients"]}
+
+
+def _repaired(line: str) -> int:
+    return int(line.split(" packs by multicast, ")[1].split(" repaired", maxsplit=1)[0])
+
+
+def test_six_clients_late_lossy_killed_and_slow(tmp_path: Path, golden: Path) -> None:
+    """Six agents: one joins late, one link drops 5 % of packets (nftables), one agent is killed and
+    started again mid-stream, one link is too slow (tbf) and is dropped to unicast; two are clean."""
+    with FleetLab(tmp_path, 6) as lab:
+        lab.capture_image(golden, IMAGE, pack_size=1 * MiB)
+        lab.start_server()
+        lab.add_disks()
+        lab.start_agents()
+        lab.wait_enrolled(6)
+        late, lossy, killed, slow, *clean = sorted(lab.agents, key=lambda a: a.node.mac)
+        lab.stop_agent(late)  # enrolled, but not there when the session starts
+        lossy.node.run(["nft", "add", "table", "inet", "fcloss"])
+        lossy.node.run(
+            ["nft", "add", "chain", "inet", "fcloss", "c", "{ type filter hook input priority 0; }"]
+        )
+        lossy.node.run(["nft", "add", "rule", "inet", "fcloss", "c", "udp", "dport", "9000-9999",
+                        "numgen", "random", "mod", "100", "<", "5", "drop"])  # fmt: skip
+        hub = ["ip", "netns", "exec", lab.net.hub]
+        run_hub = [*hub, "tc", "qdisc", "add", "dev", slow.node.hub_port, "root", "tbf", "rate", "6mbit",
+                   "burst", "32kb", "latency", "50ms"]  # fmt: skip
+        assert os.spawnvp(os.P_WAIT, run_hub[0], run_hub) == 0
+        stored = sum(p.stat().st_size for p in (lab.data / "store" / "chunks").rglob("*") if p.is_file())
+        before = tx_bytes(lab.net.server)
+        deploy = lab.cli_spawn(
+            *_deploy_args(lab, "--batch", "6", "--min-clients", "5", "--max-wait", "60",
+                          "--drop-below", "40", "--wait", "--json"),
+            log=tmp_path / "deploy.err",
+        )  # fmt: skip
+        try:
+            _wait("the session to start", lambda: any(e["type"] == "multicast-started" for e in lab.events()))
+            lab.start_agent(late)
+            # kill -9 mid-stream: after its first checkpoint (the set of packs written is on its disk)
+            _wait(
+                "the victim's first checkpoint",
+                lambda: any(
+                    json.loads(p.read_text() or "{}").get("checkpoint_chunk", 0) > 0
+                    for p in killed.state_dir.glob("*/state.json")
+                ),
+                timeout=300,
+            )
+            lab.kill_agent(killed)
+            lab.start_agent(killed)
+            out, _ = deploy.communicate(timeout=600)
+        finally:
+            if deploy.poll() is None:
+                deploy.kill()
+                deploy.wait()
+        assert deploy.returncode == 0, (tmp_path / "deploy.err").read_text()[-3000:]
+        sent = tx_bytes(lab.net.server) - before
+        dep = json.loads(out)["deployment"]
+        view = lab.get(f"/api/deployments/{dep}")
+        assert [c["state"] for c in view["clients"]] == ["done"] * 6
+        lines = _results(view)
+        events = lab.events(dep)
+        total = len({p.name for p in (lab.data / "store" / "chunks").rglob("*") if p.is_file()})
+        # the late joiner: everything by HTTP
+        assert lines[late.node.mac].startswith("transport: unicast (0 packs by multicast,"), lines
+        assert "multicast late" in lines[late.node.mac]
+        # the restarted agent resumed from its completed set: it asked HTTP only for the rest
+        assert any(e["type"] == "client-resumed" and e["mac"] == killed.node.mac for e in events)
+        assert 0 < _repaired(lines[killed.node.mac]) < total, lines[killed.node.mac]
+        # the slow one was dropped to unicast, with an event saying so
+        dropped = [e for e in events if e["type"] == "client-multicast-dropped"]
+        assert [e["mac"] for e in dropped] == [slow.node.mac], dropped
+        assert "multicast dropped" in lines[slow.node.mac]
+        assert lines[slow.node.mac].startswith("transport: unicast ("), lines
+        # udpcast repairs the lossy link itself; the clean ones needed nothing
+        for agent in (lossy, *clean):
+            assert lines[agent.node.mac].startswith("transport: multicast ("), lines
+        for agent in clean:
+            assert " 0 repaired by HTTP" in lines[agent.node.mac], lines
+        # the server sent about one copy by multicast plus exactly the repairs by HTTP, not six copies
+        repaired = sum(_repaired(line) for line in lines.values())
+        by_http = stored * repaired / total
+        multicast_part = (sent - by_http) / stored
+        print(f"server sent {sent} bytes for {stored} stored bytes ({sent / stored:.2f} copies): "
+              f"{repaired} of {6 * total} packs by HTTP, multicast {multicast_part:.2f} copies")  # fmt: skip
+        assert sent - by_http < 2.0 * stored, (sent, stored, repaired)
+        assert sent < 0.75 * 6 * stored
+        _check_disks(lab, golden, view)
+    _wait("no udp-sender/udp-receiver left", lambda: udpcast_pids() == [], timeout=20)
+
+
+def test_rules_change_while_waiting_then_cancel_mid_stream(lab3: FleetLab, golden: Path) -> None:
+    lab = lab3
+    # 1. min-clients 4 with 3 clients and a long max-wait: the session waits until the rule is changed
+    proc = lab.cli(*_deploy_args(lab, "--batch", "3", "--min-clients", "4", "--max-wait", "600", "--json"))
+    assert proc.returncode == 0, proc.stderr
+    dep = json.loads(proc.stdout)["deployment"]
+    _wait("three joined", lambda: len(_session(lab, dep).get("members", [])) == 3)
+    time.sleep(2)
+    assert _session(lab, dep)["state"] == "waiting"
+    assert udpcast_pids() == []
+    changed = lab.cli("deployments", "multicast", str(dep), "--server", lab.url, f"--token={lab.admin_token}",
+                      "--min-clients", "3", "--json")  # fmt: skip
+    assert changed.returncode == 0, changed.stderr
+    assert json.loads(changed.stdout)["sessions"][0]["min_clients"] == 3
+    _wait("the deployment to finish", lambda: lab.get(f"/api/deployments/{dep}")["state"] == "done", 300)
+    assert any(e["type"] == "multicast-rules-changed" for e in lab.events(dep))
+    # 2. cancel mid-stream (a slow server link keeps it streaming): sender and receivers end
+    lab.net.limit(lab.net.server, "20mbit")
+    proc = lab.cli(*_deploy_args(lab, "--batch", "3", "--json"))
+    assert proc.returncode == 0, proc.stderr
+    dep = json.loads(proc.stdout)["deployment"]
+    _wait("streaming", lambda: _session(lab, dep).get("state") == "streaming", 120)
+    assert len(udpcast_pids()) == 4  # one sender, three receivers
+    status, _ = lab.api("POST", f"/api/deployments/{dep}/cancel")
+    assert status == 200
+    _wait("cancelled", lambda: lab.get(f"/api/deployments/{dep}")["state"] == "cancelled", 60)
+    _wait("no udp-sender/udp-receiver after the cancel", lambda: udpcast_pids() == [], timeout=20)
+    assert _session(lab, dep)["state"] == "ended"
+
+
+def _session(lab: FleetLab, dep: int) -> dict[str, Any]:
+    sessions = lab.get(f"/api/deployments/{dep}/multicast")["sessions"]
+    return dict(sessions[-1]) if sessions else {}

@@ -215,7 +215,10 @@ def sender_argv(
 
 
 def receiver_argv(channel: Channel, *, start_timeout: float = 60.0) -> list[str]:
+    """udp-receiver under ``setpriv --pdeathsig INT``: when the agent dies (kill -9), its receiver gets
+    SIGINT and tells the sender it leaves, instead of holding the session until udp-sender drops it."""
     argv = [
+        which("setpriv", package="util-linux"), "--pdeathsig", "INT", "--",
         which("udp-receiver", package="udpcast"), "--nokbd", "--no-progress",
         "--portbase", str(channel.port), "--mcast-rdv-address", channel.group,
         "--start-timeout", str(max(1, round(start_timeout))), "--receive-timeout", "30",
@@ -226,12 +229,13 @@ def receiver_argv(channel: Channel, *, start_timeout: float = 60.0) -> list[str]
     return argv
 
 
-def stop(proc: subprocess.Popen[bytes] | None, *, timeout: float = 5.0) -> None:
-    """End this one process by its PID: SIGTERM, then SIGKILL; reaped either way."""
+def stop(proc: subprocess.Popen[bytes] | None, *, timeout: float = 5.0, sig: int = signal.SIGTERM) -> None:
+    """End this one process by its PID: ``sig`` (SIGINT makes udp-receiver tell the sender it leaves,
+    so the session does not wait for it), then SIGKILL; reaped either way."""
     if proc is None or proc.poll() is not None:
         return
     with contextlib.suppress(ProcessLookupError):
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=timeout)
         return
@@ -351,6 +355,6 @@ class Receiver:
         return self.proc.pid if self.proc is not None else None
 
     def stop(self) -> None:
-        stop(self.proc)
+        stop(self.proc, sig=signal.SIGINT)
         if self.proc is not None and self.proc.stdout is not None:
             self.proc.stdout.close()
