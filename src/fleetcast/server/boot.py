@@ -182,7 +182,7 @@ def add_registrations(
 
 
 def apply_registrations(
-    s: Session, assignments: list[Assignment], *, names: bool, ips: bool
+    s: Session, assignments: list[Assignment], *, names: bool, ips: bool, max_name_length: int = 63
 ) -> list[Assignment]:
     """A deployment without a name pattern (``names``) or addresses (``ips``) gives each registered
     client its registered name / IP (a plain IP gets /24)."""
@@ -196,6 +196,12 @@ def apply_registrations(
             out.append(a)
             continue
         name = r.name if names and r.name else a.name
+        if name and len(name) > max_name_length:
+            raise UsageError(
+                f"{a.mac} is registered with the name {name!r} ({len(name)} characters); this image's "
+                f"computer names may have at most {max_name_length}",
+                hint="register a shorter name or give the deployment a --name pattern",
+            )
         ip = a.ip
         if ips and r.ip:
             ip = r.ip if "/" in r.ip else f"{r.ip}/{DEFAULT_PREFIX}"

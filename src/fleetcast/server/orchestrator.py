@@ -247,6 +247,13 @@ class Orchestrator:
             addresses=addresses, os_hint=info.os_hint, data_dir=self.settings.data_dir,
             max_name_length=max_len,
         )  # fmt: skip
+        from fleetcast.server import boot  # names/IPs registered by MAC (fleetcast clients import)
+
+        with self.db.sessions() as session:
+            assignments = boot.apply_registrations(
+                session, assignments, names=not request.name, ips=not (ip_range or pre.ip_list),
+                max_name_length=max_len,
+            )  # fmt: skip
         from fleetcast.server import multicast as mc
 
         opts = mc.MulticastOptions.from_dict(request.multicast)

@@ -178,3 +178,26 @@ def test_registrations_hook_gets_secure_boot_macs(kit: Kit, tmp_path: Path) -> N
     kit.http.post("/api/registrations", json={"mac": MAC, "boot": "secureboot"}, headers=kit.auth)
     kit.http.post("/api/registrations", json={"mac": "52:54:00:00:00:02"}, headers=kit.auth)
     assert seen == [(MAC,), (MAC,)]
+
+
+def test_registered_name_and_ip_go_into_a_deployment_without_patterns(kit: Kit) -> None:
+    from fleetcast.server.plan import Assignment
+
+    csv = f"{MAC},LAB-07,10.0.0.57\n52:54:00:00:00:02,,10.1.0.9/16\n"
+    kit.http.post("/api/registrations/import", json={"csv": csv}, headers=kit.auth)
+    plan = [
+        Assignment(n=1, client_id=1, mac=MAC, name=None, ip=None),
+        Assignment(n=2, client_id=2, mac="52:54:00:00:00:02", name=None, ip=None),
+        Assignment(n=3, client_id=3, mac="52:54:00:00:00:03", name=None, ip=None),
+    ]
+    with kit.app.state.db.sessions() as s:
+        got = boot.apply_registrations(s, plan, names=True, ips=True)
+        assert [(a.name, a.ip) for a in got] == [
+            ("LAB-07", "10.0.0.57/24"),
+            (None, "10.1.0.9/16"),
+            (None, None),
+        ]
+        pattern = [Assignment(n=1, client_id=1, mac=MAC, name="PC-01", ip="10.9.0.1/24")]
+        assert boot.apply_registrations(s, pattern, names=False, ips=False) == pattern
+        with pytest.raises(Exception, match="registered with the name 'LAB-07' \\(6 characters\\)"):
+            boot.apply_registrations(s, plan, names=True, ips=False, max_name_length=5)
