@@ -45,6 +45,7 @@ class AgentSettings:
     execute_post_action: bool = True
     report_interval: float = 1.0
     checkpoint_bytes: int = 16 << 20
+    cmdline: Path = Path("/proc/cmdline")  # BOOTIF= there names the MAC it network-booted from
 
 
 class Agent:
@@ -64,6 +65,26 @@ class Agent:
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
 
+    def boot_mac(self, inv: Inventory) -> str | None:
+        """The MAC of ``BOOTIF=`` on the kernel command line when it is one of this machine's (the
+        server's identity for a network-booted machine); None elsewhere or when the line is unreadable."""
+        from fleetcast.agent.cmdline import read
+
+        try:
+            mac = read(self.settings.cmdline).boot_mac
+        except AgentError as exc:
+            logger.debug("no boot MAC from %s: %s", self.settings.cmdline, exc.message)
+            return None
+        return mac if mac is not None and mac in inv.macs else None
+
+    def _inventory(self, inv: Inventory | None = None) -> dict[str, Any]:
+        inv = inv or self._collect()
+        data = inv.to_dict()
+        boot_mac = self.boot_mac(inv)
+        if boot_mac is not None:
+            data["boot_mac"] = boot_mac
+        return data
+
     def _collect(self) -> Inventory:
         inv = collect(self.settings.allow or None, windows=True)
         if not inv.macs:
@@ -78,7 +99,9 @@ class Agent:
         if self.lock is None:  # the state of this identity, locked against a second agent
             self.state, self.lock = claim(self.settings.state_dir, self.inventory.primary_mac)
         saved = self.state.load_credential(self.api.server)
-        client_id = self.api.enroll(self.settings.enroll_token, self.inventory.to_dict(), credential=saved)
+        client_id = self.api.enroll(
+            self.settings.enroll_token, self._inventory(self.inventory), credential=saved
+        )
         assert self.api.credential is not None
         self.state.save_credential(self.api.server, self.api.credential)
         logger.info(
@@ -129,7 +152,7 @@ class Agent:
         while not self.stop_event.is_set():
             send_inventory = time.monotonic() - last_inventory >= INVENTORY_EVERY
             try:
-                inv = self._collect().to_dict() if send_inventory else None
+                inv = self._inventory() if send_inventory else None
                 reply = self.api.heartbeat(inv, None)
                 if send_inventory:
                     last_inventory = time.monotonic()

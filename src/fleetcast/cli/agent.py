@@ -110,6 +110,7 @@ def handle(args: argparse.Namespace) -> int:
         prefetch=max(4, args.workers),
         execute_post_action=args.post_action == "run",
         checkpoint_bytes=args.checkpoint_mib << 20,
+        cmdline=Path(args.cmdline),
     )
     agent = Agent(settings)
     agent.install_signal_handlers()
