@@ -258,6 +258,7 @@ class Sender:
         max_wait: float,
         wrap: Callable[[list[str]], list[str]] = lambda argv: argv,
         log: IO[bytes] | None = None,
+        prefix: bytes = b"",
     ) -> None:
         self.channel = channel
         self.session_id = session_id
@@ -270,6 +271,7 @@ class Sender:
         self.error: str | None = None
         self.finished = threading.Event()
         self._log = log
+        self._prefix = prefix  # raw bytes sent before the first frame (tests: a foreign stream)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._feed, name=f"mcast-send-{session_id[:8]}", daemon=True)
 
@@ -292,6 +294,8 @@ class Sender:
         proc = self.proc
         assert proc is not None and proc.stdin is not None
         try:
+            if self._prefix:
+                proc.stdin.write(self._prefix)
             for pack_id, load in self._packs:
                 if self._stopping.is_set():
                     break
