@@ -15,6 +15,8 @@ import pytest
 from consolekit import PASSWORD, browser, new_page, set_password, shot, sign_in
 from playwright.sync_api import expect
 
+from fleetcast.progress import human_bytes
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "integration" / "server"))
 from servekit import FLEETCAST, SimAgent, make_image, serve
 
@@ -48,6 +50,7 @@ def test_sign_in_roles_sessions_and_refusals(tmp_path: Path) -> None:
         def heartbeats() -> None:  # the test outlasts stale_after (15 s) on a loaded machine
             for agent in agents:
                 agent.step()  # no task: one heartbeat
+
         url = server.url
         # the API without a token (and without a session) is refused
         r = httpx.get(url + "/api/clients")
@@ -71,6 +74,12 @@ def test_sign_in_roles_sessions_and_refusals(tmp_path: Path) -> None:
         # images: details, verify, delete
         page.get_by_role("link", name="Images").click()
         page.get_by_role("button", name="tiny").click()
+        detail = page.locator("#image-detail")
+        details = server.get("/api/images/tiny/details")
+        assert details["unique_bytes"] == details["stored_bytes"] > 0  # the only image: all its packs
+        expect(detail).to_contain_text(f"Bytes unique to this image{human_bytes(details['unique_bytes'])}")
+        expect(detail.locator("#partitions tbody tr")).to_have_count(len(details["partitions"]))
+        shot(page, "03-image-details")
         page.get_by_role("button", name="Verify").click()
         expect(page.locator("#image-detail [role=status]")).to_have_text(
             re.compile(r"^Image tiny is intact: \d+ chunks, [\d.]+ MiB verified\.$")

@@ -6,6 +6,7 @@ deployment page, check the names and IPs shown; the audit log names the operator
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,7 +111,30 @@ def test_console_wizard_deploys_three_clients(lab: FleetLab) -> None:
         name.fill("LAB-{n:02}")
         expect(page.locator("#name-preview")).to_contain_text("LAB-03")
         _next(page, 5, "names")
-        page.get_by_label("First address / prefix (empty: keep DHCP)").fill("10.77.0.253/24")
+        # an IP list first: one client missing, then one given another client's current address
+        clients = sorted(lab.get("/api/clients")["clients"], key=lambda c: c["mac"])
+        page.get_by_label("A list (CSV)").check()
+        ip_list = page.get_by_label("IP list: one line per client", exact=False)
+        ip_list.fill(f"mac,name,ip\n{clients[0]['mac']},,10.77.0.101/24\n")
+        page.get_by_role("button", name="Next").click()
+        expect(page.locator('.error[data-for="ip_list"]')).to_have_text(
+            f"Client {clients[1]['mac']} (number 2) has no line in the IP list. "
+            "Add a line MAC,NAME,IP for it, or leave it out of the deployment."
+        )
+        taken = clients[2]["address"]
+        ip_list.fill(
+            "mac,name,ip\n"
+            + "".join(f"{c['mac']},,{ip}\n" for c, ip in zip(clients, [f"{taken}/24", *IPS[1:]], strict=True))
+        )
+        conflicts = page.locator("#ip-conflicts")
+        holder = clients[2]["mac"] + (f" ({clients[2]['hostname']})" if clients[2]["hostname"] else "")
+        expect(conflicts).to_have_text(
+            f"Conflict: {taken} (for LAB-01) is the current address of client {holder}."
+        )
+        expect(page.locator("#ip-preview")).to_contain_text(f"{taken}/24")
+        shot(page, "deploy-06-ip-list-conflict")
+        page.get_by_label("A range").check()
+        page.get_by_label("First address / prefix").fill("10.77.0.253/24")
         page.get_by_label("Gateway").fill("10.77.0.1")
         page.get_by_label("DNS servers (comma-separated)").fill("10.77.0.1")
         page.get_by_role("button", name="Next").click()
@@ -118,9 +142,22 @@ def test_console_wizard_deploys_three_clients(lab: FleetLab) -> None:
             "IP range 10.77.0.253/24 has room for 2 clients (10.77.0.253-10.77.0.254) but 3 are selected"
         )
         shot(page, "deploy-06-ip-conflict")
-        page.get_by_label("First address / prefix (empty: keep DHCP)").fill("10.77.0.101/24")
+        page.get_by_label("First address / prefix").fill("10.77.0.101/24")
         expect(page.locator("#ip-preview")).to_contain_text("10.77.0.103/24")
+        expect(conflicts).to_be_hidden()
         _next(page, 6, "ip")
+        # Windows options: an unattend.xml for a Linux image is refused beside its field
+        page.get_by_label("This one:").check()
+        page.get_by_label("unattend.xml document").fill(
+            '<unattend xmlns="urn:schemas-microsoft-com:unattend"/>'
+        )
+        page.get_by_role("button", name="Next").click()
+        expect(page.locator('.error[data-for="unattend"]')).to_have_text(
+            "An unattend.xml only applies to Windows images, and this image holds linux. "
+            "Leave the Windows options at their defaults for this image."
+        )
+        shot(page, "deploy-07-windows-refused")
+        page.get_by_label("Made by fleetcast (name, IP)").check()
         _next(page, 7, "windows")
         page.get_by_label("Nothing").check()
         _next(page, 8, "after")
@@ -128,6 +165,26 @@ def test_console_wizard_deploys_three_clients(lab: FleetLab) -> None:
         for n, ip in zip(NAMES, IPS, strict=True):
             expect(review).to_contain_text(n)
             expect(review).to_contain_text(ip)
+        expect(page.locator("#review-windows")).to_have_text(
+            "Windows: new machine SID, machine IDs reset, no drivers added, unattend.xml by fleetcast"
+        )
+        # the same plan as `fleetcast deploy --plan` with these options
+        args = [
+            "deploy", "linux", "--server", lab.url, f"--token={lab.admin_token}", "--clients", "all",
+            "--disk", "0", "--name", "LAB-{n:02}", "--ip", "10.77.0.101/24", "--gateway", "10.77.0.1",
+            "--dns", "10.77.0.1", "--plan",
+        ]  # fmt: skip
+        cli_plan = lab.cli(*args, "--json")
+        assert cli_plan.returncode == 0, cli_plan.stderr
+        planned = json.loads(cli_plan.stdout)
+        shown_rows = [
+            [cell.inner_text() for cell in row.locator("td").all()]
+            for row in review.locator("tbody tr").all()
+        ]
+        assert shown_rows == [[str(c["n"]), c["mac"], c["name"], c["ip"]] for c in planned["clients"]]
+        text = lab.cli(*args).stdout.decode().splitlines()
+        windows = page.locator("#review-windows").inner_text()
+        assert f"w{windows[1:]}" in text
         shot(page, "deploy-09-review")
         page.get_by_role("button", name="Start deployment").click()
         page.wait_for_url(re.compile(r".*/deployments/\d+$"))
@@ -145,6 +202,16 @@ def test_console_wizard_deploys_three_clients(lab: FleetLab) -> None:
         ]
         assert shown == list(zip(NAMES, IPS, strict=True))
         expect(page.locator("#log")).to_contain_text("client-done")
+        # one client's log
+        page.get_by_role("button", name="log of LAB-02").click()
+        expect(page.locator("#log-title")).to_have_text("Log of LAB-02")
+        shown_log = page.locator("#log li:visible")
+        expect(shown_log.filter(has_text="client-done")).to_have_count(1)
+        expect(shown_log.filter(has_text="phase writing")).to_have_count(1)
+        assert all("LAB-02" in line for line in shown_log.all_inner_texts())
+        shot(page, "deployment-client-log")
+        page.get_by_role("button", name="Show every client's log").click()
+        expect(page.locator("#log li:visible").filter(has_text="client-done")).to_have_count(3)
 
         page.get_by_role("link", name="Clients").click()
         expect(page.locator('#clients tbody tr[data-state="done"]')).to_have_count(3)
@@ -208,7 +275,8 @@ def test_console_retries_the_failed_client(small_disk_lab: FleetLab) -> None:
             if step == 5:
                 page.locator("#name").fill("LAB-{n:02}")
             if step == 6:
-                page.get_by_label("First address / prefix (empty: keep DHCP)").fill("10.77.0.101/24")
+                page.get_by_label("A range").check()
+                page.get_by_label("First address / prefix").fill("10.77.0.101/24")
             page.get_by_role("button", name="Next").click()
             expect(page.locator(f'fieldset[data-step="{step + 1}"]')).to_be_visible()
         page.get_by_role("button", name="Start deployment").click()

@@ -11,7 +11,7 @@ from urllib.parse import parse_qs
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from fleetcast import __version__
 from fleetcast.errors import FleetcastError, ServerError
@@ -284,6 +284,75 @@ class RemovedOut(BaseModel):
 def _catalog(request: Request) -> ImageCatalog:
     cat: ImageCatalog = request.app.state.catalog
     return cat
+
+
+class PartitionOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    number: int | None
+    kind: str
+    start: int
+    size: int
+    fstype: str
+    os_hint: str | None
+    used_bytes: int
+    # what capture found on it, when the manifest records it (Windows: version, edition, generalized,
+    # machine_sid, computer_name; see /work/team/requests-store.md)
+    os: dict[str, Any] | None = None
+
+
+class ImageDetails(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    created: str | None
+    disk_size: int
+    logical_sector_size: int
+    table_label: str | None
+    os_hint: str | None
+    used_bytes: int
+    data_bytes: int
+    stored_bytes: int
+    unique_bytes: int
+    packs: int
+    partitions: list[PartitionOut]
+
+
+@api.get("/images/{name}/details", response_model=ImageDetails, tags=["images"])
+def image_details(name: str, request: Request) -> dict[str, Any]:
+    """What `fleetcast image info` shows: partitions with filesystems and sizes, the OS found, stored
+    bytes (every pack it references, once) and bytes unique to it (what `image rm` + `store gc` free)."""
+    principal(request)
+    store = _catalog(request).store()
+    m = store.open(check_name(name), lazy=True)
+    usage = store.usage().get(name)
+    return {
+        "name": m.name,
+        "created": m.created,
+        "disk_size": m.disk_size,
+        "logical_sector_size": m.logical_sector_size,
+        "table_label": getattr(m.table, "label", None),
+        "os_hint": m.os_hint,
+        "used_bytes": m.used_bytes,
+        "data_bytes": m.data_bytes,
+        "stored_bytes": usage.stored_bytes if usage is not None else m.stored_bytes,
+        "unique_bytes": usage.unique_bytes if usage is not None else 0,
+        "packs": len(m.chunk_ids()),
+        "partitions": [
+            {
+                "number": a.number,
+                "kind": a.kind,
+                "start": a.start,
+                "size": a.size,
+                "fstype": a.fstype,
+                "os_hint": a.os_hint,
+                "used_bytes": a.used,
+                "os": getattr(a, "os_info", None),
+            }
+            for a in m.areas
+            if a.kind != "gap"
+        ],
+    }
 
 
 @api.post("/images/{name}/verify", response_model=VerifyOut, tags=["images"])

@@ -91,6 +91,10 @@ function progressCell(done, total) {
   return el("span", { class: "bar" }, el("progress", { max: 100, value: pct, "aria-label": `${pct} %` }), ` ${pct} %`);
 }
 
+// Hooks for the features that land next (docs/console.md "Hooks"): each entry makes a button (or null)
+// for one client of the dashboard's inventory panel, e.g. "Capture this disk" (POST /api/captures).
+const CLIENT_ACTIONS = [];
+
 // -- dashboard ------------------------------------------------------------------------------------
 async function dashboard() {
   const progress = {}; // mac -> last client-progress event
@@ -142,7 +146,9 @@ async function dashboard() {
       el("dl", {}, el("dt", {}, "Machine"), el("dd", {}, `${dmi.vendor || ""} ${dmi.model || ""}`.trim()),
         el("dt", {}, "Serial"), el("dd", {}, dmi.serial || ""), el("dt", {}, "CPU"), el("dd", {}, cpu),
         el("dt", {}, "RAM"), el("dd", {}, bytes(c.ram_bytes)), el("dt", {}, "NICs"), el("dd", { class: "mono" }, nics),
-        el("dt", {}, "Agent"), el("dd", {}, c.agent_version || "")), disks);
+        el("dt", {}, "Agent"), el("dd", {}, c.agent_version || "")), disks,
+      // hook: per-client actions (network capture, issue 11) are added here by CLIENT_ACTIONS
+      el("div", { id: "client-actions", class: "wizard-nav", "data-client": c.id }, ...CLIENT_ACTIONS.map((make) => make(c)).filter(Boolean)));
     box.hidden = false;
     box.querySelector("h2").focus();
   }
@@ -186,11 +192,32 @@ async function dashboard() {
 }
 
 // -- deploy wizard -----------------------------------------------------------------------------
-const FIELD_OF = [ // a problem's message -> the field it concerns
+const FIELD_OF = [ // a problem's message -> the field it concerns (first match wins)
+  [/IP list|has no line in the IP list|the IP list gives/i, "ip_list"], [/^both an IP range/i, "ip"],
+  [/driver folder/i, "drivers"], [/unattend/i, "unattend"], [/only appl(y|ies) to Windows/i, "drivers"],
   [/^image/i, "image"], [/^(client|no clients)/i, "clients"], [/disk rule|^disk/i, "disk"], [/^batch/i, "batch"],
-  [/^name pattern|name/i, "name"], [/^gateway|gateway/i, "gateway"], [/^IP|address/i, "ip"], [/post action|then/i, "then"],
+  [/^name pattern|name/i, "name"], [/DNS/, "dns"], [/^gateway|gateway/i, "gateway"], [/^IP|address/i, "ip"],
+  [/post action|then/i, "then"],
 ];
-const STEP_OF = { image: 1, clients: 2, disk: 3, batch: 4, name: 5, ip: 6, gateway: 6, then: 8 };
+const STEP_OF = { image: 1, clients: 2, disk: 3, batch: 4, name: 5, ip: 6, ip_list: 6, gateway: 6, dns: 6,
+  drivers: 7, unattend: 7, then: 8 };
+const THEN_WORDS = { reboot: "reboot", shutdown: "shut down", none: "do nothing" };
+
+function fileInto(input, textarea, after) { // a chosen file's text into a textarea (nothing is uploaded)
+  input.addEventListener("change", async () => {
+    const f = input.files && input.files[0];
+    if (!f) return;
+    textarea.value = await f.text();
+    after();
+  });
+}
+
+function windowsLine(w) { // the same words as `fleetcast deploy --plan`
+  if (!w) return "";
+  const unattend = w.unattend === "custom" ? `unattend.xml given (${bytes(w.unattend_bytes)})` : w.unattend === "none" ? "no unattend.xml" : "unattend.xml by fleetcast";
+  return `Windows: ${w.new_sid ? "new machine SID" : "machine SID kept"}, ${w.reset_ids ? "machine IDs reset" : "machine IDs kept"}, ` +
+    `${w.drivers ? `drivers from ${w.drivers} (${w.drivers_infs} INF)` : "no drivers added"}, ${unattend}`;
+}
 
 async function wizard() {
   const form = $("#wizard");
@@ -216,15 +243,35 @@ async function wizard() {
   }
   if (preset) form.elements.which.value = "some";
 
+  const drivers = $("#drivers");
+  try {
+    for (const d of (await api("GET", "/api/drivers")).drivers) {
+      drivers.append(el("option", { value: d.name }, `${d.name} (${d.infs} INF, ${bytes(d.bytes)})`));
+    }
+  } catch (err) { problem(err); }
+
   function body() {
     const f = form.elements;
     const macs = [...choices.querySelectorAll("input:checked")].map((i) => i.value);
+    const mode = f.ipmode.value, um = f.unattend_mode.value;
     return {
       image: f.image.value, clients: f.which.value === "all" ? "all" : macs, disk: f.disk.value.trim(),
-      batch: Number(f.batch.value), name: f.name.value.trim() || null, ip: f.ip.value.trim() || null,
-      gateway: f.gateway.value.trim() || null, dns: f.dns.value.trim(), grow: f.grow.checked, then: f.then.value,
+      batch: Number(f.batch.value), name: f.name.value.trim() || null,
+      ip: mode === "range" ? f.ip.value.trim() || null : null,
+      ip_list: mode === "list" ? f.ip_list.value : null,
+      gateway: mode !== "dhcp" ? f.gateway.value.trim() || null : null, dns: mode !== "dhcp" ? f.dns.value.trim() : "",
+      grow: f.grow.checked, then: f.then.value,
+      new_sid: f.new_sid.checked, reset_ids: f.reset_ids.checked, drivers: f.drivers.value || null,
+      unattend: um === "custom" ? f.unattend.value : um,
     };
   }
+  function showModes() {
+    const mode = form.elements.ipmode.value;
+    form.querySelectorAll("[data-ipmode]").forEach((d) => { d.hidden = !d.dataset.ipmode.split(" ").includes(mode); });
+    form.querySelectorAll("[data-unattend]").forEach((d) => { d.hidden = form.elements.unattend_mode.value !== d.dataset.unattend; });
+  }
+  form.querySelectorAll('input[name="ipmode"], input[name="unattend_mode"]').forEach((r) => r.addEventListener("change", () => { showModes(); ipPreview(); }));
+  showModes();
   function clearErrors() { form.querySelectorAll(".error").forEach((p) => { p.textContent = ""; }); form.querySelectorAll("[aria-invalid]").forEach((i) => i.removeAttribute("aria-invalid")); }
   function showError(err) {
     const field = (FIELD_OF.find(([re]) => re.test(err.message)) || [null, null])[1];
@@ -243,22 +290,33 @@ async function wizard() {
     return el("table", {}, el("thead", {}, el("tr", {}, ...["#", "MAC", "Name", "IP"].map((h) => el("th", { scope: "col" }, h)))),
       el("tbody", {}, ...plan.clients.map((c) => el("tr", {}, el("td", {}, c.n), el("td", { class: "mono" }, c.mac), el("td", {}, c.name || "(kept)"), el("td", {}, c.ip || "(DHCP)")))));
   }
+  function warnings(plan) { // conflicts with addresses other clients have now, and unused list lines
+    const items = [...(plan.conflicts || []).map((c) => `Conflict: ${c}.`), ...(plan.notes || []).map((n) => `${cap(n)}.`)];
+    return items.length ? el("ul", { class: "warnings" }, ...items.map((t) => el("li", {}, t))) : null;
+  }
   async function plan() { return api("POST", "/api/deployments/plan", body()); }
   async function preview(target) {
+    const box = $("#ip-conflicts");
     try {
       const p = await plan();
       clearErrors();
       $(target).replaceChildren(planTable(p));
+      const w = warnings(p);
+      box.replaceChildren(...(w ? [w] : []));
+      box.hidden = !w || target !== "#ip-preview";
     } catch (err) {
       clearErrors();
       if (err.status !== 401) showError(err);
       $(target).replaceChildren();
+      box.hidden = true;
     }
   }
   const namePreview = throttled(() => preview("#name-preview"), 300);
   const ipPreview = throttled(() => preview("#ip-preview"), 300);
   $("#name").addEventListener("input", namePreview);
-  for (const id of ["#ip", "#gateway", "#dns"]) $(id).addEventListener("input", ipPreview);
+  for (const id of ["#ip", "#ip_list", "#gateway", "#dns"]) $(id).addEventListener("input", ipPreview);
+  fileInto($("#ip_list_file"), $("#ip_list"), ipPreview);
+  fileInto($("#unattend_file"), $("#unattend"), () => {});
 
   function show(n) {
     step = n;
@@ -280,8 +338,15 @@ async function wizard() {
         const p = await plan();
         if (step + 1 === steps.length) {
           const b = body();
-          $("#review").replaceChildren(el("p", {}, `Image ${p.image} (${disksize(p.image_size)}) to disk rule ${p.disk}, ${b.batch} at a time, then ${{ reboot: "reboot", shutdown: "shut down", none: "do nothing" }[b.then]}.`),
-            el("p", {}, `Gateway ${p.gateway || "(none)"} · DNS ${(p.dns || []).join(", ") || "(none)"}`), planTable(p));
+          const addressing = p.ip_source === "list" ? "addresses from the IP list" : p.ip_source === "range" ? "addresses from the range" : "addresses by DHCP";
+          $("#review").replaceChildren(...[
+            el("p", {}, `Image ${p.image} (${disksize(p.image_size)}) to ${p.clients.length} client${p.clients.length === 1 ? "" : "s"}, disk rule ${p.disk}, ${b.batch} at a time, then ${THEN_WORDS[b.then]}.`),
+            p.transport ? el("p", {}, `Transport: ${p.transport_reason || p.transport}.`) : null,
+            el("p", {}, `${cap(addressing)} · gateway ${p.gateway || "(none)"} · DNS ${(p.dns || []).join(", ") || "(none)"}`),
+            el("p", { id: "review-windows" }, windowsLine(p.windows)),
+            warnings(p), planTable(p),
+            el("p", { class: "muted" }, "The same plan as fleetcast deploy --plan with these options; nothing has started yet."),
+          ].filter(Boolean));
         }
       } catch (err) {
         const at = showError(err);
@@ -313,31 +378,52 @@ async function wizard() {
 async function deployment() {
   const id = document.body.dataset.deployment;
   let dep = null;
-  const lines = [];
+  let only = null; // the MAC whose log is shown, or null for every client
+  const phases = {}; // mac -> last phase seen, to log phase changes
+  const log = $("#log");
+  function overall() {
+    // time left: the bytes still to write over the rate they are written at now (queued clients
+    // included: they wait for a place in the batch), or the longest ETA when no rate is known yet
+    let done = 0, total = 0, rateNow = 0, eta = 0;
+    for (const t of dep.clients) {
+      const size = t.bytes_total || dep.image_size || 0;
+      done += t.state === "done" ? size : t.bytes || 0;
+      if (!["failed", "cancelled"].includes(t.state)) total += size; else total += t.bytes || 0;
+      if (t.state === "running") { rateNow += t.rate_bps || 0; eta = Math.max(eta, t.eta_seconds || 0); }
+    }
+    const left = rateNow > 0 ? Math.max(0, total - done) / rateNow : eta;
+    return { done, total, left };
+  }
+  function filterLog() {
+    for (const li of log.children) li.hidden = only !== null && li.dataset.mac !== only;
+    $("#log-title").textContent = only === null ? "Log" : `Log of ${(dep.clients.find((c) => c.mac === only) || {}).name || only}`;
+    $("#log-all").hidden = only === null;
+  }
   function draw() {
     $("#dep-state").textContent = dep.state;
     $("#dep-state").className = `state ${dep.state}`;
     const body = $("#targets tbody");
     body.replaceChildren();
-    let done = 0, total = 0, eta = 0;
     for (const t of dep.clients) {
       const size = t.bytes_total || dep.image_size || 0;
       const have = t.state === "done" ? size : t.bytes || 0;
-      done += have; total += size;
-      if (t.state === "running" && t.eta_seconds) eta = Math.max(eta, t.eta_seconds);
+      const showLog = el("button", { type: "button", class: "link", "aria-pressed": only === t.mac ? "true" : "false",
+        "aria-label": `log of ${t.name || t.mac}`, onclick: () => { only = only === t.mac ? null : t.mac; filterLog(); draw(); } }, "Log");
       body.append(el("tr", { "data-mac": t.mac, "data-state": t.state }, el("td", {}, t.n), el("td", {}, t.name || ""), el("td", {}, t.ip || ""),
         el("td", { class: "mono" }, t.mac), el("td", {}, el("span", { class: `state ${t.state}` }, t.state)), el("td", {}, t.state === "running" ? t.phase || "" : ""),
         el("td", {}, size ? progressCell(have, size) : "", size ? ` ${bytes(have)} of ${bytes(size)}` : ""), el("td", {}, t.state === "running" ? rate(t.rate_bps) : ""),
-        el("td", {}, t.state === "running" ? duration(t.eta_seconds) : ""), el("td", { class: "err" }, t.error || "")));
+        el("td", {}, t.state === "running" ? duration(t.eta_seconds) : ""), el("td", { class: "err" }, t.error || ""), el("td", {}, showLog)));
     }
+    const { done, total, left } = overall();
     $("#overall").value = total ? done / total : 0;
     const counts = dep.clients.reduce((a, t) => { a[t.state] = (a[t.state] || 0) + 1; return a; }, {});
+    const active = ["running", "cancelling"].includes(dep.state);
     $("#overall-text").textContent = `${Object.entries(counts).map(([k, v]) => `${v} ${k}`).join(", ")}${total ? ` · ${bytes(done)} of ${bytes(total)}` : ""}` +
-      (eta ? ` · about ${duration(eta)} left` : "");
+      (active && left ? ` · about ${duration(left)} left` : "") + (dep.transport && dep.transport !== "unicast" ? ` · ${dep.transport}` : "");
     const cancel = $("#cancel");
     if (cancel) cancel.hidden = !["running"].includes(dep.state);
     const retry = $("#retry");
-    if (retry) retry.hidden = !(counts.failed && !["running", "cancelling"].includes(dep.state));
+    if (retry) retry.hidden = !(counts.failed && !active);
   }
   async function load() { dep = await api("GET", `/api/deployments/${id}`); draw(); }
   // the buttons start hidden and are shown by draw(), so they only appear once they work
@@ -354,18 +440,26 @@ async function deployment() {
       location.assign(`/deployments/${d.deployment}`);
     } catch (err) { problem(err); }
   });
+  $("#log-all").addEventListener("click", () => { only = null; filterLog(); draw(); });
   await load();
   const reload = throttled(load, 300);
-  const log = $("#log");
+  function line(ev, text) {
+    const t = dep.clients.find((c) => c.mac === ev.mac);
+    const li = el("li", { "data-mac": ev.mac || "" }, el("time", { datetime: ev.ts }, new Date(ev.ts).toLocaleTimeString()), " ",
+      `${t && t.name ? t.name + " " : ""}${ev.mac || ""} ${text}`);
+    li.hidden = only !== null && ev.mac !== only;
+    log.append(li);
+  }
   live(`/api/events?since=0&deployment_id=${encodeURIComponent(id)}`, (ev) => {
-    if (ev.type !== "client-progress") {
-      const t = dep.clients.find((c) => c.mac === ev.mac);
-      lines.push(ev.id);
-      log.append(el("li", {}, el("time", { datetime: ev.ts }, new Date(ev.ts).toLocaleTimeString()), " ",
-        `${t && t.name ? t.name + " " : ""}${ev.mac || ""} ${ev.type}${ev.error ? ": " + ev.error : ""}${ev.phase ? " (" + ev.phase + ")" : ""}`));
+    if (ev.type === "client-progress") {
+      if (ev.mac && ev.phase && phases[ev.mac] !== ev.phase) line(ev, `phase ${ev.phase}`);
+      if (ev.mac) phases[ev.mac] = ev.phase;
+    } else {
+      line(ev, `${ev.type}${ev.error ? ": " + ev.error : ""}${ev.phase ? " (" + ev.phase + ")" : ""}`);
     }
     reload();
   });
+  filterLog();
 }
 
 async function deploymentsList() {
@@ -389,16 +483,31 @@ async function imagesPage() {
   }
   if (!images.length) body.append(el("tr", {}, el("td", { colspan: 7 }, "No images in the store.")));
   async function detail(name) {
-    const im = await api("GET", `/api/images/${encodeURIComponent(name)}`);
+    const im = await api("GET", `/api/images/${encodeURIComponent(name)}/details`);
     const box = $("#image-detail");
     const dl = el("dl", {});
-    const rows = [["Disk size", disksize(im.disk_size)], ["Sector size", `${im.logical_sector_size} B`], ["OS found", im.os_hint || "unknown"],
-      ["Created", when(im.created)], ["Chunks", im.chunks], ["Stored bytes", bytes(im.stored_bytes)], ["Data bytes", bytes(im.data_bytes)]];
-    for (const key of ["unique_bytes", "bytes_unique"]) if (im[key] !== undefined) rows.push(["Bytes unique to this image", bytes(im[key])]);
-    for (const [k, v] of rows) dl.append(el("dt", {}, k), el("dd", {}, v));
     const parts = im.partitions || [];
+    const found = parts.map((p) => p.os).filter(Boolean);
+    const rows = [["Disk size", disksize(im.disk_size)], ["Partition table", im.table_label || ""], ["Sector size", `${im.logical_sector_size} B`],
+      ["OS found", im.os_hint || "none recognized"], ["Created", when(im.created)], ["Used by the filesystems", bytes(im.used_bytes)],
+      ["Stored bytes", bytes(im.stored_bytes)], ["Bytes unique to this image", `${bytes(im.unique_bytes)} (freed by Delete and the next store gc)`],
+      ["Packs", im.packs]];
+    for (const os of found) { // what capture recorded about the OS (Windows: version, edition, generalized, SID)
+      if (os.version || os.product) rows.push(["Windows version", [os.product, os.version, os.build && `build ${os.build}`].filter(Boolean).join(" ")]);
+      if (os.edition) rows.push(["Edition", os.edition]);
+      if (os.generalized !== undefined) rows.push(["Generalized (Sysprep)", os.generalized ? "yes" : "no"]);
+      if (os.machine_sid) rows.push(["Machine SID", os.machine_sid]);
+      if (os.computer_name) rows.push(["Computer name", os.computer_name]);
+    }
+    if (im.os_hint === "windows" && !found.length) rows.push(["Windows details", "not recorded when this image was captured"]);
+    for (const [k, v] of rows) dl.append(el("dt", {}, k), el("dd", { class: k === "Machine SID" ? "mono" : null }, v));
     box.replaceChildren(el("h2", { tabindex: -1 }, name), dl);
-    if (parts.length) box.append(el("table", {}, el("tbody", {}, ...parts.map((p) => el("tr", {}, ...Object.values(p).map((v) => el("td", {}, typeof v === "object" ? JSON.stringify(v) : v)))))));
+    if (parts.length) {
+      box.append(el("h3", {}, "Partitions"), el("div", { class: "scroll" }, el("table", { id: "partitions" },
+        el("thead", {}, el("tr", {}, ...["#", "Filesystem", "Start", "Size", "Used", "OS"].map((h) => el("th", { scope: "col" }, h)))),
+        el("tbody", {}, ...parts.map((p) => el("tr", {}, el("td", {}, p.number === null ? "(whole disk)" : p.number), el("td", {}, p.fstype),
+          el("td", {}, bytes(p.start)), el("td", {}, disksize(p.size)), el("td", {}, bytes(p.used_bytes)), el("td", {}, p.os_hint || "")))))));
+    }
     if (document.body.dataset.role !== "viewer") {
       const status = el("p", { role: "status", "aria-live": "polite" });
       const verify = el("button", { type: "button", onclick: async () => {
