@@ -48,6 +48,7 @@ DEFAULT_MULTICAST_FROM = 4
 DEFAULT_MAX_WAIT = 60.0
 DEFAULT_DROP_BELOW = 0.0  # bytes/s; 0 = never drop
 SENDER_WAIT = 15.0  # how long udp-sender waits for the joined receivers to connect
+NO_RECEIVER = 90.0  # a sender that got no receiver at all by then ends (its members went HTTP)
 DROP_WINDOW = 4.0
 DROP_GRACE = 6.0
 GROUP_BASE = "239.255.42."
@@ -124,7 +125,7 @@ class DeploymentInfo:
     batch: int
     transport: str
     multicast: dict[str, Any]
-    targets: int
+    targets: int  # still to deploy (queued or running): a last, smaller batch waits for no more
 
 
 @dataclass
@@ -242,7 +243,14 @@ class MulticastManager:
             d = t.deployment
             return (
                 TaskInfo(t.id, t.client_id, t.mac, t.state, t.attempt, t.checkpoint_chunk),
-                DeploymentInfo(d.id, d.image, d.batch, d.transport, dict(d.multicast or {}), len(d.targets)),
+                DeploymentInfo(
+                    d.id,
+                    d.image,
+                    d.batch,
+                    d.transport,
+                    dict(d.multicast or {}),
+                    sum(x.state in ("queued", "running") for x in d.targets),
+                ),
             )
 
     def join(self, client_id: int, task_id: int, peer: str) -> dict[str, Any]:
@@ -423,6 +431,10 @@ class MulticastManager:
         assert sender is not None
         if session.state == "starting" and sender.bytes_sent > 0:
             session.state = "streaming"
+        waited = now - (session.started or now)
+        if session.state == "starting" and waited > NO_RECEIVER:
+            self._end(session, "failed", f"no receiver connected within {NO_RECEIVER:.0f} s")
+            return
         if sender.finished.is_set():
             if sender.error:
                 self._end(session, "failed", sender.error)
