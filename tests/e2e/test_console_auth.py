@@ -205,3 +205,22 @@ def test_sign_in_roles_sessions_and_refusals(tmp_path: Path) -> None:
         assert row.locator("img, b").count() == 0
         assert page.evaluate("window.pwned") is None
         shot(page, "08-escaped")
+
+        # a live page whose session ends goes to sign-in: its stream is refused (401), /api/me decides
+        body = {"image": "tiny", "clients": "all", "disk": "0", "then": "none"}
+        r = httpx.post(url + "/api/deployments", json=body, headers=server.headers)
+        assert r.status_code == 201, r.text
+        page.route(
+            "**/api/events?*",
+            lambda route: route.fulfill(
+                status=401, content_type="application/json", body='{"message": "no"}'
+            ),
+        )
+        page.goto(f"{url}/deployments/{r.json()['deployment']}")
+        page.locator("body[data-ready]").wait_for()
+        expect(page.locator("#targets tbody tr")).to_have_count(4)
+        db = sqlite3.connect(data / "fleetcast.db")
+        with db:
+            db.execute("UPDATE console_sessions SET expires_at = '2000-01-01 00:00:00.000000'")
+        db.close()
+        page.wait_for_url("**/signin?expired=1", timeout=10_000)  # the deployment page has no timer

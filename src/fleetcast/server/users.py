@@ -183,7 +183,7 @@ class Users:
             else:
                 now = utcnow()
                 for n, a, free in keys:
-                    failure = s.get(FailureRow, (n, a))
+                    failure = s.get(FailureRow, (n, a), with_for_update=True)  # one count per failure
                     if failure is None:
                         failure = FailureRow(name=n, address=a, failures=0)
                         s.add(failure)

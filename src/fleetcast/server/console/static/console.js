@@ -75,15 +75,31 @@ function throttled(fn, ms) {
 }
 
 function live(path, onEvent) {
-  // EventSource sends the session cookie; no token in the URL
-  const es = new EventSource(path);
-  es.onmessage = (m) => onEvent(JSON.parse(m.data));
-  for (const t of ["client-enrolled", "client-seen", "client-stale", "deployment-created", "client-queued",
+  // EventSource sends the session cookie; no token in the URL. It reconnects by itself after a
+  // dropped connection (sending Last-Event-ID); after an error answer (401 when the session ended,
+  // 5xx) it gives up: then /api/me decides -- sign-in page, or a new stream from the last event seen.
+  let last = null;
+  const types = ["client-enrolled", "client-seen", "client-stale", "deployment-created", "client-queued",
     "client-assigned", "client-started", "client-progress", "client-resumed", "client-restarted", "client-done",
-    "client-failed", "client-cancelled", "deployment-finished", "deployment-cancelled"]) {
-    es.addEventListener(t, (m) => onEvent(JSON.parse(m.data)));
+    "client-failed", "client-cancelled", "deployment-finished", "deployment-cancelled"];
+  const seen = (m) => { if (m.lastEventId) last = m.lastEventId; onEvent(JSON.parse(m.data)); };
+  function open() {
+    let url = path;
+    if (last !== null) {
+      const u = new URL(path, location.href);
+      u.searchParams.set("since", last);
+      url = u.pathname + u.search;
+    }
+    const es = new EventSource(url);
+    es.onmessage = seen;
+    for (const t of types) es.addEventListener(t, seen);
+    es.onerror = () => {
+      if (es.readyState !== EventSource.CLOSED) return; // the browser retries by itself
+      api("GET", "/api/me").then(() => setTimeout(open, 2000), () => {}); // a 401 goes to sign-in
+    };
+    return es;
   }
-  return es;
+  return open();
 }
 
 function progressCell(done, total) {
