@@ -100,22 +100,13 @@ class _Ingest:
         from fleetcast.store.images import ImageStore
 
         self.store = ImageStore(store_root)
-        self._local = threading.local()  # one StoreIngest per thread (its dedupe index is a SQLite handle)
+        self._impl: Any = None
         try:
             from fleetcast.store.ingest import StoreIngest  # type: ignore[import-not-found,unused-ignore]
 
-            self._factory: Any = StoreIngest
+            self._impl = StoreIngest(self.store)  # thread-safe: one dedupe-index handle, locked
         except ImportError:
-            self._factory = None
-
-    @property
-    def _impl(self) -> Any:
-        if self._factory is None:
-            return None
-        impl = getattr(self._local, "impl", None)
-        if impl is None:
-            impl = self._local.impl = self._factory(self.store)
-        return impl
+            self._impl = None
 
     def have(self, hashes: Sequence[bytes]) -> dict[bytes, KnownChunk]:
         if self._impl is not None:
@@ -162,13 +153,13 @@ class _Ingest:
     def publish(self, manifest: bytes, index: Path, *, replace: bool) -> str:
         from fleetcast.store.manifest import INDEX_FILE, load_image
 
-        m = load_image(manifest, index)
-        if replace and self.store.exists(m.name):
-            self.store.remove(m.name)  # not atomic with the publish below (StoreIngest: replace=True asked)
         if self._impl is not None:
-            published = self._impl.publish(manifest, index)
+            published = self._impl.publish(manifest, index, replace=replace)
             image_id: str = published.image_id
             return image_id
+        m = load_image(manifest, index)
+        if replace and self.store.exists(m.name):
+            self.store.remove(m.name)  # not atomic with the publish below (StoreIngest's is)
         for p in m.pack_refs():
             if not self.has_pack(p.id, p.stored):
                 raise ConflictError(
@@ -486,8 +477,9 @@ class CaptureService:
             known=[(index[d], k.pack, k.offset) for d, k in known.items()],
             packs={k.pack: KnownPack(stored=k.stored, hash=k.stored_hash) for k in known.values()},
         )
-        live.chunks_known += len(known)
-        live.chunks_new += len(digests) - len(known)
+        hits = sum(1 for d in digests if d in known)  # a digest may be asked twice in one batch
+        live.chunks_known += hits
+        live.chunks_new += len(digests) - hits
         return reply.model_dump()
 
     def pack_status(
