@@ -1,0 +1,183 @@
+"""Real dnsmasq under `fleetcast serve` in network namespaces: the boot file each firmware gets, proxy
+mode beside a site DHCP server, refusals, TFTP and the per-MAC script over the LAN."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from nbkit import FLEETCAST, api, lan, serve, site_dhcp
+
+pytestmark = pytest.mark.integration
+
+MAC = "52:54:00:fc:81:01"
+SB_MAC = "52:54:00:fc:81:02"
+
+
+def _dnsmasq_pids(data: Path) -> list[int]:
+    out = subprocess.run(
+        ["pgrep", "-f", "--", f"--conf-file={data}/netboot/dnsmasq.conf"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return [int(p) for p in out.stdout.split()]
+
+
+def test_full_mode_boot_file_per_firmware(tmp_path: Path) -> None:
+    with lan(1) as net:
+        served = serve(
+            net, tmp_path, "--interface", "br0", "--dhcp", "full", "--range", f"{net.ip(100)}-{net.ip(120)}"
+        )
+        url = served.url
+        bios = net.discover(MAC, arch=0)
+        assert len(bios) == 1, bios
+        offer = bios[0]
+        assert offer["server"] == net.server_ip
+        assert offer["yiaddr"].startswith(f"10.81.{net.subnet}.")
+        assert 100 <= int(offer["yiaddr"].rsplit(".", 1)[1]) <= 120
+        assert (offer["file"], offer["siaddr"]) == ("undionly.kpxe", net.server_ip)
+        assert [o["file"] for o in net.discover(MAC, arch=7)] == ["snponly.efi"]
+        assert [o["file"] for o in net.discover(MAC, arch=9)] == ["snponly.efi"]
+        assert [o["file"] for o in net.discover(MAC, arch=0, user_class="iPXE")] == [
+            f"{url}/boot/ipxe?mac=${{net0/mac}}"
+        ]
+        http = net.discover(MAC, arch=16)
+        assert [(o["file"], o["vendor"]) for o in http] == [(f"{url}/boot/tftp/ipxe.efi", "HTTPClient")]
+        # Secure Boot is per MAC: registering it restarts dnsmasq with the new tag
+        r = api(
+            net, served, "POST", "/api/registrations", {"mac": SB_MAC, "name": "SB-01", "boot": "secureboot"}
+        )
+        assert r.status_code == 201, r.text
+        assert [o["file"] for o in net.discover(SB_MAC, arch=7)] == ["bootx64.efi"]
+        assert [o["file"] for o in net.discover(MAC, arch=7)] == ["snponly.efi"]
+        # the client, with the address it was offered, fetches iPXE by TFTP and its script by HTTP
+        net.run(net.cli, ["ip", "addr", "add", f"{offer['yiaddr']}/24", "dev", "eth0"])
+        got = tmp_path / "undionly.kpxe"
+        net.run(
+            net.cli,
+            ["curl", "-sf", "--max-time", "20", "-o", str(got), f"tftp://{net.server_ip}/undionly.kpxe"],
+        )
+        assert got.read_bytes() == Path("/usr/lib/ipxe/undionly.kpxe").read_bytes()
+        shim = tmp_path / "bootx64.efi"
+        net.run(
+            net.cli,
+            ["curl", "-sf", "--max-time", "20", "-o", str(shim), f"tftp://{net.server_ip}/bootx64.efi"],
+        )
+        assert shim.read_bytes() == Path("/usr/lib/shim/shimx64.efi.signed").read_bytes()
+        cfg = net.run(net.cli, ["curl", "-sf", f"tftp://{net.server_ip}/grub/grub.cfg"]).stdout
+        assert f"source (http,{net.server_ip}:8080)/boot/grub?mac=${{net_default_mac}}" in cfg
+        script = net.run(net.cli, ["curl", "-sf", f"{url}/boot/ipxe?mac={MAC}"]).stdout
+        assert script.startswith("#!ipxe\n")
+        assert f"kernel {url}/boot/file/vmlinuz " in script
+        assert "BOOTIF=01-52-54-00-fc-81-01" in script
+        pids = _dnsmasq_pids(served.data)
+        assert len(pids) == 1
+        assert net.stop(served.proc) == 0
+        assert _dnsmasq_pids(served.data) == []  # stopped with the server
+        log = served.log.read_text()
+        assert "DHCPOFFER(br0)" in log  # dnsmasq's log is in fleetcast's
+        assert "router advertisement" in log.lower()
+
+
+def test_proxy_mode_never_offers_an_address(tmp_path: Path) -> None:
+    with lan(2, site=True) as net:
+        site_dhcp(net, tmp_path)
+        serve(net, tmp_path, "--interface", "br0")  # no --range: proxy is the default
+        offers = net.discover(MAC, arch=0)
+        by_server = {o["server"]: o for o in offers}
+        assert set(by_server) == {net.ip(2), net.server_ip}, offers
+        site, ours = by_server[net.ip(2)], by_server[net.server_ip]
+        assert 150 <= int(site["yiaddr"].rsplit(".", 1)[1]) <= 160
+        assert ours["yiaddr"] == "0.0.0.0"
+        assert ours["file"] == "undionly.kpxe"
+        for arch, uc in ((7, None), (9, None), (0, "iPXE"), (7, "iPXE"), (16, None)):
+            for o in net.discover(MAC, arch=arch, user_class=uc):
+                if o["server"] == net.server_ip:
+                    assert o["yiaddr"] == "0.0.0.0", (arch, uc, o)
+        ipxe = [o for o in net.discover(MAC, arch=7, user_class="iPXE") if o["server"] == net.server_ip]
+        assert [o["file"] for o in ipxe] == [f"http://{net.server_ip}:8080/boot/ipxe?mac=${{net0/mac}}"]
+        # UEFI PXE asks the proxy again on port 4011, from the address the site gave it
+        net.run(net.cli, ["ip", "addr", "add", f"{site['yiaddr']}/24", "dev", "eth0"])
+        ack = net.pxe_request(MAC, site["yiaddr"], arch=7)
+        assert ack == {"yiaddr": "0.0.0.0", "file": "snponly.efi", "type": 5}
+
+
+def test_full_mode_refused_beside_another_dhcp_server(tmp_path: Path) -> None:
+    with lan(3, site=True) as net:
+        site_dhcp(net, tmp_path)
+        data = tmp_path / "data"
+        argv = [str(FLEETCAST), "serve", "--data", str(data), "--interface", "br0", "--dhcp", "full",
+                "--range", f"{net.ip(100)}-{net.ip(120)}"]  # fmt: skip
+        r = net.run(net.srv, argv, check=False)
+        assert r.returncode == 2, r.stderr
+        assert (
+            f"fleetcast: error: another DHCP server answers on br0 ({net.ip(2)} offered 10.81.3.15"
+            in r.stderr
+        )
+        assert "refusing to start a second one in full mode" in r.stderr
+        assert "hint: use --dhcp proxy beside it" in r.stderr
+        assert not data.exists()  # nothing started, nothing written
+        assert _dnsmasq_pids(data) == []
+        forced = serve(net, tmp_path, "--interface", "br0", "--dhcp", "full", "--force",
+                       "--range", f"{net.ip(100)}-{net.ip(120)}")  # fmt: skip
+        assert len(_dnsmasq_pids(forced.data)) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--interface", "nosuch9"], "fleetcast: error: network interface 'nosuch9' does not exist"),
+        (["--interface", "br0", "--dhcp", "full"], "fleetcast: error: --dhcp full needs --range START-END"),
+        (
+            ["--interface", "br0", "--dhcp", "dhcp"],
+            "fleetcast: error: --dhcp 'dhcp' is not one of full, proxy, off",
+        ),
+        (
+            ["--interface", "br0", "--range", "10.81.4.200-10.81.4.100"],
+            "fleetcast: error: DHCP range '10.81.4.200-10.81.4.100': the end 10.81.4.100 comes before the "
+            "start",
+        ),
+        (
+            ["--interface", "br0", "--range", "10.81.5.100-10.81.5.120"],
+            "fleetcast: error: DHCP range 10.81.5.100-10.81.5.120: 10.81.5.100 is not in br0's subnet "
+            "10.81.4.0/24",
+        ),
+        (
+            ["--interface", "br0", "--dhcp", "proxy", "--range", "10.81.4.100-10.81.4.120"],
+            "fleetcast: error: --range is only for --dhcp full (the mode is proxy)",
+        ),
+        (["--dhcp", "full"], "fleetcast: error: --dhcp, --range and --force need --interface IF"),
+        (
+            ["--interface", "br0", "--listen", "127.0.0.1:8080"],
+            "fleetcast: error: the server listens on 127.0.0.1 but clients on br0 would reach it at "
+            "10.81.4.1",
+        ),
+    ],
+)
+def test_refusals_start_nothing(tmp_path: Path, args: list[str], message: str) -> None:
+    with lan(4) as net:
+        data = tmp_path / "data"
+        r = net.run(net.srv, [str(FLEETCAST), "serve", "--data", str(data), *args], check=False)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.startswith(message), r.stderr
+        assert not data.exists()
+
+
+def test_csv_import_errors_name_lines(tmp_path: Path) -> None:
+    csv = tmp_path / "room.csv"
+    csv.write_text(
+        "mac,name,ip\n52:54:00:00:00:01,PC-01,10.0.0.1\n52:54:00:00:00:01,PC-02,10.0.0.2\nnope,PC-03,\n"
+    )
+    r = subprocess.run(
+        [str(FLEETCAST), "clients", "import", str(csv), "--server", "http://127.0.0.1:9", "--token", "x"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert r.returncode == 2
+    assert r.stderr == (
+        f"fleetcast: error: {csv}: 2 problems, nothing imported:\n"
+        "line 3: MAC 52:54:00:00:00:01 is also on line 2\n"
+        "line 4: 'nope' is not a MAC address: expected aa:bb:cc:dd:ee:ff\n"
+        "hint: fix the lines named and import the whole file again\n"
+    )
