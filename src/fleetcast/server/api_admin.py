@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fleetcast.server.api_agent import Catalog, Orch, peer
 from fleetcast.server.events import EventBus, load_events
-from fleetcast.server.orchestrator import DeploymentRequest
+from fleetcast.server.orchestrator import MAX_PAGE, ClientQuery, DeploymentRequest
 from fleetcast.server.sessions import actor, principal
 from fleetcast.server.views import (
     AuditList,
@@ -101,9 +101,23 @@ class DeploymentBody(BaseModel):
         )
 
 
-@router.get("/clients", response_model=ClientList)
-def list_clients(orch: Orch) -> dict[str, Any]:
-    return {"clients": orch.clients()}
+@router.get("/clients", response_model=ClientList, response_model_exclude_unset=True)
+def list_clients(
+    orch: Orch,
+    *,
+    limit: Annotated[int | None, Query(ge=1, le=MAX_PAGE)] = None,
+    after: Annotated[str | None, Query(max_length=32)] = None,
+    online: bool | None = None,
+    state: Annotated[str | None, Query(max_length=16)] = None,
+    q: Annotated[str | None, Query(max_length=255)] = None,
+) -> dict[str, Any]:
+    """Clients in MAC order. ``limit`` pages (then ``next`` is the ``after`` of the next page, null
+    on the last); ``online``, ``state`` (idle, queued, running) and ``q`` (a substring of the MAC,
+    host name or address) filter. Without ``limit``: every client, as before."""
+    clients, after_next = orch.clients(
+        ClientQuery(limit=limit, after=after, online=online, state=state, search=q or None)
+    )
+    return {"clients": clients, "next": after_next} if limit is not None else {"clients": clients}
 
 
 @router.get("/clients/{client_id}", response_model=ClientView)

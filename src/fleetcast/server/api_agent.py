@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
 
 from fleetcast.errors import ImageNotFound
 from fleetcast.protocol import (
@@ -37,9 +38,15 @@ def peer(request: Request) -> str:
     return request.client.host if request.client else ""
 
 
-def agent_id(request: Request, authorization: Annotated[str | None, Header()] = None) -> int:
-    """The client id behind the bearer credential (401 without a valid one)."""
-    return orchestrator(request).authenticate(bearer(authorization))
+async def agent_id(request: Request, authorization: Annotated[str | None, Header()] = None) -> int:
+    """The client id behind the bearer credential (401 without a valid one): from the presence
+    cache on the event loop when it knows the credential, else a database lookup in a thread."""
+    orch = orchestrator(request)
+    credential = bearer(authorization)
+    client_id = orch.cached_client(credential)
+    if client_id is None:
+        client_id = await run_in_threadpool(orch.authenticate, credential)
+    return client_id
 
 
 Orch = Annotated[Orchestrator, Depends(orchestrator)]
@@ -60,9 +67,25 @@ def enroll(body: EnrollRequest, request: Request, orch: Orch) -> dict[str, Any]:
 
 
 @router.post("/heartbeat", response_model=HeartbeatReply)
-def heartbeat(body: HeartbeatRequest, request: Request, orch: Orch, client_id: AgentId) -> dict[str, Any]:
+async def heartbeat(
+    body: HeartbeatRequest, request: Request, orch: Orch, client_id: AgentId
+) -> dict[str, Any]:
+    """An idle, online client's heartbeat is answered from memory on the event loop (no thread, no
+    query: server/presence.py); anything else goes through the orchestrator in a thread."""
+    address = peer(request)
+    reply = orch.fast_heartbeat(
+        client_id, task_id=body.task_id, inventory=body.inventory is not None, address=address
+    )
+    if reply is not None:
+        return reply
     inventory = body.inventory.model_dump() if body.inventory is not None else None
-    return orch.heartbeat(client_id, task_id=body.task_id, inventory=inventory, address=peer(request))
+
+    def full() -> dict[str, Any]:
+        answer = orch.heartbeat(client_id, task_id=body.task_id, inventory=inventory, address=address)
+        orch.presence.refresh()
+        return answer
+
+    return await run_in_threadpool(full)
 
 
 @router.post("/tasks/{task_id}/progress", response_model=ProgressReply)

@@ -25,6 +25,7 @@ from fleetcast.server.settings import ServerSettings
 logger = logging.getLogger(__name__)
 
 SWEEP_SECONDS = 5.0
+PRESENCE_SECONDS = 0.5
 
 
 async def _sweeper(orch: Orchestrator, every: float) -> None:
@@ -34,6 +35,21 @@ async def _sweeper(orch: Orchestrator, every: float) -> None:
             await asyncio.to_thread(orch.sweep)
         except Exception:  # keep sweeping; the next round may work (e.g. database restarted)
             logger.exception("stale-heartbeat sweep failed")
+
+
+async def _presence(orch: Orchestrator) -> None:
+    """Heartbeats noted in memory are written every second; the busy set is re-read twice a second
+    (server/presence.py), so idle heartbeats keep their fast path."""
+    rounds = 0
+    while True:
+        await asyncio.sleep(PRESENCE_SECONDS)
+        rounds += 1
+        try:
+            await asyncio.to_thread(orch.presence.refresh)
+            if rounds % 2 == 0:
+                await asyncio.to_thread(orch.presence.flush)
+        except Exception:  # the next round may work (e.g. database restarted)
+            logger.exception("presence refresh or flush failed")
 
 
 def create_app(settings: ServerSettings, *, catalog: ImageCatalog | None = None) -> FastAPI:
@@ -60,13 +76,16 @@ def create_app(settings: ServerSettings, *, catalog: ImageCatalog | None = None)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(_sweeper(orch, sweep_every))
+        tasks = [asyncio.create_task(_sweeper(orch, sweep_every)), asyncio.create_task(_presence(orch))]
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(orch.presence.flush)  # the last heartbeats' last_seen
             mcast.close()  # every udp-sender ends with the server
             db.close()
 

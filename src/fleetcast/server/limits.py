@@ -69,6 +69,17 @@ def authenticate(request: Request) -> None:
     principal(request)
 
 
+def known_agent(request: Request) -> bool:
+    """An agent credential the presence cache knows (checked without a thread or a query)."""
+    if not request.url.path.startswith("/api/agent/"):
+        return False
+    try:
+        credential = bearer(request.headers.get("authorization"))
+    except FleetcastError:
+        return False
+    return request.app.state.orchestrator.cached_client(credential) is not None
+
+
 class BodyLimit:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -82,7 +93,9 @@ class BodyLimit:
         try:
             length = self._length(scope, path, limit)
             if scope["method"] in BODY_METHODS and path.startswith("/api/") and path not in UNAUTHENTICATED:
-                await asyncio.to_thread(authenticate, Request(scope))
+                request = Request(scope)
+                if not known_agent(request):
+                    await asyncio.to_thread(authenticate, request)
         except FleetcastError as exc:
             await self._refuse(scope, receive, send, exc)
             return

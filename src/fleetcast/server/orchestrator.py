@@ -58,6 +58,7 @@ from fleetcast.server.db import (
 )
 from fleetcast.server.events import EventBus
 from fleetcast.server.images import ImageCatalog
+from fleetcast.server.presence import Presence
 from fleetcast.server.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
@@ -205,6 +206,7 @@ class Orchestrator:
         self.settings = settings
         self._lock = threading.RLock()
         bus.attach(db.sessions)
+        self.presence = Presence(db.sessions)
 
     @contextmanager
     def _tx(self) -> Iterator[Session]:
@@ -412,14 +414,53 @@ class Orchestrator:
             deps = s.scalars(select(Deployment).order_by(Deployment.id.desc()))
             return [deployment_view(d, with_clients=False) for d in deps]
 
-    def clients(self) -> list[dict[str, Any]]:
-        """Every client, in two queries (clients, their active targets), not one per client."""
+    def clients(self, query: ClientQuery | None = None) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of clients in MAC order, filtered, in two queries (clients, their active
+        targets), not one per client; and the ``after`` of the next page (None: this is the last)."""
+        q = query or ClientQuery()
         with self.db.sessions() as s:
-            rows = list(s.scalars(select(Client).order_by(Client.mac)))
+            stmt = select(Client).order_by(Client.mac)
+            if q.after:
+                stmt = stmt.where(Client.mac > q.after)
+            if q.online is not None:
+                stmt = stmt.where(Client.online.is_(q.online))
+            if q.search:
+                like = "%" + q.search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+                stmt = stmt.where(
+                    Client.mac.ilike(like, escape="\\")
+                    | Client.hostname.ilike(like, escape="\\")
+                    | Client.address.ilike(like, escape="\\")
+                )
+            busy = select(Target.client_id).where(Target.state.in_(ACTIVE_TARGET))
+            if q.state == "idle":
+                stmt = stmt.where(Client.id.not_in(busy))
+            elif q.state is not None:
+                stmt = stmt.where(Client.id.in_(busy.where(Target.state == q.state)))
+            if q.limit is not None:
+                stmt = stmt.limit(q.limit + 1)
+            rows = list(s.scalars(stmt))
+            more = q.limit is not None and len(rows) > q.limit
+            rows = rows[: q.limit] if q.limit is not None else rows
             active: dict[int, Target] = {}
-            for t in s.scalars(select(Target).where(Target.state.in_(ACTIVE_TARGET)).order_by(Target.id)):
+            ids = [c.id for c in rows]
+            targets = select(Target).where(Target.state.in_(ACTIVE_TARGET)).order_by(Target.id)
+            if q.limit is not None:
+                targets = targets.where(Target.client_id.in_(ids))
+            for t in s.scalars(targets):
                 active[t.client_id] = t  # the newest wins, as in _client_view
-            return [client_view(c, active.get(c.id)) for c in rows]
+            views = [self._seen_view(client_view(c, active.get(c.id))) for c in rows]
+            if q.state is not None:  # a target may have changed state between the two queries
+                views = [v for v in views if v["state"] == q.state]
+            return views, (rows[-1].mac if more and rows else None)
+
+    def _seen_view(self, view: dict[str, Any]) -> dict[str, Any]:
+        """``view`` with the heartbeat noted in memory but not yet written (server/presence.py)."""
+        pending = self.presence.pending(view["id"])
+        if pending is not None and (view["last_seen"] is None or isoformat(pending[0]) > view["last_seen"]):
+            view["last_seen"] = isoformat(pending[0])
+            if pending[1]:
+                view["address"] = pending[1]
+        return view
 
     def client(self, client_id: int) -> dict[str, Any]:
         with self.db.sessions() as s:
@@ -522,6 +563,9 @@ class Orchestrator:
         from fleetcast.server.auth import AuthError
 
         digest = hash_credential(credential)
+        client_id = self.presence.client_for(digest)
+        if client_id is not None:
+            return client_id
         with self.db.sessions() as s:
             client_id = s.scalars(select(Client.id).where(Client.credential_hash == digest)).first()
         if client_id is None:
@@ -529,7 +573,22 @@ class Orchestrator:
                 "the agent credential is not known (or was replaced by a newer enrollment)",
                 hint="enroll again with the enrollment token",
             )
+        self.presence.remember(digest, client_id)
         return client_id
+
+    def cached_client(self, credential: str) -> int | None:
+        """The client id of ``credential`` if the presence cache knows it (no database, no thread)."""
+        return self.presence.client_for(hash_credential(credential))
+
+    def fast_heartbeat(
+        self, client_id: int, *, task_id: int | None, inventory: bool, address: str
+    ) -> dict[str, Any] | None:
+        """The answer to an idle, online client's heartbeat without the database (server/presence.py),
+        or None when it needs the full path (a task id, an inventory, busy, offline, or not known)."""
+        if task_id is not None or inventory or not self.presence.idle(client_id):
+            return None
+        self.presence.seen(client_id, utcnow(), address)
+        return {"task": None, "cancel": False, "interval": self.settings.heartbeat_interval}
 
     def task_image(self, client_id: int) -> str | None:
         """The image of the client's running task: the only one its agent may fetch (issue 12 item 3)."""
@@ -671,7 +730,9 @@ class Orchestrator:
     def sweep(self) -> None:
         """Stale-heartbeat detection and task timeouts, from the app's background loop (every
         ``min(5 s, stale_after / 2, task_timeout / 2)``; no longer on every heartbeat: at 2,000
-        agents that was two extra queries per heartbeat)."""
+        agents that was two extra queries per heartbeat). The heartbeats noted in memory are
+        written first, so a client that beat is never taken for silent."""
+        self.presence.flush()
         with self._tx() as s:
             self._sweep(s, utcnow())
 
@@ -703,9 +764,11 @@ class Orchestrator:
         client.last_seen = now
         if address:
             client.address = address
+        self.presence.seen(client.id, now, address or None)  # a pending older note must not win
         if not client.online:
             client.online = True
             self.bus.record(s, "client-seen", client_id=client.id, mac=client.mac, address=client.address)
+        self.presence.online(client.id)
 
     def _audit(self, s: Session, *, actor: str, address: str, action: str, target: str, detail: Any) -> None:
         s.add(
@@ -825,6 +888,7 @@ class Orchestrator:
             select(Client).where(Client.online.is_(True), Client.last_seen < stale_before)
         ).all():
             client.online = False
+            self.presence.offline({client.id})  # its next heartbeat takes the full path: client-seen
             self.bus.record(
                 s, "client-stale", client_id=client.id, mac=client.mac, last_seen=isoformat(client.last_seen)
             )
@@ -845,7 +909,31 @@ class Orchestrator:
             .where(Target.client_id == c.id, Target.state.in_(ACTIVE_TARGET))
             .order_by(Target.id.desc())
         ).first()
-        return client_view(c, active)
+        return self._seen_view(client_view(c, active))
+
+
+CLIENT_STATES = ("idle", "queued", "running")
+MAX_PAGE = 5000
+
+
+@dataclass(frozen=True)
+class ClientQuery:
+    """``GET /api/clients?limit=&after=&online=&state=&q=``: a page of at most ``limit`` clients
+    after MAC ``after``; ``q`` is a case-insensitive substring of the MAC, host name or address."""
+
+    limit: int | None = None
+    after: str | None = None
+    online: bool | None = None
+    state: str | None = None
+    search: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and not 1 <= self.limit <= MAX_PAGE:
+            raise UsageError(f"limit must be 1-{MAX_PAGE}, found {self.limit}")
+        if self.state is not None and self.state not in CLIENT_STATES:
+            raise UsageError(f"state {self.state!r} is not one of {', '.join(CLIENT_STATES)}")
+        if self.after is not None:
+            object.__setattr__(self, "after", planner.normalize_mac(self.after))
 
 
 def client_view(c: Client, active: Target | None) -> dict[str, Any]:

@@ -40,6 +40,7 @@ class ClientView(_View):
 
 class ClientList(_View):
     clients: list[ClientView]
+    next: str | None = None  # with ?limit=: the ``after`` of the next page; null on the last
 
 
 ImageView = ImageInfo  # the catalog's dataclass is the shape

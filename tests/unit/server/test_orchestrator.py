@@ -297,7 +297,8 @@ def test_task_of_another_client_is_forbidden(server: Server) -> None:
     assert r["message"] == "task 9999 does not exist"
     r = a.call(f"/api/agent/tasks/{t['task_id']}/progress", {"phase": "copying"}, status=400)
     assert r["message"] == (
-        "phase 'copying' is not one of selecting-disk, writing, verifying, growing, personalizing, finishing"
+        "phase 'copying' is not one of selecting-disk, writing, verifying, growing, personalizing, "
+        "finishing, capturing, publishing"
     )
     r = a.call(f"/api/agent/tasks/{t['task_id']}/result", {"state": "ok"}, status=400)
     assert r["message"] == "result state 'ok' is not one of done, failed, cancelled"

@@ -1,0 +1,192 @@
+"""What an idle agent's heartbeat needs, kept in memory, so most heartbeats touch no database.
+
+Measured with ``bench/load.py`` (issue 12, Scale): an idle heartbeat cost about 5 ms of server CPU
+in two thread hops and six queries -- the credential looked up twice (the body limit's early check
+and the route), the client loaded, its running and queued targets asked for, ``last_seen``
+written and committed. At 2,000 agents beating every 2 s that is 1,000 of them a second, more than
+one process can do. Here:
+
+- **credentials**: SHA-256 of a credential -> client id, filled on a database lookup, dropped when
+  that client's row changes (enrollment, revocation, deletion: any commit of a ``Client`` with a new
+  ``credential_hash``) and after ``AUTH_TTL`` seconds (another server process on the same
+  PostgreSQL may have revoked it);
+- **busy clients**: the ids with a queued or running target, read in one query; any commit that
+  created, deleted or changed the state of a ``Target`` makes the set stale (a generation counter),
+  and so does ``BUSY_TTL`` seconds (another process may have started a deployment); the app's loop
+  re-reads it twice a second. Only a client known *not* busy, from a fresh set, takes the fast path;
+- **online clients**: the ids the slow path saw online; the stale sweep removes the ones it marks
+  offline, so a client coming back still takes the slow path and gets its ``client-seen`` event;
+- **last seen**: the fast path notes (time, address) here; ``flush()`` writes them in one
+  ``executemany`` (the app's loop, every second, and the stale sweep before it looks), and client
+  views overlay the notes not yet flushed.
+
+A heartbeat that carries an inventory or a task id, or comes from a busy, unknown or offline
+client, takes the full path through the orchestrator as before.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Table, bindparam, event, inspect, select, update
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm.state import InstanceState
+
+from fleetcast.server.db import Client, Target
+
+logger = logging.getLogger(__name__)
+
+AUTH_TTL = 5.0
+BUSY_TTL = 2.0
+ACTIVE_TARGET = ("queued", "running")
+
+
+def _changed(obj: Target | Client, attribute: str) -> bool:
+    state: InstanceState[Any] = inspect(obj)
+    return bool(state.attrs[attribute].history.has_changes())
+
+
+class Presence:
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self._sessions = sessions
+        self._lock = threading.Lock()
+        self._auth: dict[str, tuple[int, float]] = {}
+        self._busy: frozenset[int] = frozenset()
+        self._busy_read_at = -1.0e9
+        self._busy_gen = -1
+        self._gen = 0
+        self._online: set[int] = set()
+        self._seen: dict[int, tuple[datetime, str | None]] = {}
+        event.listen(sessions, "after_flush", self._after_flush)
+        event.listen(sessions, "after_commit", self._after_commit)
+        event.listen(sessions, "after_rollback", self._after_rollback)
+
+    # ---- change tracking (SQLAlchemy session events, in whatever thread commits) ----------------
+
+    def _after_flush(self, session: Session, _context: Any) -> None:
+        """Note what the commit will change: a target's state (new, deleted, or ``state`` set), a
+        client's credential (set, cleared, or the client deleted)."""
+        touched = session.info.setdefault("fleetcast_presence", set())
+        for obj in (*session.new, *session.deleted):
+            if isinstance(obj, Target):
+                touched.add(-1)
+            elif isinstance(obj, Client) and obj.id is not None:
+                touched.add(obj.id)
+        for obj in session.dirty:
+            if isinstance(obj, Target) and _changed(obj, "state"):
+                touched.add(-1)
+            elif isinstance(obj, Client) and _changed(obj, "credential_hash"):
+                touched.add(obj.id)
+
+    def _after_commit(self, session: Session) -> None:
+        touched: set[int] = session.info.pop("fleetcast_presence", set())
+        if not touched:
+            return
+        with self._lock:
+            if -1 in touched:
+                self._gen += 1
+            clients = touched - {-1}
+            if clients:
+                self._auth = {k: v for k, v in self._auth.items() if v[0] not in clients}
+
+    def _after_rollback(self, session: Session) -> None:
+        session.info.pop("fleetcast_presence", None)
+
+    def targets_changed(self) -> None:
+        """For writers outside the ORM unit of work (bulk ``UPDATE targets``)."""
+        with self._lock:
+            self._gen += 1
+
+    # ---- credentials ----------------------------------------------------------------------------
+
+    def client_for(self, digest: str) -> int | None:
+        """The client id of a credential hash, if known here and recent."""
+        entry = self._auth.get(digest)
+        if entry is None or time.monotonic() - entry[1] > AUTH_TTL:
+            return None
+        return entry[0]
+
+    def remember(self, digest: str, client_id: int) -> None:
+        with self._lock:
+            self._auth[digest] = (client_id, time.monotonic())
+
+    # ---- busy and online -----------------------------------------------------------------------
+
+    def idle(self, client_id: int) -> bool:
+        """True only when a fresh read says the client has no queued or running target and the
+        slow path saw it online (so its heartbeat needs nothing but a ``last_seen`` note)."""
+        if client_id not in self._online:
+            return False
+        if self._busy_gen != self._gen or time.monotonic() - self._busy_read_at > BUSY_TTL:
+            return False
+        return client_id not in self._busy
+
+    def refresh(self, *, force: bool = False) -> None:
+        """Re-read the busy set if it is stale (one query); call from a thread, not the event loop."""
+        if not force and self._busy_gen == self._gen and time.monotonic() - self._busy_read_at <= BUSY_TTL:
+            return
+        gen, read_at = self._gen, time.monotonic()
+        with self._sessions() as s:
+            busy = frozenset(
+                s.scalars(select(Target.client_id).where(Target.state.in_(ACTIVE_TARGET)).distinct())
+            )
+        with self._lock:
+            self._busy, self._busy_gen, self._busy_read_at = busy, gen, read_at
+
+    def online(self, client_id: int) -> None:
+        self._online.add(client_id)
+
+    def offline(self, client_ids: set[int]) -> None:
+        with self._lock:
+            self._online -= client_ids
+
+    # ---- last seen -----------------------------------------------------------------------------
+
+    def seen(self, client_id: int, when: datetime, address: str | None) -> None:
+        with self._lock:
+            previous = self._seen.get(client_id)
+            if previous is not None and address is None:
+                address = previous[1]
+            self._seen[client_id] = (when, address)
+
+    def pending(self, client_id: int) -> tuple[datetime, str | None] | None:
+        """A ``last_seen`` (and address) noted but not yet written."""
+        return self._seen.get(client_id)
+
+    def flush(self) -> int:
+        """Write the noted ``last_seen`` values (and addresses) in one statement; how many."""
+        with self._lock:
+            seen, self._seen = self._seen, {}
+        if not seen:
+            return 0
+        with_address = [
+            {"cid": cid, "ts": ts, "addr": addr} for cid, (ts, addr) in seen.items() if addr is not None
+        ]
+        without = [{"cid": cid, "ts": ts} for cid, (ts, addr) in seen.items() if addr is None]
+        table = Client.__table__
+        assert isinstance(table, Table)
+        try:
+            with self._sessions() as s, s.begin():
+                conn = s.connection()
+                if with_address:
+                    conn.execute(
+                        update(table)
+                        .where(table.c.id == bindparam("cid"))
+                        .values(last_seen=bindparam("ts"), address=bindparam("addr")),
+                        with_address,
+                    )
+                if without:
+                    conn.execute(
+                        update(table).where(table.c.id == bindparam("cid")).values(last_seen=bindparam("ts")),
+                        without,
+                    )
+        except Exception:
+            with self._lock:  # keep what was not written, unless newer notes came meanwhile
+                for cid, value in seen.items():
+                    self._seen.setdefault(cid, value)
+            raise
+        return len(seen)
