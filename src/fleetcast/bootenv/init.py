@@ -27,6 +27,22 @@ def status(line: str) -> None:
     print(f"fleetcast: {line}", flush=True)
 
 
+def firmware() -> str:
+    """``BIOS``, ``UEFI, Secure Boot off`` or ``UEFI, Secure Boot on`` (the SecureBoot EFI variable)."""
+    if not Path("/sys/firmware/efi").is_dir():
+        return "BIOS"
+    efivars = Path("/sys/firmware/efi/efivars")
+    if efivars.is_dir() and not any(efivars.iterdir()):
+        run(["modprobe", "efivarfs"], check=False)
+        run(["mount", "-t", "efivarfs", "efivarfs", efivars], check=False)
+    var = efivars / "SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"
+    try:
+        on = var.read_bytes()[4:5] == b"\x01"  # 4 bytes of attributes, then the value
+    except OSError:
+        on = False
+    return f"UEFI, Secure Boot {'on' if on else 'off'}"
+
+
 def interfaces() -> dict[str, str]:
     """Ethernet interfaces by name -> MAC (lower case), loopback and virtual ones left out."""
     found = {}
@@ -92,6 +108,7 @@ def main() -> int:
     except FleetcastError as exc:
         status(f"error: {exc.message}")
         return 2
+    status(f"firmware {firmware()}")
     status(f"server {settings.server or '(none: fleetcast.server= missing)'}")
     nics = interfaces()
     name = choose_interface(nics, settings.boot_mac)
