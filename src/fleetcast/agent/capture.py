@@ -83,6 +83,7 @@ class RemoteSink:
         *,
         stop: Callable[[], bool] | None = None,
         max_have: int = MAX_HAVE,
+        on_publish: Callable[[], None] | None = None,
     ) -> None:
         self.api = api
         self.task_id = task_id
@@ -92,6 +93,7 @@ class RemoteSink:
         self.stats = SinkStats()
         self._lock = threading.Lock()
         self.published: PublishReply | None = None
+        self.on_publish = on_publish
 
     def __enter__(self) -> RemoteSink:
         return self
@@ -134,6 +136,8 @@ class RemoteSink:
         self._upload(f"{self.base}/packs/{pack_id}", stored, f"pack {pack_id[:16]}", pack=True)
 
     def publish(self, manifest: bytes, index: Path) -> str:
+        if self.on_publish is not None:
+            self.on_publish()
         self._upload(f"{self.base}/index", index.read_bytes(), "chunk index", pack=False)
         response = self._request(
             "POST", f"{self.base}/publish", "publish", content=manifest,
@@ -227,7 +231,10 @@ def run_capture(
     )  # fmt: skip
     info: CaptureBeginReply = _model(CaptureBeginReply, begin, "capture begin reply")
     runner._check(cancel)
-    sink = RemoteSink(api, task.task_id, stop=stopping, max_have=info.max_have)
+    sink = RemoteSink(
+        api, task.task_id, stop=stopping, max_have=info.max_have,
+        on_publish=lambda: reporter.update(phase="publishing", urgent=True),
+    )  # fmt: skip
     started = time.monotonic()
 
     def progress(done: int, total: int) -> None:

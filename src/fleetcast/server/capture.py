@@ -447,8 +447,23 @@ class CaptureService:
             for pid in sorted(set(packs) - have):
                 s.add(CaptureLease(capture_id=capture_id, pack_id=pid, expires_at=expires))
 
+    def prune(self) -> int:
+        """Forget expired leases, and the partial uploads of captures that no longer run."""
+        with self.db.transaction() as s:
+            expired = delete(CaptureLease).where(CaptureLease.expires_at <= utcnow())
+            gone = int(getattr(s.execute(expired), "rowcount", 0) or 0)
+            running = set(s.scalars(select(Target.id).where(Target.state == "running")))
+        root = self.uploads.root
+        if root.is_dir():
+            for part in root.glob("*.part"):
+                task = part.name.split("-", 1)[0]
+                if task.isdigit() and int(task) not in running:
+                    part.unlink(missing_ok=True)
+        return gone
+
     def begin(self, client_id: int, task_id: int) -> dict[str, Any]:
         self.session(client_id, task_id)
+        self.prune()
         with self.db.sessions() as s:
             t = s.get(Target, task_id)
             assert t is not None
