@@ -9,7 +9,7 @@ APT_PACKAGES := ntfs-3g partclone fdisk dosfstools mtools qemu-utils libhivex-bi
 STAMP := $(VENV)/.setup-$(shell cat pyproject.toml Makefile | sha256sum | cut -c1-16)
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint typecheck unit demo demo-image bench clean format
+.PHONY: setup test lint typecheck unit demo demo-netns demo-image bench clean format
 
 setup: $(STAMP)
 
@@ -41,9 +41,15 @@ test: setup lint typecheck
 unit: setup
 	$(VENV)/bin/pytest tests/unit
 
-# The main job in the virtual lab: server + agents in network namespaces, loop-device disks, a real
-# captured image deployed with names and static IPs. `make demo-image` shows capture/restore alone.
+# The virtual lab: QEMU machines with blank disks network-boot from fleetcast (full DHCP on a bridge in
+# a network namespace), get the golden Debian image with names LAB-01.. and static IPs, and restart
+# into it. The boot environment and the golden image are built when missing (cached by input hash).
 demo: setup
+	$(VENV)/bin/fleetcast lab demo --clients 3 --firmware mixed
+
+# Server + agents in network namespaces, loop-device disks, a real captured image deployed with names
+# and static IPs. `make demo-image` shows capture/restore alone.
+demo-netns: setup
 	$(PY) -m fleetcast.lab.deploy_demo
 
 demo-image: setup
