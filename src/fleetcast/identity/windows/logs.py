@@ -2,23 +2,20 @@
 
 A hive whose primary and secondary sequence numbers differ has changes that only its transaction logs
 hold. Editing it and leaving the logs behind would let Windows replay stale log data over the edit, so
-the logs are replayed first (regipy.recovery), the base block checksum is recomputed (regipy leaves it
-stale) and, when the edited hive is put in place, the logs are emptied.
+the logs are replayed first, by fleetcast's own reader of both log formats (replay.py: entries in
+sequence, hashes checked, stale logs left out) and, when the edited hive is put in place, the logs are
+emptied.
 """
 
 from __future__ import annotations
 
-import gc
-import importlib
 import logging
 import struct
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from fleetcast.errors import HiveError
-from fleetcast.identity.windows.hive import BASE_BLOCK_SIZE, BaseBlock, fix_checksum, read_base_block
+from fleetcast.identity.windows.hive import BaseBlock, read_base_block
 
 logger = logging.getLogger(__name__)
 
@@ -129,38 +126,38 @@ def replay(st: HiveState, workdir: Path) -> Path:
             hint="boot this Windows once and shut it down completely (shutdown /s /t 0, Fast Startup off), "
             "or copy the hive's .LOG1/.LOG2 files beside it, then retry",
         )
-    from regipy.exceptions import RegipyException
+    from fleetcast.identity.windows.replay import replay as replay_logs
 
-    recovery: Any = importlib.import_module("regipy.recovery")
-
-    logs = sorted(usable, key=_log_seq)
-    primary = logs[-1]
-    secondary = logs[0] if len(logs) > 1 else None
     out = workdir / (hive.name + ".replayed")
     try:
-        with warnings.catch_warnings():
-            # regipy leaves its file objects to the garbage collector: collect them here, quietly
-            warnings.simplefilter("ignore", ResourceWarning)
-            pages = _apply(recovery, hive, primary, secondary, out)
-            gc.collect()
-    except (RegipyException, ValueError, OSError, struct.error, AttributeError) as exc:
+        result = replay_logs(hive.read_bytes(), [(p.name, p.read_bytes()) for p in usable])
+    except OSError as exc:
         raise HiveError(
-            f"hive {hive} is dirty and replaying its logs failed: {exc}",
+            f"hive {hive} is dirty and its logs cannot be read: {exc.strerror or exc}",
+            hint="check the volume: run ntfsfix or chkdsk, or mount it again",
+        ) from exc
+    except HiveError as exc:
+        raise HiveError(
+            f"hive {hive} is dirty and its transaction logs cannot be replayed: {exc.message}",
             hint="boot this Windows once and shut it down completely (shutdown /s /t 0, Fast Startup off), "
             "then retry",
         ) from exc
-    with out.open("r+b") as fh:
-        block = bytearray(fh.read(BASE_BLOCK_SIZE))
-        seq1, seq2 = struct.unpack_from("<II", block, 4)
-        if seq1 != seq2:
-            top = max(seq1, seq2)
-            struct.pack_into("<II", block, 4, top, top)
-            fh.seek(0)
-            fh.write(block)
-    fix_checksum(out)
+    out.write_bytes(result.data)
     _check_replayed(hive, out)
-    logger.info("replayed %d dirty page(s) of %s from %s", pages, hive, ", ".join(p.name for p in logs))
+    _NOTES[str(out)] = result.notes
+    logger.info(
+        "replayed %d page(s) of %s from %s (sequence %d): %s",
+        result.pages, hive, ", ".join(result.applied), result.seq, "; ".join(result.notes),
+    )  # fmt: skip
     return out
+
+
+_NOTES: dict[str, tuple[str, ...]] = {}
+
+
+def replay_notes(copy: Path) -> tuple[str, ...]:
+    """What the replay into ``copy`` applied and left ("SYSTEM.LOG1: entries 566-588 applied (...)")."""
+    return _NOTES.get(str(copy), ())
 
 
 def _check_replayed(hive: Path, out: Path) -> None:
@@ -183,16 +180,6 @@ def _check_replayed(hive: Path, out: Path) -> None:
             hint="boot this Windows once and shut it down completely (shutdown /s /t 0, Fast Startup off), "
             "then retry",
         ) from exc
-
-
-def _apply(recovery: Any, hive: Path, primary: Path, secondary: Path | None, out: Path) -> int:
-    _, pages = recovery.apply_transaction_logs(
-        str(hive),
-        str(primary),
-        secondary_log_path=str(secondary) if secondary else None,
-        restored_hive_path=str(out),
-    )
-    return int(pages)
 
 
 def working_copy(st: HiveState, workdir: Path) -> tuple[Path, bool]:

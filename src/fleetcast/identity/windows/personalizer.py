@@ -105,6 +105,7 @@ class _Open:
     hive: Hive
     logs: list[Path]
     replayed: bool
+    notes: tuple[str, ...] = ()  # what the replay applied and left (replay.py)
 
 
 class _Hives:
@@ -121,7 +122,8 @@ class _Hives:
         st = logs.state(path)
         copy, replayed = logs.working_copy(st, self.workdir)
         hive = Hive(copy, write=True, label=path)
-        self.opened[name] = _Open(path, hive, logs.find_logs(path), replayed)
+        notes = logs.replay_notes(copy) if replayed else ()
+        self.opened[name] = _Open(path, hive, logs.find_logs(path), replayed, notes)
         return hive
 
 
@@ -177,6 +179,7 @@ def _run(root: Path, opts: Options, hives: _Hives, tx: Transaction, changes: lis
             changes.append(
                 f"{name}: dirty hive, transaction logs replayed ({', '.join(p.name for p in o.logs)})"
             )
+            changes += [f"{name}: {note}" for note in o.notes]
 
     if opts.name is not None:
         netbios = opts.name.upper()
