@@ -39,9 +39,36 @@ def _add_user(data: Path, name: str, role: str, password: str) -> None:
     assert proc.stdout == f"user {name} added with role {role}\n"
 
 
+WINDOWS_FACTS = {"product": "Windows 11 Pro", "edition": "Professional", "version": "23H2", "build": "22631",
+                 "generalized": False, "machine_sid": "S-1-5-21-1004336348-1177238915-682003330",
+                 "computer_name": "GOLDEN-PC"}  # fmt: skip
+
+
+def _windows_image(store_root: Path) -> None:
+    """A GPT disk with one NTFS-typed partition of random bytes, captured with the facts an OS
+    inspection records at capture (``os_info`` of partition 1)."""
+    import os
+    import subprocess
+
+    from fleetcast.store.capture import capture
+    from fleetcast.store.images import ImageStore
+
+    raw = store_root.parent / "win11.raw"
+    with raw.open("wb") as fh:
+        fh.truncate(16 << 20)
+    table = "label: gpt\n,8M,EBD0A0A2-B9E5-4433-87C0-68B6B72699C7\n"
+    subprocess.run(["sfdisk", "-q", str(raw)], input=table, text=True, check=True)
+    with raw.open("r+b") as fh:
+        fh.seek(2 << 20)
+        fh.write(os.urandom(1 << 20))
+    capture(raw, "win11", ImageStore(store_root), os_info={1: WINDOWS_FACTS})
+    raw.unlink()
+
+
 def test_sign_in_roles_sessions_and_refusals(tmp_path: Path) -> None:
     data = tmp_path / "data"
     make_image(data / "store", "tiny")
+    _windows_image(data / "store")
     with serve(data) as server, browser() as b:
         agents = [SimAgent(server, mac) for mac in MACS]
         for agent in agents:
@@ -80,6 +107,18 @@ def test_sign_in_roles_sessions_and_refusals(tmp_path: Path) -> None:
         expect(detail).to_contain_text(f"Bytes unique to this image{human_bytes(details['unique_bytes'])}")
         expect(detail.locator("#partitions tbody tr")).to_have_count(len(details["partitions"]))
         shot(page, "03-image-details")
+        page.get_by_role("button", name="win11").click()
+        expect(detail.locator("h2")).to_have_text("win11")
+        facts = [("Windows version", "Windows 11 Pro 23H2 build 22631"), ("Edition", "Professional"),
+                 ("Generalized (Sysprep)", "no"), ("Machine SID", WINDOWS_FACTS["machine_sid"]),
+                 ("Computer name", "GOLDEN-PC")]  # fmt: skip
+        for label, value in facts:
+            expect(detail.locator(f'dt:text-is("{label}") + dd')).to_have_text(str(value))
+        expect(detail.locator("#partitions tbody tr")).to_have_count(1)
+        expect(detail.locator("#partitions tbody tr")).to_contain_text("8.0 MiB")
+        shot(page, "03-image-details-windows")
+        page.get_by_role("button", name="tiny").click()
+        expect(detail.locator("h2")).to_have_text("tiny")  # its panel, not win11's, before Verify
         page.get_by_role("button", name="Verify").click()
         expect(page.locator("#image-detail [role=status]")).to_have_text(
             re.compile(r"^Image tiny is intact: \d+ chunks, [\d.]+ MiB verified\.$")
@@ -87,7 +126,8 @@ def test_sign_in_roles_sessions_and_refusals(tmp_path: Path) -> None:
         shot(page, "03-image-verified")
         page.once("dialog", lambda dialog: dialog.accept())
         page.get_by_role("button", name="Delete").click()
-        expect(page.locator("#images tbody")).to_have_text("No images in the store.")
+        expect(page.locator("#images tbody tr")).to_have_count(1)
+        expect(page.locator("#images tbody")).not_to_contain_text("tiny")
         assert [(a["actor"], a["action"]) for a in server.get("/api/audit")["audit"]] == [
             ("admin", "image-delete"),
             ("admin", "console-setup"),

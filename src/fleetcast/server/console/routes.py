@@ -296,15 +296,16 @@ class PartitionOut(BaseModel):
     fstype: str
     os_hint: str | None
     used_bytes: int
-    # what capture found on it, when the manifest records it (Windows: version, edition, generalized,
-    # machine_sid, computer_name; see /work/team/requests-store.md)
-    os: dict[str, Any] | None = None
+    # what capture found on it, when recorded (Windows: product, edition, version, build, generalized,
+    # machine_sid, computer_name; store.manifest.Area.os_info)
+    os_info: dict[str, Any] | None = None
 
 
 class ImageDetails(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     name: str
+    image_id: str
     created: str | None
     disk_size: int
     logical_sector_size: int
@@ -313,46 +314,23 @@ class ImageDetails(BaseModel):
     used_bytes: int
     data_bytes: int
     stored_bytes: int
-    unique_bytes: int
+    unique_bytes: int | None
     packs: int
     partitions: list[PartitionOut]
 
 
 @api.get("/images/{name}/details", response_model=ImageDetails, tags=["images"])
 def image_details(name: str, request: Request) -> dict[str, Any]:
-    """What `fleetcast image info` shows: partitions with filesystems and sizes, the OS found, stored
-    bytes (every pack it references, once) and bytes unique to it (what `image rm` + `store gc` free)."""
+    """What `fleetcast image info --json` shows: partitions with filesystems and sizes, the OS found,
+    stored bytes (every pack it references, once) and bytes unique to it (what `image rm` + `store gc`
+    free)."""
+    from fleetcast.store.images import summary
+
     principal(request)
     store = _catalog(request).store()
     m = store.open(check_name(name), lazy=True)
-    usage = store.usage().get(name)
-    return {
-        "name": m.name,
-        "created": m.created,
-        "disk_size": m.disk_size,
-        "logical_sector_size": m.logical_sector_size,
-        "table_label": getattr(m.table, "label", None),
-        "os_hint": m.os_hint,
-        "used_bytes": m.used_bytes,
-        "data_bytes": m.data_bytes,
-        "stored_bytes": usage.stored_bytes if usage is not None else m.stored_bytes,
-        "unique_bytes": usage.unique_bytes if usage is not None else 0,
-        "packs": len(m.chunk_ids()),
-        "partitions": [
-            {
-                "number": a.number,
-                "kind": a.kind,
-                "start": a.start,
-                "size": a.size,
-                "fstype": a.fstype,
-                "os_hint": a.os_hint,
-                "used_bytes": a.used,
-                "os": getattr(a, "os_info", None),
-            }
-            for a in m.areas
-            if a.kind != "gap"
-        ],
-    }
+    details: dict[str, Any] = summary(m, store.usage().get(m.name))
+    return details
 
 
 @api.post("/images/{name}/verify", response_model=VerifyOut, tags=["images"])

@@ -503,9 +503,9 @@ async function imagesPage() {
     const box = $("#image-detail");
     const dl = el("dl", {});
     const parts = im.partitions || [];
-    const found = parts.map((p) => p.os).filter(Boolean);
+    const found = parts.map((p) => p.os_info).filter(Boolean);
     const rows = [["Disk size", disksize(im.disk_size)], ["Partition table", im.table_label || ""], ["Sector size", `${im.logical_sector_size} B`],
-      ["OS found", im.os_hint || "none recognized"], ["Created", when(im.created)], ["Used by the filesystems", bytes(im.used_bytes)],
+      ["OS found", im.os_hint || (found.length ? found[0].kind || "windows" : "none recognized")], ["Created", when(im.created)], ["Used (captured)", bytes(im.used_bytes)],
       ["Stored bytes", bytes(im.stored_bytes)], ["Bytes unique to this image", `${bytes(im.unique_bytes)} (freed by Delete and the next store gc)`],
       ["Packs", im.packs]];
     for (const os of found) { // what capture recorded about the OS (Windows: version, edition, generalized, SID)
@@ -522,7 +522,8 @@ async function imagesPage() {
       box.append(el("h3", {}, "Partitions"), el("div", { class: "scroll" }, el("table", { id: "partitions" },
         el("thead", {}, el("tr", {}, ...["#", "Filesystem", "Start", "Size", "Used", "OS"].map((h) => el("th", { scope: "col" }, h)))),
         el("tbody", {}, ...parts.map((p) => el("tr", {}, el("td", {}, p.number === null ? "(whole disk)" : p.number), el("td", {}, p.fstype),
-          el("td", {}, bytes(p.start)), el("td", {}, disksize(p.size)), el("td", {}, bytes(p.used_bytes)), el("td", {}, p.os_hint || "")))))));
+          el("td", {}, bytes(p.start)), el("td", {}, disksize(p.size)), el("td", {}, bytes(p.used_bytes)),
+          el("td", {}, p.os_hint || (p.os_info ? p.os_info.product || p.os_info.kind || "" : ""))))))));
     }
     if (document.body.dataset.role !== "viewer") {
       const status = el("p", { role: "status", "aria-live": "polite" });
