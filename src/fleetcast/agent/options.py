@@ -13,10 +13,11 @@ import tarfile
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import Any, Protocol
+from typing import Protocol
 
 from fleetcast.errors import AgentError
 from fleetcast.identity.base import IdentitySettings
+from fleetcast.protocol import Task
 
 logger = logging.getLogger(__name__)
 
@@ -62,20 +63,18 @@ def unpack_drivers(data: bytes, dest: Path) -> int:
 
 
 @contextlib.contextmanager
-def identity_settings(task: Any, api: DriverSource, mac: str | None) -> Iterator[IdentitySettings]:
-    """``IdentitySettings`` for ``task`` (protocol.Task): name, IP and the Windows options."""
-    drivers_name = getattr(task, "drivers", None)
-    unattend = str(getattr(task, "unattend", "auto") or "auto")
+def identity_settings(task: Task, api: DriverSource, mac: str | None) -> Iterator[IdentitySettings]:
+    """``IdentitySettings`` for ``task``: name, IP and the Windows options."""
+    drivers_name = task.drivers
+    unattend = task.unattend or "auto"
     with tempfile.TemporaryDirectory(prefix="fleetcast-options-") as tmp:
         work = Path(tmp)
         drivers: Path | None = None
         if drivers_name:
             drivers = work / "drivers"
             drivers.mkdir()
-            count = unpack_drivers(api.drivers(str(drivers_name)), drivers)
-            logger.info(
-                "task %s: driver folder %s: %d files", getattr(task, "task_id", "?"), drivers_name, count
-            )
+            count = unpack_drivers(api.drivers(drivers_name), drivers)
+            logger.info("task %d: driver folder %s: %d files", task.task_id, drivers_name, count)
         if unattend not in ("auto", "none"):
             path = work / "unattend.xml"
             path.write_text(unattend, encoding="utf-8")
@@ -86,8 +85,8 @@ def identity_settings(task: Any, api: DriverSource, mac: str | None) -> Iterator
             gateway=task.gateway,
             dns=tuple(task.dns),
             mac=mac or None,
-            new_sid=bool(getattr(task, "new_sid", True)),
-            reset_ids=bool(getattr(task, "reset_ids", True)),
+            new_sid=task.new_sid,
+            reset_ids=task.reset_ids,
             drivers=drivers,
             extra={"unattend": unattend},
         )

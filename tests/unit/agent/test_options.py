@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import tarfile
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -50,10 +49,7 @@ def _task(**kw: object) -> Task:
 def test_task_options_become_identity_settings() -> None:
     data = _tar([("amd64", None, tarfile.DIRTYPE), ("amd64/stornvme.inf", b"[Version]\n", tarfile.REGTYPE)])
     api = FakeApi(data)
-    # drivers/unattend as the server sends them (protocol.Task gains the fields: requests-protocol.md)
-    task = SimpleNamespace(
-        **_task(new_sid=True, reset_ids=False).model_dump(), drivers="nvme", unattend="<unattend/>"
-    )
+    task = _task(new_sid=True, reset_ids=False, drivers="nvme", unattend="<unattend/>")
     with identity_settings(task, api, "52:54:00:00:00:01") as s:
         assert (s.name, s.ip, s.gateway, s.dns) == ("LAB-01", "10.0.0.11/24", "10.0.0.1", ("10.0.0.1",))
         assert s.mac == "52:54:00:00:00:01"
