@@ -34,6 +34,7 @@ def register(
     p = cmds.add_parser("restore", parents=[parent], help="write an image onto a disk or file")
     p.add_argument("name", metavar="NAME")
     p.add_argument("target", type=Path, metavar="TARGET", help="block device or file (created if missing)")
+    p.add_argument("--id", dest="image_id", metavar="ID", help="refuse unless the image has this id")
     p.add_argument(
         "--grow", action="store_true", help="grow the last partition and its filesystem to the disk"
     )
@@ -54,6 +55,7 @@ def register(
 
     p = cmds.add_parser("verify", parents=[parent], help="re-hash every chunk an image uses")
     p.add_argument("name", metavar="NAME")
+    p.add_argument("--id", dest="image_id", metavar="ID", help="the image id it must have (a task's)")
     add_store(p)
     add_json(p)
     p.set_defaults(func=cmd_verify)
@@ -128,7 +130,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
     manifest = store.open(args.name)
     started = time.monotonic()
     with ProgressBar(f"restore {args.name}", enabled=not args.json) as bar:
-        result = restore(manifest, store.source(), args.target, grow=args.grow, progress=bar)
+        result = restore(
+            manifest, store.source(), args.target, grow=args.grow, progress=bar, expected_id=args.image_id
+        )
     seconds = time.monotonic() - started
     if args.json:
         print_json(result.to_dict() | {"seconds": round(seconds, 3)})
@@ -208,7 +212,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from fleetcast.errors import IntegrityError
 
-    report = _store(args).verify(args.name)
+    report = _store(args).verify(args.name, expected_id=args.image_id)
     if args.json:
         print_json(report.to_dict())
     elif report.ok:

@@ -5,6 +5,7 @@ A SQLite file ``STORE/dedupe.sqlite`` (WAL) with three tables::
     packs(n INTEGER PRIMARY KEY, id TEXT UNIQUE, stored INTEGER, hash TEXT)  (hash NULL: v1, not hashed yet)
     chunks(hash BLOB, pack INTEGER, offset INTEGER, PRIMARY KEY (hash, pack)) WITHOUT ROWID
     images(name TEXT PRIMARY KEY, image_id TEXT)                               (the images taken in)
+    pending(name TEXT, image_id TEXT)          (announced by a publish just before its rename)
 
 It is a cache of what the images' own (verified) indexes say, so it can always be rebuilt from them:
 
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DB_FILE = "dedupe.sqlite"
-SCHEMA = 1
+SCHEMA = 3
 QUERY_BATCH = 500  # hashes per SELECT (SQLite's variable limit is far above)
 INSERT_BATCH = 20_000
 
@@ -61,6 +62,8 @@ _DDL = (
     "CREATE TABLE IF NOT EXISTS chunks(hash BLOB NOT NULL, pack INTEGER NOT NULL, offset INTEGER NOT NULL, "
     "PRIMARY KEY (hash, pack)) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS images(name TEXT PRIMARY KEY, image_id TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS pending(name TEXT NOT NULL, image_id TEXT NOT NULL, "
+    "PRIMARY KEY (name, image_id)) WITHOUT ROWID",
 )
 
 
@@ -78,6 +81,12 @@ class IndexStats:
     packs: int
     entries: int
     bytes: int
+
+
+def announce_publish(store: ImageStore, name: str, iid: str) -> None:
+    """``DedupeIndex.announce`` for a publish (creates the index file when there is none yet)."""
+    with DedupeIndex.open(store, sync=False) as dx:
+        dx.announce(name, iid)
 
 
 def db_path(store: ImageStore) -> Path:
@@ -157,6 +166,9 @@ class DedupeIndex:
         from fleetcast.errors import NotFoundError
 
         report = SyncReport(rebuilt=self.rebuilt)
+        tampered = self.changed_since_publish()
+        for message in tampered.values():
+            logger.warning("dedupe index: not taking in %s", message)
         present: dict[str, str] = {}
         for name in self.store.names():
             try:
@@ -165,6 +177,9 @@ class DedupeIndex:
                 continue  # removed while we looked: not an image any more
         with self._lock:
             known = dict(self._q("SELECT name, image_id FROM images").fetchall())
+        for name in tampered:  # keep what was published; store check reports the edit
+            present.pop(name, None)
+            known.pop(name, None)
         gone = [n for n, iid in known.items() if present.get(n) != iid]
         if gone:
             with self._lock, self._txn():
@@ -219,6 +234,7 @@ class DedupeIndex:
                     "INSERT OR REPLACE INTO images(name, image_id) VALUES (?, ?)",
                     (manifest.name, manifest.image_id),
                 )
+                self.conn.execute("DELETE FROM pending WHERE name = ?", (manifest.name,))
         except sqlite3.Error as exc:
             raise StoreError(f"cannot update the dedupe index of {self.store.root}: {exc}") from exc
         for p in refs:
@@ -339,6 +355,35 @@ class DedupeIndex:
     def image_ids(self) -> dict[str, str]:
         with self._lock:
             return dict(self._q("SELECT name, image_id FROM images").fetchall())
+
+    def announce(self, name: str, iid: str) -> None:
+        """A publish of ``name`` with image id ``iid`` is about to happen (called before the rename that
+        makes it visible): a later mismatch between this index and the store is then a publish that
+        crashed before its index update, not an edit."""
+        try:
+            with self._lock, self._txn():
+                self.conn.execute("INSERT OR IGNORE INTO pending(name, image_id) VALUES (?, ?)", (name, iid))
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot update the dedupe index of {self.store.root}: {exc}") from exc
+
+    def changed_since_publish(self) -> dict[str, str]:
+        """Images whose manifest (and so index) is not the one published under that name: the id differs
+        from the recorded one and no publish announced it -- an edit, not a re-capture. name -> message."""
+        with self._lock:
+            known = dict(self._q("SELECT name, image_id FROM images").fetchall())
+            pending = set(self._q("SELECT name, image_id FROM pending").fetchall())
+        out: dict[str, str] = {}
+        for name, iid in known.items():
+            try:
+                now = image_id(self.store.manifest_path(name).read_bytes())
+            except OSError:
+                continue
+            if now != iid and (name, now) not in pending:
+                out[name] = (
+                    f"image {name!r} changed since it was published: its manifest and index now have id "
+                    f"{now}, it was published as {iid}"
+                )
+        return out
 
     def rows(self) -> Iterator[tuple[bytes, str, int]]:
         """Every (hash, pack id, offset) row (tests and check compare them with the manifests)."""

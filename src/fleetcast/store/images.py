@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from fleetcast.errors import CaptureError, ImageNotFound, ManifestError, StoreError, UsageError
 from fleetcast.store.chunkstore import ChunkStore, copy_durable, fsync_dir, write_file_durable
-from fleetcast.store.manifest import INDEX_FILE, Manifest, load_image, valid_name
+from fleetcast.store.manifest import INDEX_FILE, Manifest, image_id, load_image, valid_name
 
 if TYPE_CHECKING:
     from fleetcast.store.maintenance import CheckReport, GcReport, Protect, VerifyReport
@@ -226,7 +226,8 @@ class ImageStore:
         try:
             os.rename(self.images_dir / name, trash)
             fsync_dir(self.images_dir)
-            shutil.rmtree(trash)
+            # unpublished now; the files go best-effort (a gc running meanwhile may take them as leftovers)
+            shutil.rmtree(trash, ignore_errors=True)
         except OSError as exc:
             raise StoreError(f"cannot remove image {name!r}: {exc.strerror}") from exc
         logger.info("removed image %s", name)
@@ -239,10 +240,10 @@ class ImageStore:
         return LocalChunkSource(self.chunks)
 
     # -- maintenance (implemented in store.maintenance) --------------------------------------------------
-    def verify(self, name: str) -> VerifyReport:
+    def verify(self, name: str, *, expected_id: str | None = None) -> VerifyReport:
         from fleetcast.store.maintenance import verify_image
 
-        return verify_image(self, name)
+        return verify_image(self, name, expected_id=expected_id)
 
     def check(self, *, repair: bool = False) -> CheckReport:
         from fleetcast.store.maintenance import check_store
@@ -307,6 +308,17 @@ def rename_exchange(a: Path, b: Path) -> None:
     if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
+
+
+def _announce(store: ImageStore, name: str, iid: str) -> None:
+    """Tell the dedupe index this publish is coming (so it is not taken for an edit if we crash before
+    the index update); a store whose index cannot be written still publishes."""
+    from fleetcast.store.dedupe import announce_publish
+
+    try:
+        announce_publish(store, name, iid)
+    except StoreError as exc:
+        logger.warning("publishing %s without announcing it to the dedupe index: %s", name, exc.message)
 
 
 def _is_live(tmp: Path) -> bool:
@@ -434,8 +446,10 @@ class CaptureTransaction:
             image_dir.mkdir()
             for fname, src in (extra or {}).items():
                 copy_durable(src, image_dir / fname)
-            write_file_durable(image_dir / MANIFEST, manifest.to_json())
+            data = manifest.to_json()
+            write_file_durable(image_dir / MANIFEST, data)
             fsync_dir(image_dir)
+            _announce(store, self.name, image_id(data))
             final = store.images_dir / self.name
             try:
                 if self.replace and final.exists():

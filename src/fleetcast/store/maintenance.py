@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fleetcast.errors import ChunkCorrupt, NotFoundError, PackMissing, StoreError
+from fleetcast.errors import ChunkCorrupt, ManifestError, NotFoundError, PackMissing, StoreError
 from fleetcast.store.chunkstore import chunk_hash, decompress_exact
 from fleetcast.store.manifest import CHUNK_ID_RE, PackRef
 
@@ -70,12 +70,18 @@ def _check_one(
     return len(data), None
 
 
-def verify_image(store: ImageStore, name: str) -> VerifyReport:
+def verify_image(store: ImageStore, name: str, *, expected_id: str | None = None) -> VerifyReport:
     """Read, decompress and re-hash every pack the image uses (each once) and every slice in it; each
     problem is in the report once (the caller prints them). Memory: one pack's slices at a time (v2)."""
     manifest = store.open(name)
     report = VerifyReport(name)
     what = f"image {name!r}"
+    if expected_id is not None and manifest.image_id != expected_id:
+        report.problems.append(f"{what} has id {manifest.image_id} but {expected_id} was expected")
+    changed = _changed_since_publish(store).get(name)
+    if changed:
+        report.problems.append(changed)
+    report.problems.extend(_check_entries(manifest, what))
     with ThreadPoolExecutor(WORKERS) as pool:
         inflight: deque[Future[tuple[int, str | None]]] = deque()
 
@@ -93,6 +99,45 @@ def verify_image(store: ImageStore, name: str) -> VerifyReport:
         while inflight:
             account(inflight.popleft())
     return report
+
+
+def _changed_since_publish(store: ImageStore) -> dict[str, str]:
+    """Images edited in place since they were published (the dedupe index recorded their id)."""
+    from fleetcast.store.dedupe import DedupeIndex, db_path
+
+    if not db_path(store).exists():
+        return {}
+    try:
+        with DedupeIndex.open(store, sync=False, create=False) as dx:
+            return dx.changed_since_publish()
+    except StoreError as exc:
+        logger.warning("cannot read the dedupe index: %s", exc.message)
+        return {}
+
+
+def _check_entries(manifest: Manifest, what: str) -> list[str]:
+    """What the format allows checking across entries (v2): each entry inside its window and area,
+    windows increasing per area, and the bytes of each area's entries equal to its recorded data."""
+    from fleetcast.store.manifest import check_entry
+
+    if manifest.open_index() is None:
+        return []
+    data = [0] * len(manifest.areas)
+    last = [-1] * len(manifest.areas)
+    try:
+        for e in manifest.index.entries() if manifest.index is not None else ():
+            check_entry(manifest, e, what)
+            if e.window <= last[e.area]:
+                return [f"{what}: area {e.area} has entry window {e.window} after window {last[e.area]}"]
+            last[e.area] = e.window
+            data[e.area] += e.length
+    except ManifestError as exc:
+        return [exc.message]
+    return [
+        f"{what}: {a.label} records {a.data_bytes} bytes of data but its entries hold {n}"
+        for a, n in zip(manifest.areas, data, strict=True)
+        if n != a.data_bytes
+    ]
 
 
 def _pack_slices(manifest: Manifest) -> Iterator[tuple[PackRef, list[tuple[int, int, str]]]]:
@@ -184,6 +229,7 @@ def check_store(store: ImageStore, *, repair: bool = False) -> CheckReport:
         )
     report.dedupe_index = _check_dedupe(store, repair)
     refs, report.damaged_manifests = _references(store, report)
+    report.damaged_manifests.extend(_changed_since_publish(store).values())
     present: dict[str, Path] = {}
     for fname, path in store.chunks.iter_files():
         if CHUNK_ID_RE.fullmatch(fname) and path.parent.name == fname[:2] and path.is_file():

@@ -117,6 +117,24 @@ def test_index_follows_capture_rm_gc_and_rebuild(tmp_path: Path) -> None:
     with DedupeIndex.open(store) as dx:
         assert set(dx.rows()) == _scan(store)
 
+    # re-captured under the same name: a new publish, not an edit
+    store.remove("b")
+    mb = capture(_disk(tmp_path / "b2.img", 1, changed=9), "b", store, pack_size=MiB)
+    assert store.check().damaged_manifests == [] and store.verify("b").ok
+    with DedupeIndex.open(store) as dx:
+        assert dx.image_ids() == {"b": mb.image_id}
+    # edited in place (an entry's data re-pointed, the manifest's index fields fixed up): named
+    manifest = store.manifest_path("b")
+    doc = json.loads(manifest.read_bytes())
+    doc["created"] = "2020-01-01T00:00:00+00:00"
+    manifest.write_bytes(json.dumps(doc, separators=(",", ":")).encode() + b"\n")
+    edited = store.open("b").image_id
+    changed = f"image 'b' changed since it was published: its manifest and index now have id {edited}, "
+    assert store.check().damaged_manifests == [changed + f"it was published as {mb.image_id}"]
+    assert store.verify("b").problems == [changed + f"it was published as {mb.image_id}"]
+    store.remove("b")
+    mb = capture(_disk(tmp_path / "b2.img", 1, changed=9), "b", store, pack_size=MiB)
+
     # a pack deleted behind the store's back is never answered
     victim = mb.pack_ids()[0]
     store.chunks.path(victim).unlink()
