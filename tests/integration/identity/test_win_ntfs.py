@@ -98,6 +98,30 @@ def test_file_acls_carry_the_new_sid(ntfs: Path) -> None:
         assert old.to_bytes()[8:] not in raw
 
 
+def test_sid_folders_are_renamed_on_ntfs_with_their_acl(ntfs: Path) -> None:
+    """$Recycle.Bin\\<SID> and ProgramData\\...\\SystemData\\<SID> on a real NTFS volume: renamed
+    through ntfs-3g, and the owner in their security descriptor follows (issue 13 finding 3)."""
+    info = build_windows_tree(ntfs)
+    old, new = info.machine_sid, seeded_machine_sid("ntfs-folders")
+    user = old.child(1001)
+    folders = [
+        ntfs / "$Recycle.Bin" / str(user),
+        ntfs / "ProgramData/Microsoft/Windows/SystemData" / str(user),
+    ]
+    for folder in folders:
+        folder.mkdir(parents=True)
+        (folder / "desktop.ini").write_text("[.ShellClassInfo]\n")
+        # owned by the local user, as Windows makes them
+        acl.set_sd(folder, acl.build_sd(user, old.child(513), [(0, 0x13, 0x001F01FF, user)]))
+    changes = personalize(ntfs, Options(sid_seed="ntfs-folders"))
+    for folder in folders:
+        moved = folder.with_name(str(new.child(1001)))
+        assert f"folder {folder.relative_to(ntfs)}: renamed to {moved.name}" in changes
+        assert not folder.exists() and (moved / "desktop.ini").is_file()
+        sd = acl.get_sd(moved)
+        assert sd is not None and _sids(sd)[0] == new.child(1001)
+
+
 def test_cli_personalize_and_inspect(ntfs: Path, fleetcast_bin: Path) -> None:
     build_windows_tree(ntfs)
     proc = subprocess.run(

@@ -6,6 +6,7 @@ HKEY_CURRENT_USER and Windows would log them on with a temporary profile."""
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 from collections.abc import Callable
@@ -82,23 +83,67 @@ def _renamer(src: Path, dst: Path) -> Callable[[], None]:
     return undo
 
 
-SID_FOLDERS = ("Users/Public/AccountPictures",)  # folders whose subfolders are named S-1-5-21-...-RID
+# Folders whose names are a local account's SID (S-1-5-21-<machine>-RID), searched to a depth:
+# - Users\Public\AccountPictures\<SID>: the account pictures; SAM's UserTile names the folder in its
+#   text, so it is renamed only when that text was rewritten too (same length);
+# - $Recycle.Bin\<SID>: each user's recycle bin (Windows would start a new one, the old one orphaned);
+# - ProgramData\...\<SID> (e.g. Microsoft\Windows\SystemData\<SID>, the user's lock-screen
+#   images): profile-keyed folders of Windows and applications.
+# Files named after a SID (e.g. AppRepository's <SID>.pckgdep) are left: the databases naming them
+# (StateRepository) keep the old SID, see "What is not changed".
+SID_FOLDERS: tuple[tuple[str, int, bool], ...] = (
+    ("Users/Public/AccountPictures", 1, True),
+    ("$Recycle.Bin", 1, False),
+    ("ProgramData", 6, False),
+)
+
+
+def _sid_dirs(base: Path, depth: int, old: Sid) -> list[Path]:
+    """Directories below ``base`` (to ``depth`` levels, no symlinks or junctions followed) whose name
+    is the SID of one of ``old``'s accounts, deepest first."""
+    found: list[tuple[int, Path]] = []
+    level = [base]
+    for d in range(1, depth + 1):
+        nxt = []
+        for parent in level:
+            try:
+                entries = list(os.scandir(parent))
+            except OSError as exc:
+                logger.debug("%s not searched for SID folders: %s", parent, exc)
+                continue
+            for e in entries:
+                if not e.is_dir(follow_symlinks=False):
+                    continue
+                path = Path(e.path)
+                if e.name.upper().startswith("S-1-5-21-"):
+                    try:
+                        sid = Sid.parse(e.name)
+                    except UsageError:
+                        sid = None
+                    if sid is not None and sid.is_in_domain(old):
+                        found.append((d, path))
+                        continue
+                nxt.append(path)
+        level = nxt
+    return [p for _, p in sorted(found, key=lambda x: -x[0])]
 
 
 def rename_sid_folders(root: Path, old: Sid, new: Sid, tx: Transaction) -> list[str]:
-    """Rename the folders named after ``old``'s accounts (the account pictures ``UserTile`` points at)
-    to ``new``'s. Only when the SID text keeps its length: then the values naming those folders were
-    rewritten in place, and folder and value stay in step. Undone by ``tx``'s rollback."""
-    if len(str(old)) != len(str(new)):
-        return [f"folders named after {old}: kept (the new SID's text has another length)"]
+    """Rename the folders named after ``old``'s accounts (``SID_FOLDERS``) to ``new``'s; undone by
+    ``tx``'s rollback. The account pictures only when the SID text keeps its length: then the values
+    naming those folders were rewritten in place, and folder and value stay in step."""
     out = []
-    for rel in SID_FOLDERS:
+    same_length = len(str(old)) == len(str(new))
+    for rel, depth, named_in_sam in SID_FOLDERS:
         base = layout.find(root, rel)
         if base is None or not base.is_dir():
             continue
-        for child in sorted(base.iterdir()):
+        if named_in_sam and not same_length:
+            out.append(f"folders in {rel} named after {old}: kept (the new SID's text has another length)")
+            continue
+        for child in _sid_dirs(base, depth, old):
             renamed, n = replace_text(child.name, old, new)
-            if not n or not child.is_dir():
+            if not n:
                 continue
             target = child.with_name(renamed)
             if target.exists():

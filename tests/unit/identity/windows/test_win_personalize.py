@@ -401,6 +401,54 @@ def test_account_picture_folders_follow_the_new_sid_and_roll_back(
     assert sorted(p.name for p in pics.iterdir()) == sorted([f"{new}-1001", other.name])
 
 
+def test_recycle_bin_and_programdata_sid_folders_follow_the_new_sid(
+    tree: TreeInfo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 13 finding 3: $Recycle.Bin\\<SID> and ProgramData's profile-keyed folders
+    (Microsoft\\Windows\\SystemData\\<SID>) are renamed with the SID whatever its text length; other
+    machines' SIDs, well-known SIDs, files named after a SID and folders below a junction are not."""
+    from fleetcast.identity.windows import txn
+
+    old = tree.machine_sid
+    root = tree.root
+    made = {
+        "recycle": root / "$Recycle.Bin" / f"{old}-1001",
+        "systemdata": root / "ProgramData/Microsoft/Windows/SystemData" / f"{old}-1000",
+        "deep": root / "ProgramData/Vendor/App/Users/Data" / f"{old}-500",
+        "other": root / "ProgramData/Microsoft/Windows/SystemData/S-1-5-21-1-2-3-1001",
+        "well-known": root / "ProgramData/Microsoft/Windows/SystemData/S-1-5-18",
+        "machine": root / "ProgramData/Vendor" / str(old),  # the machine SID itself, no RID
+    }
+    for path in made.values():
+        path.mkdir(parents=True)
+        (path / "keep.txt").write_text("x")
+    elsewhere = root / "elsewhere" / f"{old}-1001"
+    elsewhere.mkdir(parents=True)
+    (root / "ProgramData/Link").symlink_to(root / "elsewhere", target_is_directory=True)
+    pckgdep = root / "ProgramData/Microsoft/Windows/AppRepository/Packages/P" / f"{old}-1001.pckgdep"
+    pckgdep.parent.mkdir(parents=True)
+    pckgdep.write_text("x")
+    new = Sid.parse("S-1-5-21-111-222-333")  # another text length: the account pictures' rule differs
+    changes = personalize(root, Options(sid=new))
+    assert f"folder $Recycle.Bin/{old}-1001: renamed to {new}-1001" in changes
+    assert f"folder ProgramData/Microsoft/Windows/SystemData/{old}-1000: renamed to {new}-1000" in changes
+    assert f"folder ProgramData/Vendor/App/Users/Data/{old}-500: renamed to {new}-500" in changes
+    assert (root / "$Recycle.Bin" / f"{new}-1001" / "keep.txt").read_text() == "x"
+    assert not made["recycle"].exists() and not made["systemdata"].exists() and not made["deep"].exists()
+    for kept in ("other", "well-known", "machine"):
+        assert made[kept].is_dir(), kept
+    assert pckgdep.exists() and elsewhere.is_dir()
+
+    def boom(self: txn.Transaction, target: Path, data: bytes) -> None:
+        raise IdentityError("disk full (simulated)")
+
+    monkeypatch.setattr(txn.Transaction, "stage_file", boom)
+    with pytest.raises(IdentityError, match="simulated"):
+        personalize(root, Options(sid=seeded_machine_sid("again")))
+    assert (root / "$Recycle.Bin" / f"{new}-1001").is_dir()  # rolled back to the names before the run
+    assert sorted(p.name for p in (root / "$Recycle.Bin").iterdir()) == [f"{new}-1001"]
+
+
 def test_dirty_user_hive_replay_and_log_emptying_are_reported(tree: TreeInfo) -> None:
     """Issue 13 finding 7. The dirty hive with its logs is SYSTEM_B's (a real dirty hive; no dirty
     real user hive is published), put where the profile's NTUSER.DAT is."""
