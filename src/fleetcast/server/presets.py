@@ -269,10 +269,11 @@ def count_infs(folder: Path) -> int:
 
 
 def check_unattend(text: str) -> str:
-    """``auto``, ``none`` or a well-formed XML document (no DTD: no entity expansion)."""
-    value = text.strip()
-    if value in UNATTEND_MODES:
-        return value
+    """``auto``, ``none`` or a well-formed XML document (no DTD: no entity expansion), kept as given
+    but for leading white space (an XML declaration must come first)."""
+    if text.strip() in UNATTEND_MODES:
+        return text.strip()
+    value = text.lstrip()
     size = len(value.encode())
     if size > MAX_UNATTEND:
         raise UsageError(f"the unattend.xml has {size} bytes; at most {MAX_UNATTEND} are accepted")
@@ -406,7 +407,7 @@ class Presets:
             "notes": notes,
             "windows": windows.summary(infs),
         }
-        stored = {} if windows.is_default else {"windows": windows.to_dict()}
+        stored = {} if windows.is_default else {"windows": windows.to_dict(), "drivers_infs": infs}
         return assignments, network, shown, stored
 
 
@@ -435,6 +436,6 @@ def task_fields(s: Session | None, deployment_id: int) -> dict[str, Any]:
 
 def view_fields(s: Session | None, deployment_id: int) -> dict[str, Any]:
     """What ``GET /api/deployments/ID`` shows of the options."""
-    return {
-        "windows": WindowsOptions.from_dict(stored_options(s, deployment_id).get("windows") or {}).summary()
-    }
+    stored = stored_options(s, deployment_id)
+    windows = WindowsOptions.from_dict(stored.get("windows") or {})
+    return {"windows": windows.summary(stored.get("drivers_infs"))}

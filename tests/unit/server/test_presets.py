@@ -105,6 +105,7 @@ def test_unattend_values() -> None:
     assert check_unattend("none") == "none"
     doc = '<?xml version="1.0"?><unattend xmlns="urn:schemas-microsoft-com:unattend"/>'
     assert check_unattend(doc) == doc
+    assert check_unattend(f"\n  {doc}\n") == f"{doc}\n"  # the document as given, from its first '<'
     with pytest.raises(UsageError) as info:
         check_unattend("<unattend><settings></unattend>")
     assert (
@@ -199,6 +200,14 @@ def test_api_ip_list_windows_options_reach_the_task(server: Server) -> None:
         "nvme",
         unattend,
     )
+    # a retry of the failed clients keeps the Windows options
+    agents[0].result(task["task_id"], "failed", "disk too small")
+    task_b = agents[1].heartbeat()["task"]
+    agents[1].result(task_b["task_id"], "done")
+    again = server.post(f"/api/deployments/{dep['deployment']}/retry", status=201)
+    assert again["windows"] == plan["windows"]
+    retried = agents[0].heartbeat()["task"]
+    assert (retried["ip"], retried["drivers"], retried["reset_ids"]) == ("10.0.0.11/24", "nvme", False)
 
 
 def test_api_plan_refusals(server: Server) -> None:
