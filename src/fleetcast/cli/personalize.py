@@ -41,6 +41,18 @@ def register(
     p.set_defaults(func=_personalize)
 
 
+SID_LINE = "SAM SAM\\Domains\\Account: V: "
+
+
+def sid_change(changes: list[str]) -> str | None:
+    """ "machine SID OLD -> NEW" from a personalize task's change lines (the SAM Account V line)."""
+    for line in changes:
+        _, found, rest = line.partition(SID_LINE)
+        if found:
+            return f"machine SID {rest}"
+    return None
+
+
 def _clients(spec: str) -> str | list[str]:
     return "all" if spec.strip().lower() == "all" else [m.strip() for m in spec.split(",") if m.strip()]
 
@@ -75,7 +87,6 @@ def _personalize(args: argparse.Namespace) -> int:
         print_json({"deployment": dep, "state": view["state"], "clients": clients})
     else:
         for c in clients:
-            sid = [line for line in c["changes"] or [] if "Domains\\Account\\V" in line]
-            what = c["error"] or (sid[0] if sid else f"{len(c['changes'] or [])} change(s)")
+            what = c["error"] or sid_change(c["changes"] or []) or f"{len(c['changes'] or [])} change(s)"
             print(printable(f"{c['mac']} {c['name'] or '-'} {c['disk'] or '-'}: {c['state']}: {what}"))
     return 0 if all(c["state"] == "done" for c in clients) else 1

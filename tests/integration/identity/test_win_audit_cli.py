@@ -67,6 +67,9 @@ def test_audit_lists_shared_sids_until_they_differ(tmp_path: Any) -> None:
             (GOLD, ["client 1 pc-01 (52:54:00:00:00:01)", "client 2 pc-02 (52:54:00:00:00:02)"])
         ]
         assert report["groups"][0]["installations"][0]["partition"] == "/dev/sda partition 3"
+        assert report["groups"][0]["command"] == (
+            "fleetcast personalize 52:54:00:00:00:01,52:54:00:00:00:02 --new-sid"
+        )
         assert report["consequence"] == CONSEQUENCE and report["fix"] == FIX
         assert report["not_checked"] == [
             {"client": "client 4 pc-04 (52:54:00:00:00:04)", "partition": "/dev/sda partition 3",
@@ -82,6 +85,7 @@ def test_audit_lists_shared_sids_until_they_differ(tmp_path: Any) -> None:
             "(Windows 10 Pro, 22H2, build 19045, workgroup)",
             "  client 2 pc-02 (52:54:00:00:00:02) /dev/sda partition 3: GOLDEN "
             "(Windows 10 Pro, 22H2, build 19045, workgroup)",
+            "  fix: fleetcast personalize 52:54:00:00:00:01,52:54:00:00:00:02 --new-sid",
             f"consequence: {CONSEQUENCE}",
             f"fix: {FIX}",
             "not checked: client 4 pc-04 (52:54:00:00:00:04) /dev/sda partition 3: "

@@ -32,6 +32,7 @@ class Installation:
     computer_name: str
     version: str
     domain: str | None
+    mac: str = ""  # the client's MAC (GET /api/clients), for the fix command
 
 
 def inventory(root: Path) -> dict[str, Any]:
@@ -53,6 +54,12 @@ class Group:
     machine_sid: str
     installations: list[Installation]
 
+    @property
+    def command(self) -> str | None:
+        """The personalize-only task that gives every machine of the group its own SID."""
+        macs = sorted({i.mac for i in self.installations if i.mac})
+        return f"fleetcast personalize {','.join(macs)} --new-sid" if macs else None
+
 
 def duplicate_groups(installs: Iterable[Installation]) -> list[Group]:
     """Groups of two or more installations with the same machine SID, largest first."""
@@ -73,7 +80,11 @@ def to_json(
     return {
         "installations": seen,
         "groups": [
-            {"machine_sid": g.machine_sid, "installations": [asdict(i) for i in g.installations]}
+            {
+                "machine_sid": g.machine_sid,
+                "installations": [asdict(i) for i in g.installations],
+                "command": g.command,
+            }
             for g in groups
         ],
         "consequence": CONSEQUENCE,
@@ -107,7 +118,7 @@ def from_clients(clients: Iterable[dict[str, Any]]) -> tuple[list[Installation],
                 installs.append(
                     Installation(
                         client_label(c), where, str(w["machine_sid"]), str(w.get("computer_name") or ""),
-                        str(w.get("version") or ""), w.get("domain"),
+                        str(w.get("version") or ""), w.get("domain"), str(c.get("mac") or ""),
                     )
                 )  # fmt: skip
             else:
@@ -125,5 +136,7 @@ def render_text(groups: list[Group], seen: int, unreadable: Iterable[Unreadable]
         for i in g.installations:
             dom = f", domain {i.domain}" if i.domain else ", workgroup"
             out.append(f"  {i.client} {i.partition}: {i.computer_name} ({i.version}{dom})")
+        if g.command:
+            out.append(f"  fix: {g.command}")
     out += [f"consequence: {CONSEQUENCE}", f"fix: {FIX}", *tail]
     return "\n".join(out) + "\n"

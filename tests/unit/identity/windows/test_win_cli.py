@@ -84,3 +84,15 @@ def test_inspect_says_personalize_refuses_a_dirty_hive_without_logs(tmp_path: Pa
         "SECURITY: dirty (sequence 107/106; no logs): personalize will refuse this hive: boot this Windows "
         "once and shut it down completely (Fast Startup off), or copy its .LOG1/.LOG2 beside it"
     ) in inspect(info.root).warnings
+
+
+def test_personalize_wait_names_the_sid_change() -> None:
+    """`fleetcast personalize --wait` prints the machine SID change from the agent's change lines."""
+    from fleetcast.cli.personalize import sid_change
+
+    changes = [
+        "windows: SAM SAM\\Domains\\Account\\Users\\000001F4: V: S-1-5-21-1-2-3 -> S-1-5-21-4-5-6",
+        "windows: SAM SAM\\Domains\\Account: V: S-1-5-21-1-2-3 -> S-1-5-21-4-5-6",
+    ]
+    assert sid_change(changes) == "machine SID S-1-5-21-1-2-3 -> S-1-5-21-4-5-6"
+    assert sid_change(["windows: SYSTEM ...: ComputerName: A -> B"]) is None
