@@ -17,7 +17,6 @@ Nothing is written to the source disk: the engine opens it ``O_RDONLY`` and a ca
 from __future__ import annotations
 
 import logging
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -213,7 +212,6 @@ def run_capture(
     from fleetcast.disk.discovery import list_disks
     from fleetcast.disk.rules import parse_rule, select_disk
     from fleetcast.store.capture import CaptureStats, capture
-    from fleetcast.store.images import ImageStore
 
     api = runner.api
     reporter.update(phase="selecting-disk", urgent=True)
@@ -244,11 +242,8 @@ def run_capture(
 
     logger.info("task %d: capturing %s as %r (replace: %s)", task.task_id, source, task.image, info.replace)
     stats = CaptureStats()
-    with tempfile.TemporaryDirectory(prefix="fleetcast-netcap-") as empty:
-        # the engine checks the name against a store; the server checks it for real (begin, publish)
-        manifest = capture(
-            source, task.image, ImageStore(Path(empty)), progress=progress, stats=stats, sink=sink
-        )
+    # the server checks the name (begin, publish); the agent has no store of its own
+    manifest = capture(source, task.image, None, progress=progress, stats=stats, sink=sink)
     seconds = time.monotonic() - started
     runner._check(cancel)
     reporter.update(phase="finishing", urgent=True)

@@ -47,6 +47,7 @@ from fleetcast.errors import (
     UsageError,
 )
 from fleetcast.protocol import (
+    DIGEST_BYTES,
     MAX_HAVE,
     CaptureBeginReply,
     HaveReply,
@@ -448,11 +449,15 @@ class CaptureService:
                 s.add(CaptureLease(capture_id=capture_id, pack_id=pid, expires_at=expires))
 
     def prune(self) -> int:
-        """Forget expired leases, and the partial uploads of captures that no longer run."""
+        """Forget expired leases and those of captures that ended (failed, cancelled: their uploaded packs
+        stay until a gc, and a new capture that finds one in the store does not send it again), and the
+        partial uploads of tasks that no longer run."""
         with self.db.transaction() as s:
-            expired = delete(CaptureLease).where(CaptureLease.expires_at <= utcnow())
-            gone = int(getattr(s.execute(expired), "rowcount", 0) or 0)
             running = set(s.scalars(select(Target.id).where(Target.state == "running")))
+            live = select(CaptureRow.id).join(Target, Target.deployment_id == CaptureRow.deployment_id)
+            live = live.where(Target.state.in_(("queued", "running")))
+            ended = (CaptureLease.expires_at <= utcnow()) | CaptureLease.capture_id.not_in(live)
+            gone = int(getattr(s.execute(delete(CaptureLease).where(ended)), "rowcount", 0) or 0)
         root = self.uploads.root
         if root.is_dir():
             for part in root.glob("*.part"):
@@ -728,8 +733,12 @@ def begin(task_id: int, svc: Svc, client_id: AgentId) -> dict[str, Any]:
 
 @agent_router.post("/{task_id}/have", response_model=HaveReply)
 async def have(task_id: int, request: Request, svc: Svc, client_id: AgentId) -> dict[str, Any]:
-    body = await request.body()
-    return await asyncio.to_thread(svc.have, client_id, task_id, body)
+    body = bytearray()
+    async for piece in request.stream():
+        body += piece
+        if len(body) > MAX_HAVE * DIGEST_BYTES:
+            raise UsageError(f"have request: at most {MAX_HAVE} digests ({MAX_HAVE * DIGEST_BYTES} bytes)")
+    return await asyncio.to_thread(svc.have, client_id, task_id, bytes(body))
 
 
 Hash = Annotated[str, Query(pattern=HEX64)]
