@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Request
@@ -21,7 +22,7 @@ from fleetcast.protocol import (
     TaskResult,
 )
 from fleetcast.server.auth import ForbiddenError, Tokens, bearer
-from fleetcast.server.images import ImageCatalog, check_chunk_id
+from fleetcast.server.images import ImageCatalog, check_chunk_id, check_name
 from fleetcast.server.orchestrator import Orchestrator
 
 logger = logging.getLogger(__name__)
@@ -118,6 +119,7 @@ def task_image(orch: Orchestrator, client_id: int, wanted: str) -> str:
 
 
 def own_image(orch: Orchestrator, client_id: int, name: str) -> str:
+    check_name(name)
     image = task_image(orch, client_id, f"image {name!r}")
     if image != name:
         raise ForbiddenError(
@@ -127,18 +129,29 @@ def own_image(orch: Orchestrator, client_id: int, name: str) -> str:
     return name
 
 
+def agent_path(cat: ImageCatalog, name: str) -> Path:
+    """The manifest of ``name``; when it is gone the agent is told so without the server's store
+    path (issue 12 item 9)."""
+    try:
+        return cat.manifest_path(name)
+    except ImageNotFound:
+        raise ImageNotFound(
+            f"image {name!r} is no longer on the server (removed while this task ran)",
+            hint="ask the server's administrator; `fleetcast image list` there shows the images",
+        ) from None
+
+
 @router.get("/images/{name}/manifest", response_class=FileResponse)
 def manifest(name: str, cat: Catalog, orch: Orch, client_id: AgentId) -> FileResponse:
-    path = cat.manifest_path(name)
     own_image(orch, client_id, name)
-    return FileResponse(path, media_type="application/json")
+    return FileResponse(agent_path(cat, name), media_type="application/json")
 
 
 @router.get("/images/{name}/index", response_class=FileResponse)
 def index(name: str, cat: Catalog, orch: Orch, client_id: AgentId) -> FileResponse:
     """The binary chunk index of a format-2 image (docs/image-format.md), beside its manifest."""
-    path = cat.manifest_path(name).with_name("index")
     own_image(orch, client_id, name)
+    path = agent_path(cat, name).with_name("index")
     if not path.is_file():
         raise ImageNotFound(f"image {name!r} has no chunk index (it is format version 1)")
     return FileResponse(path, media_type="application/octet-stream")

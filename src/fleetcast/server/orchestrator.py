@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, object_session
 
 from fleetcast.disk.rules import parse_rule
@@ -884,13 +884,20 @@ class Orchestrator:
 
     def _sweep(self, s: Session, now: datetime) -> None:
         stale_before = now - timedelta(seconds=self.settings.stale_after)
-        for client in s.scalars(
-            select(Client).where(Client.online.is_(True), Client.last_seen < stale_before)
-        ).all():
-            client.online = False
-            self.presence.offline({client.id})  # its next heartbeat takes the full path: client-seen
+        # three columns, not whole rows: an inventory is kilobytes of JSON to decode per client
+        stale = s.execute(
+            select(Client.id, Client.mac, Client.last_seen).where(
+                Client.online.is_(True), Client.last_seen < stale_before
+            )
+        ).all()
+        if stale:
+            ids = [row.id for row in stale]
+            for chunk in range(0, len(ids), 500):
+                s.execute(update(Client).where(Client.id.in_(ids[chunk : chunk + 500])).values(online=False))
+            self.presence.offline(set(ids))  # their next heartbeat takes the full path: client-seen
+        for row in stale:
             self.bus.record(
-                s, "client-stale", client_id=client.id, mac=client.mac, last_seen=isoformat(client.last_seen)
+                s, "client-stale", client_id=row.id, mac=row.mac, last_seen=isoformat(row.last_seen)
             )
         timeout = self.settings.task_timeout
         dead_before = now - timedelta(seconds=timeout)

@@ -145,8 +145,8 @@ def test_bad_chunk_and_image_requests_fail_alone(server: Server) -> None:
         (f"/api/agent/chunks/{'cd' * 32}", 404, f"chunk {'cd' * 32} is not in the server's store"),
         ("/api/agent/chunks/..%2F..%2Fsecrets", 404, None),
         ("/api/agent/chunks/ABC", 400, "chunk id 'ABC' is not valid: expected 64 lower-case hex digits"),
-        ("/api/agent/images/nope/manifest", 404, None),
-        ("/api/agent/images/nope/index", 404, None),
+        ("/api/agent/images/nope/manifest", 403, "client 1's task deploys image 'golden', not 'nope'"),
+        ("/api/agent/images/nope/index", 403, None),
         ("/api/agent/images/..%2Fsecrets/manifest", 404, None),
         ("/api/agent/images/.hidden/manifest", 400, None),
     ]
