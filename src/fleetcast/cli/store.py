@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fleetcast.cli.common import add_json, add_store, print_json
-from fleetcast.errors import FleetcastError
+from fleetcast.errors import FleetcastError, UsageError
 
 if TYPE_CHECKING:
     from fleetcast.store.images import ImageStore
@@ -34,6 +34,19 @@ def register(
     p.set_defaults(func=cmd_upgrade)
 
     p = cmds.add_parser("gc", parents=[parent], help="remove unreferenced chunks and leftovers")
+    p.add_argument(
+        "--repack",
+        action="store_true",
+        help="first rewrite packs whose live data is below --threshold of their content (changes the ids "
+        "of the images re-pointed: plan their deployments again)",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=0.8,
+        metavar="F",
+        help="live fraction below which --repack rewrites",
+    )
     add_store(p)
     add_json(p)
     p.set_defaults(func=cmd_gc)
@@ -147,14 +160,29 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
     store = _store_root(args)
     leases = _server_leases(args, store)
+    repacked = None
     try:
+        if args.repack:
+            from fleetcast.store.repack import repack_store
+
+            if not 0 < args.threshold <= 1:
+                raise UsageError(f"--threshold must be in (0, 1]; found {args.threshold}")
+            repacked = repack_store(store, threshold=args.threshold, protect=leases[0] if leases else None)
         report = store.gc(protect=leases[0] if leases else None)
     finally:
         if leases:
             leases[1].close()
     if args.json:
-        print_json(report.to_dict() | {"store": str(store.root)})
+        extra = {"repack": repacked.to_dict()} if repacked is not None else {}
+        print_json(report.to_dict() | {"store": str(store.root)} | extra)
     else:
+        if repacked is not None:
+            print(
+                f"repacked {repacked.candidates} of {repacked.packs_before} packs into {repacked.new_packs} "
+                f"(read {human_bytes(repacked.read_bytes)}, wrote {human_bytes(repacked.written_bytes)}, "
+                f"freed {human_bytes(repacked.freed_bytes)}); images re-pointed: "
+                f"{', '.join(repacked.images_rewritten) or 'none'}"
+            )
         print(
             f"freed {human_bytes(report.freed_bytes)} ({report.freed_bytes} bytes): "
             f"{report.removed_chunks} unreferenced chunks ({report.freed_chunk_bytes} bytes), "
