@@ -8,6 +8,7 @@ through ``fleetcast.identity.windows.txn`` (temp copy -> reopen -> independent c
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import struct
 from collections.abc import Iterator
@@ -442,6 +443,7 @@ def scrub(path: Path, *, old: Sid | None, new: Sid | None, all_cells: bool) -> S
         words_old = struct.pack("<3I", *old.subauthorities[1:])
         words_new = struct.pack("<3I", *new.subauthorities[1:])
     data = bytearray(path.read_bytes())
+    big_cells: list[int] = []  # allocated "db" cells: their boundaries are searched for SID text
     (hbins_size,) = struct.unpack_from("<I", data, 40)
     end = min(len(data), BASE_BLOCK_SIZE + hbins_size)
     pos = BASE_BLOCK_SIZE
@@ -464,6 +466,7 @@ def scrub(path: Path, *, old: Sid | None, new: Sid | None, all_cells: bool) -> S
                     res.free_cells_zeroed += 1
             elif old is not None and new is not None:
                 is_sk = data[cell + 4 : cell + 6] == b"sk"
+                is_big = data[cell + 4 : cell + 6] == b"db" and length >= 12
                 if is_sk or all_cells:
                     replaced, n = replace_binary(bytes(data[body]), old, new)
                     if n:
@@ -480,8 +483,47 @@ def scrub(path: Path, *, old: Sid | None, new: Sid | None, all_cells: bool) -> S
                     if all_cells and words_old in data[body]:
                         res.fragments_replaced += data[body].count(words_old)
                         data[body] = data[body].replace(words_old, words_new)
+                    if all_cells and is_big:
+                        big_cells.append(cell)
             cell += length
         pos += hsize
+    if old is not None and new is not None:
+        for db in big_cells:
+            res.text_sids_replaced += _straddling_text(data, db, end, old, new)
     with path.open("r+b") as fh:
         fh.write(data)
     return res
+
+
+BIG_SEGMENT = 16344  # bytes of a value's data in each big-data segment but the last
+
+
+def _straddling_text(data: bytearray, db: int, end: int, old: Sid, new: Sid) -> int:
+    """SID text that crosses from one big-data segment into the next: the per-cell pass cannot see
+    it. A window around each boundary (the end of a segment's 16,344 bytes of data, the start of the
+    next segment's) is searched and written back in place. Bounds are checked; a malformed record
+    is left alone (fsck reports it)."""
+    width = 2 * len(str(old)) + 2  # the UTF-16 text and the character after it (not a digit)
+
+    def u32(at: int) -> int | None:
+        return int(struct.unpack_from("<I", data, at)[0]) if at >= BASE_BLOCK_SIZE and at + 4 <= end else None
+
+    (count,) = struct.unpack_from("<H", data, db + 6)
+    lst = u32(db + 8)
+    if lst is None:
+        return 0
+    segs = [u32(BASE_BLOCK_SIZE + lst + 4 + 4 * i) for i in range(count)]
+    starts = [BASE_BLOCK_SIZE + s + 4 for s in segs if s is not None]
+    if len(starts) != count:
+        return 0
+    n = 0
+    for a, b in itertools.pairwise(starts):
+        a_end = a + BIG_SEGMENT
+        if a_end > end or b + width > end:
+            continue
+        left, right = bytes(data[a_end - width : a_end]), bytes(data[b : b + width])
+        replaced, m = replace_text_bytes(left + right, old, new)
+        if m:
+            data[a_end - width : a_end], data[b : b + width] = replaced[:width], replaced[width:]
+            n += m
+    return n

@@ -7,6 +7,7 @@ place at the cell level: every value keeps its vk cell and its data cell, and on
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,66 @@ def test_sid_text_in_a_binary_value_is_rewritten_in_place(hive_file: Unpack, tmp
     assert after[key][2] == tile.replace(str(old).encode("utf-16-le"), str(new).encode("utf-16-le")).replace(
         str(old).encode(), str(new).encode()
     )
+
+
+def _big_records(raw: bytes) -> list[list[int]]:
+    """Segment data offsets (in the file) of every allocated big-data record -- parsed here, not with
+    the product's code."""
+    import struct
+
+    out = []
+    pos = 4096
+    while raw[pos : pos + 4] == b"hbin":
+        size = struct.unpack_from("<I", raw, pos + 8)[0]
+        cell = pos + 32
+        while cell < pos + size:
+            csize = struct.unpack_from("<i", raw, cell)[0]
+            if csize < 0 and raw[cell + 4 : cell + 6] == b"db":
+                count, lst = struct.unpack_from("<HI", raw, cell + 6)
+                segs = struct.unpack_from(f"<{count}I", raw, 4096 + lst + 4)
+                out.append([4096 + s + 4 for s in segs])
+            cell += abs(csize)
+        pos += size
+    return out
+
+
+def test_sid_text_straddling_two_big_data_segments_is_rewritten(hive_file: Unpack) -> None:
+    """Issue 13 finding 3's last gap: a value over 16,344 bytes is split into big-data segments; SID
+    text that crosses from one segment into the next is found and rewritten in place too."""
+    from Registry import Registry
+
+    path = hive_file("regipy/SYSTEM.xz")  # a real format-1.5 hive with big-data values
+    raw = bytearray(path.read_bytes())
+    (first, second, *_rest) = next(r for r in _big_records(bytes(raw)) if len(r) >= 2)
+    old = seeded_machine_sid("straddle-old")
+    new = random_machine_sid(like=old)
+    text = f"C:\\Users\\Public\\AccountPictures\\{old}-1001\\x.jpg".encode("utf-16-le")
+    cut = 40  # bytes in the first segment: the SID text begins there and runs into the second
+    boundary = first + 16344
+    raw[boundary - cut : boundary] = text[:cut]
+    raw[second : second + len(text) - cut] = text[cut:]
+    path.write_bytes(raw)
+    before = {
+        (k.path(), v.name()): v.raw_data()
+        for k in _keys(Registry.Registry(str(path)).root())
+        for v in k.values()
+        if len(v.raw_data()) > 16344
+    }
+    (key,) = [k for k, data in before.items() if text in data]
+    res = scrub(path, old=old, new=new, all_cells=True)
+    assert res.text_sids_replaced == 1
+    after = Registry.Registry(str(path))
+    node = after.open(key[0].split("\\", 1)[1])
+    data = next(v.raw_data() for v in node.values() if v.name() == key[1])
+    expected = before[key].replace(
+        text, text.replace(str(old).encode("utf-16-le"), str(new).encode("utf-16-le"))
+    )
+    assert data == expected
+    assert str(old).encode("utf-16-le") not in path.read_bytes()
+
+
+def _keys(key: Any) -> list[Any]:
+    out = [key]
+    for sub in key.subkeys():
+        out += _keys(sub)
+    return out
