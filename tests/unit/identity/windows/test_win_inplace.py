@@ -7,8 +7,8 @@ place at the cell level: every value keeps its vk cell and its data cell, and on
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
 
