@@ -228,7 +228,10 @@ def test_console_wizard_deploys_three_clients(lab: FleetLab) -> None:
         expect(page.locator("#image-detail")).to_contain_text("linux")
         shot(page, "images")
 
-        # a second deployment, one at a time, cancelled from its page: the queued clients never start
+        # a second deployment, one at a time, cancelled from its page: the queued clients never start.
+        # Slower link (about 13 s per client): the deployment cannot finish before the page is ready
+        # on a loaded machine
+        lab.net.limit(lab.net.server, "16mbit")
         page.get_by_role("link", name="Deploy", exact=True).click()
         page.get_by_label("Image to deploy").select_option("linux")
         for step in range(1, 9):
