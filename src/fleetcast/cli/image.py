@@ -62,6 +62,7 @@ def register(
 
     p = cmds.add_parser("rm", parents=[parent], help="remove an image (its chunks go at the next gc)")
     p.add_argument("name", metavar="NAME")
+    p.add_argument("--force", action="store_true", help="cancel the server's deployments that use it first")
     add_store(p)
     add_json(p)
     p.set_defaults(func=cmd_rm)
@@ -230,11 +231,31 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
+    import getpass
+
+    from fleetcast.server import inuse
+
     store = _store(args)
+    cancelled: list[int] = []
+    db = inuse.server_database(
+        data=getattr(args, "data", None),
+        config_file=getattr(args, "config", None),
+        store=getattr(args, "store", None),
+        store_root=store.root,
+    )
+    if db is not None:  # a server's store: refused while a deployment reads the image (--force cancels)
+        try:
+            cancelled = inuse.guard_remove(
+                db, store.root, args.name, force=args.force, actor=f"cli:{getpass.getuser()}"
+            )
+        finally:
+            db.close()
     store.remove(args.name)
     if args.json:
-        print_json({"removed": args.name})
+        print_json({"removed": args.name, "cancelled_deployments": cancelled})
     else:
+        for dep in cancelled:
+            print(f"cancelled deployment {dep}, which used {args.name!r}")
         print(f"removed image {args.name!r}; run 'fleetcast store gc' to free its unshared chunks")
     return 0
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fleetcast.cli.common import add_json, add_store, print_json
-from fleetcast.errors import FleetcastError, UsageError
+from fleetcast.errors import UsageError
 
 if TYPE_CHECKING:
     from fleetcast.store.images import ImageStore
@@ -131,28 +131,19 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def _server_leases(args: argparse.Namespace, store: ImageStore) -> tuple[Callable[[], set[str]], Any] | None:
     """When this store is a server's (``--data D``: ``D/store`` beside ``D/fleetcast.db``, or the configured
-    database), gc keeps the packs the server leased to captures in progress (iface-capture.md)."""
-    from fleetcast.server import settings
+    database), gc keeps the packs the server protects: leased to captures in progress, or of images a
+    queued or running deployment uses (``server.inuse.protected_packs``)."""
+    from fleetcast.server import inuse
 
-    try:
-        s = settings.build(
-            data=getattr(args, "data", None),
-            listen=None,
-            database=None,
-            config_file=getattr(args, "config", None),
-            store=getattr(args, "store", None),
-        )
-    except FleetcastError:
+    db = inuse.server_database(
+        data=getattr(args, "data", None),
+        config_file=getattr(args, "config", None),
+        store=getattr(args, "store", None),
+        store_root=store.root,
+    )
+    if db is None:
         return None
-    if s.store.resolve() != store.root.resolve():
-        return None
-    if not s.database_url and not (s.data_dir / "fleetcast.db").is_file():
-        return None
-    from fleetcast.server.capture import leased_packs
-    from fleetcast.server.db import Database
-
-    db = Database(s.db_url)
-    return (lambda: leased_packs(db)), db
+    return (lambda: inuse.protected_packs(db, store)), db
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
