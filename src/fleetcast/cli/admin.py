@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
@@ -32,14 +33,27 @@ def register(
         "(enrolled agents keep their credentials; new agents need the new token)",
     )
     rotate.set_defaults(func=_print_token, token_file="enroll-token", rotate=True)
+    fp = cmds.add_parser(
+        "tls-fingerprint",
+        parents=[parent],
+        help="print the SHA-256 fingerprint of a serve --tls-cert certificate, for the agents' "
+        "fleetcast.tls_fingerprint=",
+    )
+    fp.add_argument("--tls-cert", type=Path, required=True, metavar="FILE", help="the PEM certificate")
+    fp.set_defaults(func=_print_fingerprint)
     from fleetcast.cli import users
 
     users.register(cmds, parent)
 
 
-def _print_token(args: argparse.Namespace) -> int:
-    from pathlib import Path
+def _print_fingerprint(args: argparse.Namespace) -> int:
+    from fleetcast.server.tls import fingerprint
 
+    print(fingerprint(args.tls_cert))
+    return 0
+
+
+def _print_token(args: argparse.Namespace) -> int:
     from fleetcast import config
     from fleetcast.server.auth import read_or_create, rotate
 

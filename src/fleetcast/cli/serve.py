@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,14 @@ def register(
         action="store_true",
         help="start full DHCP even when another DHCP server answers on --interface",
     )
+    p.add_argument(
+        "--tls-cert",
+        type=Path,
+        metavar="FILE",
+        help="serve HTTPS with this PEM certificate (chain); its SHA-256 fingerprint is printed for agents "
+        "to pin (fleetcast.tls_fingerprint=)",
+    )
+    p.add_argument("--tls-key", type=Path, metavar="FILE", help="the certificate's private key (PEM, 0600)")
     p.set_defaults(func=_serve)
 
 
@@ -77,6 +86,9 @@ def _serve(args: argparse.Namespace) -> int:
         store=args.store,
     )
     check_bind(settings.host, settings.port)
+    from fleetcast.server.tls import check_pair
+
+    tls = check_pair(getattr(args, "tls_cert", None), getattr(args, "tls_key", None))
     from fleetcast.netboot.service import netboot_from_args
 
     netboot = netboot_from_args(args, settings)  # every refusal before anything starts
@@ -90,9 +102,10 @@ def _serve(args: argparse.Namespace) -> int:
     debug = bool(getattr(args, "debug", False))
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     print(
-        f"fleetcast server: http://{host}:{settings.port}/api "
+        f"fleetcast server: {'https' if tls else 'http'}://{host}:{settings.port}/api "
         f"(data {settings.data_dir}, store {settings.store})\n"
-        f"admin token: fleetcast --data {settings.data_dir} admin token; "
+        + (f"TLS certificate fingerprint: {tls.fingerprint}\n" if tls else "")
+        + f"admin token: fleetcast --data {settings.data_dir} admin token; "
         f"enroll token: fleetcast --data {settings.data_dir} admin enroll-token",
         file=sys.stderr,
         flush=True,
@@ -111,6 +124,8 @@ def _serve(args: argparse.Namespace) -> int:
             access_log=debug,
             timeout_graceful_shutdown=5,
             proxy_headers=False,  # X-Forwarded-For is not trusted: audit addresses are the real peers
+            ssl_certfile=str(tls.cert) if tls else None,
+            ssl_keyfile=str(tls.key) if tls else None,
         )
     finally:
         if netboot is not None:

@@ -39,7 +39,7 @@ async def _sweeper(orch: Orchestrator, every: float) -> None:
 
 async def _presence(orch: Orchestrator) -> None:
     """Heartbeats noted in memory are written every second; the busy set is re-read twice a second
-    (server/presence.py), so idle heartbeats keep their fast path."""
+    and the credentials every 5 s (server/presence.py), so idle heartbeats keep their fast path."""
     rounds = 0
     while True:
         await asyncio.sleep(PRESENCE_SECONDS)
@@ -48,6 +48,7 @@ async def _presence(orch: Orchestrator) -> None:
             await asyncio.to_thread(orch.presence.refresh)
             if rounds % 2 == 0:
                 await asyncio.to_thread(orch.presence.flush)
+                await asyncio.to_thread(orch.presence.refresh_credentials)
         except Exception:  # the next round may work (e.g. database restarted)
             logger.exception("presence refresh or flush failed")
 

@@ -232,6 +232,7 @@ class Orchestrator:
                     planner.PlanClient(c.id, c.mac, tuple(c.inventory.get("macs", ()) or ()), c.hostname)
                 )
                 addresses[c.id] = c.address
+            planned = presets.planned_addresses(session)  # addresses running deployments will write
         chosen = planner.select_clients(request.clients, enrolled)
         max_len = planner.WINDOWS_NAME_MAX if info.os_hint == "windows" else planner.HOSTNAME_MAX
         pre = presets.Presets.from_dict(request.presets)
@@ -246,7 +247,7 @@ class Orchestrator:
         )
         assignments, network, shown, stored = pre.apply(
             assignments, network, gateway=request.gateway, dns=request.dns, enrolled=enrolled,
-            addresses=addresses, os_hint=info.os_hint, data_dir=self.settings.data_dir,
+            addresses=addresses, planned=planned, os_hint=info.os_hint, data_dir=self.settings.data_dir,
             max_name_length=max_len,
         )  # fmt: skip
         from fleetcast.server import boot  # names/IPs registered by MAC (fleetcast clients import)
@@ -566,6 +567,7 @@ class Orchestrator:
         client_id = self.presence.client_for(digest)
         if client_id is not None:
             return client_id
+        generation = self.presence.credentials_generation
         with self.db.sessions() as s:
             client_id = s.scalars(select(Client.id).where(Client.credential_hash == digest)).first()
         if client_id is None:
@@ -573,7 +575,7 @@ class Orchestrator:
                 "the agent credential is not known (or was replaced by a newer enrollment)",
                 hint="enroll again with the enrollment token",
             )
-        self.presence.remember(digest, client_id)
+        self.presence.remember(digest, client_id, generation)
         return client_id
 
     def cached_client(self, credential: str) -> int | None:

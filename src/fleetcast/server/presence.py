@@ -6,10 +6,11 @@ and the route), the client loaded, its running and queued targets asked for, ``l
 written and committed. At 2,000 agents beating every 2 s that is 1,000 of them a second, more than
 one process can do. Here:
 
-- **credentials**: SHA-256 of a credential -> client id, filled on a database lookup, dropped when
-  that client's row changes (enrollment, revocation, deletion: any commit of a ``Client`` with a new
-  ``credential_hash``) and after ``AUTH_TTL`` seconds (another server process on the same
-  PostgreSQL may have revoked it);
+- **credentials**: SHA-256 of a credential -> client id for every enrolled client, read whole
+  every ``AUTH_REFRESH`` seconds (one query of two columns; another server process on the same
+  PostgreSQL may have enrolled or revoked meanwhile), a client's entry dropped at once when this
+  process commits a new ``credential_hash`` for it (enrollment, revocation, deletion); a miss is
+  looked up in the database and remembered;
 - **busy clients**: the ids with a queued or running target, read in one query; any commit that
   created, deleted or changed the state of a ``Target`` makes the set stale (a generation counter),
   and so does ``BUSY_TTL`` seconds (another process may have started a deployment); the app's loop
@@ -40,7 +41,7 @@ from fleetcast.server.db import Client, Target
 
 logger = logging.getLogger(__name__)
 
-AUTH_TTL = 5.0
+AUTH_REFRESH = 5.0
 BUSY_TTL = 2.0
 ACTIVE_TARGET = ("queued", "running")
 
@@ -54,7 +55,9 @@ class Presence:
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self._sessions = sessions
         self._lock = threading.Lock()
-        self._auth: dict[str, tuple[int, float]] = {}
+        self._auth: dict[str, int] = {}
+        self._auth_gen = 0
+        self._auth_read_at = -1.0e9
         self._busy: frozenset[int] = frozenset()
         self._busy_read_at = -1.0e9
         self._busy_gen = -1
@@ -91,7 +94,8 @@ class Presence:
                 self._gen += 1
             clients = touched - {-1}
             if clients:
-                self._auth = {k: v for k, v in self._auth.items() if v[0] not in clients}
+                self._auth = {k: v for k, v in self._auth.items() if v not in clients}
+                self._auth_gen += 1
 
     def _after_rollback(self, session: Session) -> None:
         session.info.pop("fleetcast_presence", None)
@@ -104,15 +108,34 @@ class Presence:
     # ---- credentials ----------------------------------------------------------------------------
 
     def client_for(self, digest: str) -> int | None:
-        """The client id of a credential hash, if known here and recent."""
-        entry = self._auth.get(digest)
-        if entry is None or time.monotonic() - entry[1] > AUTH_TTL:
-            return None
-        return entry[0]
+        """The client id of a credential hash, if known here."""
+        return self._auth.get(digest)
 
-    def remember(self, digest: str, client_id: int) -> None:
+    @property
+    def credentials_generation(self) -> int:
+        return self._auth_gen
+
+    def remember(self, digest: str, client_id: int, generation: int) -> None:
+        """Cache a lookup made when ``credentials_generation`` was ``generation`` (unless a
+        credential changed since: the lookup may predate a revocation)."""
         with self._lock:
-            self._auth[digest] = (client_id, time.monotonic())
+            if self._auth_gen == generation:
+                self._auth[digest] = client_id
+
+    def refresh_credentials(self, *, force: bool = False) -> None:
+        """Re-read every client's credential hash (when ``AUTH_REFRESH`` has passed); from a thread.
+        Dropped if this process changed a credential meanwhile (the next round reads it again)."""
+        if not force and time.monotonic() - self._auth_read_at < AUTH_REFRESH:
+            return
+        gen, read_at = self._auth_gen, time.monotonic()
+        with self._sessions() as s:
+            rows = s.execute(
+                select(Client.credential_hash, Client.id).where(Client.credential_hash.is_not(None))
+            ).all()
+        fresh = {str(digest): int(cid) for digest, cid in rows}
+        with self._lock:
+            if self._auth_gen == gen:
+                self._auth, self._auth_read_at = fresh, read_at
 
     # ---- busy and online -----------------------------------------------------------------------
 

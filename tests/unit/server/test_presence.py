@@ -11,6 +11,7 @@ from typing import Any
 from serverkit import Server
 from sqlalchemy import event, select, update
 
+from fleetcast.server.auth import hash_credential
 from fleetcast.server.db import Client, utcnow
 from fleetcast.server.orchestrator import Orchestrator
 
@@ -152,3 +153,17 @@ def test_clients_pages_and_filters(server: Server) -> None:
     assert r.json()["message"] == "client 'zz' is not a MAC address: expected aa:bb:cc:dd:ee:ff"
     r = server.http.get("/api/clients?limit=0", headers={"Authorization": f"Bearer {server.admin}"})
     assert r.status_code == 422
+
+
+def test_credentials_are_read_whole_and_a_stale_read_is_dropped(server: Server) -> None:
+    a = server.agent("52:54:00:00:00:01")
+    b = server.agent("52:54:00:00:00:02")
+    p = orch(server).presence
+    p.refresh_credentials(force=True)
+    assert p.client_for(hash_credential(a.credential)) == a.client_id
+    assert p.client_for(hash_credential(b.credential)) == b.client_id
+    generation = p.credentials_generation
+    server.post(f"/api/clients/{b.client_id}/revoke")
+    assert p.client_for(hash_credential(b.credential)) is None
+    p.remember(hash_credential(b.credential), b.client_id, generation)  # a lookup from before the revoke
+    assert p.client_for(hash_credential(b.credential)) is None
