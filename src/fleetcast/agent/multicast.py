@@ -4,7 +4,7 @@
 
 1. joins the session of its task (``POST /api/agent/multicast/{task}/join``); a late joiner (the
    session already started, or this agent restarted mid-task) skips to step 4;
-2. waits (reporting every ``REPORT_SECONDS``) until the server starts the session, then runs
+2. waits (asking every ``REPORT_SECONDS``) until the server starts the session, then runs
    ``udp-receiver`` and reads its output as frames (``transport.multicast.read_frames``): frames of
    another session or image are skipped unwritten, and a pack is handed to the restore only after its
    stored size and blake3 hash match the manifest (the restore then checks every chunk again);
@@ -47,7 +47,8 @@ from fleetcast.transport.multicast import (
 
 logger = logging.getLogger(__name__)
 
-REPORT_SECONDS = 0.5
+REPORT_SECONDS = 0.5  # while the session waits: how soon an agent sees it start
+STREAM_REPORT_SECONDS = 1.0  # while receiving (the drop rule's window is 4 s)
 RECEIVER_START_TIMEOUT = 45.0
 WAIT_LIMIT = 86_400.0
 QUEUE_BYTES = 128 << 20  # verified packs held for the restore while the disk is busy
@@ -260,8 +261,8 @@ class MulticastSource:
                 proc.wait(timeout=10)
 
     def _watch(self, receiver: Receiver, interface: str | None, done: threading.Event) -> None:
-        """Report once every REPORT_SECONDS; end the receiver when dropped or stopping."""
-        while not done.wait(REPORT_SECONDS):
+        """Report once every STREAM_REPORT_SECONDS; end the receiver when dropped or stopping."""
+        while not done.wait(STREAM_REPORT_SECONDS):
             if self.stop():
                 receiver.stop()
                 return

@@ -12,8 +12,9 @@ The start rules (``min_clients``, ``max_wait``) can be changed while a session w
 (``POST /api/deployments/{id}/multicast``, ``fleetcast deployments multicast ID``). An agent that joins
 after the start (a late joiner, a restarted agent) is told ``late`` and takes the missing packs by HTTP;
 so does one whose stream broke or that was dropped. **Dropping:** while streaming, when the session's
-rate stays below ``drop_below`` bytes/s, the member whose interface received the least (it is the one
-the others wait for: udpcast retransmits what it lost to everyone) is dropped, with the event
+rate stays below ``drop_below`` bytes/s, the member whose interface received clearly the least, in two
+windows in a row (it is the one the others wait for: udpcast retransmits what it lost to everyone) is
+dropped, with the event
 ``client-multicast-dropped``; it stops its receiver and finishes by HTTP. Each session's udp-sender is
 tracked by PID and ends with the session.
 """
@@ -51,6 +52,7 @@ SENDER_WAIT = 15.0  # how long udp-sender waits for the joined receivers to conn
 NO_RECEIVER = 90.0  # a sender that got no receiver at all by then ends (its members went HTTP)
 DROP_WINDOW = 4.0
 DROP_GRACE = 6.0
+STANDS_OUT = 0.6  # a receiver is the slow one when it received at most this share of the others' median
 GROUP_BASE = "239.255.42."
 PORT_BASE = 9000
 TICK = 0.25
@@ -165,6 +167,7 @@ class Session:
     error: str | None = None
     rate: list[tuple[float, int]] = field(default_factory=list)
     last_drop: float = 0.0
+    suspect: tuple[int, float] | None = None  # (target id, since): the receiver standing out
     log: IO[bytes] | None = None
 
     @property
@@ -460,8 +463,17 @@ class MulticastManager:
         slowest_rate, slowest = known[0]
         others = sorted(r for r, _ in known[1:])
         median = others[len(others) // 2]
-        if slowest_rate > 0.8 * median:
+        if slowest_rate > STANDS_OUT * median:
+            session.suspect = None
             return  # nobody stands out: the network as a whole is slow
+        # a suspect is dropped only when it is still the one that stands out a window later (a receiver
+        # whose reports were late once, on a busy machine, is not dropped for it)
+        if session.suspect is None or session.suspect[0] != slowest.target_id:
+            session.suspect = (slowest.target_id, now)
+            return
+        if now - session.suspect[1] < DROP_WINDOW:
+            return
+        session.suspect = None
         slowest.state = "dropped"
         session.last_drop = now
         self._event_target(
