@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 from xml.parsers import expat
 
-from sqlalchemy import ForeignKey, Integer
+from sqlalchemy import ForeignKey, Integer, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from fleetcast.errors import UsageError
@@ -208,10 +208,23 @@ def unused_lines(entries: Sequence[ListEntry], assignments: Sequence[Assignment]
 
 
 def conflicts(
-    assignments: Sequence[Assignment], enrolled: Sequence[PlanClient], addresses: Mapping[int, str]
+    assignments: Sequence[Assignment],
+    enrolled: Sequence[PlanClient],
+    addresses: Mapping[int, str],
+    planned: Sequence[tuple[str, int, str, int]] = (),
 ) -> list[str]:
-    """Planned addresses another enrolled client has now (``addresses``: client id -> its address)."""
+    """Planned addresses another enrolled client has now (``addresses``: client id -> its address),
+    or that a deployment still running gives another client (``planned``: address, client id, MAC,
+    deployment id)."""
     found: list[str] = []
+    for a in assignments:
+        address = a.ip.split("/", 1)[0] if a.ip else None
+        for other_address, client_id, mac, deployment_id in planned:
+            if address == other_address and client_id != a.client_id:
+                found.append(
+                    f"{address} (for {a.name or a.mac}) is given to client {mac} by deployment "
+                    f"{deployment_id}, which is still running"
+                )
     by_id = {c.client_id: c for c in enrolled}
     holders: dict[str, int] = {}
     for client_id, address in addresses.items():
@@ -379,6 +392,7 @@ class Presets:
         dns: Sequence[str],
         enrolled: Sequence[PlanClient],
         addresses: Mapping[int, str],
+        planned: Sequence[tuple[str, int, str, int]] = (),
         os_hint: str | None,
         data_dir: Path,
         max_name_length: int,
@@ -403,7 +417,7 @@ class Presets:
         windows, infs = check_windows(self.windows, os_hint=os_hint, data_dir=data_dir)
         shown = {
             "ip_source": "list" if self.ip_list is not None else ("range" if network.addresses else None),
-            "conflicts": conflicts(assignments, enrolled, addresses),
+            "conflicts": conflicts(assignments, enrolled, addresses, planned),
             "notes": notes,
             "windows": windows.summary(infs),
         }
@@ -416,6 +430,20 @@ def _one_address(text: str, what: str) -> str:
         return str(ipaddress.ip_address(text.strip()))
     except ValueError as exc:
         raise UsageError(f"{what} {text!r} is not an IP address") from exc
+
+
+def planned_addresses(s: Session) -> list[tuple[str, int, str, int]]:
+    """(address, client id, MAC, deployment id) of every static address that a queued or running
+    target of a running deployment will write."""
+    from fleetcast.server.db import Deployment, Target
+
+    rows = s.execute(
+        select(Target.ip, Target.client_id, Target.mac, Target.deployment_id)
+        .join(Deployment)
+        .where(Target.ip.is_not(None), Target.state.in_(("queued", "running")))
+        .where(Deployment.state.in_(("running", "cancelling")))
+    ).all()
+    return [(str(r.ip).split("/", 1)[0], r.client_id, r.mac, r.deployment_id) for r in rows]
 
 
 def store(s: Session, deployment_id: int, stored: Mapping[str, Any]) -> None:

@@ -229,3 +229,21 @@ def test_api_plan_refusals(server: Server) -> None:
     assert r.status_code == 422  # unknown keys are still refused
     plan = server.post("/api/deployments/plan", base)
     assert plan["windows"]["unattend"] == "auto" and plan["ip_source"] is None
+
+
+def test_api_conflict_with_a_running_deployment(server: Server) -> None:
+    for mac in (A, B):
+        server.agent(mac).enroll()
+    first = server.deploy(clients=A, ip="10.0.0.11/24")
+    plan = server.post("/api/deployments/plan", {"image": IMAGE, "clients": B, "disk": "0",
+                                                 "ip_list": f"{B},,10.0.0.11/24"})  # fmt: skip
+    assert plan["conflicts"] == [
+        f"10.0.0.11 (for {B}) is given to client {A} by deployment {first['deployment']}, "
+        "which is still running"
+    ]
+    server.post(f"/api/deployments/{first['deployment']}/cancel")
+    # cancelled before it started: nothing will write 10.0.0.11 any more
+    again = server.post(
+        "/api/deployments/plan", {"image": IMAGE, "clients": B, "disk": "0", "ip": "10.0.0.11/24"}
+    )
+    assert again["conflicts"] == []

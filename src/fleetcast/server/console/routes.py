@@ -17,6 +17,7 @@ from fleetcast import __version__
 from fleetcast.errors import FleetcastError, ServerError
 from fleetcast.server.auth import ForbiddenError, same
 from fleetcast.server.db import AuditRow
+from fleetcast.server.events import EVENT_TYPES
 from fleetcast.server.images import ImageCatalog, check_name
 from fleetcast.server.orchestrator import Orchestrator
 from fleetcast.server.sessions import (
@@ -44,7 +45,9 @@ api = APIRouter(prefix="/api", tags=["console"])
 
 
 def render(template: str, status: int = 200, **context: Any) -> HTMLResponse:
-    html = TEMPLATES.get_template(template).render(version=__version__, **context)
+    html = TEMPLATES.get_template(template).render(
+        version=__version__, event_types=" ".join(EVENT_TYPES), **context
+    )
     return HTMLResponse(html, status_code=status, headers=_NO_STORE)
 
 

@@ -79,9 +79,9 @@ function live(path, onEvent) {
   // dropped connection (sending Last-Event-ID); after an error answer (401 when the session ended,
   // 5xx) it gives up: then /api/me decides -- sign-in page, or a new stream from the last event seen.
   let last = null;
-  const types = ["client-enrolled", "client-seen", "client-stale", "deployment-created", "client-queued",
-    "client-assigned", "client-started", "client-progress", "client-resumed", "client-restarted", "client-done",
-    "client-failed", "client-cancelled", "deployment-finished", "deployment-cancelled"];
+  // every type the server sends (events.EVENT_TYPES, in the page): a named SSE event reaches only
+  // listeners of its name
+  const types = ((document.querySelector('meta[name="event-types"]') || {}).content || "").split(" ").filter(Boolean);
   const seen = (m) => { if (m.lastEventId) last = m.lastEventId; onEvent(JSON.parse(m.data)); };
   function open() {
     let url = path;
