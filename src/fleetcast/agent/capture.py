@@ -243,7 +243,10 @@ def run_capture(
     logger.info("task %d: capturing %s as %r (replace: %s)", task.task_id, source, task.image, info.replace)
     stats = CaptureStats()
     # the server checks the name (begin, publish); the agent has no store of its own
-    manifest = capture(source, task.image, None, progress=progress, stats=stats, sink=sink)
+    # workers compress and upload (each waits for its upload): more of them keep the link busy
+    manifest = capture(
+        source, task.image, None, progress=progress, stats=stats, sink=sink, workers=max(2, runner.workers)
+    )
     seconds = time.monotonic() - started
     runner._check(cancel)
     reporter.update(phase="finishing", urgent=True)

@@ -24,7 +24,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -82,6 +82,7 @@ MAX_PACK_STORED = (256 << 20) + (1 << 20)  # a pack's zstd frame: 256 MiB of con
 MAX_INDEX_BYTES = 4 << 30
 MAX_MANIFEST_BYTES = 64 << 20
 PART_DIR = "capture-parts"
+FLUSH_BYTES = 1 << 20  # an upload is written to its part file in pieces of this size
 HEX64 = r"^[0-9a-f]{64}$"
 
 
@@ -223,16 +224,43 @@ class Uploads:
             part.size = offset
             return part.generation
 
-    def write(self, part: _Part, generation: int, data: bytes) -> None:
+    def _write(self, part: _Part, generation: int, fd: int, data: bytes | bytearray) -> None:
         with part.lock:
             if part.generation != generation:
                 raise _Superseded
             if part.size + len(data) > part.stored:
                 raise UsageError(f"upload is longer than the announced {part.stored} bytes")
-            with open(part.path, "r+b") as f:
-                f.seek(part.size)
-                f.write(data)
-            part.size += len(data)
+            view = memoryview(data)
+            while view:
+                n = os.pwrite(fd, view, part.size)
+                part.size += n
+                view = view[n:]
+
+    async def receive(
+        self, part: _Part, offset: int, stream: AsyncIterator[bytes], count: Callable[[int], None]
+    ) -> None:
+        """The body from ``offset`` into the part file, written in pieces of ``FLUSH_BYTES``; what arrived
+        before a disconnect is kept. Raises _Superseded when a newer request took the part over."""
+        generation = self.begin(part, offset)
+        fd = os.open(part.path, os.O_WRONLY | os.O_CREAT, 0o600)
+        buf = bytearray()
+        try:
+            try:
+                async for piece in stream:
+                    buf += piece
+                    if len(buf) >= FLUSH_BYTES:
+                        self._write(part, generation, fd, buf)
+                        count(len(buf))
+                        buf.clear()
+            finally:
+                if buf:
+                    try:
+                        self._write(part, generation, fd, buf)
+                        count(len(buf))
+                    except (_Superseded, UsageError):
+                        pass
+        finally:
+            os.close(fd)
 
     def drop(self, key: str) -> None:
         with self._lock:
@@ -251,6 +279,9 @@ class _Live:
     chunks_new: int = 0
     chunks_known: int = 0
     received: int = 0
+
+    def count(self, n: int) -> None:
+        self.received += n
 
 
 class CaptureService:
@@ -524,12 +555,8 @@ class CaptureService:
             return PackStatus(received=stored, complete=True)
         key = _key(task_id, pack_id, stored_hash)
         part = self.uploads.part(key, stored)
-        generation = self.uploads.begin(part, offset)
         try:
-            async for piece in request.stream():
-                if piece:
-                    self.uploads.write(part, generation, piece)
-                    live.received += len(piece)
+            await self.uploads.receive(part, offset, request.stream(), live.count)
         except _Superseded:
             raise ConflictError(f"pack {pack_id}: a newer upload of it took over") from None
         except ClientDisconnect:
@@ -562,12 +589,8 @@ class CaptureService:
         if not 0 < stored <= MAX_INDEX_BYTES:
             raise UsageError(f"index size {stored} is not between 1 and {MAX_INDEX_BYTES}")
         part = self.uploads.part(f"{task_id}-index", stored)
-        generation = self.uploads.begin(part, offset)
         try:
-            async for piece in request.stream():
-                if piece:
-                    self.uploads.write(part, generation, piece)
-                    live.received += len(piece)
+            await self.uploads.receive(part, offset, request.stream(), live.count)
         except _Superseded:
             raise ConflictError("index: a newer upload of it took over") from None
         except ClientDisconnect:
