@@ -5,12 +5,13 @@ from __future__ import annotations
 import shutil
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
-from regipy.registry import RegistryHive
+from regipy import registry as _regipy
 from Registry import Registry
 from tests.fixtures.windows_tree import TreeInfo, build_windows_tree
-from win_dumps import Dump, dump
+from tests.unit.identity.windows.win_dumps import Dump, dump
 
 from fleetcast.errors import HiveError, IdentityError, UsageError
 from fleetcast.identity.base import IdentitySettings, OsKind, get
@@ -18,6 +19,8 @@ from fleetcast.identity.windows import personalize
 from fleetcast.identity.windows.personalizer import Options
 from fleetcast.identity.windows.sid import Sid, seeded_machine_sid
 from fleetcast.identity.windows.unattend import StaticIp
+
+RegistryHive: Any = _regipy.RegistryHive  # regipy has no type hints
 
 CONFIG = "Windows/System32/config"
 NAME = "LAB-PC-07"

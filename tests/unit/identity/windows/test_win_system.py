@@ -2,11 +2,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from regipy.registry import RegistryHive
+from regipy import registry as _regipy
 
 from fleetcast.identity.windows import system
 from fleetcast.identity.windows.hive import Hive
+
+RegistryHive: Any = _regipy.RegistryHive  # regipy has no type hints
 
 Unpack = Callable[..., Path]
 

@@ -32,7 +32,7 @@ def test_failed_rename_puts_the_old_file_back(tmp_path: Path, monkeypatch: pytes
             raise OSError(28, "No space left on device", str(src))
         real(src, dst)
 
-    monkeypatch.setattr(txn.os, "replace", replace)
+    monkeypatch.setattr(os, "replace", replace)  # the os module txn uses
     tx = Transaction()
     with pytest.raises(IdentityError) as exc:
         tx.stage_file(target, b"new")
@@ -70,7 +70,7 @@ def test_interrupt_between_two_renames_leaves_every_hive_in_place(
             raise KeyboardInterrupt
         real(src, dst)
 
-    monkeypatch.setattr(txn.os, "replace", replace)
+    monkeypatch.setattr(os, "replace", replace)  # the os module txn uses
     with pytest.raises(KeyboardInterrupt):
         personalize(info.root, Options(name="INT-1"))
     assert {p.name: p.read_bytes() for p in cfg.iterdir()} == before
