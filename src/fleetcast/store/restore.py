@@ -192,8 +192,15 @@ def restore(
             )
             writer.check_totals()
             os.fsync(fd)  # all data durable before any header is written
-            _write_table(manifest, target)
-            writer.write_deferred()
+            # filesystem headers first: without a table nothing finds them; then the table and the
+            # gaps (MBR boot code, GPT as captured, EBRs) -- a kill in between leaves no table
+            if manifest.table.label == "none":  # a bare filesystem: no table to hide it behind
+                _write_table(manifest, target)
+            writer.write_deferred(gaps=False)
+            os.fsync(fd)
+            if manifest.table.label != "none":
+                _write_table(manifest, target)
+            writer.write_deferred(gaps=True)
             os.fsync(fd)
         if on_checkpoint:
             on_checkpoint(frozenset(p.id for p in packs))
@@ -322,7 +329,8 @@ class _PackWriter:
         self.spill = spill
         self.result = result
         self.what = what
-        self.deferred: list[tuple[int, int, int]] = []  # (spill offset, disk offset, length)
+        # (spill offset, disk offset, length, in a gap: table sectors, boot code, EBRs)
+        self.deferred: list[tuple[int, int, int, bool]] = []
         self.area_data = [0] * len(manifest.areas)
         self.v1: dict[str, list[_Slice]] | None = None
         self.blocks: dict[int, list[int]] = {}
@@ -367,7 +375,7 @@ class _PackWriter:
                 for off, n in s.extents:
                     at = self.spill.seek(0, os.SEEK_END)
                     self.spill.write(piece[pos : pos + n])
-                    self.deferred.append((at, area.start + off, n))
+                    self.deferred.append((at, area.start + off, n, area.kind == "gap"))
                     pos += n
                 continue
             _pwrite_extents(self.fd, piece, area.start, s.extents)
@@ -394,8 +402,11 @@ class _PackWriter:
                     hint="the image's metadata is damaged; nothing on the target was made bootable",
                 )
 
-    def write_deferred(self) -> None:
-        for at, disk_off, n in self.deferred:
+    def write_deferred(self, *, gaps: bool) -> None:
+        """The spilled entries of the gaps (``gaps``) or of the filesystems."""
+        for at, disk_off, n, in_gap in self.deferred:
+            if in_gap != gaps:
+                continue
             self.spill.seek(at)
             _pwrite_extents(self.fd, self.spill.read(n), disk_off, ((0, n),))
 

@@ -304,6 +304,9 @@ class Campaign:
                 t.notes.append(f"{what}: it had finished")
             else:
                 t.silent.append(f"{what}: finished but wrote wrong data")
+        elif _digest(target) == self.reference:
+            t.detected["kill/restore"] += 1
+            t.notes.append(f"{what}: all written when the kill landed (identical)")
         elif _digest(target) == self.disk_digest:
             t.detected["kill/restore"] += 1
             t.notes.append(f"{what}: killed before it wrote anything (the old disk, untouched)")
