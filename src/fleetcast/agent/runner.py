@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from fleetcast.agent.api import AgentApi
 from fleetcast.agent.state import StateStore, TaskState
-from fleetcast.errors import AgentError, DiskError, FleetcastError
+from fleetcast.errors import AgentError, CommandError, DiskError, FleetcastError
 from fleetcast.progress import Rate
 from fleetcast.protocol import Task
 from fleetcast.run import run
@@ -159,8 +159,12 @@ def perform_post_action(action: str) -> None:
         else (["systemctl", "poweroff"], ["poweroff", "-f"])
     )
     logger.info("post action: %s", action)
-    if run(primary, check=False).returncode != 0:
-        run(fallback, check=False)
+    try:
+        if run(primary, check=False).returncode == 0:
+            return
+    except CommandError:  # no systemctl (the boot environment has none): busybox's reboot -f
+        pass
+    run(fallback, check=False)
 
 
 class TaskRunner:
