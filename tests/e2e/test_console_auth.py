@@ -230,7 +230,10 @@ def test_sign_in_roles_sessions_and_refusals(tmp_path: Path) -> None:
 
         # what an agent sends is shown as text, never as HTML
         evil = '<img src=x onerror="window.pwned=1">'
-        inventory = {"macs": ["52:54:00:aa:00:09"], "hostname": evil, "dmi": {"model": "<b>bold</b>"}}
+        windows = {"disk": "/dev/sda", "partition": 2, "machine_sid": "S-1-5-21-11-22-33",
+                   "computer_name": "<i>PC</i>", "version": "Windows 10 Pro 22H2"}  # fmt: skip
+        inventory = {"macs": ["52:54:00:aa:00:09"], "hostname": evil, "dmi": {"model": "<b>bold</b>"},
+                     "windows": [windows]}  # fmt: skip
         r = httpx.post(
             url + "/api/agent/enroll", json={"enroll_token": server.enroll, "inventory": inventory}
         )
@@ -244,6 +247,12 @@ def test_sign_in_roles_sessions_and_refusals(tmp_path: Path) -> None:
         expect(row).to_contain_text("<b>bold</b>")
         assert row.locator("img, b").count() == 0
         assert page.evaluate("window.pwned") is None
+        # its inventory: the Windows installation its agent found (machine SID), as text
+        row.get_by_role("button", name=evil).click()
+        installs = page.locator("#windows-installs tbody tr")
+        expect(installs).to_have_count(1)
+        expect(installs).to_have_text("/dev/sda2<i>PC</i>Windows 10 Pro 22H2S-1-5-21-11-22-33")
+        assert page.locator("#inventory i").count() == 0
         shot(page, "08-escaped")
 
         # a live page whose session ends goes to sign-in: its stream is refused (401), /api/me decides

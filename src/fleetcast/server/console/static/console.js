@@ -111,6 +111,14 @@ function progressCell(done, total) {
 // for one client of the dashboard's inventory panel, e.g. "Capture this disk" (POST /api/captures).
 const CLIENT_ACTIONS = [];
 
+function windowsInstalls(list) { // what the agent found on its disks (issue 13's SID audit)
+  if (!list.length) return null;
+  return el("div", {}, el("h3", {}, "Windows on its disks"), el("table", { id: "windows-installs" },
+    el("thead", {}, el("tr", {}, ...["Disk", "Partition", "Computer name", "Version", "Machine SID", "Domain"].map((h) => el("th", { scope: "col" }, h)))),
+    el("tbody", {}, ...list.map((w) => el("tr", {}, el("td", { class: "mono" }, w.disk), el("td", {}, w.partition), el("td", {}, w.computer_name || ""),
+      el("td", {}, w.version || ""), el("td", { class: "mono" }, w.error ? `unreadable: ${w.error}` : w.machine_sid || ""), el("td", {}, w.domain || ""))))));
+}
+
 // -- dashboard ------------------------------------------------------------------------------------
 async function dashboard() {
   const progress = {}; // mac -> last client-progress event
@@ -162,7 +170,7 @@ async function dashboard() {
       el("dl", {}, el("dt", {}, "Machine"), el("dd", {}, `${dmi.vendor || ""} ${dmi.model || ""}`.trim()),
         el("dt", {}, "Serial"), el("dd", {}, dmi.serial || ""), el("dt", {}, "CPU"), el("dd", {}, cpu),
         el("dt", {}, "RAM"), el("dd", {}, bytes(c.ram_bytes)), el("dt", {}, "NICs"), el("dd", { class: "mono" }, nics),
-        el("dt", {}, "Agent"), el("dd", {}, c.agent_version || "")), disks,
+        el("dt", {}, "Agent"), el("dd", {}, c.agent_version || "")), disks, windowsInstalls(c.windows || []),
       // hook: per-client actions (network capture, issue 11) are added here by CLIENT_ACTIONS
       el("div", { id: "client-actions", class: "wizard-nav", "data-client": c.id }, ...CLIENT_ACTIONS.map((make) => make(c)).filter(Boolean)));
     box.hidden = false;
@@ -426,7 +434,7 @@ async function deployment() {
       const showLog = el("button", { type: "button", class: "link", "aria-pressed": only === t.mac ? "true" : "false",
         "aria-label": `log of ${t.name || t.mac}`, onclick: () => { only = only === t.mac ? null : t.mac; filterLog(); draw(); } }, "Log");
       body.append(el("tr", { "data-mac": t.mac, "data-state": t.state }, el("td", {}, t.n), el("td", {}, t.name || ""), el("td", {}, t.ip || ""),
-        el("td", { class: "mono" }, t.mac), el("td", {}, el("span", { class: `state ${t.state}` }, t.state)), el("td", {}, t.state === "running" ? t.phase || "" : ""),
+        el("td", { class: "mono" }, t.mac), el("td", {}, el("span", { class: `state ${t.state}` }, t.state)), el("td", {}, t.state === "running" ? t.phase || "" : t.state === "queued" ? "waiting for a place" : ""),
         el("td", {}, size ? progressCell(have, size) : "", size ? ` ${bytes(have)} of ${bytes(size)}` : ""), el("td", {}, t.state === "running" ? rate(t.rate_bps) : ""),
         el("td", {}, t.state === "running" ? duration(t.eta_seconds) : ""), el("td", { class: "err" }, t.error || ""), el("td", {}, showLog)));
     }
