@@ -110,6 +110,7 @@ def parse_ip_list(text: str) -> list[ListEntry]:
     entries: list[ListEntry] = []
     macs: dict[str, int] = {}
     ips: dict[str, int] = {}
+    text = text.removeprefix("\ufeff")  # a CSV saved by a spreadsheet starts with a byte order mark
     for number, row in enumerate(csv.reader(io.StringIO(text)), start=1):
         cells = [c.strip() for c in row]
         if not cells or not any(cells) or cells[0].startswith("#"):

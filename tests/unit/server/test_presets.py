@@ -33,6 +33,7 @@ def test_ip_list_lines_header_comments_and_names() -> None:
         (3, B, None, "10.0.0.12/24"),
         (5, A, "PC-A", "10.0.0.11/24"),
     ]
+    assert parse_ip_list("\ufeff" + text.replace("\n", "\r\n")) == entries  # spreadsheet CSV: BOM, CRLF
     planned = apply_ip_list(PLAN, entries, "10.0.0.1")
     assert [(a.n, a.name, a.ip) for a in planned] == [
         (1, "PC-A", "10.0.0.11/24"),
