@@ -4,22 +4,18 @@ chunk id from the network is checked before it becomes a path."""
 
 from __future__ import annotations
 
-import importlib
-import json
 import logging
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from fleetcast.errors import ChunkNotFound, ImageNotFound, NotFoundError, StoreError, UsageError
+from fleetcast.store.images import ImageStore
+from fleetcast.store.manifest import CHUNK_ID_RE, valid_name
 
 __all__ = ["ChunkNotFound", "ImageCatalog", "ImageInfo", "check_chunk_id", "check_name"]
 
 logger = logging.getLogger(__name__)
-
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
-CHUNK_ID_RE = re.compile(r"^[0-9a-f]{64}\Z")
 
 
 @dataclass(frozen=True)
@@ -38,7 +34,7 @@ class ImageInfo:
 
 
 def check_name(name: str) -> str:
-    if not NAME_RE.match(name):
+    if not valid_name(name):
         raise UsageError(
             f"image name {name!r} is not valid: expected letters, digits, '.', '_' or '-' (at most 128)"
         )
@@ -46,7 +42,7 @@ def check_name(name: str) -> str:
 
 
 def check_chunk_id(chunk_id: str) -> str:
-    if not CHUNK_ID_RE.match(chunk_id):
+    if not CHUNK_ID_RE.fullmatch(chunk_id):
         raise UsageError(f"chunk id {chunk_id!r} is not valid: expected 64 lower-case hex digits")
     return chunk_id
 
@@ -64,13 +60,10 @@ class ImageCatalog:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._store: Any = None
+        self._store = ImageStore(root)
         self._packs: dict[str, tuple[int, frozenset[str]]] = {}
 
-    def store(self) -> Any:
-        if self._store is None:
-            module = importlib.import_module("fleetcast.store.images")
-            self._store = module.ImageStore(self.root)
+    def store(self) -> ImageStore:
         return self._store
 
     def manifest_path(self, name: str) -> Path:
@@ -87,24 +80,22 @@ class ImageCatalog:
         base = self.root / "images"
         if not base.is_dir():
             return []
-        return sorted(p.parent.name for p in base.glob("*/manifest.json") if NAME_RE.match(p.parent.name))
+        return sorted(p.parent.name for p in base.glob("*/manifest.json") if valid_name(p.parent.name))
 
     def info(self, name: str) -> ImageInfo:
-        """A summary of image ``name``; ImageNotFound when it is not there, StoreError when unreadable."""
-        path = self.manifest_path(name)
-        try:
-            manifest = self.store().open(name)
-        except ModuleNotFoundError:  # the store package is older than this server: read the JSON
-            return _info_from_json(name, path)
+        """A summary of image ``name`` (its manifest only; the index is verified when a task uses it);
+        ImageNotFound when it is not there, StoreError when unreadable."""
+        self.manifest_path(name)
+        manifest = self.store().open(name, lazy=True)
         return ImageInfo(
             name=name,
-            disk_size=int(manifest.disk_size),
-            logical_sector_size=int(manifest.logical_sector_size),
+            disk_size=manifest.disk_size,
+            logical_sector_size=manifest.logical_sector_size,
             os_hint=manifest.os_hint,
-            created=getattr(manifest, "created", None),
-            chunks=len(manifest.chunk_ids()),
-            stored_bytes=int(getattr(manifest, "stored_bytes", 0)),
-            data_bytes=int(getattr(manifest, "data_bytes", 0)),
+            created=manifest.created,
+            chunks=len(manifest.pack_ids()),
+            stored_bytes=manifest.stored_bytes,
+            data_bytes=manifest.data_bytes,
         )
 
     def list(self) -> list[ImageInfo]:
@@ -132,22 +123,3 @@ class ImageCatalog:
         if not path.is_file() or not _within(path, self.root):
             raise ChunkNotFound(f"chunk {chunk_id} is not in the server's store")
         return path
-
-
-def _info_from_json(name: str, path: Path) -> ImageInfo:
-    try:
-        raw = json.loads(path.read_bytes())
-        disk = raw["disk"]
-        chunks = {c["id"]: int(c.get("stored", 0)) for a in raw.get("areas", []) for c in a.get("chunks", [])}
-        return ImageInfo(
-            name=name,
-            disk_size=int(disk["size"]),
-            logical_sector_size=int(disk.get("logical_sector_size", 512)),
-            os_hint=raw.get("os_hint"),
-            created=raw.get("created"),
-            chunks=len(chunks),
-            stored_bytes=sum(chunks.values()),
-            data_bytes=0,
-        )
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise StoreError(f"manifest {path} cannot be read: {exc.__class__.__name__}: {exc}") from exc
