@@ -90,6 +90,7 @@ def test_sign_in_roles_sessions_and_refusals(tmp_path: Path) -> None:
         page.wait_for_url("**/setup")
         shot(page, "01-setup")
         set_password(page, url)
+        heartbeats()
         expect(page.locator("#connected")).to_have_text("3 clients connected")
         expect(page.locator("#clients tbody tr")).to_have_count(3)
         shot(page, "02-dashboard")

@@ -248,3 +248,33 @@ def test_api_conflict_with_a_running_deployment(server: Server) -> None:
         "/api/deployments/plan", {"image": IMAGE, "clients": B, "disk": "0", "ip": "10.0.0.11/24"}
     )
     assert again["conflicts"] == []
+
+
+def test_deploy_plan_lines_and_body(tmp_path: Path) -> None:
+    """What `fleetcast deploy --plan` prints for the presets, and the body its flags make."""
+    import argparse
+
+    from fleetcast.cli.presets import plan_lines, presets_body
+
+    plan = {"ip_source": "list", "conflicts": ["10.0.0.12 (for LAB-02) is the current address of client x"],
+            "notes": ["IP list line 4 (y) is for a client not in this deployment"],
+            "windows": {"new_sid": False, "reset_ids": True, "drivers": "nvme", "drivers_infs": 2,
+                        "unattend": "custom", "unattend_bytes": 512}}  # fmt: skip
+    assert plan_lines(plan) == [
+        "windows: machine SID kept, machine IDs reset, drivers from nvme (2 INF), unattend.xml given (512 B)",
+        "addresses from the IP list",
+        "conflict: 10.0.0.12 (for LAB-02) is the current address of client x",
+        "note: IP list line 4 (y) is for a client not in this deployment",
+    ]
+    xml = tmp_path / "unattend.xml"
+    xml.write_bytes(b"\xef\xbb\xbf<unattend/>")
+    args = argparse.Namespace(keep_sid=True, keep_ids=False, drivers="nvme", unattend=str(xml), ip_list=None)
+    assert presets_body(args) == {
+        "new_sid": False,
+        "reset_ids": True,
+        "drivers": "nvme",
+        "unattend": "<unattend/>",
+    }
+    args.unattend, args.ip_list = "none", tmp_path / "missing.csv"
+    with pytest.raises(UsageError, match=r"^cannot read the IP list .*missing.csv"):
+        presets_body(args)
