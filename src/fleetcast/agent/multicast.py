@@ -19,7 +19,6 @@ by HTTP. ``summary()`` says how it finished, for the task's result and the event
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import queue
 import subprocess
@@ -40,6 +39,7 @@ from fleetcast.transport.multicast import (
     Channel,
     FrameStats,
     Receiver,
+    grow_pipe,
     read_frames,
     route_interface,
     rx_bytes,
@@ -52,12 +52,6 @@ STREAM_REPORT_SECONDS = 1.0  # while receiving (the drop rule's window is 4 s)
 RECEIVER_START_TIMEOUT = 45.0
 WAIT_LIMIT = 86_400.0
 QUEUE_BYTES = 128 << 20  # verified packs held for the restore while the disk is busy
-
-
-def _grow_pipe(stream: IO[bytes]) -> None:
-    """A 1 MiB pipe from udp-receiver (Linux F_SETPIPE_SZ; the default 64 KiB is a few packets)."""
-    with contextlib.suppress(OSError, AttributeError):
-        fcntl.fcntl(stream.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)
 
 
 class MulticastSource:
@@ -171,7 +165,7 @@ class MulticastSource:
         receiver = Receiver(channel, start_timeout=RECEIVER_START_TIMEOUT, log=log)
         self._receiver = receiver
         stream = receiver.start()
-        _grow_pipe(stream)
+        grow_pipe(stream)
         done = threading.Event()
         # udp-receiver must never wait for the disk: a reader thread keeps its pipe empty, with up to
         # QUEUE_BYTES of verified packs waiting for the restore

@@ -19,6 +19,7 @@ Every process started here is a ``subprocess.Popen`` the caller owns; ``stop()``
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import signal
@@ -170,6 +171,15 @@ def read_frames(
         yield pack_id, data
 
 
+def grow_pipe(stream: IO[bytes] | None, size: int = 1 << 20) -> None:
+    """Make a pipe to or from udpcast hold ``size`` bytes (Linux F_SETPIPE_SZ; the default 64 KiB is a
+    few dozen packets, so the process on the other end would wait on ours for every one of them)."""
+    if stream is None:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        fcntl.fcntl(stream.fileno(), fcntl.F_SETPIPE_SZ, size)
+
+
 def route_interface(address: str) -> str | None:
     """The interface the kernel routes ``address`` through (``ip -j route get``), or None."""
     try:
@@ -286,6 +296,7 @@ class Sender:
             stdout=subprocess.DEVNULL,
             stderr=self._log.fileno() if self._log is not None else subprocess.DEVNULL,
         )
+        grow_pipe(self.proc.stdin)  # 16x fewer wake-ups of the feeding thread than with 64 KiB
         logger.info("multicast session %s: udp-sender PID %d on %s:%d", self.session_id,
                     self.proc.pid, self.channel.group, self.channel.port)  # fmt: skip
         self._thread.start()
