@@ -33,6 +33,7 @@ class Installation:
     version: str
     domain: str | None
     mac: str = ""  # the client's MAC (GET /api/clients), for the fix command
+    online: bool = True  # False: what the client reported when it was last seen
 
 
 def inventory(root: Path) -> dict[str, Any]:
@@ -119,6 +120,7 @@ def from_clients(clients: Iterable[dict[str, Any]]) -> tuple[list[Installation],
                     Installation(
                         client_label(c), where, str(w["machine_sid"]), str(w.get("computer_name") or ""),
                         str(w.get("version") or ""), w.get("domain"), str(c.get("mac") or ""),
+                        c.get("online") is not False,
                     )
                 )  # fmt: skip
             else:
@@ -135,7 +137,8 @@ def render_text(groups: list[Group], seen: int, unreadable: Iterable[Unreadable]
         out.append(f"{g.machine_sid}: {len(g.installations)} installations")
         for i in g.installations:
             dom = f", domain {i.domain}" if i.domain else ", workgroup"
-            out.append(f"  {i.client} {i.partition}: {i.computer_name} ({i.version}{dom})")
+            stale = "" if i.online else " [offline: as last reported]"
+            out.append(f"  {i.client} {i.partition}: {i.computer_name} ({i.version}{dom}){stale}")
         if g.command:
             out.append(f"  fix: {g.command}")
     out += [f"consequence: {CONSEQUENCE}", f"fix: {FIX}", *tail]

@@ -9,6 +9,7 @@ from fleetcast.identity.windows.sidaudit import (
     FIX,
     Installation,
     duplicate_groups,
+    from_clients,
     inventory,
     render_text,
     to_json,
@@ -52,3 +53,26 @@ def test_inventory_of_a_tree(tree: TreeInfo) -> None:
         "domain": "INTERNAL",
     }
     assert str(tree.machine_sid) == GOLD
+
+
+def test_from_clients_marks_offline_clients_and_names_the_fix() -> None:
+    def client(n: int, online: bool, windows: list[dict[str, object]]) -> dict[str, object]:
+        return {"id": n, "hostname": f"pc-{n}", "mac": f"52:54:00:00:00:0{n}", "online": online,
+                "windows": windows}  # fmt: skip
+
+    win = {"disk": "/dev/sda", "partition": 3, "machine_sid": GOLD, "computer_name": "GOLDEN",
+           "version": "Windows 10 Pro", "domain": None}  # fmt: skip
+    installs, unreadable = from_clients([
+        client(1, True, [win]), client(2, False, [win]),
+        client(3, True, [{"disk": "/dev/sda", "partition": 2, "machine_sid": None, "error": "BitLocker"}]),
+    ])  # fmt: skip
+    (group,) = duplicate_groups(installs)
+    assert group.command == "fleetcast personalize 52:54:00:00:00:01,52:54:00:00:00:02 --new-sid"
+    lines = render_text([group], len(installs), unreadable).splitlines()
+    assert lines[2:5] == [
+        "  client 1 pc-1 (52:54:00:00:00:01) /dev/sda partition 3: GOLDEN (Windows 10 Pro, workgroup)",
+        "  client 2 pc-2 (52:54:00:00:00:02) /dev/sda partition 3: GOLDEN (Windows 10 Pro, workgroup) "
+        "[offline: as last reported]",
+        "  fix: fleetcast personalize 52:54:00:00:00:01,52:54:00:00:00:02 --new-sid",
+    ]
+    assert lines[-1] == "not checked: client 3 pc-3 (52:54:00:00:00:03) /dev/sda partition 2: BitLocker"
