@@ -82,6 +82,7 @@ class MulticastSource:
         self._tried = False
         self._dropped = threading.Event()
         self._receiver: Receiver | None = None
+        self.queue_peak = 0  # the most verified packs that waited for the restore (is the disk the limit?)
 
     # ---- the PackSource --------------------------------------------------------------------
 
@@ -199,8 +200,9 @@ class MulticastSource:
             self.outcome = "stopped"
         rc = receiver.proc.returncode if receiver.proc is not None else None
         logger.info(
-            "task %d: multicast ended (%s): %d packs, %d foreign frames skipped, udp-receiver %s",
-            self.task.task_id, self.outcome, self.packs_multicast, self.stats.foreign, rc,
+            "task %d: multicast ended (%s): %d packs, %d foreign frames skipped, udp-receiver %s, "
+            "at most %d packs waited for the restore",
+            self.task.task_id, self.outcome, self.packs_multicast, self.stats.foreign, rc, self.queue_peak,
         )  # fmt: skip
 
     def _read(
@@ -227,6 +229,7 @@ class MulticastSource:
                     logger.warning("task %d: multicast pack %s failed its hash; HTTP repairs it",
                                    self.task.task_id, pack_id)  # fmt: skip
                     continue
+                self.queue_peak = max(self.queue_peak, packs.qsize() + 1)
                 while not done.is_set():
                     try:
                         packs.put((pack_id, data), timeout=0.5)
