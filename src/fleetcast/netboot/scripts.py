@@ -74,17 +74,27 @@ def http_device(server_url: str) -> str:
     return f"(http,{hostport})"
 
 
-def grub_config(action: BootAction, server_url: str, enroll_token: str, mac: str) -> str:
-    """What the Secure Boot chain's GRUB sources for ``mac``: Debian's signed kernel + initrd over HTTP
-    (GRUB verifies the kernel through shim), or ``exit`` to the firmware's next boot device."""
+def tftp_device(server_url: str) -> str:
+    """GRUB's TFTP device for the server's host: ``(tftp,HOST)``."""
+    hostport = server_url.split("://", 1)[-1].split("/", 1)[0]
+    host = hostport.rsplit(":", 1)[0] if hostport.count(":") == 1 else hostport
+    return f"(tftp,{host})"
+
+
+def grub_config(
+    action: BootAction, server_url: str, enroll_token: str, mac: str, *, tftp: bool = False
+) -> str:
+    """What the Secure Boot chain's GRUB sources for ``mac``: Debian's signed kernel + initrd (GRUB has
+    shim verify the kernel), over HTTP, or by TFTP from ``bootenv/`` (``tftp``: the signed network GRUB
+    loads no http module under Secure Boot); or ``exit`` to the firmware's next boot device."""
     reason = REASONS[action]
     if not action.boots_environment:
         return f'echo "fleetcast: {mac}: {reason}"\nexit\n'
-    dev = http_device(server_url)
+    files = f"{tftp_device(server_url)}/bootenv" if tftp else f"{http_device(server_url)}/boot/file"
     cmdline = kernel_cmdline(server_url, enroll_token, mac)
     return (
         f'echo "fleetcast: {mac}: {reason}"\n'
-        f"linux {dev}/boot/file/{KERNEL} {cmdline}\n"
-        f"initrd {dev}/boot/file/{INITRD}\n"
+        f"linux {files}/{KERNEL} {cmdline}\n"
+        f"initrd {files}/{INITRD}\n"
         "boot\n"
     )

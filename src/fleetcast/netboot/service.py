@@ -13,7 +13,8 @@ import argparse
 import hashlib
 import ipaddress
 import logging
-from dataclasses import dataclass, replace
+import threading
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from fastapi import FastAPI
 
 from fleetcast import config
 from fleetcast.errors import UsageError
-from fleetcast.netboot.dnsmasq import DhcpMode, NetbootConfig, interface_info, parse_range
+from fleetcast.netboot.dnsmasq import DhcpMode, NetbootConfig, interface_info, parse_range, sync_mac_configs
 from fleetcast.netboot.scripts import INITRD, KERNEL, kernel_cmdline
 from fleetcast.netboot.supervisor import NetbootService
 from fleetcast.server.settings import ServerSettings
@@ -29,6 +30,7 @@ from fleetcast.server.settings import ServerSettings
 logger = logging.getLogger(__name__)
 
 UEFI_BOOT_CHOICES = ("ipxe", "shim")
+GRUB_SYNC_SECONDS = 2.0
 
 
 @dataclass
@@ -39,10 +41,14 @@ class ServeNetboot:
     service: NetbootService | None
     server_url: str | None
     bootenv_dir: Path | None
+    app: FastAPI | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _sync: threading.Thread | None = None
 
     def attach(self, app: FastAPI) -> None:
         from fleetcast.server import boot
 
+        self.app = app
         svc = self.service
         if svc is not None:
             with app.state.db.sessions() as s:
@@ -62,8 +68,33 @@ class ServeNetboot:
     def start(self) -> None:
         if self.service is not None:
             self.service.start()
+            self._stop.clear()
+            self.sync_grub_configs()
+            self._sync = threading.Thread(target=self._sync_loop, name="grub-configs", daemon=True)
+            self._sync.start()
+
+    def sync_grub_configs(self) -> int:
+        """The per-MAC GRUB configs in the TFTP root, as the clients' states say now."""
+        from fleetcast.server import boot
+
+        if self.service is None or self.app is None or self.server_url is None:
+            return 0
+        configs = boot.grub_mac_configs(self.app.state.db, self.server_url, self.app.state.tokens.enroll)
+        return sync_mac_configs(self.service.cfg.tftp_root, configs)
+
+    def _sync_loop(self) -> None:
+        while not self._stop.wait(GRUB_SYNC_SECONDS):
+            try:
+                changed = self.sync_grub_configs()
+                if changed:
+                    logger.debug("network boot: %d per-MAC GRUB config(s) changed", changed)
+            except Exception:  # keep going: the next round may work (database busy, disk full)
+                logger.exception("network boot: writing the per-MAC GRUB configs failed")
 
     def stop(self) -> None:
+        self._stop.set()
+        if self._sync is not None:
+            self._sync.join(timeout=5)
         if self.service is not None:
             self.service.stop()
 

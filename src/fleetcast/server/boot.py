@@ -122,6 +122,18 @@ def boot_action(s: Session, mac: str) -> BootAction:
     return BootAction.LOCAL if last == "done" else BootAction.WAIT
 
 
+def grub_mac_configs(db: Database, server_url: str, enroll_token: str) -> dict[str, str]:
+    """Per-MAC GRUB configs for the TFTP root (``grub/mac/<mac>.cfg``), one per known or registered
+    machine: what ``GET /boot/grub`` answers, with the files by TFTP (the Secure Boot chain's GRUB has no
+    http module)."""
+    with db.sessions() as s:
+        macs = set(s.scalars(select(Client.mac))) | set(s.scalars(select(RegistrationRow.mac)))
+        return {
+            mac: grub_config(boot_action(s, mac), server_url, enroll_token, mac, tftp=True)
+            for mac in sorted(macs)
+        }
+
+
 def secureboot_macs(s: Session) -> tuple[str, ...]:
     return tuple(s.scalars(select(RegistrationRow.mac).where(RegistrationRow.boot == "secureboot")))
 

@@ -96,6 +96,12 @@ def test_script_by_state(kit: Kit, state: str | None, dep_state: str, expect_exi
     if not expect_exit:
         assert "linux (http,10.0.0.1:8080)/boot/file/vmlinuz console=tty0" in grub
         assert "initrd (http,10.0.0.1:8080)/boot/file/initrd.img" in grub
+    configs = boot.grub_mac_configs(kit.app.state.db, "http://10.0.0.1:8080", kit.enroll)
+    assert list(configs) == [MAC]
+    assert ("\nexit\n" in configs[MAC]) is expect_exit
+    if not expect_exit:
+        assert "linux (tftp,10.0.0.1)/bootenv/vmlinuz console=tty0" in configs[MAC]
+        assert "BOOTIF=01-52-54-00-12-34-56" in configs[MAC]
 
 
 def test_no_mac_chains_with_it(kit: Kit) -> None:

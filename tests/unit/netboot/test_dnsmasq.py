@@ -18,6 +18,7 @@ from fleetcast.netboot.dnsmasq import (
     grub_stub,
     parse_range,
     render,
+    sync_mac_configs,
 )
 
 IFACE = InterfaceInfo("br0", "52:54:00:aa:bb:cc", ipaddress.IPv4Interface("10.0.0.1/24"), ipv6_global=True)
@@ -179,5 +180,19 @@ def test_tftp_files_from_debian_packages() -> None:
 
 def test_grub_stub() -> None:
     text = grub_stub(URL, "console=ttyS0 fleetcast.server=http://10.0.0.1:8080")
-    assert "source (http,10.0.0.1:8080)/boot/grub?mac=${net_default_mac}" in text
-    assert "linux (tftp,10.0.0.1)/bootenv/vmlinuz console=ttyS0 fleetcast.server=http://10.0.0.1:8080" in text
+    lines = text.splitlines()
+    assert "set fc=(tftp,10.0.0.1)" in lines
+    assert "source $fc/grub/mac/$net_default_mac.cfg" in lines
+    assert "linux $fc/bootenv/vmlinuz console=ttyS0 fleetcast.server=http://10.0.0.1:8080" in lines
+    assert "initrd $fc/bootenv/initrd.img" in lines
+    assert "(http," not in text  # the signed GRUB has no http module under Secure Boot
+
+
+def test_sync_mac_configs(tmp_path: Path) -> None:
+    assert sync_mac_configs(tmp_path, {"52:54:00:00:00:01": "exit\n", "52:54:00:00:00:02": "boot\n"}) == 2
+    folder = tmp_path / "grub" / "mac"
+    assert (folder / "52:54:00:00:00:01.cfg").read_text() == "exit\n"
+    assert (folder / "52:54:00:00:00:01.cfg").stat().st_mode & 0o777 == 0o644
+    assert sync_mac_configs(tmp_path, {"52:54:00:00:00:01": "exit\n", "52:54:00:00:00:02": "boot\n"}) == 0
+    assert sync_mac_configs(tmp_path, {"52:54:00:00:00:01": "boot\n"}) == 2
+    assert sorted(p.name for p in folder.iterdir()) == ["52:54:00:00:00:01.cfg"]
