@@ -288,8 +288,11 @@ def test_capture_survives_kill_gc_and_link_cut(lab: FleetLab, golden: Path, tmp_
     rx1 = rx_bytes(lab)
     cli = lab.cli_spawn(*_args(lab, "faulty", "--wait", "--json"), log=tmp_path / "capture.err")
     try:
-        view = _wait("the capture to start", lambda: (lab.get("/api/captures")["captures"] or [None])[0])
-        cid = view["capture"]
+
+        def started() -> Any:
+            return next((c for c in lab.get("/api/captures")["captures"] if c["image"] == "faulty"), None)
+
+        cid = _wait("the capture to start", started)["capture"]
 
         def sent() -> int:
             return int(lab.get(f"/api/captures/{cid}")["bytes_sent"])
