@@ -23,7 +23,7 @@ import ipaddress
 import logging
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 from xml.parsers import expat
@@ -34,7 +34,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from fleetcast.errors import UsageError
 from fleetcast.protocol import MAX_DNS
 from fleetcast.server.db import Base
-from fleetcast.server.plan import Assignment, Network, PlanClient, normalize_mac, render_names
+from fleetcast.server.plan import HOSTNAME_MAX, Assignment, Network, PlanClient, normalize_mac
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,8 @@ MAX_IP_LIST = 1 << 20  # bytes of CSV text
 MAX_UNATTEND = 256 * 1024
 DRIVER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 UNATTEND_MODES = ("auto", "none")
+# a computer name in the list is literal text (no {n} pattern), the same rule as plan.render_names
+COMPUTER_NAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?")
 
 
 class OptionsRow(Base):
@@ -59,6 +61,7 @@ class ListEntry:
     mac: str
     name: str | None
     ip: str  # CIDR
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -145,14 +148,16 @@ def parse_ip_list(text: str) -> list[ListEntry]:
         address = str(iface.ip)
         if address in ips:
             raise UsageError(f"{where}: address {address} is already given to line {ips[address]}")
-        if name:
-            try:
-                render_names(name, 1)
-            except UsageError as exc:
-                raise UsageError(f"{where}: computer name {name!r} is not valid", hint=exc.hint) from exc
+        if name and (not COMPUTER_NAME_RE.fullmatch(name) or len(name) > HOSTNAME_MAX):
+            raise UsageError(
+                f"{where}: computer name {name!r} is not valid",
+                hint="use letters, digits and '-', at most 63 characters, not starting or ending with '-'",
+            )
         macs[mac] = number
         ips[address] = number
-        entries.append(ListEntry(number, mac, name or None, f"{iface.ip}/{iface.network.prefixlen}"))
+        entries.append(
+            ListEntry(number, mac, name or None, f"{iface.ip}/{iface.network.prefixlen}", iface.network)
+        )
     if not entries:
         raise UsageError("the IP list is empty", hint="one line per client: MAC,NAME,IP/PREFIX")
     return entries
@@ -173,6 +178,7 @@ def apply_ip_list(
     """The plan's assignments with each client's address (and name, when the line has one) from
     the list. Every client must have a line; the gateway must be in each address's network."""
     by_mac = {e.mac: e for e in entries}
+    gw = ipaddress.ip_address(gateway) if gateway else None
     out: list[Assignment] = []
     for a in assignments:
         entry = by_mac.get(a.mac)
@@ -181,21 +187,21 @@ def apply_ip_list(
                 f"client {a.mac} (number {a.n}) has no line in the IP list",
                 hint="add a line MAC,NAME,IP for it, or leave it out of the deployment",
             )
-        if gateway:
-            iface = ipaddress.ip_interface(entry.ip)
-            gw = ipaddress.ip_address(gateway)
-            if gw not in iface.network:
+        if gw is not None:
+            network = entry.network or ipaddress.ip_interface(entry.ip).network
+            if gw not in network:
                 raise UsageError(
-                    f"IP list line {entry.line}: gateway {gw} is not in the network {iface.network} "
-                    f"of {entry.ip}"
+                    f"IP list line {entry.line}: gateway {gw} is not in the network {network} of {entry.ip}"
                 )
-            if gw == iface.ip:
+            if str(gw) == entry.ip.split("/", 1)[0]:
                 raise UsageError(f"IP list line {entry.line}: {entry.ip} is the gateway's address")
         out.append(Assignment(a.n, a.client_id, a.mac, entry.name or a.name, entry.ip))
-    names = [a.name for a in out if a.name]
-    for name in names:
-        if names.count(name) > 1:
-            raise UsageError(f"the computer name {name!r} is given to more than one client")
+    seen: set[str] = set()
+    for a in out:
+        if a.name and a.name in seen:
+            raise UsageError(f"the computer name {a.name!r} is given to more than one client")
+        if a.name:
+            seen.add(a.name)
     return out
 
 

@@ -65,6 +65,7 @@ def test_ip_list_lines_header_comments_and_names() -> None:
             "and cannot identify a machine",
         ),
         (f"{A},-bad-,10.0.0.5/24", "IP list line 1: computer name '-bad-' is not valid"),
+        (f"{A},PC-{{n}},10.0.0.5/24", "IP list line 1: computer name 'PC-{n}' is not valid"),  # no pattern
     ],
 )
 def test_ip_list_refusals(text: str, message: str) -> None:
