@@ -21,6 +21,7 @@ from fleetcast.server.images import ImageCatalog
 from fleetcast.server.limits import BodyLimit
 from fleetcast.server.orchestrator import Orchestrator
 from fleetcast.server.settings import ServerSettings
+from fleetcast.server.sidaudit import router as sidaudit_router
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +118,7 @@ def create_app(settings: ServerSettings, *, catalog: ImageCatalog | None = None)
     app.include_router(capture.admin_router)  # network capture (issue 11)
     app.include_router(capture.agent_router)
     app.include_router(personalize.router)  # personalize-only deployments (issue 13)
+    app.include_router(sidaudit_router)  # GET /api/audit/sids (issue 13)
     mcast = multicast.install(app, orch, settings.data_dir)  # sessions + their routes (docs/multicast.md)
     from fleetcast.server import boot
 

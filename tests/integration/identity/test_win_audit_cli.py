@@ -76,6 +76,8 @@ def test_audit_lists_shared_sids_until_they_differ(tmp_path: Any) -> None:
              "error": "SAM is not a registry hive"}
         ]  # fmt: skip
 
+        assert server.get("/api/audit/sids") == report  # the API gives the CLI's answer
+
         rc, text = _audit(server)
         assert rc == 1
         assert text.splitlines() == [
