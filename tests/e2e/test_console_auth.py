@@ -274,3 +274,16 @@ def test_sign_in_roles_sessions_and_refusals(tmp_path: Path) -> None:
             db.execute("UPDATE console_sessions SET expires_at = '2000-01-01 00:00:00.000000'")
         db.close()
         page.wait_for_url("**/signin?expired=1", timeout=10_000)  # the deployment page has no timer
+
+        # ... and an open stream does not outlive its session: the server ends it (checked every 10 s
+        # at the latest keepalive), the browser's reconnect is refused, the page goes to sign-in
+        page.unroute("**/api/events?*")
+        sign_in(page, url, "viewer1", "viewer password")
+        page.wait_for_url(url + "/")
+        page.goto(f"{url}/deployments/{r.json()['deployment']}")
+        page.locator("body[data-ready]").wait_for()
+        db = sqlite3.connect(data / "fleetcast.db")
+        with db:
+            db.execute("DELETE FROM console_sessions")  # signed out elsewhere
+        db.close()
+        page.wait_for_url("**/signin?expired=1", timeout=60_000)

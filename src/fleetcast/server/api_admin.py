@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fleetcast.server.api_agent import Catalog, Orch, peer
 from fleetcast.server.events import EventBus, load_events
 from fleetcast.server.orchestrator import MAX_PAGE, ClientQuery, DeploymentRequest
-from fleetcast.server.sessions import actor, principal
+from fleetcast.server.sessions import actor, is_session, principal, until_ended
 from fleetcast.server.views import (
     AuditList,
     ClientList,
@@ -204,6 +204,8 @@ def events(
             return load_events(s, since=after, deployment_id=deployment_id)
 
     stream = bus.stream(load_since, since=since, deployment_id=deployment_id, follow=follow)
+    if is_session(request):  # a console page's stream ends with its session (sessions.until_ended)
+        stream = until_ended(stream, request)
     return StreamingResponse(
         stream,
         media_type="text/event-stream",

@@ -7,11 +7,17 @@
   token in ``X-CSRF-Token`` and must not come from another site (``Origin`` / ``Sec-Fetch-Site``).
   Viewers may not change anything.
 - The event stream is a GET: the browser's ``EventSource`` sends the cookie; no token ever goes in a URL.
+  A stream opened with a session ends when the session does (sign-out, expiry, user removed):
+  ``until_ended`` looks again at least every ``RECHECK_SECONDS`` (the stream's keepalives give it the
+  chance), so an open page does not outlive its sign-out.
 """
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
@@ -27,6 +33,7 @@ COOKIE = "fleetcast_session"
 LIFETIME = timedelta(hours=8)
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 CSRF_HEADER = "x-csrf-token"
+RECHECK_SECONDS = 10.0
 ROLE_CAN_CHANGE = ("admin", "operator")
 
 
@@ -138,3 +145,28 @@ def actor(request: Request) -> str:
     """The audit log's actor of this request (set by ``principal``)."""
     who: Principal | None = getattr(request.state, "principal", None)
     return who.name if who is not None else "admin"
+
+
+async def until_ended(
+    stream: AsyncIterator[str], request: Request, every: float = RECHECK_SECONDS
+) -> AsyncIterator[str]:
+    """``stream`` while the request's console session lasts (checked again after ``every`` seconds,
+    whenever the stream yields: events or its keepalives). Bearer-token streams are not wrapped."""
+    checked = time.monotonic()
+    try:
+        async for chunk in stream:
+            if time.monotonic() - checked >= every:
+                checked = time.monotonic()
+                if await asyncio.to_thread(session_principal, request) is None:
+                    return  # the browser reconnects, gets 401, and console.js goes to sign-in
+            yield chunk
+    finally:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()  # the bus drops its subscriber
+
+
+def is_session(request: Request) -> bool:
+    """The request was authorized by a console session (not by a bearer token)."""
+    who: Principal | None = getattr(request.state, "principal", None)
+    return who is not None and bool(who.csrf)
