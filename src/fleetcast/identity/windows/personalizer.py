@@ -321,12 +321,13 @@ def _run(root: Path, opts: Options, hives: _Hives, tx: Transaction, changes: lis
             rewritten = profiles.rewrite(uh.path, old_sid, new_sid, hives.workdir)
             if rewritten is None:
                 continue
-            data, n = rewritten
+            data, n, notes = rewritten
             rel_hive = uh.path.relative_to(root)
             user_logs = logs.find_logs(uh.path)
             if logs.state(uh.path).dirty:
                 names = ", ".join(p.name for p in user_logs)
                 changes.append(f"user hive {rel_hive}: dirty hive, transaction logs replayed ({names})")
+                changes += [f"user hive {rel_hive}: {note}" for note in notes]
             for log in user_logs:
                 tx.stage_file(log, b"")
                 changes.append(f"user hive {rel_hive}: log {log.name} emptied")

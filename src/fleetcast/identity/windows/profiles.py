@@ -59,11 +59,13 @@ def user_hives(root: Path, profiles: list[Profile], old: Sid) -> list[UserHive]:
     return out
 
 
-def rewrite(hive: Path, old: Sid, new: Sid, workdir: Path) -> tuple[bytes, int] | None:
-    """The user hive with its security descriptors rewritten (or None when nothing names ``old``).
-    A dirty hive is replayed first; one without logs raises HiveError with the way out."""
+def rewrite(hive: Path, old: Sid, new: Sid, workdir: Path) -> tuple[bytes, int, tuple[str, ...]] | None:
+    """The user hive with its security descriptors rewritten, their count and what the log replay
+    applied (or None when nothing names ``old``). A dirty hive is replayed first; one without logs
+    raises HiveError with the way out."""
     st = logs.state(hive)
-    copy, _ = logs.working_copy(st, workdir)
+    copy, replayed = logs.working_copy(st, workdir)
+    notes = logs.replay_notes(copy) if replayed else ()
     Hive(copy, label=hive)  # parses, or raises naming the hive
     work = workdir / (hive.name + ".sk")
     shutil.copyfile(copy, work)
@@ -73,7 +75,7 @@ def rewrite(hive: Path, old: Sid, new: Sid, workdir: Path) -> tuple[bytes, int] 
     Hive(work, label=hive)
     RegipyView(work)
     require_sound(work, label=hive, max_unreachable=len(fsck(copy).unreachable))
-    return work.read_bytes(), res.sk_sids_replaced
+    return work.read_bytes(), res.sk_sids_replaced, notes
 
 
 def _renamer(src: Path, dst: Path) -> Callable[[], None]:

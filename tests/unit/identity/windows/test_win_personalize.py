@@ -453,21 +453,24 @@ def test_recycle_bin_and_programdata_sid_folders_follow_the_new_sid(
 
 
 def test_dirty_user_hive_replay_and_log_emptying_are_reported(tree: TreeInfo) -> None:
-    """Issue 13 finding 7. The dirty hive with its logs is SYSTEM_B's (a real dirty hive; no dirty
-    real user hive is published), put where the profile's NTUSER.DAT is."""
+    """Issue 13 findings 2 and 7, on a real dirty user hive (format 1.5, 567/566) with a stale second
+    log, put where the profile's NTUSER.DAT is: LOG1's entries are replayed and said, LOG2 is not."""
     from tests.fixtures.windows_tree import unpack
 
     from fleetcast.identity.windows.hive import read_base_block
 
     home = tree.root / "Users" / "gold_administrator"
-    unpack("regipy/SYSTEM_B.xz", home / "NTUSER.DAT")
-    unpack("regipy/SYSTEM_B.LOG1.xz", home / "NTUSER.DAT.LOG1")
-    unpack("regipy/SYSTEM_B.LOG2.xz", home / "NTUSER.DAT.LOG2")
+    unpack("regipy/transactions_NTUSER.DAT.xz", home / "NTUSER.DAT")
+    unpack("regipy/transactions_ntuser.dat.log1.xz", home / "NTUSER.DAT.LOG1")
+    unpack("regipy/transactions_ntuser.dat.log2.xz", home / "NTUSER.DAT.LOG2")
     changes = personalize(tree.root, Options(new_sid=True, sid_seed="dirty-user"))
     rel = "Users/gold_administrator/NTUSER.DAT"
-    assert (
+    i = changes.index(
         f"user hive {rel}: dirty hive, transaction logs replayed (NTUSER.DAT.LOG1, NTUSER.DAT.LOG2)"
-        in changes
+    )
+    assert (
+        changes[i + 1]
+        == f"user hive {rel}: NTUSER.DAT.LOG1: entries 566-588 applied (end of file at offset 1126400)"
     )
     assert f"user hive {rel}: log NTUSER.DAT.LOG1 emptied" in changes
     assert (home / "NTUSER.DAT.LOG2").stat().st_size == 0
