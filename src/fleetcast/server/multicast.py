@@ -56,6 +56,7 @@ STANDS_OUT = 0.6  # a receiver is the slow one when it received at most this sha
 GROUP_BASE = "239.255.42."
 PORT_BASE = 9000
 TICK = 0.25
+RESULT_KEYS = ("transport", "packs_multicast", "packs_repaired", "outcome", "foreign_frames")
 
 
 @dataclass(frozen=True)
@@ -304,11 +305,12 @@ class MulticastManager:
                 del member.rx[:-64]
             member.packs = body.packs
             if body.done is not None:
-                member.result = body.done
+                done = {k: body.done[k] for k in RESULT_KEYS if k in body.done}  # an agent names no others
+                member.result = done
                 if member.state == "joined":
                     member.state = "left"
                 self._event_target(
-                    "client-transport", session.deployment_id, member, session_id=session.id, **body.done
+                    "client-transport", session.deployment_id, member, session_id=session.id, **done
                 )
             return self._reply(session, member)
 
