@@ -28,8 +28,11 @@ fresh checksum; ``fsck`` and the readers check it before anything is built on it
 
 from __future__ import annotations
 
+import array
 import hashlib
+import itertools
 import struct
+import sys
 from dataclasses import dataclass, field
 
 from fleetcast.errors import HiveError
@@ -48,23 +51,27 @@ _M32 = 0xFFFFFFFF
 
 def marvin32(data: bytes, seed: int = MARVIN_SEED) -> int:
     """The Marvin32 hash (as .NET and the registry's log entries compute it). The tail (0-3 bytes
-    and the 0x80 end marker) is one last word, followed by a zero word: the two final mixing rounds."""
-    lo, hi = seed & _M32, seed >> 32
+    and the 0x80 end marker) is one last word, followed by a zero word: the two final mixing rounds.
+    Pure Python, about 1-2 MB/s (the mask is a local: a global lookup per step costs a third more)."""
+    m = _M32
+    lo, hi = seed & m, seed >> 32
     end = len(data) - len(data) % 4
     rest = data[end:]
+    words = array.array("I")
+    words.frombytes(data[:end])
+    if sys.byteorder != "little":
+        words.byteswap()
     tail = (0x80 << (8 * len(rest))) | int.from_bytes(rest, "little")
-    words = [v for (v,) in struct.iter_unpack("<I", data[:end])]
-    words += [tail, 0]
-    for v in words:
-        lo = (lo + v) & _M32
+    for v in itertools.chain(words, (tail, 0)):
+        lo = (lo + v) & m
         hi ^= lo
-        lo = ((lo << 20) | (lo >> 12)) & _M32
-        lo = (lo + hi) & _M32
-        hi = ((hi << 9) | (hi >> 23)) & _M32
+        lo = ((lo << 20) | (lo >> 12)) & m
+        lo = (lo + hi) & m
+        hi = ((hi << 9) | (hi >> 23)) & m
         hi ^= lo
-        lo = ((lo << 27) | (lo >> 5)) & _M32
-        lo = (lo + hi) & _M32
-        hi = ((hi << 19) | (hi >> 13)) & _M32
+        lo = ((lo << 27) | (lo >> 5)) & m
+        lo = (lo + hi) & m
+        hi = ((hi << 19) | (hi >> 13)) & m
     return (hi << 32) | lo
 
 
