@@ -147,6 +147,7 @@ async def run_load(
     async def agent(i: int) -> None:
         conn = Conn(host, port)
         body = json.dumps({"enroll_token": enroll, "inventory": inventory(i)}).encode()
+        status, answer = 0, b""
         async with sem:
             for attempt in range(5):
                 try:
@@ -157,12 +158,15 @@ async def run_load(
                 except NETWORK_ERRORS as exc:
                     run.error(f"enroll {type(exc).__name__}")
                 if attempt == 4:
-                    return
-        credential = json.loads(answer)["credential"]
-        raw = build("POST", "/api/agent/heartbeat", credential, b'{"task_id":null}')
-        count[0] += 1
+                    break
+        count[0] += 1  # enrolled or given up: the window must not wait for it
         if count[0] == agents:
             enrolled.set()
+        if status != 200:
+            count[1] += 1
+            return
+        credential = json.loads(answer)["credential"]
+        raw = build("POST", "/api/agent/heartbeat", credential, b'{"task_id":null}')
         await asyncio.sleep(random.uniform(0, interval))
         first = True
         while time.monotonic() < run.end:

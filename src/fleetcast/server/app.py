@@ -17,6 +17,7 @@ from fleetcast.server import api_admin, api_agent, capture, console, multicast, 
 from fleetcast.server.auth import Tokens
 from fleetcast.server.db import Database, redact
 from fleetcast.server.events import EventBus
+from fleetcast.server.fastlane import FastLane
 from fleetcast.server.images import ImageCatalog
 from fleetcast.server.limits import BodyLimit
 from fleetcast.server.orchestrator import Orchestrator
@@ -107,6 +108,7 @@ def create_app(settings: ServerSettings, *, catalog: ImageCatalog | None = None)
     app.state.orchestrator = orch
     problems.install(app)
     app.add_middleware(BodyLimit)
+    app.add_middleware(FastLane)  # outermost: an idle heartbeat is answered before the framework
 
     @app.get("/api/health", tags=["meta"])
     def health() -> dict[str, Any]:

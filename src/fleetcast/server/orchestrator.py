@@ -259,6 +259,7 @@ class Orchestrator:
             )  # fmt: skip
         from fleetcast.server import multicast as mc
 
+        planner.check_assignments(assignments, network, info.os_hint)  # whatever gave names and IPs
         opts = mc.MulticastOptions.from_dict(request.multicast)
         mc.check_options(request.transport, opts)
         transport, why = mc.resolve_transport(
@@ -517,6 +518,7 @@ class Orchestrator:
             boot_mac = planner.normalize_mac(boot)
             macs = [boot_mac, *(m for m in macs if m != boot_mac)]
         new_credential = new_secret()
+        generation = self.presence.credentials_generation
         with self._tx() as s:
             client = s.scalars(select(Client).where(Client.mac == macs[0])).first()
             others = set(s.scalars(select(Client.mac).where(Client.mac.in_(macs[1:]))))
@@ -558,7 +560,12 @@ class Orchestrator:
                 again=again,
             )
             logger.info("client %s (%s) enrolled from %s", client.mac, client.id, address)
-            return client.id, credential
+            client_id = client.id
+        # committed: its heartbeats may take the fast path at once (a re-enrollment changed a
+        # credential, so the generation moved and this is dropped: the first heartbeat looks it up)
+        self.presence.remember(hash_credential(credential), client_id, generation)
+        self.presence.online(client_id)
+        return client_id, credential
 
     def authenticate(self, credential: str) -> int:
         from fleetcast.server.auth import AuthError

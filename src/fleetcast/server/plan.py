@@ -11,10 +11,10 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from fleetcast.errors import ClientNotFound, UsageError
+from fleetcast.errors import ClientNotFound, FleetcastError, UsageError
 from fleetcast.protocol import MAX_DNS, THEN_ACTIONS
 
 logger = logging.getLogger(__name__)
@@ -219,6 +219,7 @@ def allocate_ips(ip_range: str | None, count: int, gateway: str | None, dns: Seq
         raise UsageError(f"IP range {ip_range!r} is not valid: expected {_EXAMPLE_RANGE}") from exc
     net, start = iface.network, iface.ip
     v4 = isinstance(start, ipaddress.IPv4Address)
+    check_network(text, net, start)
     if v4 and net.prefixlen > 30:
         raise UsageError(f"IP range {text}: prefix /{net.prefixlen} is too long, expected /30 or shorter")
     if v4 and start == net.network_address:
@@ -250,6 +251,90 @@ def allocate_ips(ip_range: str | None, count: int, gateway: str | None, dns: Seq
             )
         gw = str(gw_addr)
     return Network(tuple(f"{a}/{net.prefixlen}" for a in addresses), gw, dns_servers)
+
+
+_THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")
+
+
+def check_network(
+    text: str,
+    net: ipaddress.IPv4Network | ipaddress.IPv6Network,
+    start: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> None:
+    """Refuse ranges no machine can be given statically (issue 12 item 12): the zone of a scoped
+    address would be lost, and ``::/0``, multicast, loopback, "this network", link-local and
+    reserved ranges are not a LAN's addresses."""
+    zone = text.partition("%")[2].partition("/")[0] or (
+        start.scope_id if isinstance(start, ipaddress.IPv6Address) else None
+    )
+    if zone:
+        raise UsageError(
+            f"IP range {text} has a zone (%{zone}); a static address is set without one",
+            hint="give the address without %ZONE, and not a link-local (fe80::/10) one",
+        )
+    if net.prefixlen == 0:
+        raise UsageError(f"IP range {text} is the whole address space (/0): give the LAN's prefix")
+    kinds = (
+        ("a multicast", net.is_multicast),
+        ("the loopback", net.is_loopback),
+        ("a link-local", net.is_link_local),
+        ("the unspecified", net.is_unspecified),
+        ('the "this network"', isinstance(net, ipaddress.IPv4Network) and net.subnet_of(_THIS_NETWORK)),
+        ("a reserved", net.is_reserved),
+    )
+    for kind, found in kinds:
+        if found:
+            raise UsageError(
+                f"IP range {text} is in {kind} range ({net}); clients cannot be given those addresses",
+                hint=f"give an address of the clients' LAN, e.g. {_EXAMPLE_RANGE}",
+            )
+
+
+def check_assignments(assignments: Sequence[Assignment], network: Network, os_hint: str | None) -> None:
+    """The final plan, whatever gave its names and addresses (pattern, IP list, registrations):
+    every name passes the image's own personalizer check (what the agent would refuse after the
+    disk is written), no address twice, every address a usable one."""
+    check = _name_check(os_hint)
+    seen_ips: dict[str, str] = {}
+    for a in assignments:
+        if a.name is not None:
+            try:
+                check(a.name)
+            except FleetcastError as exc:
+                raise UsageError(
+                    f"client {a.mac} would be named {a.name!r}, which the image's personalizer refuses: "
+                    f"{exc.message}",
+                    hint=exc.hint,
+                ) from exc
+        if a.ip is not None:
+            address = a.ip.partition("/")[0]
+            if address in seen_ips:
+                raise UsageError(
+                    f"clients {seen_ips[address]} and {a.mac} would both get the address {address}"
+                )
+            seen_ips[address] = a.mac
+            try:
+                iface = ipaddress.ip_interface(a.ip)
+            except ValueError as exc:
+                raise UsageError(
+                    f"client {a.mac} would get {a.ip!r}, which is not an address/prefix"
+                ) from exc
+            check_network(a.ip, iface.network, iface.ip)
+    for dns in network.dns:
+        addr = ipaddress.ip_address(dns)
+        if addr.is_multicast or addr.is_unspecified or addr.is_reserved:
+            raise UsageError(f"DNS server {dns} is not a usable address")
+
+
+def _name_check(os_hint: str | None) -> Callable[[str], object]:
+    """The computer-name check of the image's personalizer (lazily imported: identity code)."""
+    if os_hint == "windows":
+        from fleetcast.identity.windows.system import check_name
+
+        return check_name
+    from fleetcast.identity.linux.personalizer import check_hostname
+
+    return check_hostname
 
 
 def check_batch(batch: int) -> int:

@@ -71,13 +71,15 @@ class Presence:
     # ---- change tracking (SQLAlchemy session events, in whatever thread commits) ----------------
 
     def _after_flush(self, session: Session, _context: Any) -> None:
-        """Note what the commit will change: a target's state (new, deleted, or ``state`` set), a
-        client's credential (set, cleared, or the client deleted)."""
+        """Note what the commit will change: a target's state (new, deleted, or ``state`` set), an
+        existing client's credential (replaced, cleared, or the client deleted). A new client
+        retires no credential: enrollments of new machines leave the cache alone."""
         touched = session.info.setdefault("fleetcast_presence", set())
         for obj in (*session.new, *session.deleted):
             if isinstance(obj, Target):
                 touched.add(-1)
-            elif isinstance(obj, Client) and obj.id is not None:
+        for obj in session.deleted:
+            if isinstance(obj, Client) and obj.id is not None:
                 touched.add(obj.id)
         for obj in session.dirty:
             if isinstance(obj, Target) and _changed(obj, "state"):

@@ -331,3 +331,24 @@ def test_a_retried_enrollment_whose_answer_was_lost_gets_the_same_credential(ser
     assert first.status_code == again.status_code == 200
     assert first.json() == again.json()
     assert first.json()["credential"] != old
+
+
+def test_plan_refuses_an_all_digit_windows_name_before_any_disk_is_written(server: Server) -> None:
+    """Issue 12 item 12: '{n}' for a Windows image used to pass the plan and fail on the agent."""
+    server.agent("52:54:00:00:00:01")
+    server.catalog.os_hint = "windows"
+    body = {"image": "golden", "clients": "all", "disk": "0", "name": "{n}"}
+    r = server.http.post(
+        "/api/deployments/plan", json=body, headers={"Authorization": f"Bearer {server.admin}"}
+    )
+    assert r.status_code == 400
+    assert r.json()["message"] == (
+        "client 52:54:00:00:00:01 would be named '1', which the image's personalizer refuses: "
+        "computer name '1' is all digits; Windows needs at least one letter or hyphen"
+    )
+    body["name"] = "PC{n}"
+    r = server.http.post(
+        "/api/deployments/plan", json=body, headers={"Authorization": f"Bearer {server.admin}"}
+    )
+    assert r.status_code == 200
+    assert r.json()["clients"][0]["name"] == "PC1"

@@ -6,8 +6,11 @@ import pytest
 
 from fleetcast.errors import ClientNotFound, UsageError
 from fleetcast.server.plan import (
+    Assignment,
+    Network,
     PlanClient,
     allocate_ips,
+    check_assignments,
     make_plan,
     normalize_mac,
     parse_clients,
@@ -206,3 +209,109 @@ def test_make_plan_pairs_names_and_addresses_in_order() -> None:
     ]
     plain, _ = make_plan(clients, name_pattern=None, ip_range=None, gateway=None, dns=[])
     assert [(a.name, a.ip) for a in plain] == [(None, None)] * 3
+
+
+@pytest.mark.parametrize(
+    ("ip", "message"),
+    [
+        ("::/0", "IP range ::/0 is the whole address space (/0): give the LAN's prefix"),
+        ("0.0.0.0/0", "IP range 0.0.0.0/0 is the whole address space (/0): give the LAN's prefix"),
+        (
+            "224.0.0.1/24",
+            "IP range 224.0.0.1/24 is in a multicast range (224.0.0.0/24); clients cannot be given those "
+            "addresses",
+        ),
+        (
+            "127.0.0.2/8",
+            "IP range 127.0.0.2/8 is in the loopback range (127.0.0.0/8); clients cannot be given those "
+            "addresses",
+        ),
+        (
+            "0.0.0.1/8",
+            'IP range 0.0.0.1/8 is in the "this network" range (0.0.0.0/8); clients cannot be given those '
+            "addresses",
+        ),
+        (
+            "169.254.0.10/16",
+            "IP range 169.254.0.10/16 is in a link-local range (169.254.0.0/16); clients cannot be given "
+            "those addresses",
+        ),
+        (
+            "fe80::1%eth0/64",
+            "IP range fe80::1%eth0/64 has a zone (%eth0); a static address is set without one",
+        ),
+        (
+            "fe80::10/64",
+            "IP range fe80::10/64 is in a link-local range (fe80::/64); clients cannot be given those "
+            "addresses",
+        ),
+        (
+            "240.0.0.1/24",
+            "IP range 240.0.0.1/24 is in a reserved range (240.0.0.0/24); clients cannot be given those "
+            "addresses",
+        ),
+        (
+            "ff02::1/64",
+            "IP range ff02::1/64 is in a multicast range (ff02::/64); clients cannot be given those "
+            "addresses",
+        ),
+    ],
+)
+def test_unusable_ranges_are_refused(ip: str, message: str) -> None:
+    with pytest.raises(UsageError) as info:
+        allocate_ips(ip, 2, None, [])
+    assert str(info.value) == message
+
+
+def test_usable_ranges_pass() -> None:
+    assert allocate_ips("2001:db8::10/64", 2, None, []).addresses == ("2001:db8::10/64", "2001:db8::11/64")
+    assert allocate_ips("192.168.1.10/24", 1, "192.168.1.1", []).addresses == ("192.168.1.10/24",)
+
+
+@pytest.mark.parametrize(
+    ("os_hint", "name", "message"),
+    [
+        (
+            "windows",
+            "1234",
+            "client 52:54:00:00:00:01 would be named '1234', which the image's personalizer refuses: "
+            "computer name '1234' is all digits; Windows needs at least one letter or hyphen",
+        ),
+        (
+            "windows",
+            "LAB_1",
+            "client 52:54:00:00:00:01 would be named 'LAB_1', which the image's personalizer refuses: "
+            "computer name 'LAB_1' contains characters Windows does not allow: '_'",
+        ),
+        (
+            "linux",
+            "-lab",
+            "client 52:54:00:00:00:01 would be named '-lab', which the image's personalizer refuses: "
+            "computer name '-lab' is not a valid host name",
+        ),
+    ],
+)
+def test_names_the_personalizer_refuses(os_hint: str, name: str, message: str) -> None:
+    a = Assignment(1, 1, "52:54:00:00:00:01", name, None)
+    with pytest.raises(UsageError) as info:
+        check_assignments([a], Network((), None, ()), os_hint)
+    assert str(info.value) == message
+
+
+def test_duplicate_and_unusable_addresses_in_the_final_plan() -> None:
+    a = Assignment(1, 1, "52:54:00:00:00:01", "a", "10.0.0.5/24")
+    b = Assignment(2, 2, "52:54:00:00:00:02", "b", "10.0.0.5/24")
+    with pytest.raises(UsageError) as info:
+        check_assignments([a, b], Network((), None, ()), "linux")
+    assert (
+        str(info.value)
+        == "clients 52:54:00:00:00:01 and 52:54:00:00:00:02 would both get the address 10.0.0.5"
+    )
+    c = Assignment(3, 3, "52:54:00:00:00:03", "c", "127.0.0.5/8")
+    with pytest.raises(UsageError) as info:
+        check_assignments([a, c], Network((), None, ()), "linux")
+    assert str(info.value).startswith("IP range 127.0.0.5/8 is in the loopback range")
+    with pytest.raises(UsageError) as info:
+        check_assignments([a], Network((), None, ("224.0.0.251",)), "linux")
+    assert str(info.value) == "DNS server 224.0.0.251 is not a usable address"
+    check_assignments([a], Network((), None, ("10.0.0.1",)), "windows")

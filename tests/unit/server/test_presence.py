@@ -13,6 +13,7 @@ from sqlalchemy import event, select, update
 
 from fleetcast.server.auth import hash_credential
 from fleetcast.server.db import Client, utcnow
+from fleetcast.server.fastlane import FastLane
 from fleetcast.server.orchestrator import Orchestrator
 
 
@@ -167,3 +168,37 @@ def test_credentials_are_read_whole_and_a_stale_read_is_dropped(server: Server) 
     assert p.client_for(hash_credential(b.credential)) is None
     p.remember(hash_credential(b.credential), b.client_id, generation)  # a lookup from before the revoke
     assert p.client_for(hash_credential(b.credential)) is None
+
+
+def fast_lane(server: Server) -> FastLane:
+    layer: Any = server.http.app.middleware_stack  # built by the first request
+    while not isinstance(layer, FastLane):
+        layer = layer.app
+    return layer
+
+
+def test_fast_lane_answers_idle_heartbeats_and_passes_the_rest(server: Server) -> None:
+    a = server.agent("52:54:00:00:00:01")
+    warm(server, a)
+    lane = fast_lane(server)
+    before = lane.answered
+    assert a.heartbeat() == {"task": None, "cancel": False, "interval": 0.5}
+    assert lane.answered == before + 1
+    # refused bodies reach the route and get its answers, unchanged
+    r = server.http.post("/api/agent/heartbeat", json={"task_id": "1"}, headers=a.headers)
+    assert r.status_code == 422
+    assert r.json()["error"] == "ValidationError"
+    assert "task_id" in r.json()["message"]
+    r = server.http.post("/api/agent/heartbeat", content=b"{", headers=a.headers)
+    assert r.status_code == 422
+    r = server.http.post(
+        "/api/agent/heartbeat", json={"task_id": None}, headers={"Authorization": "Bearer x"}
+    )
+    assert r.status_code == 401
+    r = server.http.post("/api/agent/heartbeat", json={"task_id": None, "extra": 1}, headers=a.headers)
+    assert r.status_code == 422
+    assert lane.answered == before + 1
+    server.deploy()
+    task = a.heartbeat()["task"]  # busy now: the full path hands out the task
+    assert task is not None
+    assert lane.answered == before + 1
