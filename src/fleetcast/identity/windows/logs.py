@@ -45,10 +45,19 @@ class HiveState:
 
     @property
     def dirty(self) -> bool:
-        return self.base.dirty
+        """Sequence numbers that differ, or a base block whose checksum is wrong (the format's rule:
+        Windows then takes the base block from a log)."""
+        return self.base.dirty or not self.base.checksum_ok
+
+    def why_dirty(self) -> str:
+        if not self.base.checksum_ok:
+            return "its base block checksum is wrong"
+        return f"sequence numbers {self.base.seq1} and {self.base.seq2} differ"
 
     def describe(self) -> str:
         state = "dirty" if self.dirty else "clean"
+        if not self.base.checksum_ok:
+            state += ", base block checksum wrong"
         logs = ", ".join(p.name for p in self.logs) or "no logs"
         return f"{self.path.name}: {state} (sequence {self.base.seq1}/{self.base.seq2}; {logs})"
 
@@ -89,6 +98,8 @@ def usable_logs(st: HiveState) -> tuple[list[Path], list[str]]:
         seq = _log_seq(log)
         if seq < 0:
             warnings_.append(f"warning: {log.name} ignored: it has no 'regf' base block")
+        elif not st.base.checksum_ok:
+            keep.append(log)  # the hive's name and numbers are not to be trusted: replay.py decides
         elif st.base.name and _log_name(log).lower() != _base_name(st.base.name).lower():
             warnings_.append(
                 f"warning: {log.name} ignored: it is the log of hive {_log_name(log)!r}, "
@@ -121,8 +132,7 @@ def replay(st: HiveState, workdir: Path) -> Path:
             + ")"
         )
         raise HiveError(
-            f"hive {hive} is dirty (sequence numbers {st.base.seq1} and {st.base.seq2} differ) and its "
-            f"transaction logs (.LOG1/.LOG2) {why}",
+            f"hive {hive} is dirty ({st.why_dirty()}) and its transaction logs (.LOG1/.LOG2) {why}",
             hint="boot this Windows once and shut it down completely (shutdown /s /t 0, Fast Startup off), "
             "or copy the hive's .LOG1/.LOG2 files beside it, then retry",
         )

@@ -354,6 +354,8 @@ def _replay_old(hive: bytes, primary: Base, logs: list[Log], notes: list[str]) -
             raise HiveError(f"{lg.name}: dirty page at {p_off} lies beyond the hive bins data ({hbins})")
         out[BASE_BLOCK_SIZE + p_off : BASE_BLOCK_SIZE + p_off + PAGE] = lg.data[l_off : l_off + PAGE]
     notes.append(f"{lg.name}: {len(dirty)} dirty page(s) applied (old format)")
+    if not primary.checksum_ok:
+        notes.append(f"the hive's base block checksum is wrong: its base block is taken from {lg.name}")
     base_from = hive if primary.checksum_ok else lg.data[:LOG_BASE_SIZE]
     seq = primary.seq1 if primary.checksum_ok else lg.base.seq1
     return Replayed(_finish(out, base_from, seq, hbins), (lg.name,), 0, len(dirty), seq, tuple(notes))

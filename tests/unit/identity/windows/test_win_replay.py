@@ -263,3 +263,39 @@ def test_dirty_usrclass_whose_logs_continue_each_other(tmp_path: Path) -> None:
     result = fsck(copy)
     assert (result.keys, result.unreachable, result.errors) == (6238, [], [])
     assert dissect_keys(copy) == 6238
+
+
+def test_a_damaged_base_block_is_taken_from_the_log(tmp_path: Path) -> None:
+    """yarp's BadBaseBlockHive: the hive's base block has a wrong checksum (and a bogus version), so
+    the hive is dirty whatever its sequence numbers say; its old-format log brings the base block
+    back (as Windows does), and the hive reads whole."""
+    for name in ("BadBaseBlockHive", "BadBaseBlockHive.LOG1"):
+        (tmp_path / name).write_bytes(_raw(f"yarp/BadBaseBlockHive-{name}.xz"))
+    st = logs.state(tmp_path / "BadBaseBlockHive")
+    assert st.dirty and not st.base.checksum_ok
+    assert st.describe() == (
+        "BadBaseBlockHive: dirty, base block checksum wrong (sequence 5/4; BadBaseBlockHive.LOG1)"
+    )
+    work = tmp_path / "work"
+    work.mkdir()
+    copy = logs.replay(st, work)
+    assert logs.replay_notes(copy) == (
+        "BadBaseBlockHive.LOG1: 64 dirty page(s) applied (old format)",
+        "the hive's base block checksum is wrong: its base block is taken from BadBaseBlockHive.LOG1",
+    )
+    data = copy.read_bytes()
+    assert struct.unpack_from("<II", data, 20) == (1, 3)  # the version the log's base block holds
+    result = fsck(copy)
+    assert (result.keys, result.errors, result.unreachable) == (5003, [], [])
+    assert Registry.Registry(str(copy)).open("key_with_many_subkeys") is not None
+
+
+def test_a_damaged_base_block_without_logs_is_refused(tmp_path: Path) -> None:
+    hive = tmp_path / "SOFTWARE"
+    hive.write_bytes(_raw("yarp/BadBaseBlockHive-BadBaseBlockHive.xz"))
+    with pytest.raises(HiveError) as exc:
+        logs.working_copy(logs.state(hive), tmp_path)
+    assert str(exc.value) == (
+        f"hive {hive} is dirty (its base block checksum is wrong) and its transaction logs (.LOG1/.LOG2) "
+        "are missing"
+    )
