@@ -133,6 +133,13 @@ class _OvmfProfile(FirmwareProfile):
 class UefiProfile(_OvmfProfile):
     kind = Firmware.UEFI
 
+    def args(self, workdir: Path) -> list[str]:
+        # The NIC's iPXE ROM brings its own network stack. Without edk2's, OVMF offers no PXE/HTTP boot
+        # options of its own: when iPXE exits (the server says "boot your disk") the boot manager goes on
+        # to the disk. (An edk2 PXE option would run snponly.efi, whose exit returns EFI_SUCCESS, and
+        # edk2 then stops at its setup menu instead of trying the next option.)
+        return [*super().args(workdir), *_fw_cfg(IPv4Support="no", IPv6Support="no")]
+
 
 class SecureBootProfile(_OvmfProfile):
     kind = Firmware.SECUREBOOT
@@ -142,7 +149,18 @@ class SecureBootProfile(_OvmfProfile):
     nic_rom = False  # OVMF's own network stack: an unsigned iPXE ROM is refused with Secure Boot on
 
     def args(self, workdir: Path) -> list[str]:
-        return [*super().args(workdir), "-global", "driver=cfi.pflash01,property=secure,value=on"]
+        secure = ["-global", "driver=cfi.pflash01,property=secure,value=on"]
+        # PXE over IPv4 only: no IPv6 PXE/HTTP boot options to time out before the disk
+        return [*super().args(workdir), *secure, *_fw_cfg(IPv6Support="no")]
+
+
+def _fw_cfg(**knobs: str) -> list[str]:
+    """OVMF's runtime switches (edk2's OvmfPkg/RUNTIME_CONFIG.md):
+    ``-fw_cfg name=opt/org.tianocore/KEY,string=VALUE``."""
+    out = []
+    for key, value in knobs.items():
+        out += ["-fw_cfg", f"name=opt/org.tianocore/{key},string={value}"]
+    return out
 
 
 def profile(firmware: Firmware) -> FirmwareProfile:
