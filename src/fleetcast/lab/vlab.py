@@ -319,8 +319,12 @@ def up(
     start: bool = True,
     progress: Callable[[str], None] | None = None,
     server_timeout: float = 120.0,
+    bootenv: Path | None = None,
 ) -> LabState:
-    """Build the lab and power on its machines (``start=False``: machines made but off)."""
+    """Build the lab and power on its machines (``start=False``: machines made but off).
+    ``bootenv``: a folder with ``vmlinuz`` + ``initrd.img`` that machines boot instead of fleetcast's
+    boot environment (bench/lab.py boots Debian's installer this way); the golden image is then not
+    prepared."""
     from fleetcast.lab.qemu import resolve_accel
 
     kinds = parse_firmware(firmware, clients)
@@ -339,7 +343,10 @@ def up(
             f"a lab is already up in {state_dir}",
             hint="'fleetcast lab status', or 'fleetcast lab down' first",
         )
-    bootenv, store = ensure_inputs(progress)
+    if bootenv is None:
+        bootenv, store = ensure_inputs(progress)
+    else:
+        store = state_dir / "store"
     state_dir.mkdir(parents=True, exist_ok=True)
     state_dir.chmod(0o700)
     state = LabState(
@@ -459,6 +466,8 @@ def down(state_dir: Path = DEFAULT_STATE) -> list[str]:
             ["ip", "netns", "pids", state.netns], capture_output=True, text=True, check=False
         )
         for word in leftover.stdout.split():
+            if not pid_alive(int(word), ""):  # a zombie waiting for its parent
+                continue
             logger.warning("process %s still in namespace %s after down: ending it", word, state.netns)
             stop_pid(int(word), "")
         try:
