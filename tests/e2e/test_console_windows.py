@@ -90,12 +90,18 @@ def test_wizard_windows_options_reach_the_disk(windows_lab: tuple[FleetLab, str]
                 )
                 page.get_by_label("Gateway").fill("10.77.0.1")
                 expect(page.locator("#ip-preview")).to_contain_text("10.77.0.121/24")
+                page.set_viewport_size({"width": 768, "height": 1024})
+                shot(page, "windows-06-ip-list-tablet")
+                page.set_viewport_size({"width": 1366, "height": 768})
             if step == 7:
                 page.get_by_label("Reset machine IDs", exact=False).uncheck()
                 page.get_by_label("Drivers folder", exact=False).select_option("acme")
                 page.get_by_label("This one:").check()
                 page.get_by_label("unattend.xml document").fill(UNATTEND)
                 shot(page, "windows-07-options")
+                page.set_viewport_size({"width": 768, "height": 1024})  # a tablet
+                shot(page, "windows-07-options-tablet")
+                page.set_viewport_size({"width": 1366, "height": 768})
             page.get_by_role("button", name="Next").click()
             expect(page.locator(f'fieldset[data-step="{step + 1}"]')).to_be_visible()
         page.get_by_label("Nothing").check()
