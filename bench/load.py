@@ -20,6 +20,7 @@ import asyncio
 import json
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -291,6 +292,7 @@ def main() -> int:
     if any(not 0 < c <= MAX_AGENTS for c in counts) or not 0 < args.seconds <= MAX_SECONDS:
         parser.error(f"agents 1-{MAX_AGENTS}, seconds at most {MAX_SECONDS}")
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed run still stops its server
     for n in counts:
         bench(n, args.seconds, args.interval, args.page)
     return 0
