@@ -46,7 +46,8 @@ def ipxe_script(action: BootAction, server_url: str, enroll_token: str, mac: str
     """The per-MAC iPXE script. ``initrd=initrd.img`` is on the kernel line for the EFI stub."""
     reason = REASONS[action]
     if not action.boots_environment:
-        return f"#!ipxe\necho fleetcast: {mac}: {reason}\nexit\n"
+        # edk2's boot manager goes on to the next boot option only when this one fails: exit 1 on EFI
+        return f"#!ipxe\necho fleetcast: {mac}: {reason}\niseq ${{platform}} efi && exit 1 || exit\n"
     files = f"{server_url}/boot/file"
     cmdline = kernel_cmdline(server_url, enroll_token, mac, f"initrd={INITRD}")
     return (
@@ -81,6 +82,16 @@ def tftp_device(server_url: str) -> str:
     return f"(tftp,{host})"
 
 
+# The local disk's UEFI loader (the firmware's fallback path; shim on a deployed Debian, verified by shim
+# against db with Secure Boot on); if there is none, fail so the firmware tries its next boot option.
+GRUB_LOCAL = """if search --no-floppy --file --set=fcdisk /EFI/BOOT/BOOTX64.EFI; then
+    chainloader ($fcdisk)/EFI/BOOT/BOOTX64.EFI
+    boot
+fi
+exit 1
+"""
+
+
 def grub_config(
     action: BootAction, server_url: str, enroll_token: str, mac: str, *, tftp: bool = False
 ) -> str:
@@ -89,7 +100,7 @@ def grub_config(
     loads no http module under Secure Boot); or ``exit`` to the firmware's next boot device."""
     reason = REASONS[action]
     if not action.boots_environment:
-        return f'echo "fleetcast: {mac}: {reason}"\nexit\n'
+        return f'echo "fleetcast: {mac}: {reason}"\n' + GRUB_LOCAL
     files = f"{tftp_device(server_url)}/bootenv" if tftp else f"{http_device(server_url)}/boot/file"
     cmdline = kernel_cmdline(server_url, enroll_token, mac)
     return (

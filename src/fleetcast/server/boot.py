@@ -207,7 +207,7 @@ def apply_registrations(
         if r is None:
             out.append(a)
             continue
-        name = r.name if names and r.name else a.name
+        name = r.name if names and r.name and not a.name else a.name  # an IP list's names win
         if name and len(name) > max_name_length:
             raise UsageError(
                 f"{a.mac} is registered with the name {name!r} ({len(name)} characters); this image's "

@@ -88,17 +88,18 @@ def test_unknown_machine_boots_the_environment(kit: Kit) -> None:
 def test_script_by_state(kit: Kit, state: str | None, dep_state: str, expect_exit: bool, word: str) -> None:
     kit.client_with_target(MAC, state, dep_state)
     text = kit.http.get("/boot/ipxe", params={"mac": MAC}).text
-    assert ("\nexit\n" in text) is expect_exit
+    assert ("\niseq ${platform} efi && exit 1 || exit\n" in text) is expect_exit
     assert ("kernel " in text) is not expect_exit
     assert word in text
     grub = kit.http.get("/boot/grub", params={"mac": MAC}).text
-    assert ("\nexit\n" in grub) is expect_exit
+    assert ("chainloader ($fcdisk)/EFI/BOOT/BOOTX64.EFI\n" in grub) is expect_exit
+    assert ("\nexit 1\n" in grub) is expect_exit
     if not expect_exit:
         assert "linux (http,10.0.0.1:8080)/boot/file/vmlinuz console=tty0" in grub
         assert "initrd (http,10.0.0.1:8080)/boot/file/initrd.img" in grub
     configs = boot.grub_mac_configs(kit.app.state.db, "http://10.0.0.1:8080", kit.enroll)
     assert list(configs) == [MAC]
-    assert ("\nexit\n" in configs[MAC]) is expect_exit
+    assert ("\nexit 1\n" in configs[MAC]) is expect_exit
     if not expect_exit:
         assert "linux (tftp,10.0.0.1)/bootenv/vmlinuz console=tty0" in configs[MAC]
         assert "BOOTIF=01-52-54-00-12-34-56" in configs[MAC]
@@ -203,6 +204,8 @@ def test_registered_name_and_ip_go_into_a_deployment_without_patterns(kit: Kit) 
             (None, "10.1.0.9/16"),
             (None, None),
         ]
+        listed = [Assignment(n=1, client_id=1, mac=MAC, name="LIST-1", ip="10.2.0.1/24")]  # from an IP list
+        assert boot.apply_registrations(s, listed, names=True, ips=False) == listed
         pattern = [Assignment(n=1, client_id=1, mac=MAC, name="PC-01", ip="10.9.0.1/24")]
         assert boot.apply_registrations(s, pattern, names=False, ips=False) == pattern
         with pytest.raises(Exception, match="registered with the name 'LAB-07' \\(6 characters\\)"):
