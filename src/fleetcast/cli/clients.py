@@ -1,6 +1,7 @@
 """``fleetcast clients list``: the clients the server knows (inventory, online, what they are doing);
 ``fleetcast clients revoke ID``: forget a client's credential (its agent is refused; the machine may
-enroll again, which is how an admin approves a re-enrollment);
+enroll again, which is how an admin approves a re-enrollment); ``fleetcast clients delete ID``: forget
+the client entirely (not while it is in a running deployment);
 ``fleetcast clients register MAC [--name N] [--ip IP] [--boot auto|secureboot]`` and
 ``fleetcast clients import FILE`` (CSV MAC,name,IP): machines registered before their first network boot
 (docs/boot-chain.md); ``clients registrations`` lists them, ``clients unregister MAC`` forgets one."""
@@ -32,6 +33,14 @@ def register(
     add_server_options(rv)
     rv.add_argument("client_id", type=int, metavar="ID", help="the client's id (fleetcast clients list)")
     rv.set_defaults(func=_revoke)
+    rm = cmds.add_parser(
+        "delete",
+        parents=[parent],
+        help="forget a client entirely (refused while it is in a running deployment); it enrolls anew",
+    )
+    add_server_options(rm)
+    rm.add_argument("client_id", type=int, metavar="ID", help="the client's id (fleetcast clients list)")
+    rm.set_defaults(func=_delete)
     _register_registrations(cmds, parent)
 
 
@@ -150,6 +159,16 @@ def _revoke(args: argparse.Namespace) -> int:
     with api_client(args) as api:
         c = api.post(f"/api/clients/{args.client_id}/revoke")
     print(printable(f"client {c['id']} ({c['mac']}): credential revoked; it may enroll again"))
+    return 0
+
+
+def _delete(args: argparse.Namespace) -> int:
+    from fleetcast.cli.common import printable
+    from fleetcast.cli.deploy import api_client
+
+    with api_client(args) as api:
+        c = api.delete(f"/api/clients/{args.client_id}")
+    print(printable(f"client {c['id']} ({c['mac']}, {c['hostname'] or 'no hostname'}): deleted"))
     return 0
 
 

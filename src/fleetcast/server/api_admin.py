@@ -125,6 +125,13 @@ def get_client(client_id: int, orch: Orch) -> dict[str, Any]:
     return orch.client(client_id)
 
 
+@router.delete("/clients/{client_id}", response_model=ClientView)
+def delete_client(client_id: int, request: Request, orch: Orch) -> dict[str, Any]:
+    """Forget a client: its row, credential and entries in finished deployments (409 while it is in a
+    queued or running one); the machine enrolls again as a new client. Answers the client as it was."""
+    return orch.delete_client(client_id, actor=actor(request), address=peer(request))
+
+
 @router.post("/clients/{client_id}/revoke", response_model=ClientView)
 def revoke_client(client_id: int, request: Request, orch: Orch) -> dict[str, Any]:
     """Forget the client's credential (its agent is refused; the machine may enroll again)."""

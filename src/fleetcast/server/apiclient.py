@@ -95,6 +95,9 @@ class ApiClient:
     def post(self, path: str, body: Any = None) -> Any:
         return self.request("POST", path, json=body)
 
+    def delete(self, path: str) -> Any:
+        return self.request("DELETE", path)
+
     def get_patiently(self, path: str, *, patience: float = 60.0) -> Any:
         """GET that rides out a server restart or a short network outage (``--wait`` polling)."""
         deadline = time.monotonic() + patience

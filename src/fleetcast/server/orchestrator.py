@@ -484,6 +484,38 @@ class Orchestrator:
             logger.info("client %s (%d): credential revoked by %s", c.mac, c.id, actor)
             return self._client_view(s, c)
 
+    def delete_client(self, client_id: int, *, actor: str, address: str) -> dict[str, Any]:
+        """Forget a client entirely (issue 12 item 2): its row, its credential and its entries in
+        finished deployments (their event log and the audit keep its MAC). Refused (409) while it is
+        queued or running in a deployment. The machine enrolls again as a new client."""
+        with self._tx() as s:
+            c = _get(s, Client, client_id)
+            if c is None:
+                raise ClientNotFound(f"client {client_id} does not exist", hint="GET /api/clients lists them")
+            active = s.execute(
+                select(Target.deployment_id, Target.state)
+                .where(Target.client_id == c.id, Target.state.in_(ACTIVE_TARGET))
+                .order_by(Target.deployment_id)
+            ).first()
+            if active is not None:
+                raise ConflictError(
+                    f"client {c.mac} (id {c.id}) is {active.state} in deployment {active.deployment_id}",
+                    hint=f"cancel it first: POST /api/deployments/{active.deployment_id}/cancel",
+                )
+            targets = list(s.scalars(select(Target).where(Target.client_id == c.id)))
+            deployments = sorted({t.deployment_id for t in targets})
+            view = self._client_view(s, c)
+            for t in targets:
+                s.delete(t)
+            s.flush()  # the targets first: no relationship tells the unit of work their order
+            s.delete(c)
+            self._audit(s, actor=actor, address=address, action="client-delete",
+                        target=f"client {client_id} ({view['mac']})",
+                        detail={"hostname": view["hostname"], "deployments": deployments})  # fmt: skip
+            logger.info("client %s (%d): deleted by %s", view["mac"], client_id, actor)
+        self.presence.offline({client_id})
+        return view
+
     def audit(self, limit: int = 1000) -> list[dict[str, Any]]:
         with self.db.sessions() as s:
             rows = s.scalars(select(AuditRow).order_by(AuditRow.id.desc()).limit(limit))

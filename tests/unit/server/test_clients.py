@@ -1,0 +1,39 @@
+"""Deleting a client (issue 12 item 2): refused while it is queued or running, then gone entirely --
+row, credential, entries of finished deployments -- and the machine enrolls again as a new client."""
+
+from __future__ import annotations
+
+from serverkit import Server
+
+
+def test_delete_client(server: Server) -> None:
+    a = server.agent("52:54:00:00:00:01", hostname="pc-1")
+    b = server.agent("52:54:00:00:00:02")
+    dep = server.deploy(clients="52:54:00:00:00:01")["deployment"]
+    r = server.http.delete(f"/api/clients/{a.client_id}", headers={"Authorization": f"Bearer {server.admin}"})
+    assert r.status_code == 409
+    assert r.json() == {
+        "error": "ConflictError",
+        "message": f"client 52:54:00:00:00:01 (id {a.client_id}) is queued in deployment {dep}",
+        "hint": f"cancel it first: POST /api/deployments/{dep}/cancel",
+    }
+    task = a.heartbeat()["task"]
+    a.result(task["task_id"], "done")
+    r = server.http.delete(f"/api/clients/{a.client_id}", headers={"Authorization": f"Bearer {server.admin}"})
+    assert r.status_code == 200
+    assert r.json()["mac"] == "52:54:00:00:00:01"
+    assert [c["mac"] for c in server.get("/api/clients")["clients"]] == ["52:54:00:00:00:02"]
+    assert server.get(f"/api/deployments/{dep}")["clients"] == []
+    old = server.http.post("/api/agent/heartbeat", json={"task_id": None}, headers=a.headers)
+    assert old.status_code == 401
+    audit = server.get("/api/audit")["audit"][0]
+    assert (audit["action"], audit["target"], audit["detail"]) == (
+        "client-delete",
+        f"client {a.client_id} (52:54:00:00:00:01)",
+        {"hostname": "pc-1", "deployments": [dep]},
+    )
+    again = server.agent("52:54:00:00:00:01")  # first enrollment wins again: a new client
+    assert again.client_id not in (a.client_id, b.client_id)
+    r = server.http.delete("/api/clients/999", headers={"Authorization": f"Bearer {server.admin}"})
+    assert r.status_code == 404
+    assert r.json()["message"] == "client 999 does not exist"
