@@ -163,6 +163,16 @@ def test_six_clients_late_lossy_killed_and_slow(tmp_path: Path, golden: Path) ->
                 ),
                 timeout=300,
             )
+            # ... and the server knows it (else it rightly restarts the agent from chunk 0)
+            _wait(
+                "the server to know the victim's checkpoint",
+                lambda: any(
+                    c["mac"] == killed.node.mac and c["checkpoint_chunk"] > 0
+                    for d in lab.get("/api/deployments")["deployments"][:1]
+                    for c in lab.get(f"/api/deployments/{d['deployment']}")["clients"]
+                ),
+                timeout=60,
+            )
             lab.kill_agent(killed)
             lab.start_agent(killed)
             out, _ = deploy.communicate(timeout=600)

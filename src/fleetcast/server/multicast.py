@@ -56,6 +56,7 @@ STANDS_OUT = 0.6  # a receiver is the slow one when it received at most this sha
 GROUP_BASE = "239.255.42."
 PORT_BASE = 9000
 TICK = 0.25
+KEEP_ENDED = 6 * 3600.0
 RESULT_KEYS = ("transport", "packs_multicast", "packs_repaired", "outcome", "foreign_frames")
 
 
@@ -392,6 +393,11 @@ class MulticastManager:
 
     def tick(self) -> None:
         with self._lock:
+            old = time.monotonic() - KEEP_ENDED
+            for sid in [k for k, x in self.sessions.items() if x.finished is not None and x.finished < old]:
+                dep_id = self.sessions.pop(sid).deployment_id  # an ended session stays KEEP_ENDED seconds
+                if self._current.get(dep_id) == sid:
+                    del self._current[dep_id]
             sessions = [s for s in self.sessions.values() if s.state in ("waiting", "starting", "streaming")]
         if not sessions:
             return
