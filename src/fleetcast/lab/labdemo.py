@@ -154,8 +154,8 @@ def deploy(state: vlab.LabState, runs: list[ClientRun], *, then: str = "reboot",
         "grow": False,
         "then": then,
     }
-    if not names:
-        body.update(name=None, ip=None)
+    if not names:  # (a gateway/DNS without --ip is refused: registered IPs come without them)
+        body.update(name=None, ip=None, gateway=None, dns=[])
     view = vlab.api(state, "POST", "/api/deployments", body)
     return int(view["deployment"])
 

@@ -235,6 +235,11 @@ def api(state: LabState, method: str, path: str, body: Any = None, *, timeout: f
     return r.json() if r.content else None
 
 
+# Servers this process started (still running after `lab up` returns): down() reaps them, so no zombie
+# or "subprocess still running" is left behind when up and down run in one process (tests, bench).
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
 def server_log(state: LabState) -> Path:
     return Path(state.state_dir) / "server.log"
 
@@ -269,6 +274,7 @@ def _start_server(state: LabState, timeout: float) -> None:
             stderr=subprocess.STDOUT,
         )
     state.server_pid = proc.pid
+    _CHILDREN[proc.pid] = proc  # reaped by down() when it runs in this process
     state.save()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -461,6 +467,8 @@ def down(state_dir: Path = DEFAULT_STATE) -> list[str]:
     if server_running(state) and state.server_pid is not None:
         stop_pid(state.server_pid, str(state.data_dir), timeout=15)
         done.append(f"server (pid {state.server_pid})")
+    if state.server_pid in _CHILDREN:
+        _CHILDREN.pop(state.server_pid).wait(timeout=15)
     if Path(f"/run/netns/{state.netns}").exists():
         leftover = subprocess.run(
             ["ip", "netns", "pids", state.netns], capture_output=True, text=True, check=False
