@@ -75,7 +75,7 @@ def summary(m: Manifest, usage: ImageUsage | None = None) -> dict[str, Any]:
         "stored_bytes": usage.stored_bytes if usage is not None else m.stored_bytes,
         "unique_bytes": usage.unique_bytes if usage is not None else None,
         "chunks": m.entry_count,
-        "packs": len(m.chunk_ids()),
+        "packs": len(m.pack_ids()),
         "partitions": [
             {
                 "number": a.number,

@@ -164,11 +164,14 @@ class Campaign:
         self.pristine = ImageStore(work / "pristine")
         self.manifest = capture(disk, "g", self.pristine)
         self.image_id = self.manifest.image_id
-        ref = work / "reference.img"
-        restore(self.manifest, self.pristine.source(), ref)
-        self.reference = _digest(ref)
-        ref.unlink()
-        self.disk_digest = _digest(disk)
+        self.ref = work / "reference.img"
+        restore(self.manifest, self.pristine.source(), self.ref)
+        self.reference = _digest(self.ref)
+        probe = work / "scribbled.img"
+        shutil.copyfile(disk, probe)
+        self._scribble(probe)
+        self.scribbled = _digest(probe)
+        probe.unlink()
         self.n = 0
         self.tally = Tally()
 
@@ -237,6 +240,30 @@ class Campaign:
             return
         t.detected[label] += 1
 
+    def _fs_complete(self, target: Path) -> bool:
+        """Every partition of the target holds exactly what the intact restore holds there."""
+        with open(target, "rb") as a, open(self.ref, "rb") as b:
+            for area in self.manifest.areas:
+                if area.kind == "gap":
+                    continue
+                a.seek(area.start)
+                b.seek(area.start)
+                left = area.size
+                while left:
+                    n = min(left, 1 << 20)
+                    if a.read(n) != b.read(n):
+                        return False
+                    left -= n
+        return True
+
+    @staticmethod
+    def _scribble(path: Path) -> None:
+        """1 MiB of other data in the middle of the disk (inside a partition, away from any header)."""
+        size = path.stat().st_size
+        with open(path, "r+b") as f:
+            f.seek(size // 2)
+            f.write(random.Random(99).randbytes(1 << 20))
+
     # -- kills -----------------------------------------------------------------------------------------
     def kill_capture(self, fleetcast: Path, delay: float) -> None:
         store = self._copy()
@@ -280,7 +307,10 @@ class Campaign:
         t.trials["kill/restore"] += 1
         target = self.work / f"kill{self.n}.img"
         self.n += 1
-        shutil.copyfile(self.disk, target)  # a disk that held the same image: the worst case for mounting
+        # a disk that held the same image, a little changed since (so "untouched" and "restored" differ):
+        # the worst case for mounting -- its tables and superblocks are the image's own
+        shutil.copyfile(self.disk, target)
+        self._scribble(target)
         proc = subprocess.Popen(
             [
                 os.fspath(fleetcast),
@@ -307,14 +337,19 @@ class Campaign:
         elif _digest(target) == self.reference:
             t.detected["kill/restore"] += 1
             t.notes.append(f"{what}: all written when the kill landed (identical)")
-        elif _digest(target) == self.disk_digest:
+        elif _digest(target) == self.scribbled:
             t.detected["kill/restore"] += 1
             t.notes.append(f"{what}: killed before it wrote anything (the old disk, untouched)")
         else:
             table = subprocess.run(["sfdisk", "--dump", os.fspath(target)], capture_output=True, check=False)
             probe = subprocess.run(["blkid", "-p", os.fspath(target)], capture_output=True, check=False)
-            if (table.returncode == 0 and table.stdout.strip()) or probe.returncode == 0:
-                t.silent.append(f"{what}: the target still has a partition table or a signature")
+            visible = (table.returncode == 0 and bool(table.stdout.strip())) or probe.returncode == 0
+            if visible and not self._fs_complete(target):
+                t.silent.append(f"{what}: the target has a partition table but not the image's filesystems")
+            elif visible:
+                # killed while the last gap bytes were written: every filesystem is complete already
+                t.detected["kill/restore"] += 1
+                t.notes.append(f"{what}: killed in the last step, every partition already complete")
             else:
                 t.detected["kill/restore"] += 1
         target.unlink(missing_ok=True)

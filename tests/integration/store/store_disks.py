@@ -123,7 +123,9 @@ def build_disk(path: Path, *, size_mb: int = 160, seed: int = 1) -> Path:
     ext_img.unlink()
     # FAT32 via mtools
     with attach(path, offset=esp_start, sizelimit=esp_size) as dev:
-        sh("mkfs.vfat", "-F", "32", "-n", "ESP", dev)
+        sh(
+            "mkfs.vfat", "-I", "-F", "32", "-n", "ESP", dev
+        )  # -I: our own loop device (a stale holder of a reused loop number must not stop it)
         sh("mmd", "-i", dev, "::/EFI", "::/EFI/BOOT")
         sh("mcopy", "-i", dev, work / "bin" / "tool", "::/EFI/BOOT/BOOTX64.EFI")
         sh("mcopy", "-i", dev, work / "etc" / "os-release", "::/EFI/readme.txt")
