@@ -13,7 +13,7 @@ from fastapi import FastAPI
 
 from fleetcast import __version__
 from fleetcast.errors import UsageError
-from fleetcast.server import api_admin, api_agent, capture, console, multicast, personalize, problems
+from fleetcast.server import api_admin, api_agent, apidocs, capture, console, multicast, personalize, problems
 from fleetcast.server.auth import Tokens
 from fleetcast.server.db import Database, redact
 from fleetcast.server.events import EventBus
@@ -96,7 +96,7 @@ def create_app(settings: ServerSettings, *, catalog: ImageCatalog | None = None)
         title="fleetcast",
         version=__version__,
         openapi_url="/api/openapi.json",
-        docs_url="/api/docs",
+        docs_url=None,  # server/apidocs.py: the same page from the server's own files, not a CDN
         redoc_url=None,
         lifespan=lifespan,
     )
@@ -108,6 +108,7 @@ def create_app(settings: ServerSettings, *, catalog: ImageCatalog | None = None)
     app.state.orchestrator = orch
     problems.install(app)
     app.add_middleware(BodyLimit)
+    apidocs.install(app)
     app.add_middleware(FastLane)  # outermost: an idle heartbeat is answered before the framework
 
     @app.get("/api/health", tags=["meta"])

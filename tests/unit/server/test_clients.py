@@ -37,3 +37,23 @@ def test_delete_client(server: Server) -> None:
     r = server.http.delete("/api/clients/999", headers={"Authorization": f"Bearer {server.admin}"})
     assert r.status_code == 404
     assert r.json()["message"] == "client 999 does not exist"
+
+
+def test_api_docs_load_nothing_from_outside(server: Server) -> None:
+    """Issue 12 item 13: /api/docs used to load Swagger UI from a CDN; a lab server has no internet."""
+    import re
+
+    page = server.http.get("/api/docs")
+    assert page.status_code == 200
+    links = re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)""", page.text) + re.findall(
+        r"""url:\s*['"]([^'"]+)""", page.text
+    )
+    assert "/api/docs/static/swagger-ui-bundle.js" in links
+    assert "/api/openapi.json" in links
+    assert [u for u in links if "//" in u] == []
+    assert "cdn" not in page.text.lower()
+    for name in ("swagger-ui-bundle.js", "swagger-ui.css"):
+        r = server.http.get(f"/api/docs/static/{name}")
+        assert r.status_code == 200
+        assert len(r.content) > 100_000
+    assert server.http.get("/api/openapi.json").json()["info"]["title"] == "fleetcast"
