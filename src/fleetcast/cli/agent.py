@@ -22,8 +22,11 @@ def register(
     p.add_argument(
         "--enroll-token",
         metavar="TOKEN",
-        help="from 'fleetcast --data DIR admin enroll-token' (default: fleetcast.token=)",
+        help="from 'fleetcast --data DIR admin enroll-token' (default: $FLEETCAST_ENROLL_TOKEN, then "
+        "fleetcast.token=); a command line is readable by every local user in /proc: prefer "
+        "--enroll-token-file or the environment",
     )
+    p.add_argument("--enroll-token-file", metavar="FILE", help="read the enrollment token from FILE")
     p.add_argument(
         "--cmdline",
         default="/proc/cmdline",
@@ -73,6 +76,7 @@ def register(
 def handle(args: argparse.Namespace) -> int:
     import logging
     import math
+    import os
 
     from fleetcast.agent.loop import Agent, AgentSettings
     from fleetcast.errors import UsageError
@@ -80,6 +84,15 @@ def handle(args: argparse.Namespace) -> int:
     if not getattr(args, "debug", False):
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise
 
+    if args.enroll_token is None and getattr(args, "enroll_token_file", None):
+        try:
+            args.enroll_token = Path(args.enroll_token_file).read_text().strip() or None
+        except OSError as exc:
+            raise UsageError(
+                f"cannot read the enrollment token file {args.enroll_token_file}: {exc.strerror}"
+            ) from exc
+    if args.enroll_token is None:
+        args.enroll_token = os.environ.get("FLEETCAST_ENROLL_TOKEN") or None
     if args.server is None or args.enroll_token is None:
         from fleetcast.agent.cmdline import read
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -54,4 +55,28 @@ def test_bad_server_url(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_token_starting_with_dash_works_with_equals(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["agent", "--server", "ftp://x", "--enroll-token=-abc"]) == 1
+    assert "does not start with http://" in capsys.readouterr().err
+
+
+def test_enroll_token_from_a_file_or_the_environment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 12 item 13: a token on a command line is readable in /proc by every local user."""
+    empty = tmp_path / "cmdline"
+    empty.write_text("quiet\n")
+    base = ["agent", "--server", "ftp://x", "--cmdline", str(empty)]
+    monkeypatch.delenv("FLEETCAST_ENROLL_TOKEN", raising=False)
+    assert main(base) == 2  # no token anywhere
+    assert "no server URL or enrollment token" in capsys.readouterr().err
+    token = tmp_path / "enroll-token"
+    token.write_text("fc_secret\n")
+    assert main([*base, "--enroll-token-file", str(token)]) == 1  # got past the token: the URL is refused
+    assert "does not start with http://" in capsys.readouterr().err
+    assert main([*base, "--enroll-token-file", str(tmp_path / "none")]) == 2
+    assert capsys.readouterr().err == (
+        f"fleetcast: error: cannot read the enrollment token file {tmp_path / 'none'}: "
+        "No such file or directory\n"
+    )
+    monkeypatch.setenv("FLEETCAST_ENROLL_TOKEN", "fc_secret")
+    assert main(base) == 1
     assert "does not start with http://" in capsys.readouterr().err
