@@ -91,7 +91,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.json:
         print_json(report.to_dict() | {"store": str(store.root)})
     else:
-        print(f"store {store.root}: {report.images} images, {report.chunks} chunks")
+        print(f"store {store.root}: {report.images} images, {report.chunks} packs")
         for title, items in (
             ("damaged manifest", report.damaged_manifests),
             ("damaged chunk", report.damaged_chunks),
@@ -176,7 +176,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
             )
         print(
             f"freed {human_bytes(report.freed_bytes)} ({report.freed_bytes} bytes): "
-            f"{report.removed_chunks} unreferenced chunks ({report.freed_chunk_bytes} bytes), "
+            f"{report.removed_chunks} unreferenced packs ({report.freed_chunk_bytes} bytes), "
             f"{report.removed_leftovers} leftovers ({report.freed_leftover_bytes} bytes)"
             + (
                 f"; kept {report.protected_packs} packs leased to captures in progress"

@@ -240,6 +240,15 @@ class DedupeIndex:
         for p in refs:
             self._pack_ok.pop(p.id, None)
 
+    def drop_image(self, name: str) -> None:
+        """An image was removed (its packs stay answerable until gc removes them)."""
+        try:
+            with self._lock, self._txn():
+                self.conn.execute("DELETE FROM images WHERE name = ?", (name,))
+                self.conn.execute("DELETE FROM pending WHERE name = ?", (name,))
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot update the dedupe index of {self.store.root}: {exc}") from exc
+
     def note_pack(self, ref: PackRef) -> None:
         """Remember a pack's stored size and hash (an uploaded pack, before an image names it)."""
         try:

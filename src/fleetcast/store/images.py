@@ -230,6 +230,7 @@ class ImageStore:
             shutil.rmtree(trash, ignore_errors=True)
         except OSError as exc:
             raise StoreError(f"cannot remove image {name!r}: {exc.strerror}") from exc
+        _forget(self, name)
         logger.info("removed image %s", name)
 
     # -- chunks -----------------------------------------------------------------------------------------
@@ -308,6 +309,19 @@ def rename_exchange(a: Path, b: Path) -> None:
     if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
+
+
+def _forget(store: ImageStore, name: str) -> None:
+    """Drop a removed image from the dedupe index's image table (best effort: its next sync does too)."""
+    from fleetcast.store.dedupe import DedupeIndex, db_path
+
+    if not db_path(store).exists():
+        return
+    try:
+        with DedupeIndex.open(store, sync=False, create=False) as dx:
+            dx.drop_image(name)
+    except StoreError as exc:
+        logger.warning("removed %s; the dedupe index was not told: %s", name, exc.message)
 
 
 def _announce(store: ImageStore, name: str, iid: str) -> None:
