@@ -147,6 +147,8 @@ class Task(_Answered):
     resume_chunk: int = Field(default=0, ge=0)
     attempt: int = Field(default=1, ge=0)
     replace: bool = False
+    # blake3 of the planned image's manifest: the agent refuses another image (issue 14 item 2); "" unknown
+    image_id: str = Field(default="", max_length=64, pattern=r"^([0-9a-f]{64})?$")
     # how the packs come: "multicast" -> the agent joins the batch's session (server/multicast.py)
     transport: str = Field(default="unicast", max_length=16)
     # Windows options (issue 9 CONSOLE request; issue 13 personalize tasks); an older server sends none
