@@ -5,10 +5,12 @@ The disk is opened read-only by the engine (``store.capture.capture``), which cu
 chunks locally; ``RemoteSink`` is its ``CaptureSink`` over the agent API:
 
 - ``have``: one request per batch of chunk digests (raw 32-byte digests in, JSON out);
-- ``put_pack``: the pack's status first (a pack the server already holds, or part of, is not sent
-  again), then the rest from the offset that arrived. A network drop mid-body is retried from the
-  new status, through outages of up to ``outage_limit`` seconds. The engine packs deterministically,
-  so a capture restarted after a kill re-creates the same packs and sends only the missing ones;
+- ``put_pack``: queued for one of ``UPLOADERS`` upload threads (compression goes on meanwhile; at most
+  ``QUEUED_PACKS`` wait, and ``publish`` waits for all): the pack's status first (a pack the server
+  already holds, or part of, is not sent again), then the rest from the offset that arrived. A network
+  drop mid-body is retried from the new status, through outages of up to ``outage_limit`` seconds.
+  The engine packs deterministically, so a capture restarted after a kill re-creates the same packs
+  and sends only the missing ones;
 - ``publish``: the chunk index (resumable like a pack), then the manifest; the server publishes atomically.
 
 Nothing is written to the source disk: the engine opens it ``O_RDONLY`` and a capture never mounts it.
@@ -17,9 +19,11 @@ Nothing is written to the source disk: the engine opens it ``O_RDONLY`` and a ca
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -48,6 +52,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+UPLOADERS = 6  # packs uploading at once (the server verifies each while the next ones arrive)
+QUEUED_PACKS = 8  # packs compressed and waiting for an uploader: bounds the memory (~16 MiB each)
 _BACKOFF_FIRST = 0.5
 _BACKOFF_MAX = 5.0
 
@@ -83,6 +89,8 @@ class RemoteSink:
         stop: Callable[[], bool] | None = None,
         max_have: int = MAX_HAVE,
         on_publish: Callable[[], None] | None = None,
+        uploaders: int = UPLOADERS,
+        queued: int = QUEUED_PACKS,
     ) -> None:
         self.api = api
         self.task_id = task_id
@@ -93,6 +101,10 @@ class RemoteSink:
         self._lock = threading.Lock()
         self.published: PublishReply | None = None
         self.on_publish = on_publish
+        # uploads run beside compression: put_pack queues a pack (at most ``queued`` wait) and returns
+        self._pool = ThreadPoolExecutor(max(1, uploaders), thread_name_prefix=f"upload-{task_id}")
+        self._slots = threading.BoundedSemaphore(max(1, queued))
+        self._pending: list[Future[None]] = []
 
     def __enter__(self) -> RemoteSink:
         return self
@@ -101,7 +113,17 @@ class RemoteSink:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         # leaving without publish abandons the capture: the server shows nothing; its leases expire
-        return None
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _raise_failed(self, *, wait: bool) -> None:
+        """Re-raise the first failed upload; with ``wait``, after every queued one ended."""
+        with self._lock:
+            pending = list(self._pending)
+        for fut in pending:
+            if wait or fut.done():
+                fut.result()
+        with self._lock:
+            self._pending = [f for f in self._pending if not f.done()]
 
     def _request(self, method: str, url: str, what: str, **kw: Any) -> httpx.Response:
         return request(
@@ -132,9 +154,22 @@ class RemoteSink:
         return out
 
     def put_pack(self, pack_id: str, stored: bytes) -> None:
-        self._upload(f"{self.base}/packs/{pack_id}", stored, f"pack {pack_id[:16]}", pack=True)
+        self._raise_failed(wait=False)
+        while not self._slots.acquire(timeout=1.0):
+            self._raise_failed(wait=False)
+        try:
+            fut = self._pool.submit(
+                self._upload, f"{self.base}/packs/{pack_id}", stored, f"pack {pack_id[:16]}", pack=True
+            )
+        except BaseException:
+            self._slots.release()
+            raise
+        fut.add_done_callback(lambda _: self._slots.release())
+        with self._lock:
+            self._pending.append(fut)
 
     def publish(self, manifest: bytes, index: Path) -> str:
+        self._raise_failed(wait=True)  # every pack is on the server before the manifest goes
         if self.on_publish is not None:
             self.on_publish()
         self._upload(f"{self.base}/index", index.read_bytes(), "chunk index", pack=False)
@@ -243,10 +278,9 @@ def run_capture(
     logger.info("task %d: capturing %s as %r (replace: %s)", task.task_id, source, task.image, info.replace)
     stats = CaptureStats()
     # the server checks the name (begin, publish); the agent has no store of its own
-    # workers compress and upload (each waits for its upload): more of them keep the link busy
-    manifest = capture(
-        source, task.image, None, progress=progress, stats=stats, sink=sink, workers=max(2, runner.workers)
-    )
+    # compression is CPU work (one worker per core); uploads run beside it in the sink's own threads
+    workers = max(2, min(runner.workers, os.cpu_count() or 2))
+    manifest = capture(source, task.image, None, progress=progress, stats=stats, sink=sink, workers=workers)
     seconds = time.monotonic() - started
     runner._check(cancel)
     reporter.update(phase="finishing", urgent=True)
