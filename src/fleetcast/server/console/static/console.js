@@ -407,15 +407,18 @@ async function deployment() {
   const log = $("#log");
   function overall() {
     // time left: the bytes still to write over the rate they are written at now (queued clients
-    // included: they wait for a place in the batch), or the longest ETA when no rate is known yet
-    let done = 0, total = 0, rateNow = 0, eta = 0;
+    // included: they wait for a place in the batch), or the longest ETA when no rate is known yet.
+    // A failed client's image counts as not written (the bar is not full after a failure); a
+    // cancelled one's only as far as it got
+    let done = 0, total = 0, toWrite = 0, rateNow = 0, eta = 0;
     for (const t of dep.clients) {
-      const size = t.bytes_total || dep.image_size || 0;
+      const size = t.bytes_total || dataBytes;
       done += t.state === "done" ? size : t.bytes || 0;
-      if (!["failed", "cancelled"].includes(t.state)) total += size; else total += t.bytes || 0;
+      total += t.state === "cancelled" ? t.bytes || 0 : size;
+      if (["queued", "running"].includes(t.state)) toWrite += Math.max(0, size - (t.bytes || 0));
       if (t.state === "running") { rateNow += t.rate_bps || 0; eta = Math.max(eta, t.eta_seconds || 0); }
     }
-    const left = rateNow > 0 ? Math.max(0, total - done) / rateNow : eta;
+    const left = rateNow > 0 ? toWrite / rateNow : eta;
     return { done, total, left };
   }
   function filterLog() {
@@ -429,7 +432,7 @@ async function deployment() {
     const body = $("#targets tbody");
     body.replaceChildren();
     for (const t of dep.clients) {
-      const size = t.bytes_total || dep.image_size || 0;
+      const size = t.bytes_total || dataBytes;
       const have = t.state === "done" ? size : t.bytes || 0;
       const showLog = el("button", { type: "button", class: "link", "aria-pressed": only === t.mac ? "true" : "false",
         "aria-label": `log of ${t.name || t.mac}`, onclick: () => { only = only === t.mac ? null : t.mac; filterLog(); draw(); } }, "Log");
@@ -449,6 +452,7 @@ async function deployment() {
     const retry = $("#retry");
     if (retry) retry.hidden = !(counts.failed && !active);
   }
+  let dataBytes = 0; // what each client will write (the image's data), until its agent reports a total
   async function load() { dep = await api("GET", `/api/deployments/${id}`); draw(); }
   // the buttons start hidden and are shown by draw(), so they only appear once they work
   const cancel = $("#cancel");
@@ -466,6 +470,7 @@ async function deployment() {
   });
   $("#log-all").addEventListener("click", () => { only = null; filterLog(); draw(); });
   await load();
+  try { dataBytes = (await api("GET", `/api/images/${encodeURIComponent(dep.image)}`)).data_bytes || 0; draw(); } catch (err) { /* deleted, or a capture's image-to-be */ }
   const reload = throttled(load, 300);
   function line(ev, text) {
     const t = dep.clients.find((c) => c.mac === ev.mac);
