@@ -67,7 +67,10 @@ def test_full_mode_boot_file_per_firmware(tmp_path: Path) -> None:
         )
         assert shim.read_bytes() == Path("/usr/lib/shim/shimx64.efi.signed").read_bytes()
         cfg = net.run(net.cli, ["curl", "-sf", f"tftp://{net.server_ip}/grub/grub.cfg"]).stdout
-        assert f"source (http,{net.server_ip}:8080)/boot/grub?mac=${{net_default_mac}}" in cfg
+        assert f"set fc=(tftp,{net.server_ip})" in cfg
+        mac_cfg = net.run(net.cli, ["curl", "-sf", f"tftp://{net.server_ip}/grub/mac/{SB_MAC}.cfg"]).stdout
+        assert f"linux (tftp,{net.server_ip})/bootenv/vmlinuz console=tty0" in mac_cfg
+        assert "BOOTIF=01-52-54-00-fc-81-02" in mac_cfg
         script = net.run(net.cli, ["curl", "-sf", f"{url}/boot/ipxe?mac={MAC}"]).stdout
         assert script.startswith("#!ipxe\n")
         assert f"kernel {url}/boot/file/vmlinuz " in script
@@ -84,7 +87,7 @@ def test_full_mode_boot_file_per_firmware(tmp_path: Path) -> None:
 def test_proxy_mode_never_offers_an_address(tmp_path: Path) -> None:
     with lan(2, site=True) as net:
         site_dhcp(net, tmp_path)
-        serve(net, tmp_path, "--interface", "br0")  # no --range: proxy is the default
+        served = serve(net, tmp_path, "--interface", "br0")  # no --range: proxy is the default
         offers = net.discover(MAC, arch=0)
         by_server = {o["server"]: o for o in offers}
         assert set(by_server) == {net.ip(2), net.server_ip}, offers
@@ -102,6 +105,11 @@ def test_proxy_mode_never_offers_an_address(tmp_path: Path) -> None:
         net.run(net.cli, ["ip", "addr", "add", f"{site['yiaddr']}/24", "dev", "eth0"])
         ack = net.pxe_request(MAC, site["yiaddr"], arch=7)
         assert ack == {"yiaddr": "0.0.0.0", "file": "snponly.efi", "type": 5}
+        # a MAC registered for Secure Boot gets shim from the proxy too
+        r = api(net, served, "POST", "/api/registrations", {"mac": SB_MAC, "boot": "secureboot"})
+        assert r.status_code == 201, r.text
+        ack = net.pxe_request(SB_MAC, site["yiaddr"], arch=7)
+        assert ack == {"yiaddr": "0.0.0.0", "file": "bootx64.efi", "type": 5}
 
 
 def test_full_mode_refused_beside_another_dhcp_server(tmp_path: Path) -> None:
