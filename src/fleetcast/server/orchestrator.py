@@ -257,6 +257,8 @@ class Orchestrator:
                 session, assignments, names=not request.name, ips=not (ip_range or pre.ip_list),
                 max_name_length=max_len,
             )  # fmt: skip
+        # registered addresses are checked too (presets.conflicts)
+        shown["conflicts"] = presets.conflicts(assignments, enrolled, addresses, planned)
         from fleetcast.server import multicast as mc
 
         planner.check_assignments(assignments, network, info.os_hint)  # whatever gave names and IPs

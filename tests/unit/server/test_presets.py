@@ -279,3 +279,22 @@ def test_deploy_plan_lines_and_body(tmp_path: Path) -> None:
     args.unattend, args.ip_list = "none", tmp_path / "missing.csv"
     with pytest.raises(UsageError, match=r"^cannot read the IP list .*missing.csv"):
         presets_body(args)
+
+
+def test_api_registered_addresses_are_checked_and_list_names_win(server: Server) -> None:
+    for mac in (A, B):
+        server.agent(mac).enroll()
+    first = server.deploy(clients=A, ip="10.0.0.50/24")
+    server.post("/api/registrations", {"mac": B, "name": "REG-B", "ip": "10.0.0.50"}, status=201)
+    plan = server.post("/api/deployments/plan", {"image": IMAGE, "clients": B, "disk": "0"})
+    assert [(c["name"], c["ip"]) for c in plan["clients"]] == [("REG-B", "10.0.0.50/24")]  # registered
+    assert plan["conflicts"] == [
+        f"10.0.0.50 (for REG-B) is given to client {A} by deployment {first['deployment']}, "
+        "which is still running"
+    ]
+    listed = server.post(
+        "/api/deployments/plan",
+        {"image": IMAGE, "clients": B, "disk": "0", "ip_list": f"{B},LIST-B,10.0.0.60/24"},
+    )
+    assert [(c["name"], c["ip"]) for c in listed["clients"]] == [("LIST-B", "10.0.0.60/24")]
+    assert listed["conflicts"] == []
