@@ -1,0 +1,113 @@
+"""agent/capture.py's RemoteSink against the real server app (in process): the engine captures a disk file
+through it, the image appears on the server only at publish, restores to the same bytes, and a second
+capture sends nothing the server has."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from fleetcast.agent.api import AgentApi
+from fleetcast.agent.capture import RemoteSink
+from fleetcast.errors import TransportError
+from fleetcast.server.app import create_app
+from fleetcast.server.settings import ServerSettings
+from fleetcast.store.capture import capture
+from fleetcast.store.images import ImageStore
+from fleetcast.store.restore import restore
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "server"))
+from serverkit import Server
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[Server, TestClient]]:
+    settings = ServerSettings(data_dir=tmp_path / "data", heartbeat_interval=0.5)
+    app = create_app(settings)
+    with TestClient(app) as http:
+        admin = (settings.secrets_dir / "admin-token").read_text().strip()
+        enroll = (settings.secrets_dir / "enroll-token").read_text().strip()
+        yield Server(http, admin, enroll, app.state.catalog, settings), http
+
+
+def _task(server: Server, name: str, agent: Any = None) -> tuple[Any, int, int]:
+    agent = agent or server.agent("02:00:00:00:00:01", "golden")
+    r = server.http.post(
+        "/api/captures",
+        json={"client": "golden", "name": name},
+        headers={"Authorization": f"Bearer {server.admin}"},
+    )
+    assert r.status_code == 200, r.text
+    task = agent.heartbeat()["task"]
+    return agent, int(task["task_id"]), int(r.json()["capture"])
+
+
+def _api(http: TestClient, credential: str) -> AgentApi:
+    """An AgentApi whose HTTP client is a TestClient of the same app (requests from several threads)."""
+    api = AgentApi("http://testserver", outage_limit=5)
+    api.credential = credential
+    api._client.close()
+    api._client = TestClient(http.app, headers={"Authorization": f"Bearer {credential}"})
+    return api
+
+
+def test_capture_through_the_sink_publishes_and_dedupes(
+    server: tuple[Server, TestClient], tmp_path: Path
+) -> None:
+    srv, http = server
+    disk = tmp_path / "disk.raw"
+    disk.write_bytes(os.urandom(3 * MiB) + bytes(2 * MiB) + os.urandom(MiB))
+    store = ImageStore(srv.settings.store)
+
+    agent, task_id, _ = _task(srv, "first")
+    with RemoteSink(_api(http, agent.credential), task_id) as sink:
+        capture(disk, "first", None, sink=sink, pack_size=MiB)
+        assert sink.published is not None and sink.published.image == "first"
+    first = sink.stats
+    assert first.packs_sent >= 4 and first.have_known == 0
+    assert store.names() == ["first"]
+    out = tmp_path / "out.raw"
+    restore(store.open("first"), store.source(), out)
+    assert out.read_bytes() == disk.read_bytes()
+    agent.result(task_id)
+
+    agent, task_id, cid = _task(srv, "second", agent)
+    with RemoteSink(_api(http, agent.credential), task_id) as sink:
+        capture(disk, "second", None, sink=sink, pack_size=MiB)
+    assert sink.stats.packs_sent == 0 and sink.stats.have_known == first.have_asked
+    assert sink.stats.bytes_sent < first.bytes_sent / 20
+    view = srv.get(f"/api/captures/{cid}")
+    assert (view["chunks_new"], view["chunks_known"]) == (0, first.have_asked)
+
+
+def test_leaving_without_publish_shows_nothing(server: tuple[Server, TestClient], tmp_path: Path) -> None:
+    srv, http = server
+    disk = tmp_path / "disk.raw"
+    disk.write_bytes(os.urandom(2 * MiB))
+    agent, task_id, _ = _task(srv, "abandoned")
+
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom), RemoteSink(_api(http, agent.credential), task_id) as sink:
+        sink.have([b"\x00" * 32])
+        raise Boom
+    assert ImageStore(srv.settings.store).names() == []
+    assert srv.get("/api/images")["images"] == []
+
+
+def test_a_refused_task_stops_the_upload(server: tuple[Server, TestClient], tmp_path: Path) -> None:
+    srv, http = server
+    agent, task_id, _ = _task(srv, "refused")
+    agent.result(task_id, state="failed", error="stopped")  # the task is no longer running
+    with RemoteSink(_api(http, agent.credential), task_id) as sink, pytest.raises(TransportError) as err:
+        sink.have([b"\x01" * 32])
+    assert f"capture task {task_id} is failed, not running" in err.value.message
