@@ -17,6 +17,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Column,
     DateTime,
     Engine,
     Float,
@@ -28,6 +29,9 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    inspect,
+    literal,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
@@ -249,12 +253,62 @@ def make_engine(url: str) -> Engine:
         ) from exc
     try:
         Base.metadata.create_all(engine)
+        add_missing_columns(engine)
     except SQLAlchemyError as exc:
         raise ServerError(
             f"cannot open the database {redact(url)}: {exc.__class__.__name__}: {exc}".splitlines()[0],
             hint="check that the database server runs and the URL's user may create tables",
         ) from exc
     return engine
+
+
+def _default_literal(column: Column[Any], engine: Engine) -> str | None:
+    """The SQL literal of a column's Python default (scalars, ``dict``/``list`` as JSON), or None."""
+    default = column.default
+    arg = getattr(default, "arg", None)
+    if default is None or arg is None:
+        return None
+    if callable(arg):
+        json_text = {"dict": "{}", "list": "[]"}.get(getattr(arg, "__name__", ""))
+        return f"'{json_text}'" if json_text is not None else None
+    if not isinstance(arg, bool | int | float | str):
+        return None
+    compiled = literal(arg, column.type).compile(
+        dialect=engine.dialect, compile_kwargs={"literal_binds": True}
+    )
+    return str(compiled)
+
+
+def add_missing_columns(engine: Engine) -> list[str]:
+    """Bring a database made by an older fleetcast up to this one's tables: ``create_all`` makes the
+    missing tables but never touches existing ones, so a column added since (``deployments.transport``,
+    ...) made every query on its table fail after an upgrade. Each missing column is added with
+    ``ALTER TABLE ... ADD COLUMN`` and its default (existing rows get it); returns "table.column"
+    for each. Additive only: nothing is dropped, renamed or retyped (that needs a real migration)."""
+    found = inspect(engine)
+    tables = set(found.get_table_names())
+    quote = engine.dialect.identifier_preparer.quote
+    added: list[str] = []
+    with engine.begin() as conn:
+        for table in Base.metadata.sorted_tables:
+            if table.name not in tables:
+                continue
+            have = {c["name"] for c in found.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in have:
+                    continue
+                ddl = f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(column.name)} "
+                ddl += column.type.compile(dialect=engine.dialect)
+                default = _default_literal(column, engine)
+                if default is not None:
+                    ddl += f" DEFAULT {default}"
+                    if not column.nullable:
+                        ddl += " NOT NULL"
+                conn.execute(text(ddl))
+                added.append(f"{table.name}.{column.name}")
+    for name in added:
+        logger.warning("database: added column %s (the database was made by an older fleetcast)", name)
+    return added
 
 
 def redact(url: str) -> str:
