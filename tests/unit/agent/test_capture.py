@@ -55,7 +55,8 @@ def _api(http: TestClient, credential: str) -> AgentApi:
     api = AgentApi("http://testserver", outage_limit=5)
     api.credential = credential
     api._client.close()
-    api._client = TestClient(http.app, headers={"Authorization": f"Bearer {credential}"})
+    client: Any = TestClient(http.app, headers={"Authorization": f"Bearer {credential}"})
+    api._client = client
     return api
 
 
