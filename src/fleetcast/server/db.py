@@ -117,6 +117,8 @@ class Deployment(Base):
     created_by: Mapped[str] = mapped_column(String(255), default="")
     # unicast | multicast (resolved from auto at creation); multicast start rules (server/multicast.py)
     transport: Mapped[str] = mapped_column(String(16), default="unicast")
+    # the planned image's id (blake3 of its manifest): the agent refuses another (STORE, issue 14)
+    image_id: Mapped[str] = mapped_column(String(64), default="")
     multicast: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
     targets: Mapped[list[Target]] = relationship(

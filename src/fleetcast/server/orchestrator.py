@@ -35,6 +35,7 @@ from fleetcast.errors import (
     ConflictError,
     DeploymentNotFound,
     DiskError,
+    FleetcastError,
     NotFoundError,
     ServerError,
     TaskNotFound,
@@ -288,6 +289,7 @@ class Orchestrator:
                 then=request.then,
                 transport=plan.transport,
                 multicast=plan.multicast or {},
+                image_id=self._image_id(plan.image),
                 state="running",
                 created_at=utcnow(),
                 created_by=actor,
@@ -307,6 +309,14 @@ class Orchestrator:
             )
             presets.store(s, dep.id, plan.stored or {})
             return view | presets.view_fields(s, dep.id)
+
+    def _image_id(self, name: str) -> str:
+        """The id of image ``name`` as it is now (blake3 of its manifest); "" when unreadable."""
+        try:
+            return str(self.catalog.store().open(name, lazy=True).image_id or "")
+        except FleetcastError as exc:
+            logger.warning("image %s: no id recorded for the deployment: %s", name, exc)
+            return ""
 
     def retry(self, deployment_id: int, *, actor: str, address: str) -> dict[str, Any]:
         """A new deployment of the failed clients of a finished one: same image, disk rule, batch,
@@ -328,7 +338,7 @@ class Orchestrator:
                 name_pattern=old.name_pattern, ip_range=old.ip_range, gateway=old.gateway,
                 dns=list(old.dns or []), grow=old.grow, then=old.then, state="running",
                 transport=old.transport, multicast=dict(old.multicast or {}),
-                created_at=utcnow(), created_by=actor,
+                image_id=self._image_id(old.image), created_at=utcnow(), created_by=actor,
             )  # fmt: skip
             targets = [
                 Target(
@@ -847,7 +857,10 @@ class Orchestrator:
             attempt=t.attempt,
             transport=d.transport,
         )
-        return task.model_dump() | (presets.task_fields(s, d.id) if pers is None else {})
+        extra = presets.task_fields(s, d.id) if pers is None else {}
+        if d.image_id and capture is None and pers is None:
+            extra["image_id"] = d.image_id  # the agent refuses any other image (protocol Task.image_id)
+        return task.model_dump() | extra
 
     def _hand_back(self, s: Session, t: Target, now: datetime) -> dict[str, Any]:
         """The agent is idle but its target still runs: it restarted. Resume from the checkpoint."""
