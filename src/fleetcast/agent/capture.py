@@ -280,7 +280,12 @@ def run_capture(
     # the server checks the name (begin, publish); the agent has no store of its own
     # compression is CPU work (one worker per core); uploads run beside it in the sink's own threads
     workers = max(2, min(runner.workers, os.cpu_count() or 2))
-    manifest = capture(source, task.image, None, progress=progress, stats=stats, sink=sink, workers=workers)
+    from fleetcast.identity.windows.osinfo import probe  # read-only: what the image details page shows
+
+    os_info = probe(Path(source))
+    manifest = capture(
+        source, task.image, None, progress=progress, stats=stats, sink=sink, workers=workers, os_info=os_info
+    )
     seconds = time.monotonic() - started
     runner._check(cancel)
     reporter.update(phase="finishing", urgent=True)

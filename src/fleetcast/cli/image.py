@@ -104,7 +104,11 @@ def cmd_capture(args: argparse.Namespace) -> int:
     stats = CaptureStats()
     started = time.monotonic()
     with ProgressBar(f"capture {args.name}", enabled=not args.json) as bar:
-        m = capture(args.source, args.name, store, force_raw=args.force_raw, progress=bar, stats=stats)
+        from fleetcast.identity.windows.osinfo import probe  # Windows facts for image info (read-only)
+
+        os_info = probe(Path(args.source))
+        m = capture(args.source, args.name, store, force_raw=args.force_raw, progress=bar, stats=stats,
+                    os_info=os_info)  # fmt: skip
     seconds = time.monotonic() - started
     out = summary(m, store.usage().get(m.name)) | {
         "source": str(args.source),
@@ -149,27 +153,24 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from fleetcast.store.images import summary
-
     store = _store(args)
-    images = store.list()
-    usage = store.usage(images)
+    images = store.summaries()
     if args.json:
-        print_json([summary(m, usage[m.name]) for m in images])
+        print_json(images)
         return 0
     if not images:
         print(f"no images in {store.root}")
         return 0
     rows = [
         [
-            m.name,
-            m.created,
-            _hb(m.disk_size),
-            _hb(m.used_bytes),
-            _hb(usage[m.name].stored_bytes),
-            _hb(usage[m.name].unique_bytes),
-            m.os_hint or "-",
-            ",".join(a.fstype for a in m.areas if a.kind != "gap"),
+            m["name"],
+            m["created"],
+            _hb(m["disk_size"]),
+            _hb(m["used_bytes"]),
+            _hb(m["stored_bytes"]),
+            _hb(m["unique_bytes"]),
+            m["os_hint"] or "-",
+            ",".join(p["fstype"] for p in m["partitions"]),
         ]
         for m in images
     ]
