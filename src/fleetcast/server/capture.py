@@ -323,6 +323,20 @@ class CaptureService:
                     f"image {name!r} is already being captured (capture {busy.deployment_id})",
                     hint=f"wait for it or cancel it: fleetcast deployments cancel {busy.deployment_id}",
                 )
+            if replace:
+                captures = select(CaptureRow.deployment_id)
+                using = s.scalars(
+                    select(Deployment.id).where(
+                        Deployment.image == name,
+                        Deployment.state.in_(ACTIVE_DEPLOYMENT),
+                        Deployment.id.not_in(captures),
+                    )
+                ).first()
+                if using is not None:
+                    raise ConflictError(
+                        f"image {name!r} cannot be replaced while deployment {using} deploys it",
+                        hint=f"wait for it or cancel it: fleetcast deployments cancel {using}",
+                    )
             dep = Deployment(
                 image=name, image_size=0, disk_rule=disk.strip(), batch=1, then="none", state="running",
                 created_at=utcnow(), created_by=actor,

@@ -160,3 +160,17 @@ def test_only_the_capture_task_of_this_client_may_upload(store_server: tuple[Ser
     r = server.http.post(f"/api/agent/captures/{task['task_id']}/have", content=b"", headers=other.headers)
     assert r.status_code == 403
     assert r.json()["message"] == f"task {task['task_id']} belongs to another client"
+
+
+def test_replace_is_refused_while_a_deployment_deploys_the_image(
+    store_server: tuple[Server, ImageStore],
+) -> None:
+    server, _ = store_server
+    server.agent(MAC, "golden-pc")
+    server.agent("02:00:00:00:00:02", "target")
+    body = {"image": "existing", "clients": "02:00:00:00:00:02", "disk": "0", "then": "none"}
+    dep = server.post("/api/deployments", body, status=201)["deployment"]
+    problem = _post(server, {"client": MAC, "name": "existing", "replace": True}, 409)
+    assert problem["message"] == f"image 'existing' cannot be replaced while deployment {dep} deploys it"
+    server.post(f"/api/deployments/{dep}/cancel")
+    assert _post(server, {"client": MAC, "name": "existing", "replace": True}, 200)["replace"] is True
