@@ -13,6 +13,7 @@ import argparse
 import hashlib
 import ipaddress
 import logging
+import shutil
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -97,6 +98,9 @@ class ServeNetboot:
             self._sync.join(timeout=5)
         if self.service is not None:
             self.service.stop()
+            root = self.service.cfg.tftp_root
+            if root.parent == TFTP_BASE:  # ours, made at start (the copies of the boot files)
+                shutil.rmtree(root, ignore_errors=True)
 
 
 TFTP_BASE = Path("/run/fleetcast")

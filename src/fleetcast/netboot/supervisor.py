@@ -72,6 +72,8 @@ class NetbootService:
         self._monitor: threading.Thread | None = None
         self._tail: deque[str] = deque(maxlen=20)
         self._started = threading.Event()
+        self._respawn = threading.Event()
+        self._respawned = threading.Event()
 
     @property
     def pid(self) -> int | None:
@@ -145,6 +147,8 @@ class NetbootService:
             )  # fmt: skip
 
     def _argv(self) -> list[str]:
+        # (no parent-death signal: the kernel clears it when dnsmasq drops root; a SIGKILLed fleetcast
+        # leaves its dnsmasq running, SIGTERM/SIGINT stop it)
         return [
             which("dnsmasq", package="dnsmasq-base"),
             f"--conf-file={self.cfg.conf_file}",
@@ -187,6 +191,8 @@ class NetbootService:
             logger.log(_level(line), "dnsmasq: %s", line)
 
     def _watch(self) -> None:
+        """Every dnsmasq after the first is started here (restarts after a crash, and the new one of a
+        reconfigure), so no request thread owns a child."""
         backoff = BACKOFF_FIRST
         while not self._stopping.is_set():
             proc = self._proc
@@ -195,13 +201,16 @@ class NetbootService:
                 rc = proc.wait()
                 if self._stopping.is_set():
                     return
-                with self._lock:
-                    if self._proc is not proc:  # reconfigure() replaced it
-                        continue
-                    logger.error(
-                        "network boot: dnsmasq (pid %d) exited with status %s; starting it again in %.0f s",
-                        proc.pid, rc, backoff,
-                    )  # fmt: skip
+                if self._respawn.is_set():  # reconfigure() ended it: start the new one at once
+                    with self._lock:
+                        self._respawn.clear()
+                        self._spawn(first=False)
+                    self._respawned.set()
+                    continue
+                logger.error(
+                    "network boot: dnsmasq (pid %d) exited with status %s; starting it again in %.0f s",
+                    proc.pid, rc, backoff,
+                )  # fmt: skip
                 if time.monotonic() - began > STABLE_SECONDS:
                     backoff = BACKOFF_FIRST
             if self._stopping.wait(backoff):
@@ -215,18 +224,20 @@ class NetbootService:
             backoff = min(backoff * 2, BACKOFF_MAX)
 
     def reconfigure(self, *, secureboot_macs: tuple[str, ...]) -> None:
-        """New per-MAC tags (registrations changed): rewrite the configuration and restart dnsmasq."""
+        """New per-MAC tags (registrations changed): rewrite the configuration and restart dnsmasq;
+        returns when the new one has started (or after START_WAIT + STOP_WAIT)."""
         with self._lock:
             if tuple(secureboot_macs) == self.cfg.secureboot_macs:
                 return
             self.cfg = replace(self.cfg, secureboot_macs=tuple(secureboot_macs))
-            if self._proc is None or self.iface is None:
+            proc = self._proc
+            if proc is None or self.iface is None or self._monitor is None:
                 return
             self._write(self.iface)
-            old = self._proc
-            self._proc = None
-            _terminate(old)
-            self._spawn(first=False)
+            self._respawned.clear()
+            self._respawn.set()
+            _terminate(proc)
+        self._respawned.wait(START_WAIT + STOP_WAIT)
 
     def stop(self) -> None:
         """End dnsmasq by its PID (SIGTERM, SIGKILL after 5 s); safe to call twice."""
