@@ -522,11 +522,13 @@ async function imagesPage() {
       ["Stored bytes", bytes(im.stored_bytes)], ["Bytes unique to this image", `${bytes(im.unique_bytes)} (freed by Delete and the next store gc)`],
       ["Packs", im.packs]];
     for (const os of found) { // what capture recorded about the OS (Windows: version, edition, generalized, SID)
+      if (os.error) rows.push(["Windows details", `not readable at capture: ${os.error}`]);
       if (os.version || os.product) rows.push(["Windows version", [os.product, os.version, os.build && `build ${os.build}`].filter(Boolean).join(" ")]);
       if (os.edition) rows.push(["Edition", os.edition]);
-      if (os.generalized !== undefined) rows.push(["Generalized (Sysprep)", os.generalized ? "yes" : "no"]);
+      if (os.generalized !== undefined) rows.push(["Generalized (Sysprep)", (os.generalized ? "yes" : "no") + (os.image_state ? ` (${os.image_state})` : "")]);
       if (os.machine_sid) rows.push(["Machine SID", os.machine_sid]);
       if (os.computer_name) rows.push(["Computer name", os.computer_name]);
+      if (os.domain) rows.push(["Domain", os.domain]);
     }
     if (im.os_hint === "windows" && !found.length) rows.push(["Windows details", "not recorded when this image was captured"]);
     for (const [k, v] of rows) dl.append(el("dt", {}, k), el("dd", { class: k === "Machine SID" ? "mono" : null }, v));
