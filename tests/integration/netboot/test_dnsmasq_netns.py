@@ -3,7 +3,10 @@ mode beside a site DHCP server, refusals, TFTP and the per-MAC script over the L
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -189,3 +192,53 @@ def test_csv_import_errors_name_lines(tmp_path: Path) -> None:
         "line 4: 'nope' is not a MAC address: expected aa:bb:cc:dd:ee:ff\n"
         "hint: fix the lines named and import the whole file again\n"
     )
+
+
+SUPERVISE = """
+import json, os, signal, sys, time
+from pathlib import Path
+from fleetcast.netboot.dnsmasq import DhcpMode, NetbootConfig
+from fleetcast.netboot.supervisor import NetbootService
+
+state = Path(sys.argv[1])
+tftp = Path(sys.argv[3])  # readable by dnsmasq's user "nobody" (pytest's tmp_path is 0700)
+svc = NetbootService(NetbootConfig("br0", DhcpMode.OFF, sys.argv[2], state, tftp_dir=tftp))
+svc.start()
+first = svc.pid
+os.kill(first, signal.SIGKILL)
+deadline = time.monotonic() + 15
+while time.monotonic() < deadline and (svc.pid is None or svc.pid == first):
+    time.sleep(0.1)
+second = svc.pid
+svc.reconfigure(secureboot_macs=("52:54:00:fc:81:09",))
+third = svc.pid
+conf = (state / "dnsmasq.conf").read_text()
+svc.stop()
+print(json.dumps({"first": first, "second": second, "third": third, "restarts": svc.restarts,
+                  "after_stop": svc.pid, "tagged": "dhcp-mac=set:sb,52:54:00:fc:81:09" in conf}))
+"""
+
+
+def test_supervisor_restarts_dnsmasq_and_stops_it(tmp_path: Path) -> None:
+    """The Python API the lab can use: a killed dnsmasq is started again (after ~1 s), a reconfigure
+    restarts it with the new tags, stop() ends it."""
+    import json
+
+    tftp = Path(f"/run/fleetcast/tftp-test-{os.getpid()}")
+    try:
+        with lan(5) as net:
+            url = f"http://{net.server_ip}:8080"
+            out = net.run(
+                net.srv, [sys.executable, "-c", SUPERVISE, str(tmp_path / "nb"), url, str(tftp)]
+            ).stdout
+    finally:
+        shutil.rmtree(tftp, ignore_errors=True)
+    got = json.loads(out.strip().splitlines()[-1])
+    assert got["first"] and got["second"] and got["third"]
+    assert len({got["first"], got["second"], got["third"]}) == 3
+    assert got["restarts"] == 1
+    assert got["after_stop"] is None
+    assert got["tagged"]
+    for pid in (got["first"], got["second"], got["third"]):
+        cmdline = Path(f"/proc/{pid}/cmdline")
+        assert not cmdline.exists() or b"dnsmasq" not in cmdline.read_bytes()
