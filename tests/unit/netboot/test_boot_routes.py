@@ -210,3 +210,22 @@ def test_registered_name_and_ip_go_into_a_deployment_without_patterns(kit: Kit) 
         assert boot.apply_registrations(s, pattern, names=False, ips=False) == pattern
         with pytest.raises(Exception, match="registered with the name 'LAB-07' \\(6 characters\\)"):
             boot.apply_registrations(s, plan, names=True, ips=False, max_name_length=5)
+
+
+def test_boot_actions_in_bulk_match_one_by_one(kit: Kit) -> None:
+    states = [None, "queued", "running", "done", "failed"]
+    for i, state in enumerate(states):
+        kit.client_with_target(f"52:54:00:00:01:{i:02x}", state, "done" if state == "done" else "running")
+    kit.http.post("/api/registrations", json={"mac": "52:54:00:00:02:01"}, headers=kit.auth)
+    with kit.app.state.db.sessions() as s:
+        bulk = boot.boot_actions(s)
+        single = {mac: boot.boot_action(s, mac) for mac in bulk}
+    assert bulk == single
+    assert [bulk[f"52:54:00:00:01:{i:02x}"].value for i in range(5)] == [
+        "wait",
+        "deploy",
+        "deploy",
+        "local",
+        "wait",
+    ]
+    assert bulk["52:54:00:00:02:01"].value == "register"
