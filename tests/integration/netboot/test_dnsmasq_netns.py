@@ -242,3 +242,20 @@ def test_supervisor_restarts_dnsmasq_and_stops_it(tmp_path: Path) -> None:
     for pid in (got["first"], got["second"], got["third"]):
         cmdline = Path(f"/proc/{pid}/cmdline")
         assert not cmdline.exists() or b"dnsmasq" not in cmdline.read_bytes()
+
+
+def test_uefi_boot_shim_sends_every_uefi_client_the_signed_chain(tmp_path: Path) -> None:
+    with lan(8) as net:
+        serve(
+            net,
+            tmp_path,
+            "--interface",
+            "br0",
+            "--range",
+            f"{net.ip(100)}-{net.ip(120)}",
+            "--uefi-boot",
+            "shim",
+        )
+        assert [o["file"] for o in net.discover(MAC, arch=7)] == ["bootx64.efi"]
+        assert [o["file"] for o in net.discover(MAC, arch=9)] == ["bootx64.efi"]
+        assert [o["file"] for o in net.discover(MAC, arch=0)] == ["undionly.kpxe"]
