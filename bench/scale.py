@@ -195,6 +195,15 @@ def bench_list(count: int, used: int, base: Path) -> None:
             f"image list: {count} images of {used / GiB:.0f} GiB used each "
             f"(index {isize // count:,} B each), made in {made:.1f} s"
         )
+        # the listing cache: every image taken into the dedupe index (its packs; its chunk rows are not
+        # needed by a listing and would take minutes to insert here), then `image list` reads summaries
+        from fleetcast.store.dedupe import DedupeIndex
+        from fleetcast.store.images import ImageStore
+
+        store = ImageStore(root)
+        with DedupeIndex.open(store, sync=False) as dx:
+            for name in store.names():
+                dx.add_image(store.open(name, lazy=True), chunks=False)
         for mode in ("lazy", "eager"):
             runs = []
             for _ in range(3):
@@ -217,11 +226,14 @@ def bench_list(count: int, used: int, base: Path) -> None:
             runs2.append(time.perf_counter() - t)
             listed = json.loads(proc.stdout)
             assert len(listed) == count and all("unique_bytes" in x for x in listed)
+            if not runs2[1:]:
+                print(f"  fleetcast image list --json, first run (fills the listing cache): {runs2[0]:.3f} s")
         t = time.perf_counter()
         subprocess.run([str(exe), "--help"], check=True, capture_output=True)
         startup = time.perf_counter() - t
         print(
-            f"  fleetcast image list --json (whole process): {min(runs2):.3f} s best of 3 "
+            f"  fleetcast image list --json (whole process, from the listing cache): {min(runs2[1:]):.3f} s "
+            "best of 2 "
             f"(process start-up alone, fleetcast --help: {startup:.3f} s)"
         )
 

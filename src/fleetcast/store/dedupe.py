@@ -51,17 +51,21 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DB_FILE = "dedupe.sqlite"
-SCHEMA = 3
+SCHEMA = 5
 QUERY_BATCH = 500  # hashes per SELECT (SQLite's variable limit is far above)
 INSERT_BATCH = 20_000
 
 _DDL = (
     "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS packs(n INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, "
-    "stored INTEGER NOT NULL, hash TEXT)",
+    "stored INTEGER NOT NULL, hash TEXT, owners INTEGER NOT NULL DEFAULT 0)",
     "CREATE TABLE IF NOT EXISTS chunks(hash BLOB NOT NULL, pack INTEGER NOT NULL, offset INTEGER NOT NULL, "
     "PRIMARY KEY (hash, pack)) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS images(name TEXT PRIMARY KEY, image_id TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS image_packs(name TEXT NOT NULL, pack INTEGER NOT NULL, "
+    "PRIMARY KEY (name, pack)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS summaries(name TEXT PRIMARY KEY, image_id TEXT NOT NULL, "
+    "stamp TEXT NOT NULL, summary TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS pending(name TEXT NOT NULL, image_id TEXT NOT NULL, "
     "PRIMARY KEY (name, image_id)) WITHOUT ROWID",
 )
@@ -183,6 +187,8 @@ class DedupeIndex:
         gone = [n for n, iid in known.items() if present.get(n) != iid]
         if gone:
             with self._lock, self._txn():
+                for n in gone:
+                    self._unown(n)
                 self.conn.executemany("DELETE FROM images WHERE name = ?", [(n,) for n in gone])
             report.dropped = len([n for n in gone if n not in present])
         for name, iid in present.items():
@@ -202,8 +208,9 @@ class DedupeIndex:
             logger.info("dedupe index: %d images added, %d dropped", report.added, report.dropped)
         return report
 
-    def add_image(self, manifest: Manifest) -> None:
-        """Take in a published image's entries, in one transaction (its ``images`` row last)."""
+    def add_image(self, manifest: Manifest, *, chunks: bool = True) -> None:
+        """Take in a published image's entries, in one transaction (its ``images`` row last).
+        ``chunks=False`` (benchmarks of the listing only) records the image and its packs, not its chunks."""
         refs = manifest.pack_refs()
         try:
             with self._lock, self._txn():
@@ -225,7 +232,7 @@ class DedupeIndex:
                 )
                 by_index = [numbers[p.id] for p in refs]
                 rows: list[tuple[bytes, int, int]] = []
-                for h, pack_no, off in _entry_rows(manifest, by_index, numbers):
+                for h, pack_no, off in _entry_rows(manifest, by_index, numbers) if chunks else ():
                     rows.append((h, pack_no, off))
                     if len(rows) >= INSERT_BATCH:
                         self._insert(rows)
@@ -235,17 +242,37 @@ class DedupeIndex:
                     (manifest.name, manifest.image_id),
                 )
                 self.conn.execute("DELETE FROM pending WHERE name = ?", (manifest.name,))
+                self._unown(manifest.name)
+                self.conn.executemany(
+                    "INSERT OR IGNORE INTO image_packs(name, pack) VALUES (?, ?)",
+                    [(manifest.name, n) for n in by_index],
+                )
+                self.conn.execute(
+                    "UPDATE packs SET owners = owners + 1 WHERE n IN "
+                    "(SELECT pack FROM image_packs WHERE name = ?)",
+                    (manifest.name,),
+                )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot update the dedupe index of {self.store.root}: {exc}") from exc
         for p in refs:
             self._pack_ok.pop(p.id, None)
 
+    def _unown(self, name: str) -> None:
+        """Forget which packs image ``name`` uses and its cached summary (inside a transaction)."""
+        self.conn.execute(
+            "UPDATE packs SET owners = owners - 1 WHERE n IN (SELECT pack FROM image_packs WHERE name = ?)",
+            (name,),
+        )
+        self.conn.execute("DELETE FROM image_packs WHERE name = ?", (name,))
+        self.conn.execute("DELETE FROM summaries WHERE name = ?", (name,))
+
     def drop_image(self, name: str) -> None:
         """An image was removed (its packs stay answerable until gc removes them)."""
         try:
             with self._lock, self._txn():
-                self.conn.execute("DELETE FROM images WHERE name = ?", (name,))
-                self.conn.execute("DELETE FROM pending WHERE name = ?", (name,))
+                self._unown(name)
+                for table in ("images", "pending"):
+                    self.conn.execute(f"DELETE FROM {table} WHERE name = ?", (name,))
         except sqlite3.Error as exc:
             raise StoreError(f"cannot update the dedupe index of {self.store.root}: {exc}") from exc
 
@@ -281,6 +308,7 @@ class DedupeIndex:
                     self.conn.execute(f"INSERT INTO gone SELECT n FROM packs WHERE id IN ({marks})", part)
                 cur = self.conn.execute("DELETE FROM chunks WHERE pack IN (SELECT n FROM gone)")
                 removed = cur.rowcount
+                self.conn.execute("DELETE FROM image_packs WHERE pack IN (SELECT n FROM gone)")
                 self.conn.execute("DELETE FROM packs WHERE n IN (SELECT n FROM gone)")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot update the dedupe index of {self.store.root}: {exc}") from exc
@@ -360,6 +388,36 @@ class DedupeIndex:
             with contextlib.suppress(OSError):
                 size += os.stat(f"{db_path(self.store)}{suffix}").st_size
         return IndexStats(images, packs, entries, size)
+
+    # -- listing cache (image list without parsing every pack list) -----------------------------------
+    def unique_bytes(self) -> dict[str, int]:
+        """name -> stored bytes of its packs that no other image the index took in uses."""
+        with self._lock:
+            rows = self._q(
+                "SELECT ip.name, SUM(p.stored) FROM image_packs ip JOIN packs p ON p.n = ip.pack "
+                "WHERE p.owners = 1 GROUP BY ip.name"
+            ).fetchall()
+        return {n: int(b) for n, b in rows}
+
+    def summaries(self) -> dict[str, tuple[str, str, str]]:
+        """name -> (image id, manifest stamp, summary JSON) cached by a listing."""
+        with self._lock:
+            rows = self._q("SELECT name, image_id, stamp, summary FROM summaries").fetchall()
+        return {n: (i, st, sm) for n, i, st, sm in rows}
+
+    def put_summaries(self, rows: Sequence[tuple[str, str, str, str]]) -> None:
+        """Cache (name, image id, stamp, summary JSON) rows; only for images the index has taken in."""
+        if not rows:
+            return
+        try:
+            with self._lock, self._txn():
+                self.conn.executemany(
+                    "INSERT OR REPLACE INTO summaries(name, image_id, stamp, summary) "
+                    "SELECT ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM images WHERE name = ?1 AND image_id = ?2)",
+                    rows,
+                )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot update the dedupe index of {self.store.root}: {exc}") from exc
 
     def image_ids(self) -> dict[str, str]:
         with self._lock:

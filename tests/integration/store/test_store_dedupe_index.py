@@ -16,7 +16,7 @@ from fleetcast.errors import CaptureError, ChunkCorrupt, IntegrityError, UsageEr
 from fleetcast.store.capture import CaptureStats, capture
 from fleetcast.store.chunkstore import chunk_hash, compress, decompress_verify
 from fleetcast.store.dedupe import DB_FILE, DedupeIndex
-from fleetcast.store.images import ImageStore
+from fleetcast.store.images import ImageStore, summary
 from fleetcast.store.ingest import StoreIngest
 from fleetcast.store.manifest import INDEX_FILE
 from fleetcast.store.restore import restore
@@ -294,3 +294,30 @@ def test_capture_through_a_sink_without_a_store_and_os_info(golden: Path, tmp_pa
     m = capture(golden, "g", None, sink=StoreSink(store, "g"), os_info={2: info})
     assert [a.os_info for a in m.areas if a.kind == "partition"] == [None, info, None]
     assert store.open("g").areas == m.areas and store.verify("g").ok
+
+
+def test_listing_cache_agrees_with_the_manifests(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path / "store")
+    capture(_disk(tmp_path / "a.img", 6), "a", store, pack_size=MiB)
+    capture(_disk(tmp_path / "b.img", 6, changed=4), "b", store, pack_size=MiB)
+    capture(_disk(tmp_path / "c.img", 7), "c", store, pack_size=MiB)
+
+    def exact() -> list[dict[str, object]]:
+        images = store.list()
+        usage = store.usage(images)
+        return [summary(m, usage[m.name]) for m in images]
+
+    assert store.summaries() == exact()  # fills the cache
+    assert store.summaries() == exact()  # read from it
+    store.remove("b")
+    assert store.summaries() == exact()  # a's packs are its own now
+    capture(_disk(tmp_path / "b2.img", 8), "b", store, pack_size=MiB)
+    assert store.summaries() == exact()
+    # an edit after publish: the cached summary is not trusted
+    manifest = store.manifest_path("c")
+    doc = json.loads(manifest.read_bytes())
+    doc["created"] = "2020-01-01T00:00:00+00:00"
+    manifest.write_bytes(json.dumps(doc, separators=(",", ":")).encode() + b"\n")
+    assert store.summaries() == exact()
+    store.gc()
+    assert store.summaries() == exact()
