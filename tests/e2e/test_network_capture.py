@@ -216,6 +216,15 @@ def test_capture_restore_and_recapture_sends_only_changes(
     assert sha256(agent.disk) == source_before  # never written
     assert images(lab) == ["golden-v1"]
     assert restored_partitions(lab, "golden-v1", tmp_path) == golden_parts
+    # progress in the server's events, as for deploys: phase, bytes, rate, ETA; then the published counters
+    cid = lab.get("/api/captures")["captures"][0]["capture"]
+    events = lab.events(cid)
+    progress = [e for e in events if e["type"] == "client-progress" and e["phase"] == "capturing"]
+    assert progress and progress[-1]["bytes_total"] == first["bytes_read"]
+    assert any(e["rate_bps"] > 0 and e["eta_seconds"] is not None for e in progress), progress[-3:]
+    published = [e for e in events if e["type"] == "capture-published"]
+    assert len(published) == 1 and published[0]["bytes_read"] == first["bytes_read"]
+    assert [e["type"] for e in events][-1] == "deployment-finished"
 
     # an existing name is refused at once: no task, nothing read
     rc, _, err = capture(lab, "golden-v1")

@@ -19,7 +19,6 @@ Nothing is written to the source disk: the engine opens it ``O_RDONLY`` and a ca
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -278,8 +277,8 @@ def run_capture(
     logger.info("task %d: capturing %s as %r (replace: %s)", task.task_id, source, task.image, info.replace)
     stats = CaptureStats()
     # the server checks the name (begin, publish); the agent has no store of its own
-    # compression is CPU work (one worker per core); uploads run beside it in the sink's own threads
-    workers = max(2, min(runner.workers, os.cpu_count() or 2))
+    # compression workers (--workers, at least 2); uploads run beside them in the sink's own threads
+    workers = max(2, runner.workers)
     from fleetcast.identity.windows.osinfo import probe  # read-only: what the image details page shows
 
     os_info = probe(Path(source))
