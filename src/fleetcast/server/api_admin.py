@@ -221,5 +221,13 @@ def events(
 
 
 @router.get("/audit", response_model=AuditList)
-def audit(orch: Orch, limit: Annotated[int, Query(ge=1, le=100_000)] = 1000) -> dict[str, Any]:
-    return {"audit": orch.audit(limit)}
+def audit(
+    orch: Orch,
+    limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
+    before: Annotated[int | None, Query(ge=1)] = None,
+    action: Annotated[str | None, Query(max_length=64)] = None,
+    actor: Annotated[str | None, Query(max_length=64)] = None,
+) -> dict[str, Any]:
+    """Newest first; ``before=ID`` pages back (pass the last id of the previous page); ``action``
+    and ``actor`` filter."""
+    return {"audit": orch.audit(limit, before=before, action=action, actor=actor)}

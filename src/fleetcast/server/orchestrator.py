@@ -528,9 +528,21 @@ class Orchestrator:
         self.presence.offline({client_id})
         return view
 
-    def audit(self, limit: int = 1000) -> list[dict[str, Any]]:
+    def audit(
+        self, limit: int = 1000, *, before: int | None = None, action: str | None = None,
+        actor: str | None = None,
+    ) -> list[dict[str, Any]]:  # fmt: skip
+        """Newest first; ``before`` = an id: the page older than it (the last id of the previous
+        page); ``action`` / ``actor`` filter exactly."""
+        query = select(AuditRow).order_by(AuditRow.id.desc()).limit(limit)
+        if before is not None:
+            query = query.where(AuditRow.id < min(before, MAX_INTEGER))
+        if action:
+            query = query.where(AuditRow.action == action)
+        if actor:
+            query = query.where(AuditRow.actor == actor)
         with self.db.sessions() as s:
-            rows = s.scalars(select(AuditRow).order_by(AuditRow.id.desc()).limit(limit))
+            rows = s.scalars(query)
             return [
                 {
                     "id": r.id,

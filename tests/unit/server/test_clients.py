@@ -57,3 +57,21 @@ def test_api_docs_load_nothing_from_outside(server: Server) -> None:
         assert r.status_code == 200
         assert len(r.content) > 100_000
     assert server.http.get("/api/openapi.json").json()["info"]["title"] == "fleetcast"
+
+
+def test_audit_pages_back_and_filters(server: Server) -> None:
+    agents = [server.agent(f"52:54:00:00:00:0{i}") for i in range(1, 4)]
+    for a in agents:
+        server.post(f"/api/clients/{a.client_id}/revoke")
+    server.deploy(clients="52:54:00:00:00:01")
+    first = server.get("/api/audit?limit=2")["audit"]
+    assert [e["action"] for e in first] == ["deployment-create", "client-revoke"]
+    older = server.get(f"/api/audit?limit=2&before={first[-1]['id']}")["audit"]
+    assert [e["target"] for e in older] == [
+        f"client {agents[1].client_id} (52:54:00:00:00:02)",
+        f"client {agents[0].client_id} (52:54:00:00:00:01)",
+    ]
+    assert server.get(f"/api/audit?before={older[-1]['id']}")["audit"] == []
+    revokes = server.get("/api/audit?action=client-revoke")["audit"]
+    assert len(revokes) == 3
+    assert server.get("/api/audit?actor=nobody")["audit"] == []
