@@ -14,7 +14,7 @@ from fleetcast.server.db import Base, Database, Deployment
 pytestmark = pytest.mark.integration
 
 # columns this session's fleetcast added to tables the previous release already had
-NEW = {"deployments": ["transport", "multicast"]}
+NEW = {"deployments": ["transport", "multicast", "image_id"]}
 
 
 def older_schema(url: str) -> None:
@@ -40,11 +40,17 @@ def check_upgrade(url: str) -> None:
     db = Database(url)
     try:
         have = {c["name"] for c in inspect(db.engine).get_columns("deployments")}
-        assert {"transport", "multicast"} <= have
+        assert {"transport", "multicast", "image_id"} <= have
         with db.sessions() as s:
             old = s.get(Deployment, 1)
             assert old is not None
-            assert (old.image, old.batch, old.transport, old.multicast) == ("golden", 2, "unicast", {})
+            assert (old.image, old.batch, old.transport, old.multicast, old.image_id) == (
+                "golden",
+                2,
+                "unicast",
+                {},
+                "",
+            )
     finally:
         db.close()
     Database(url).close()  # a second start finds nothing to add
