@@ -299,6 +299,47 @@ def _windows(used: list[Extent], size: int, chunk_size: int) -> Iterator[tuple[i
         yield window, pieces
 
 
+READ_MAX = 1 << 20  # one pread covers consecutive windows up to this many bytes ...
+READ_GAP = 256 << 10  # ... unless the unused bytes between two windows' spans exceed this
+
+
+def _read_windows(
+    fd: int, plan: _Plan, chunk_size: int, source: Path
+) -> Iterator[tuple[int, list[Extent], bytes]]:
+    """(window, its extents, the bytes of its span) for every window of the area, reading consecutive
+    windows with one pread of up to ``READ_MAX`` bytes (64 KiB preads are several times slower on a
+    block device); a gap of more than ``READ_GAP`` unused bytes starts a new read."""
+    group: list[tuple[int, list[Extent], int, int]] = []
+
+    def flush() -> Iterator[tuple[int, list[Extent], bytes]]:
+        start = group[0][2]
+        end = group[-1][2] + group[-1][3]
+        at = plan.start + start
+        try:
+            buf = os.pread(fd, end - start, at)
+        except OSError as exc:
+            raise CaptureError(f"cannot read {source} at byte {at}: {exc.strerror}") from exc
+        if len(buf) != end - start:
+            raise CaptureError(
+                f"short read from {source} at byte {at}: expected {end - start} bytes, got {len(buf)}"
+            )
+        for window, pieces, s_start, s_len in group:
+            yield window, pieces, buf[s_start - start : s_start - start + s_len]
+        group.clear()
+
+    for window, pieces in _windows(list(plan.used), plan.size, chunk_size):
+        s_start = pieces[0][0]
+        s_len = pieces[-1][0] + pieces[-1][1] - s_start
+        if group:
+            g_start = group[0][2]
+            g_end = group[-1][2] + group[-1][3]
+            if s_start - g_end > READ_GAP or s_start + s_len - g_start > READ_MAX:
+                yield from flush()
+        group.append((window, pieces, s_start, s_len))
+    if group:
+        yield from flush()
+
+
 def split_zeros(
     data: bytes, base: int, pieces: list[Extent], zero_block: int
 ) -> tuple[list[Extent], list[Extent]]:
@@ -484,20 +525,9 @@ def _capture_areas(
             data_bytes = skipped = entries = 0
             batch: list[_Window] = []
 
-            for window, pieces in _windows(list(plan.used), plan.size, chunk_size):
+            for window, pieces, data in _read_windows(fd, plan, chunk_size, source):
                 span_start = pieces[0][0]
-                span_len = pieces[-1][0] + pieces[-1][1] - span_start
-                try:
-                    data = os.pread(fd, span_len, plan.start + span_start)
-                except OSError as exc:
-                    raise CaptureError(
-                        f"cannot read {source} at byte {plan.start + span_start}: {exc.strerror}"
-                    ) from exc
-                if len(data) != span_len:
-                    raise CaptureError(
-                        f"short read from {source} at byte {plan.start + span_start}: "
-                        f"expected {span_len} bytes, got {len(data)}"
-                    )
+                span_len = len(data)
                 nonzero, zero_runs = split_zeros(data, span_start, pieces, ZERO_BLOCK)
                 if plan.keep_zeros:
                     _merge_add(zeros, zero_runs)
