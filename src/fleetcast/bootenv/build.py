@@ -5,17 +5,25 @@ Layout of one cache entry, published by renaming a finished temporary folder::
     /var/cache/fleetcast/bootenv/<key>/vmlinuz
     /var/cache/fleetcast/bootenv/<key>/initrd.img     (cpio newc, zstd)
     /var/cache/fleetcast/bootenv/<key>/manifest.json  (inputs, packages, sizes, seconds)
+
+Beside them ``base-<base key>/root`` (the pruned mmdebstrap tree the entries are made from), ``.build-*``
+and ``.base-*`` (builds under way) and ``.lock`` (held around publishing and pruning). An entry's folder
+mtime is its last use: after each build ``ensure`` prunes complete entries beyond the newest
+:data:`KEEP_ENTRIES` (never the one it built, never one used in the last :data:`MIN_AGE_SECONDS`) and
+the ``base-*`` trees no remaining entry refers to.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +35,9 @@ from fleetcast.run import run, which
 logger = logging.getLogger(__name__)
 
 DEFAULT_CACHE = Path("/var/cache/fleetcast/bootenv")
+KEEP_ENTRIES = 3
+MIN_AGE_SECONDS = 15 * 60.0  # an entry (or base tree) used this recently may be in use: never pruned
+LOCK_NAME = ".lock"
 StepFn = Callable[[str], None]
 
 
@@ -117,6 +128,7 @@ def ensure(
     entry = cache / key
     found = _load(entry, key)
     if found is not None:
+        _touch(entry)
         progress(f"boot environment {key}: cached in {entry}")
         return found
     for tool, package in (("mmdebstrap", "mmdebstrap"), ("cpio", "cpio"), ("zstd", "zstd")):
@@ -129,16 +141,114 @@ def ensure(
         manifest = _build(options, key, work, progress)
         (work / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         shutil.rmtree(work / "root")
-        if entry.exists():  # a stale or half-written entry: replace it
-            shutil.rmtree(entry)
-        os.rename(work, entry)
+        with _locked(cache):
+            found = _load(entry, key)
+            if found is not None:  # a concurrent build published it first (it may be in use): take it
+                progress(f"boot environment {key}: built meanwhile by another process, using {entry}")
+                shutil.rmtree(work, ignore_errors=True)
+            else:
+                if entry.exists():  # a stale or half-written entry: replace it
+                    _discard(entry)
+                os.rename(work, entry)
+            _touch(entry)
+            removed = _prune_locked(cache, KEEP_ENTRIES, protect={entry}, min_age=MIN_AGE_SECONDS)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
+    for path in removed:
+        progress(f"boot environment: removed the old cache entry {path}")
     found = _load(entry, key)
     if found is None:
         raise CommandError(f"boot environment {key}: the build finished but {entry} is incomplete", argv=[])
     return found
+
+
+@contextmanager
+def _locked(cache: Path) -> Iterator[None]:
+    """An exclusive flock on ``cache/.lock`` (publishing and pruning; builds run outside it)."""
+    fd = os.open(cache / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _touch(path: Path) -> None:
+    """Mark ``path`` used now (its mtime); a cache someone else owns stays as it is."""
+    with suppress(OSError):
+        os.utime(path)
+
+
+def _discard(path: Path) -> None:
+    """Take ``path`` out of the cache at once (a rename to a dot name), then delete it."""
+    trash = Path(tempfile.mkdtemp(prefix=f".trash-{path.name}-", dir=path.parent))
+    os.rename(path, trash / path.name)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def prune(
+    cache_dir: Path | None = None,
+    keep: int = KEEP_ENTRIES,
+    *,
+    min_age: float = MIN_AGE_SECONDS,
+    protect: Collection[Path] = (),
+) -> list[Path]:
+    """Remove complete cache entries beyond the ``keep`` most recently used ones (none used in the last
+    ``min_age`` seconds, none in ``protect``), then the ``base-*`` trees no remaining entry refers to
+    (none while a build is under way). Builds under way (dot names) are never touched. Returns the
+    removed folders."""
+    cache = cache_dir if cache_dir is not None else DEFAULT_CACHE
+    if keep < 0:
+        raise UsageError(f"--keep {keep}: give 0 or more")
+    if not cache.is_dir():
+        return []
+    with _locked(cache):
+        return _prune_locked(cache, keep, protect=protect, min_age=min_age)
+
+
+def _prune_locked(cache: Path, keep: int, *, protect: Collection[Path], min_age: float) -> list[Path]:
+    now = time.time()
+    protected = {p.resolve() for p in protect}
+    entries: list[tuple[float, Path]] = []
+    bases: list[Path] = []
+    busy = False
+    for path in cache.iterdir():
+        if path.name.startswith((".build-", ".base-")):
+            busy = True
+        if path.name.startswith(".") or not path.is_dir() or path.is_symlink():
+            continue
+        if path.name.startswith("base-"):
+            bases.append(path)
+        elif (path / "manifest.json").is_file():  # complete (a half-written one is replaced by ensure)
+            entries.append((path.stat().st_mtime, path))
+    entries.sort(reverse=True)
+    removed: list[Path] = []
+    referenced: set[str] = set()
+    for rank, (mtime, path) in enumerate(entries):
+        if rank < keep or path.resolve() in protected or now - mtime < min_age:
+            referenced.add(_base_of(path))
+            continue
+        _discard(path)
+        removed.append(path)
+    if not busy and "?" not in referenced:
+        for base in bases:
+            if base.name.removeprefix("base-") in referenced or now - base.stat().st_mtime < min_age:
+                continue
+            _discard(base)
+            removed.append(base)
+    if removed:
+        logger.info("boot environment cache %s: removed %s", cache, ", ".join(p.name for p in removed))
+    return removed
+
+
+def _base_of(entry: Path) -> str:
+    try:
+        data = json.loads((entry / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return "?"  # unreadable: keep every base tree rather than guess
+    value = data.get("base_key") if isinstance(data, dict) else None
+    return value if isinstance(value, str) else "?"
 
 
 def _base_tree(options: BootEnvOptions, cache: Path, progress: StepFn) -> tuple[Path, float]:
@@ -146,6 +256,7 @@ def _base_tree(options: BootEnvOptions, cache: Path, progress: StepFn) -> tuple[
     bkey = base_key(options)
     base = cache / f"base-{bkey}"
     if (base / "root" / "init.done").is_file():
+        _touch(base)  # in use: prune keeps it
         return base / "root", 0.0
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix=f".base-{bkey}-", dir=cache))
@@ -160,6 +271,7 @@ def _base_tree(options: BootEnvOptions, cache: Path, progress: StepFn) -> tuple[
         if base.exists():
             shutil.rmtree(base)
         os.rename(tmp, base)
+        _touch(base)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -49,6 +49,39 @@ def register(
     )
     add_json(b)
     b.set_defaults(func=handle_build)
+    pr = bsub.add_parser(
+        "prune",
+        parents=[parent],
+        help="remove old boot environments from the cache",
+        description="Remove cached boot environments beyond the most recently used ones (and the "
+        "Debian trees nothing left refers to). `bootenv build` does this after each build.",
+    )
+    pr.add_argument("--keep", type=int, default=3, metavar="N", help="entries to keep (default 3)")
+    pr.add_argument(
+        "--min-age",
+        type=float,
+        default=15.0,
+        metavar="MIN",
+        help="never remove one used in the last MIN minutes (default 15)",
+    )
+    pr.add_argument("--cache", metavar="DIR", help="cache folder (default: /var/cache/fleetcast/bootenv)")
+    add_json(pr)
+    pr.set_defaults(func=handle_prune)
+
+
+def handle_prune(args: argparse.Namespace) -> int:
+    from fleetcast.bootenv.build import prune
+    from fleetcast.cli.common import print_json
+
+    removed = prune(Path(args.cache) if args.cache else None, args.keep, min_age=args.min_age * 60)
+    if args.json:
+        print_json({"removed": [str(p) for p in removed]})
+    else:
+        for path in removed:
+            print(f"removed {path}")
+        if not removed:
+            print("nothing to remove")
+    return 0
 
 
 def handle_build(args: argparse.Namespace) -> int:
