@@ -95,11 +95,22 @@ def spawn(
     stdin: int | None = subprocess.DEVNULL,
     stdout: int | None = subprocess.PIPE,
     stderr: int | None = subprocess.PIPE,
+    new_session: bool = False,
 ) -> subprocess.Popen[bytes]:
-    """Start a long-running child (dnsmasq, qemu, udp-sender); the caller owns and ends it by PID."""
+    """Start a long-running child (dnsmasq, qemu, udp-sender); the caller owns and ends it by PID.
+    ``new_session``: the child is not in the caller's session, so a signal to the caller's process
+    group (Ctrl-C, a kill of the group) does not reach it."""
     args = [os.fspath(a) for a in argv]
     logger.debug("spawn: %s", shlex.join(args))
     try:
-        return subprocess.Popen(args, env=clean_env(env), cwd=cwd, stdin=stdin, stdout=stdout, stderr=stderr)
+        return subprocess.Popen(
+            args,
+            env=clean_env(env),
+            cwd=cwd,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=new_session,
+        )
     except FileNotFoundError as exc:
         raise CommandError(f"program {args[0]!r} not found", argv=args) from exc

@@ -5,6 +5,9 @@ and ntfs-3g; the facts land in the captured manifest's partition ``os_info``."""
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -52,3 +55,38 @@ def test_probe_reads_the_windows_facts_and_capture_records_them(tmp_path: Path) 
     plain = tmp_path / "linux.img"
     build_sample_disk(plain, size=64 * MiB, fill=0.02, layout="bare-ext4")
     assert osinfo.probe(plain) == {}
+
+
+def _loops_of(disk: Path) -> list[str]:
+    out = subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=False).stdout
+    return [line for line in out.splitlines() if str(disk) in line]
+
+
+def test_a_capture_killed_while_the_probe_reads_leaves_no_mount_or_loop_device(tmp_path: Path) -> None:
+    """SIGKILL of the capturing process while its probe has the NTFS volume mounted: the probe's own
+    process finishes, unmounts and detaches (issue 14: nothing leaked by a killed capture)."""
+    golden = tmp_path / "golden.img"
+    build_sample_disk(golden, size=96 * MiB, fill=0.02, layout="gpt-esp-ntfs-ext4")
+    with mount_partition(golden, 2) as root:
+        build_windows_tree(root)
+    code = (
+        "from pathlib import Path; from fleetcast.identity.windows.osinfo import probe; "
+        f"probe(Path({str(golden)!r}))"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 120
+        while not _loops_of(golden):  # the probe attached the NTFS partition
+            assert parent.poll() is None, "the probe ended before it attached the volume"
+            assert time.monotonic() < deadline, "the probe never attached the volume"
+            time.sleep(0.02)
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 120
+        while _loops_of(golden):
+            assert time.monotonic() < deadline, f"left behind: {_loops_of(golden)}"
+            time.sleep(0.2)  # (a mount would hold its loop device: none left means none mounted)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()

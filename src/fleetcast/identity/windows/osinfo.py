@@ -1,6 +1,11 @@
 """What capture records about each Windows volume of a disk, read-only: the manifest's per-partition
 ``os_info`` (store: ``capture(..., os_info=...)``) that the console's image details page shows.
 
+``probe`` runs the reading in a child process of its own session (``python -m
+fleetcast.identity.windows.osinfo DISK``, JSON on its output): a capture killed with SIGKILL while a
+volume is mounted would otherwise leave the ntfs-3g mount and its loop device behind; the child
+finishes, unmounts and detaches on its own.
+
 Every NTFS partition (or a bare NTFS disk) is attached read-only through a loop device with
 offset/sizelimit and mounted read-only with ntfs-3g, like ``scan``; ``inspect`` reads its hives
 (dirty ones through a replayed copy). Nothing on the source disk is written. A volume that holds no
@@ -14,8 +19,11 @@ e.g. 23H2), ``build``, ``generalized``, ``image_state``, ``machine_sid``, ``comp
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +59,35 @@ def facts(root: Path) -> dict[str, Any]:
     return {k: v for k, v in info.items() if v is not None}
 
 
+PROBE_TIMEOUT = 600.0
+
+
 def probe(disk: Path) -> dict[int, dict[str, Any]]:
-    """Partition number (0: a bare volume) -> ``os_info`` for every Windows volume on ``disk``."""
+    """Partition number (0: a bare volume) -> ``os_info`` for every Windows volume on ``disk``, read by
+    a child process that cleans up after itself even when this process is killed."""
+    from fleetcast.run import spawn
+
+    proc = spawn([sys.executable, "-m", __name__, os.fspath(disk)], new_session=True, stderr=None)
+    try:
+        out, _ = proc.communicate(timeout=PROBE_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        logger.warning(
+            "%s: the Windows probe took over %.0f s; no os_info (it ends on its own)", disk, PROBE_TIMEOUT
+        )
+        return {}
+    if proc.returncode != 0:
+        logger.warning("%s: the Windows probe failed (exit %s); no os_info", disk, proc.returncode)
+        return {}
+    try:
+        found = json.loads(out)
+        return {int(k): dict(v) for k, v in found.items()}
+    except (ValueError, TypeError, AttributeError) as exc:
+        logger.warning("%s: the Windows probe answered no JSON object (%s); no os_info", disk, exc)
+        return {}
+
+
+def probe_here(disk: Path) -> dict[int, dict[str, Any]]:
+    """``probe`` in this process (the child's work)."""
     from fleetcast.disk.filesystems import FsType
     from fleetcast.disk.loop import attach
     from fleetcast.disk.mount import mounted
@@ -91,3 +126,20 @@ def probe(disk: Path) -> dict[int, dict[str, Any]]:
             text = exc.message if isinstance(exc, FleetcastError) else str(exc)
             logger.warning("%s partition %d: not readable for os_info: %s", disk, vol.number, text)
     return out
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m fleetcast.identity.windows.osinfo DISK", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.WARNING, format="osinfo: %(message)s")
+    found = probe_here(Path(argv[0]))
+    try:  # written last, after every mount and loop device is gone: a dead reader costs nothing
+        print(json.dumps({str(k): v for k, v in found.items()}))
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
