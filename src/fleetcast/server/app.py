@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 SWEEP_SECONDS = 5.0
 PRESENCE_SECONDS = 0.5
+REPORT_ROUNDS = 120  # a line a minute
 
 
 async def _sweeper(orch: Orchestrator, every: float) -> None:
@@ -51,6 +52,12 @@ async def _presence(orch: Orchestrator) -> None:
             if rounds % 2 == 0:
                 await asyncio.to_thread(orch.presence.flush)
                 await asyncio.to_thread(orch.presence.refresh_credentials)
+            if rounds % REPORT_ROUNDS == 0 and (orch.presence.counts["fast"] or orch.presence.counts["full"]):
+                counts, orch.presence.counts = orch.presence.counts, {"fast": 0, "full": 0}
+                logger.info(
+                    "heartbeats in the last %.0f s: %d from memory, %d on the full path",
+                    REPORT_ROUNDS * PRESENCE_SECONDS, counts["fast"], counts["full"],
+                )  # fmt: skip
         except Exception:  # the next round may work (e.g. database restarted)
             logger.exception("presence refresh or flush failed")
 

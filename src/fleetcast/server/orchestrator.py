@@ -651,7 +651,9 @@ class Orchestrator:
         """The answer to an idle, online client's heartbeat without the database (server/presence.py),
         or None when it needs the full path (a task id, an inventory, busy, offline, or not known)."""
         if task_id is not None or inventory or not self.presence.idle(client_id):
+            self.presence.counts["full"] += 1
             return None
+        self.presence.counts["fast"] += 1
         self.presence.seen(client_id, utcnow(), address)
         return {"task": None, "cancel": False, "interval": self.settings.heartbeat_interval}
 

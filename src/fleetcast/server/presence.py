@@ -64,6 +64,8 @@ class Presence:
         self._gen = 0
         self._online: set[int] = set()
         self._seen: dict[int, tuple[datetime, str | None]] = {}
+        # heartbeats answered from memory / sent the full path, since the last report (app.py logs them)
+        self.counts: dict[str, int] = {"fast": 0, "full": 0}
         event.listen(sessions, "after_flush", self._after_flush)
         event.listen(sessions, "after_commit", self._after_commit)
         event.listen(sessions, "after_rollback", self._after_rollback)
@@ -152,7 +154,10 @@ class Presence:
 
     def refresh(self, *, force: bool = False) -> None:
         """Re-read the busy set if it is stale (one query); call from a thread, not the event loop."""
-        if not force and self._busy_gen == self._gen and time.monotonic() - self._busy_read_at <= BUSY_TTL:
+        # re-read at half the age idle() accepts: the app's loop (every 0.5 s) keeps it fresh, so no
+        # heartbeat falls into a gap between expiry and the next read (2.5 % took the full path)
+        age = time.monotonic() - self._busy_read_at
+        if not force and self._busy_gen == self._gen and age <= BUSY_TTL / 2:
             return
         gen, read_at = self._gen, time.monotonic()
         with self._sessions() as s:

@@ -3,6 +3,7 @@ skips is lost -- tasks, revocations, last_seen, offline and back."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -15,6 +16,7 @@ from fleetcast.server.auth import hash_credential
 from fleetcast.server.db import Client, utcnow
 from fleetcast.server.fastlane import FastLane
 from fleetcast.server.orchestrator import Orchestrator
+from fleetcast.server.presence import BUSY_TTL
 
 
 def orch(server: Server) -> Orchestrator:
@@ -202,3 +204,16 @@ def test_fast_lane_answers_idle_heartbeats_and_passes_the_rest(server: Server) -
     task = a.heartbeat()["task"]  # busy now: the full path hands out the task
     assert task is not None
     assert lane.answered == before + 1
+
+
+def test_busy_set_is_read_again_before_it_expires(server: Server) -> None:
+    """The app's loop re-reads the busy set at half the age idle() accepts, so no heartbeat falls
+    into a gap between expiry and the next read (2.5 % of them took the full path)."""
+    a = server.agent("52:54:00:00:00:01")
+    warm(server, a)
+    p = orch(server).presence
+    p._busy_read_at = time.monotonic() - BUSY_TTL * 0.75  # still fresh for idle(), due for refresh()
+    assert p.idle(a.client_id)
+    p.refresh()
+    assert time.monotonic() - p._busy_read_at < BUSY_TTL / 4
+    assert p.idle(a.client_id)
