@@ -264,7 +264,7 @@ class TaskRunner:
 
         reporter.update(phase="selecting-disk", urgent=True)
         rule = parse_rule(task.disk_rule)
-        manifest = self._load_image(task.image)
+        manifest = self._load_image(task.image, task.image_id)
         disk = select_disk(rule, list_disks(self.allow), max(manifest.disk_size, 0))
         target = Path(disk.path)
         busy = in_use(target)
@@ -334,17 +334,20 @@ class TaskRunner:
         changes.append(line)
         return {"disk": disk.path, "changes": changes, "action": task.then}
 
-    def _load_image(self, image: str) -> Manifest:
-        """The image's manifest and (format 2) its chunk index, checked against each other."""
+    def _load_image(self, image: str, expected_id: str = "") -> Manifest:
+        """The image's manifest and (format 2) its chunk index, checked against each other and, when the
+        task names it (``Task.image_id``, the image planned), against the image id: an image replaced,
+        repacked or upgraded since the plan is refused before anything is written."""
         from fleetcast.store.manifest import Manifest, load_image
 
         data = self.api.manifest(image)
+        what = f"image {image!r}"
         if Manifest.from_json(data).version == 1:
-            return load_image(data, None)
+            return load_image(data, None, expected_id=expected_id or None, what=what)
         path = self.state.path.with_name(self.state.path.name + ".index")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(self.api.index(image))
-        return load_image(data, path)
+        return load_image(data, path, expected_id=expected_id or None, what=what)
 
     def _done_path(self) -> Path:
         return self.state.path.with_name(self.state.path.name + ".packs")

@@ -227,6 +227,26 @@ def test_bad_disk_rule_fails_before_writing(tmp_path: Path, image: tuple[ImageSt
     assert disk.read_bytes() == bytes(manifest.disk_size)
 
 
+def test_the_planned_image_id_is_checked_before_writing(
+    tmp_path: Path, image: tuple[ImageStore, Manifest, Path]
+) -> None:
+    """A task names the image it planned by id (issue 14): the same name with other content (replaced,
+    repacked, upgraded since the plan) is refused before any byte is written; the right id deploys."""
+    store, manifest, src = image
+    server = FakeServer(store, "golden")
+    disk = _empty_disk(tmp_path, manifest)
+    runner, _, _ = _runner(server, tmp_path, disk)
+    other = "ab" * 32
+    assert runner.run(parse_task(_task(image_id=other))) == "failed"
+    (result,) = server.results
+    assert result["error"].startswith(f"image 'golden' has id {manifest.image_id} but {other} was expected")
+    assert server.chunk_gets == 0
+    assert disk.read_bytes() == bytes(manifest.disk_size)
+    server.results.clear()
+    assert runner.run(parse_task(_task(image_id=manifest.image_id))) == "done"
+    assert disk.read_bytes() == src.read_bytes()
+
+
 def test_disk_too_small_fails_before_writing(
     tmp_path: Path, image: tuple[ImageStore, Manifest, Path]
 ) -> None:
