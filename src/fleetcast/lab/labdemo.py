@@ -211,6 +211,9 @@ def wait_booted(
                     _apply_report(r, rep, _epoch(rep.get("received_at")) or time.time())
                 elif serial:
                     _apply_report(r, serial[-1], time.time())
+                if r.booted_at is None and _stuck_in_setup(machine.serial_text()):
+                    r.error = "the firmware stopped at its setup menu (UiApp) instead of booting the disk"
+                    progress(f"  {r.client}: {r.error}")
                 if r.booted_at is not None:
                     progress(
                         f"  {r.client} booted its disk: {r.hostname} {r.ip} machine-id {r.machine_id} "
@@ -224,6 +227,12 @@ def wait_booted(
             raise LabError(_missing("booted from disk", state, pending, timeout))
         _check_running(state, pending)
         time.sleep(POLL)
+
+
+def _stuck_in_setup(serial: str) -> bool:
+    """OVMF opened its setup menu after the server said "boot your disk" (no boot option left)."""
+    i = serial.rfind("booting from the local disk")
+    return i >= 0 and 'starting Boot0000 "UiApp"' in serial[i:]
 
 
 def rows(runs: list[ClientRun]) -> list[list[str]]:
