@@ -10,9 +10,12 @@ reach it, and full DHCP where another DHCP server answers (unless ``--force``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import ipaddress
+import json
 import logging
+import os
 import shutil
 import threading
 from dataclasses import dataclass, field, replace
@@ -25,7 +28,7 @@ from fleetcast import config
 from fleetcast.errors import UsageError
 from fleetcast.netboot.dnsmasq import DhcpMode, NetbootConfig, interface_info, parse_range, sync_mac_configs
 from fleetcast.netboot.scripts import INITRD, KERNEL, kernel_cmdline
-from fleetcast.netboot.supervisor import NetbootService
+from fleetcast.netboot.supervisor import NetbootService, is_dnsmasq_for, pid_alive, read_pidfile
 from fleetcast.server.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
@@ -68,7 +71,13 @@ class ServeNetboot:
 
     def start(self) -> None:
         if self.service is not None:
+            root = self.service.cfg.tftp_root
+            if root.parent == TFTP_BASE:
+                sweep_tftp_dirs(TFTP_BASE, keep=root)
             self.service.start()
+            if root.parent == TFTP_BASE:
+                info = {"pid": os.getpid(), "state_dir": str(self.service.cfg.state_dir)}
+                owner_file(root).write_text(json.dumps(info) + "\n")
             self._stop.clear()
             self.sync_grub_configs()
             self._sync = threading.Thread(target=self._sync_loop, name="grub-configs", daemon=True)
@@ -101,6 +110,8 @@ class ServeNetboot:
             root = self.service.cfg.tftp_root
             if root.parent == TFTP_BASE:  # ours, made at start (the copies of the boot files)
                 shutil.rmtree(root, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    owner_file(root).unlink()
 
 
 TFTP_BASE = Path("/run/fleetcast")
@@ -111,6 +122,45 @@ def tftp_dir_for(data_dir: Path) -> Path:
     one per data directory so two servers in two namespaces do not share one."""
     digest = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
     return TFTP_BASE / f"tftp-{digest}"
+
+
+def owner_file(root: Path) -> Path:
+    """``/run/fleetcast/tftp-X.owner`` beside the TFTP root (not in it: TFTP would serve it): the PID of
+    the server that made it and its netboot state folder."""
+    return root.with_name(root.name + ".owner")
+
+
+def sweep_tftp_dirs(base: Path = TFTP_BASE, *, keep: Path | None = None) -> list[Path]:
+    """Remove the ``tftp-*`` folders under ``base`` left by a server that was killed: its owner file
+    names a PID that is no longer running and that server's dnsmasq (its state folder's pidfile) is not
+    running either. Folders without an owner file (an older fleetcast's, or not ours) stay."""
+    try:
+        roots = sorted(p for p in base.glob("tftp-*") if p.is_dir() and not p.is_symlink())
+    except OSError:
+        return []
+    removed = []
+    for root in roots:
+        if root == keep:
+            continue
+        try:
+            info = json.loads(owner_file(root).read_text())
+        except (OSError, ValueError):
+            continue
+        pid, state = (info.get("pid"), info.get("state_dir")) if isinstance(info, dict) else (None, None)
+        if not isinstance(pid, int) or pid_alive(pid):
+            continue
+        left = read_pidfile(Path(state)) if isinstance(state, str) else None
+        if left is not None:
+            dpid, conf = left["pid"], left.get("conf")
+            if isinstance(dpid, int) and isinstance(conf, str) and is_dnsmasq_for(dpid, Path(conf)):
+                continue  # its dnsmasq still serves from it; the next start with that data ends it
+        shutil.rmtree(root, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            owner_file(root).unlink()
+        removed.append(root)
+    if removed:
+        logger.info("network boot: removed TFTP folders of servers no longer running: %s", removed)
+    return removed
 
 
 def check_bootenv(path: Path) -> Path:

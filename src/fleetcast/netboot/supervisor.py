@@ -5,10 +5,17 @@ a bad range, and full DHCP where another DHCP server already answers (a DHCPDISC
 interface, unless ``force``). ``start()`` prepares the TFTP root, writes the configuration and spawns
 ``dnsmasq --keep-in-foreground --log-facility=-``; its log lines go to this module's logger; when it
 dies it is started again after a growing pause (1, 2, 4 … 30 s). ``stop()`` ends it by PID.
+
+dnsmasq outlives a SIGKILLed parent (it drops root, which clears a parent-death signal), so its PID and
+configuration path are kept in ``state_dir/dnsmasq.pid``; the next ``start()`` with that state folder
+ends the one left running (SIGTERM, then SIGKILL) when ``/proc/PID/cmdline`` shows it is dnsmasq with
+this configuration, and logs it (``check()`` does it first, before the DHCP probe would see it).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import re
@@ -18,6 +25,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import replace
+from pathlib import Path
 from typing import IO
 
 from fleetcast.errors import CommandError, UsageError
@@ -83,9 +91,11 @@ class NetbootService:
     # ---- checks -------------------------------------------------------------------------------
 
     def check(self) -> InterfaceInfo:
-        """Every refusal, before anything starts; returns the interface's addresses."""
+        """Every refusal, before anything starts; returns the interface's addresses. First ends the
+        dnsmasq an earlier, killed run with this state folder left (else the DHCP probe finds it)."""
         which("dnsmasq", package="dnsmasq-base")
         cfg = self.cfg
+        stop_leftover(cfg.state_dir, cfg.conf_file)
         iface = interface_info(cfg.interface)
         if iface.ipv4 is None:
             raise UsageError(
@@ -121,6 +131,7 @@ class NetbootService:
             if self._proc is not None:
                 return
             iface = self.iface or self.check()  # checked already by whoever built this service
+            stop_leftover(self.cfg.state_dir, self.cfg.conf_file)
             self._write(iface)
             self._stopping.clear()
             self._spawn(first=True)
@@ -179,6 +190,16 @@ class NetbootService:
             if first:
                 raise error
             logger.error("network boot: %s", error.message)
+            return
+        self._write_pidfile(proc.pid)
+
+    def _write_pidfile(self, pid: int) -> None:
+        path = pidfile(self.cfg.state_dir)
+        tmp = path.with_name(".dnsmasq.pid.tmp")
+        info = {"pid": pid, "conf": str(self.cfg.conf_file), "tftp": str(self.cfg.tftp_root)}
+        info["owner"] = os.getpid()
+        tmp.write_text(json.dumps(info) + "\n")
+        os.replace(tmp, path)
 
     def _pump(self, stream: IO[bytes]) -> None:
         for raw in stream:
@@ -247,6 +268,8 @@ class NetbootService:
         if proc is not None:
             _terminate(proc)
             logger.info("network boot: dnsmasq (pid %d) stopped", proc.pid)
+        with contextlib.suppress(OSError):
+            pidfile(self.cfg.state_dir).unlink()
         if self._monitor is not None and self._monitor is not threading.current_thread():
             self._monitor.join(timeout=STOP_WAIT)
 
@@ -269,3 +292,73 @@ def _terminate(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def pidfile(state_dir: Path) -> Path:
+    return state_dir / "dnsmasq.pid"
+
+
+def read_pidfile(state_dir: Path) -> dict[str, object] | None:
+    """What the last ``start()`` with ``state_dir`` wrote (pid, conf, tftp, owner), None without one."""
+    try:
+        data = json.loads(pidfile(state_dir).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("pid"), int) else None
+
+
+def pid_alive(pid: int) -> bool:
+    """A running process (a zombie, dead but not reaped yet, is not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
+
+
+def is_dnsmasq_for(pid: int, conf: Path) -> bool:
+    """``pid`` runs dnsmasq with ``--conf-file=conf`` (so it is ours, not a reused PID)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return os.path.basename(argv[0]) == b"dnsmasq" and f"--conf-file={conf}".encode() in argv[1:]
+
+
+def stop_leftover(state_dir: Path, conf: Path) -> int | None:
+    """End the dnsmasq an earlier run with ``state_dir`` left running (its parent was SIGKILLed):
+    only when the pidfile's PID is alive and is dnsmasq with ``conf``. Returns its PID, else None."""
+    info = read_pidfile(state_dir)
+    if info is None:
+        return None
+    pid = info["pid"]
+    assert isinstance(pid, int)
+    if not (pid_alive(pid) and is_dnsmasq_for(pid, conf)):
+        with contextlib.suppress(OSError):
+            pidfile(state_dir).unlink()
+        return None
+    owner = info.get("owner")
+    if isinstance(owner, int) and owner != os.getpid() and pid_alive(owner):
+        raise UsageError(
+            f"dnsmasq (pid {pid}) with {conf} belongs to a fleetcast that is still running (pid {owner})",
+            hint="stop that server first; two servers cannot share one data directory",
+        )
+    logger.warning(
+        "network boot: dnsmasq (pid %d) of an earlier run (pid %s) is still running with %s: stopping it",
+        pid, owner, conf,
+    )  # fmt: skip
+    try:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_WAIT
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if pid_alive(pid) and is_dnsmasq_for(pid, conf):
+            logger.warning("network boot: dnsmasq (pid %d) ignored SIGTERM: SIGKILL", pid)
+            os.kill(pid, signal.SIGKILL)
+            while pid_alive(pid) and time.monotonic() < deadline + STOP_WAIT:
+                time.sleep(0.05)
+    except ProcessLookupError:
+        pass
+    with contextlib.suppress(OSError):
+        pidfile(state_dir).unlink()
+    return pid

@@ -259,3 +259,46 @@ def test_uefi_boot_shim_sends_every_uefi_client_the_signed_chain(tmp_path: Path)
         assert [o["file"] for o in net.discover(MAC, arch=7)] == ["bootx64.efi"]
         assert [o["file"] for o in net.discover(MAC, arch=9)] == ["bootx64.efi"]
         assert [o["file"] for o in net.discover(MAC, arch=0)] == ["undionly.kpxe"]
+
+
+def test_sigkilled_serve_leaves_a_dnsmasq_the_next_start_ends(tmp_path: Path) -> None:
+    """`fleetcast serve` SIGKILLed: its dnsmasq keeps running (the pidfile says which); the next serve
+    with the same data ends it before starting its own, and a clean stop leaves nothing behind."""
+    import json
+    import signal
+    import time
+
+    from fleetcast.netboot.service import owner_file, tftp_dir_for
+
+    with lan(9) as net:
+        args = ("--interface", "br0", "--dhcp", "full", "--range", f"{net.ip(100)}-{net.ip(120)}")
+        first = serve(net, tmp_path, *args)
+        tftp = tftp_dir_for(first.data)
+        try:
+            (old,) = _dnsmasq_pids(first.data)
+            info = json.loads((first.data / "netboot" / "dnsmasq.pid").read_text())
+            assert info["pid"] == old and info["owner"] == first.proc.pid
+            assert json.loads(owner_file(tftp).read_text())["pid"] == first.proc.pid
+            os.kill(first.proc.pid, signal.SIGKILL)
+            first.proc.wait()
+            time.sleep(0.5)
+            assert _dnsmasq_pids(first.data) == [old]  # the leftover: still there, still answering
+            assert [o["file"] for o in net.discover(MAC, arch=0)] == ["undionly.kpxe"]
+            second = serve(net, tmp_path, *args)
+            (new,) = _dnsmasq_pids(first.data)
+            assert new != old
+            assert not Path(f"/proc/{old}/cmdline").exists() or not Path(f"/proc/{old}/cmdline").read_bytes()
+            log = second.log.read_text()
+            assert f"dnsmasq (pid {old}) of an earlier run (pid {first.proc.pid})" in log, log
+            assert [o["file"] for o in net.discover(MAC, arch=0)] == ["undionly.kpxe"]
+            assert json.loads((first.data / "netboot" / "dnsmasq.pid").read_text())["pid"] == new
+            net.stop(second.proc)
+            assert second.proc.returncode == 0, second.log.read_text()
+            assert _dnsmasq_pids(first.data) == []
+            assert not (first.data / "netboot" / "dnsmasq.pid").exists()
+            assert not tftp.exists() and not owner_file(tftp).exists()
+        finally:
+            for pid in _dnsmasq_pids(first.data):  # a failed run: end what this test left
+                os.kill(pid, signal.SIGKILL)
+            shutil.rmtree(tftp, ignore_errors=True)
+            owner_file(tftp).unlink(missing_ok=True)
