@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_CACHE = Path("/var/cache/fleetcast/bootenv")
 KEEP_ENTRIES = 3
-MIN_AGE_SECONDS = 15 * 60.0  # an entry (or base tree) used this recently may be in use: never pruned
+MIN_AGE_SECONDS = 60 * 60.0  # an entry (or base tree) used this recently may be in use: never pruned
 LOCK_NAME = ".lock"
 StepFn = Callable[[str], None]
 

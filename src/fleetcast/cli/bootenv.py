@@ -60,9 +60,9 @@ def register(
     pr.add_argument(
         "--min-age",
         type=float,
-        default=15.0,
+        default=60.0,
         metavar="MIN",
-        help="never remove one used in the last MIN minutes (default 15)",
+        help="never remove one used in the last MIN minutes (default 60)",
     )
     pr.add_argument("--cache", metavar="DIR", help="cache folder (default: /var/cache/fleetcast/bootenv)")
     add_json(pr)

@@ -55,7 +55,7 @@ def test_prune_keeps_the_newest_and_the_bases_they_use(tmp_path: Path) -> None:
 
 
 def test_prune_spares_protected_recent_in_flight_and_referenced(tmp_path: Path) -> None:
-    _entry(tmp_path, "newest", "a", age=1 * HOUR)
+    _entry(tmp_path, "newest", "a", age=2 * HOUR)
     old = _entry(tmp_path, "protected", "b", age=9 * HOUR)
     _entry(tmp_path, "recent", "c", age=60)  # used a minute ago (and the newest): kept
     _entry(tmp_path, "gone", "d", age=5 * HOUR)
