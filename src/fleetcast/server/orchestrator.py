@@ -172,7 +172,20 @@ def target_view(t: Target) -> dict[str, Any]:
     }
 
 
-def deployment_view(d: Deployment, *, with_clients: bool = True) -> dict[str, Any]:
+def deployment_kind(s: Session | None, deployment_id: int) -> str:
+    """ "capture" (a captures row), "personalize" (a personalizations row) or "deploy", as _task_dict
+    hands its tasks out."""
+    if s is None:
+        return "deploy"
+    if s.scalars(select(CaptureRow.id).where(CaptureRow.deployment_id == deployment_id)).first() is not None:
+        return "capture"
+    by_dep = PersonalizeRow.deployment_id == deployment_id
+    return (
+        "personalize" if s.scalars(select(PersonalizeRow.id).where(by_dep)).first() is not None else "deploy"
+    )
+
+
+def deployment_view(d: Deployment, *, with_clients: bool = True, kind: str | None = None) -> dict[str, Any]:
     counts: dict[str, int] = {}
     for t in d.targets:
         counts[t.state] = counts.get(t.state, 0) + 1
@@ -193,6 +206,7 @@ def deployment_view(d: Deployment, *, with_clients: bool = True) -> dict[str, An
         "finished_at": isoformat(d.finished_at),
         "created_by": d.created_by,
         "counts": counts,
+        "kind": kind or deployment_kind(object_session(d), d.id),
     }
     if with_clients:
         view["clients"] = [target_view(t) for t in d.targets]
@@ -323,6 +337,11 @@ class Orchestrator:
         network and post action; each client keeps its number, name and IP."""
         with self._tx() as s:
             old = self._deployment(s, deployment_id)
+            if deployment_kind(s, old.id) == "personalize":
+                raise UsageError(
+                    f"deployment {deployment_id} re-personalized disks; run fleetcast personalize again",
+                    hint="a personalize-only deployment has no image to deploy again",
+                )
             if old.state in ACTIVE_DEPLOYMENT:
                 raise ServerError(
                     f"deployment {deployment_id} is still {old.state}; its failed clients can be retried "
@@ -426,7 +445,15 @@ class Orchestrator:
     def deployments(self) -> list[dict[str, Any]]:
         with self.db.sessions() as s:
             deps = s.scalars(select(Deployment).order_by(Deployment.id.desc()))
-            return [deployment_view(d, with_clients=False) for d in deps]
+            captures = set(s.scalars(select(CaptureRow.deployment_id)))
+            personal = set(s.scalars(select(PersonalizeRow.deployment_id)))
+            return [
+                deployment_view(
+                    d, with_clients=False,
+                    kind="capture" if d.id in captures else "personalize" if d.id in personal else "deploy",
+                )
+                for d in deps
+            ]  # fmt: skip
 
     def clients(self, query: ClientQuery | None = None) -> tuple[list[dict[str, Any]], str | None]:
         """One page of clients in MAC order, filtered, in two queries (clients, their active

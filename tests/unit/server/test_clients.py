@@ -75,3 +75,21 @@ def test_audit_pages_back_and_filters(server: Server) -> None:
     revokes = server.get("/api/audit?action=client-revoke")["audit"]
     assert len(revokes) == 3
     assert server.get("/api/audit?actor=nobody")["audit"] == []
+
+
+def test_deployment_kind_and_no_retry_of_a_personalization(server: Server) -> None:
+    """WINDOWS' request: a personalize-only deployment says so, and retrying one is refused plainly."""
+    a = server.agent("52:54:00:00:00:01")
+    dep = server.deploy()["deployment"]
+    assert server.get(f"/api/deployments/{dep}")["kind"] == "deploy"
+    task = a.heartbeat()["task"]
+    a.result(task["task_id"], "done")
+    pers = server.post("/api/personalizations", {"clients": "all", "name": "PC-{n}"}, status=201)
+    pid = pers["deployment"]
+    kinds = {d["deployment"]: d["kind"] for d in server.get("/api/deployments")["deployments"]}
+    assert kinds == {dep: "deploy", pid: "personalize"}
+    task = a.heartbeat()["task"]
+    a.result(task["task_id"], "failed", "disk busy")
+    r = server.http.post(f"/api/deployments/{pid}/retry", headers={"Authorization": f"Bearer {server.admin}"})
+    assert r.status_code == 400
+    assert r.json()["message"] == f"deployment {pid} re-personalized disks; run fleetcast personalize again"
