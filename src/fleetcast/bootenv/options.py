@@ -36,7 +36,7 @@ BASE_PACKAGES: tuple[str, ...] = (
 )
 
 # Python distributions the agent imports, copied from the running interpreter with their requirements.
-AGENT_DISTRIBUTIONS: tuple[str, ...] = ("zstandard", "blake3", "httpx", "pydantic")
+AGENT_DISTRIBUTIONS: tuple[str, ...] = ("zstandard", "blake3", "httpx", "pydantic", "regipy")
 
 # Module trees dropped from the initrd (no machine being imaged needs them to reach its disk and NIC).
 DROPPED_MODULES: tuple[str, ...] = (
