@@ -118,40 +118,23 @@ class AgentApi:
         )  # fmt: skip
         self._call("POST", f"/api/agent/tasks/{task_id}/result", "result", json=body.model_dump())
 
-    def manifest(self, image: str) -> bytes:
+    def _get_bytes(self, path: str, what: str) -> bytes:
+        """The body of a GET on the server (through outages, up to ``outage_limit``)."""
         response = request(
-            self._client,
-            "GET",
-            f"/api/agent/images/{image}/manifest",
-            outage_limit=self.outage_limit,
-            stop=self.stop,
-            what=f"manifest of image {image!r}",
+            self._client, "GET", path, outage_limit=self.outage_limit, stop=self.stop, what=what
         )
         return response.content
+
+    def manifest(self, image: str) -> bytes:
+        return self._get_bytes(f"/api/agent/images/{image}/manifest", f"manifest of image {image!r}")
 
     def index(self, image: str) -> bytes:
         """The binary chunk index of a format-2 image (its manifest records its hash and size)."""
-        response = request(
-            self._client,
-            "GET",
-            f"/api/agent/images/{image}/index",
-            outage_limit=self.outage_limit,
-            stop=self.stop,
-            what=f"chunk index of image {image!r}",
-        )
-        return response.content
+        return self._get_bytes(f"/api/agent/images/{image}/index", f"chunk index of image {image!r}")
 
     def drivers(self, name: str) -> bytes:
         """The driver folder ``name`` of the current task as a tar (agent/options.py unpacks it)."""
-        response = request(
-            self._client,
-            "GET",
-            f"/api/agent/drivers/{name}",
-            outage_limit=self.outage_limit,
-            stop=self.stop,
-            what=f"driver folder {name!r}",
-        )
-        return response.content
+        return self._get_bytes(f"/api/agent/drivers/{name}", f"driver folder {name!r}")
 
     def chunk_source(
         self, *, workers: int, prefetch: int, stop: Callable[[], bool] | None = None
