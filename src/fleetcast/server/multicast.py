@@ -39,22 +39,22 @@ from fleetcast.errors import ConflictError, UsageError
 from fleetcast.server.api_admin import require_admin
 from fleetcast.server.api_agent import AgentId, peer
 from fleetcast.server.db import Deployment
+from fleetcast.server.multicast_settings import MulticastSettings
 from fleetcast.server.orchestrator import Orchestrator
 from fleetcast.transport.multicast import Channel, Sender, route_interface
 
 logger = logging.getLogger(__name__)
 
 TRANSPORTS = ("unicast", "multicast", "auto")
-DEFAULT_MULTICAST_FROM = 4
-DEFAULT_MAX_WAIT = 60.0
-DEFAULT_DROP_BELOW = 0.0  # bytes/s; 0 = never drop
+DEFAULTS = MulticastSettings()  # the [multicast] table's defaults (server/multicast_settings.py)
+DEFAULT_MULTICAST_FROM = DEFAULTS.multicast_from
+DEFAULT_MAX_WAIT = DEFAULTS.max_wait
+DEFAULT_DROP_BELOW = DEFAULTS.drop_below  # bytes/s; 0 = never drop
 SENDER_WAIT = 15.0  # how long udp-sender waits for the joined receivers to connect
 NO_RECEIVER = 90.0  # a sender that got no receiver at all by then ends (its members went HTTP)
 DROP_WINDOW = 4.0
 DROP_GRACE = 6.0
 STANDS_OUT = 0.6  # a receiver is the slow one when it received at most this share of the others' median
-GROUP_BASE = "239.255.42."
-PORT_BASE = 9000
 TICK = 0.25
 KEEP_ENDED = 6 * 3600.0
 RESULT_KEYS = ("transport", "packs_multicast", "packs_repaired", "outcome", "foreign_frames")
@@ -78,13 +78,17 @@ class MulticastOptions:
         }
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any] | None) -> MulticastOptions:
-        raw = raw or {}
+    def from_dict(
+        cls, raw: dict[str, Any] | None, *, defaults: MulticastSettings | None = None
+    ) -> MulticastOptions:
+        """The options a deployment gave, the server's ``[multicast]`` defaults for the rest."""
+        raw = {k: v for k, v in (raw or {}).items() if v is not None}
+        d = defaults or MulticastSettings()
         return cls(
-            min_clients=raw.get("min_clients"),
-            max_wait=float(raw.get("max_wait", DEFAULT_MAX_WAIT)),
-            multicast_from=int(raw.get("multicast_from", DEFAULT_MULTICAST_FROM)),
-            drop_below=float(raw.get("drop_below", DEFAULT_DROP_BELOW)),
+            min_clients=raw.get("min_clients", d.min_clients),
+            max_wait=float(raw.get("max_wait", d.max_wait)),
+            multicast_from=int(raw.get("multicast_from", d.multicast_from)),
+            drop_below=float(raw.get("drop_below", d.drop_below)),
         )
 
 
@@ -200,12 +204,19 @@ class Session:
         }
 
 
+def server_settings(orch: Orchestrator) -> MulticastSettings:
+    """The server's ``[multicast]`` settings (``ServerSettings.multicast``), or the defaults."""
+    found = getattr(orch.settings, "multicast", None)
+    return found if isinstance(found, MulticastSettings) else DEFAULTS
+
+
 class MulticastManager:
     """All sessions of one server; ``tick()`` runs from its own thread (``start()``)."""
 
     def __init__(self, orch: Orchestrator, *, log_dir: Path | None = None) -> None:
         self.orch = orch
         self.log_dir = log_dir
+        self.settings = server_settings(orch)
         self._lock = threading.RLock()
         self.sessions: dict[str, Session] = {}
         self._current: dict[int, str] = {}  # deployment id -> its newest session
@@ -325,13 +336,13 @@ class MulticastManager:
                 raise ConflictError(
                     f"deployment {deployment_id} does not use multicast (it is {dep.transport})"
                 )
-            opts = MulticastOptions.from_dict(dep.multicast)
+            opts = MulticastOptions.from_dict(dep.multicast, defaults=self.settings)
             raw = opts.to_dict()
             if min_clients is not None:
                 raw["min_clients"] = min_clients
             if max_wait is not None:
                 raw["max_wait"] = max_wait
-            new = MulticastOptions.from_dict(raw)
+            new = MulticastOptions.from_dict(raw, defaults=self.settings)
             check_options("multicast", new)
             dep.multicast = new.to_dict()
             with self._lock:
@@ -349,7 +360,7 @@ class MulticastManager:
     def view(self, deployment_id: int) -> dict[str, Any]:
         with self.orch.db.sessions() as s:
             dep = self.orch._deployment(s, deployment_id)
-            transport, opts = dep.transport, MulticastOptions.from_dict(dep.multicast)
+            transport, opts = dep.transport, MulticastOptions.from_dict(dep.multicast, defaults=self.settings)
         with self._lock:
             sessions = [x.view() for x in self.sessions.values() if x.deployment_id == deployment_id]
         return {"deployment": deployment_id, "transport": transport, "options": opts.to_dict(),
@@ -361,11 +372,11 @@ class MulticastManager:
         from fleetcast.store.manifest import Manifest
 
         manifest: Manifest = self.orch.catalog.store().open(dep.image)
-        opts = MulticastOptions.from_dict(dep.multicast)
+        opts = MulticastOptions.from_dict(dep.multicast, defaults=self.settings)
         clients = dep.targets or dep.batch
         slot = self._next_slot
-        self._next_slot = (self._next_slot + 1) % 250
-        channel = Channel(f"{GROUP_BASE}{1 + slot}", PORT_BASE + 2 * slot, route_interface(peer))
+        self._next_slot = (self._next_slot + 1) % self.settings.sessions
+        channel = Channel(self.settings.group(slot), self.settings.port(slot), route_interface(peer))
         session = Session(
             id=secrets.token_hex(16),
             deployment_id=dep.id,
