@@ -241,12 +241,29 @@ class Machine:
     def pidfile(self) -> Path:
         return self.workdir / "qemu.pid"
 
-    def create_disk(self, size: int | str) -> Path:
-        """A blank disk of ``size`` (bytes or ``8G``), replacing any earlier one."""
+    def create_disk(self, size: int | str, *, backing: Path | None = None) -> Path:
+        """A blank disk of ``size`` (bytes or ``8G``), replacing any earlier one. ``backing``: an
+        existing disk image (raw or qcow2) the disk starts as instead: a qcow2 copy-on-write overlay,
+        so the image itself is never written (the disk's format must be qcow2)."""
         nbytes = parse_size(size) if isinstance(size, str) else size
         self.workdir.mkdir(parents=True, exist_ok=True)
+        argv: list[str | Path] = ["qemu-img", "create", "-q", "-f", self.spec.disk_format]
+        if backing is not None:
+            if self.spec.disk_format != "qcow2":
+                raise LabError(f"machine {self.spec.name}: a disk from an image needs qcow2, not raw")
+            backing = backing.resolve()
+            if not backing.is_file():
+                raise LabError(f"machine {self.spec.name}: disk image {backing} does not exist")
+            with backing.open("rb") as fh:
+                fmt = "qcow2" if fh.read(4) == b"QFI\xfb" else "raw"
+            if nbytes < backing.stat().st_size and fmt == "raw":
+                raise LabError(
+                    f"machine {self.spec.name}: disk size {nbytes} is smaller than the image "
+                    f"{backing} ({backing.stat().st_size} bytes)"
+                )
+            argv += ["-b", backing, "-F", fmt]
         self.disk.unlink(missing_ok=True)
-        run(["qemu-img", "create", "-q", "-f", self.spec.disk_format, self.disk, str(nbytes)])
+        run([*argv, self.disk, str(nbytes)])
         return self.disk
 
     def serial_text(self) -> str:

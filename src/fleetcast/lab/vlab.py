@@ -433,6 +433,18 @@ def register(
     api(state, "POST", "/api/registrations", body)
 
 
+def use_disk_image(state: LabState, record: MachineRecord, image: Path) -> Path:
+    """Give a powered-off machine a disk that starts as ``image`` (an existing raw or qcow2 disk image,
+    e.g. the golden disk from ``fleetcast.lab.golden.ensure_golden_disk()``) instead of its blank one: a
+    copy-on-write overlay of the lab's disk size (at least the image's), so ``image`` is never written.
+    Call it after ``up(..., start=False)`` and before ``power_on``."""
+    machine = state.machine(record)
+    if machine.running():
+        raise LabError(f"machine {record.name} is running: power it off before changing its disk")
+    size = max(state.disk_size, image.stat().st_size) if image.is_file() else state.disk_size
+    return machine.create_disk(size, backing=image)
+
+
 def power_on(state: LabState, record: MachineRecord) -> int:
     pid = state.machine(record).start()
     record.powered_on_at = time.time()

@@ -82,10 +82,15 @@ def tftp_device(server_url: str) -> str:
     return f"(tftp,{host})"
 
 
-# The local disk's UEFI loader (the firmware's fallback path; shim on a deployed Debian, verified by shim
-# against db with Secure Boot on); if there is none, fail so the firmware tries its next boot option.
+# The local disk's UEFI loader (the firmware's fallback path; shim on a deployed Debian, verified against
+# db with Secure Boot on). GRUB 2.06's chainloader builds the loaded image's device path from $root, not
+# from the file's device: left at the network, the disk's shim is handed the NIC's device path, finds
+# no filesystem there ("Failed to find fs") and cannot load its grubx64.efi. So root goes to the disk
+# first. (This GRUB's exit takes no code and returns EFI_SUCCESS, after which edk2 opens its menu
+# instead of trying the next boot option: the fallback below only helps a firmware that goes on.)
 GRUB_LOCAL = """if search --no-floppy --file --set=fcdisk /EFI/BOOT/BOOTX64.EFI; then
-    chainloader ($fcdisk)/EFI/BOOT/BOOTX64.EFI
+    set root=$fcdisk
+    chainloader /EFI/BOOT/BOOTX64.EFI
     boot
 fi
 exit 1

@@ -92,7 +92,9 @@ def test_script_by_state(kit: Kit, state: str | None, dep_state: str, expect_exi
     assert ("kernel " in text) is not expect_exit
     assert word in text
     grub = kit.http.get("/boot/grub", params={"mac": MAC}).text
-    assert ("chainloader ($fcdisk)/EFI/BOOT/BOOTX64.EFI\n" in grub) is expect_exit
+    # root is set to the disk before the chainloader: GRUB builds the image's device path from $root
+    local = "    set root=$fcdisk\n    chainloader /EFI/BOOT/BOOTX64.EFI\n"
+    assert (local in grub) is expect_exit
     assert ("\nexit 1\n" in grub) is expect_exit
     if not expect_exit:
         assert "linux (http,10.0.0.1:8080)/boot/file/vmlinuz console=tty0" in grub
