@@ -28,6 +28,9 @@ CONFIG = Path("Windows/System32/config")
         ("winreg-kb/SAM.xz", (76, 84, 0, [])),
         ("winreg-kb/SECURITY.xz", (101, 110, 0, [])),
         ("winreg-kb/NTUSER.DAT.xz", (1597, 2310, 0, [])),
+        ("turbinia/SAM.xz", (94, 106, 0, [])),
+        ("frnsc-hive/SAM.xz", (94, 106, 0, [])),
+        ("frnsc-hive/SECURITY.xz", (85, 93, 0, ["base block: sequence numbers 140 and 139 differ (dirty)"])),
         ("regipy/SECURITY.xz", (100, 109, 0, ["base block: sequence numbers 107 and 106 differ (dirty)"])),
         (
             "regipy/SYSTEM_WIN_10_1709.xz",

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.unit.identity.windows.win_bigdata import value_layout
 
 from fleetcast.identity.windows import sam, security
 from fleetcast.identity.windows.hive import REG_BINARY, Hive, scrub
@@ -19,22 +20,12 @@ from fleetcast.identity.windows.sid import random_machine_sid, replace_binary, s
 Unpack = Callable[..., Path]
 
 
-def _layout(h: Hive) -> dict[tuple[str, str], tuple[int, int, bytes]]:
-    """(key path, value name) -> (vk offset, type, data) for every value of the hive."""
-    out = {}
-    for path, node in h.walk():
-        for v in h.h.node_values(node):
-            t, data = h.h.value_value(v)
-            out[(path.lower(), str(h.h.value_key(v)))] = (int(v), int(t), bytes(data))
-    return out
-
-
 @pytest.mark.parametrize(
     ("rel", "mod"), [("winreg-kb/SAM.xz", sam), ("regipy/SAM.xz", sam), ("winreg-kb/SECURITY.xz", security)]
 )
 def test_sid_rewrite_keeps_every_value_cell(hive_file: Unpack, tmp_path: Path, rel: str, mod: object) -> None:
     src = hive_file(rel)
-    before = _layout(Hive(src))
+    before = value_layout(src)
     h = Hive(src, write=True)
     old = mod.machine_sid(h)  # type: ignore[attr-defined]
     new = seeded_machine_sid("inplace")
@@ -45,7 +36,7 @@ def test_sid_rewrite_keeps_every_value_cell(hive_file: Unpack, tmp_path: Path, r
     scrub(out, old=old, new=new, all_cells=True)
     after_hive = Hive(out)
     assert mod.machine_sid(after_hive) == new  # type: ignore[attr-defined]
-    after = _layout(after_hive)
+    after = value_layout(out)
     renamed = {k for k in before if str(old).lower() in k[0]}
     moved = []
     for key, (vk, t, data) in before.items():
@@ -72,7 +63,7 @@ def test_sid_text_in_a_binary_value_is_rewritten_in_place(hive_file: Unpack, tmp
     h.set_value(user, "UserTile", REG_BINARY, tile)
     staged = tmp_path / "staged"
     h.commit(staged)
-    before = _layout(Hive(staged))
+    before = value_layout(staged)
     h = Hive(staged, write=True)
     new = random_machine_sid(like=old)
     assert len(str(new)) == len(str(old)) and new != old
@@ -84,7 +75,7 @@ def test_sid_text_in_a_binary_value_is_rewritten_in_place(hive_file: Unpack, tmp
     raw = out.read_bytes()
     for enc in ("utf-16-le", "ascii"):
         assert str(old).encode(enc) not in raw and f"{new}-500".encode(enc) in raw
-    after = _layout(Hive(out))
+    after = value_layout(out)
     key = ("sam\\domains\\account\\users\\000001f4", "UserTile")
     assert after[key][0] == before[key][0]  # same vk cell
     assert after[key][2] == tile.replace(str(old).encode("utf-16-le"), str(new).encode("utf-16-le")).replace(
