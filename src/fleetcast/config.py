@@ -32,7 +32,7 @@ DEFAULT_DATA_DIR = Path("/var/lib/fleetcast")
 DEFAULT_STORE_DIR = DEFAULT_DATA_DIR / "store"
 DATA_ENV = "FLEETCAST_DATA"
 STORE_ENV = "FLEETCAST_STORE"
-SECTIONS = ("server", "agent")  # sub-tables of the config file, validated by their owners
+SECTIONS = ("server", "agent", "multicast")  # sub-tables of the config file, validated by their owners
 
 
 @dataclass(frozen=True)
@@ -292,6 +292,17 @@ def configuration_markdown() -> str:
         "",
         "[server]",
         "heartbeat_interval = 10",
+        "```",
+        "",
+        "`[multicast]`: server-wide multicast defaults (see docs/multicast.md#settings):",
+        "",
+        "```toml",
+        "[multicast]",
+        "multicast_from = 4",
+        "max_wait = 60",
+        "drop_below_mbit = 0",
+        'group_base = "239.255.42.0"',
+        "port_base = 9000",
         "```",
         "",
         "## Disk images of 4Kn disks",
