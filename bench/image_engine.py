@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import resource
 import shutil
 import subprocess
 import sys
@@ -44,10 +45,18 @@ PARTCLONE = {"fat": "partclone.vfat", "ntfs": "partclone.ntfs", "ext": "partclon
 
 @contextmanager
 def timed(results: dict[str, float], key: str) -> Iterator[None]:
-    t = time.monotonic()
+    """Wall time in ``results[key]``, CPU time (user + system, this process's threads and its children's)
+    in ``results[key + " cpu"]``: under load the CPU time is the fairer comparison."""
+    t, c = time.monotonic(), _cpu()
     yield
     results[key] = time.monotonic() - t
-    print(f"  {key:<28} {results[key]:7.2f} s", flush=True)
+    results[key + " cpu"] = _cpu() - c
+    print(f"  {key:<28} {results[key]:7.2f} s  (CPU {results[key + ' cpu']:.2f} s)", flush=True)
+
+
+def _cpu() -> float:
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def sh(cmd: str) -> None:
@@ -205,6 +214,13 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"ratios fleetcast / partclone+zstd: capture {r['fleetcast capture'] / pcc:.2f}x, "
             f"restore {r['fleetcast restore'] / pcr:.2f}x, stored {fc_stored / pc_stored:.2f}x"
+        )
+        fcc, pccc = r["fleetcast capture cpu"], r["partclone capture cpu"]
+        fcr, pcrc = r["fleetcast restore cpu"], r["partclone restore cpu"]
+        print(
+            f"CPU time (user + system): capture {fcc:.2f} s vs {pccc:.2f} s ({fcc / pccc:.2f}x), "
+            f"restore {fcr:.2f} s vs {pcrc:.2f} s ({fcr / pcrc:.2f}x); load average "
+            + " ".join(f"{x:.1f}" for x in os.getloadavg())
         )
         print(
             f"re-capture after changing {nfiles} files ({human_bytes(nbytes)}, 1 % of the files): "

@@ -13,7 +13,14 @@ measured in the same run as the baseline (its parse time and peak RSS), and the 
 ``fleetcast image list`` does (``ImageStore.list`` lazy, then ``usage`` for stored/unique bytes) and as
 the whole CLI process; the eager listing (every index verified) beside it.
 
-The real-data part of issue 7 (a 16 GiB disk beside partclone + zstd) is not in this script yet.
+``--restore``: a whole restore of each size in a fresh process (``store.restore.restore``, every pack
+verified and every entry's chunk checked, packs delivered in a random order by a synthetic source), onto a
+sparse file whose data writes are counted and dropped (the disk cannot hold 500 GB; the page cache is not
+the process's memory): time from the start of ``load_image`` to the first data byte written, total time
+and peak RSS. Its packs are real zstd frames of 16 MiB built from RLE blocks (540 bytes stored each, no
+compression cost), so the index's hashes are real and the restore does every check it does on real data.
+
+The real-data part of issue 7 (a disk beside partclone + zstd) is ``bench/image_engine.py``.
 """
 
 from __future__ import annotations
@@ -64,22 +71,69 @@ def _head(name: str, size: int, version: int) -> dict[str, object]:
     }
 
 
-def make_v2(d: Path, size: int, used: int, *, name: str = "scale", own: int = 0) -> tuple[float, int]:
+def _block(last: bool, kind: int, size: int, payload: bytes) -> bytes:
+    return ((size << 3) | (kind << 1) | int(last)).to_bytes(3, "little") + payload
+
+
+_TAIL = b"\x5a" * (CHUNK - 8) + b"\xa5" * (CHUNK * (PER_PACK - 1))
+
+
+def synthetic_pack(p: int) -> bytes:
+    """Pack ``p`` as a zstd frame (content size in its header, single segment): its first chunk is ``p``
+    (8 bytes) and 0x5a bytes, the 255 others 0xa5 bytes; raw and RLE blocks of at most 128 KiB."""
+    out = [b"\x28\xb5\x2f\xfd\xe0", (CHUNK * PER_PACK).to_bytes(8, "little")]
+    out += [_block(False, 0, 8, p.to_bytes(8, "little")), _block(False, 1, CHUNK - 8, b"\x5a")]
+    rest = CHUNK * (PER_PACK - 1)
+    while rest:
+        k = min(rest, 128 << 10)
+        rest -= k
+        out.append(_block(not rest, 1, k, b"\xa5"))
+    return b"".join(out)
+
+
+def make_v2(
+    d: Path, size: int, used: int, *, name: str = "scale", own: int = 0, real: bool = False
+) -> tuple[float, int]:
     """A synthetic v2 image in ``d``; ``own`` > 0: the second half of its packs are its own (ids offset
-    by ``own``), the first half shared with every image made with the same size."""
+    by ``own``), the first half shared with every image made with the same size. ``real``: its packs are
+    ``synthetic_pack(p)`` and the index's hashes theirs (a restore can verify everything)."""
+    import blake3
+
     from fleetcast.store.index import Entry, IndexWriter
 
     n = used // CHUNK
     npacks = -(-n // PER_PACK)
     t = time.perf_counter()
     rnd = os.urandom
-    with open(d / "index", "wb") as f:
-        w = IndexWriter(f)
-        for i in range(n):
-            w.add(Entry(0, i // PER_PACK, (i % PER_PACK) * CHUNK, i * CHUNK, rnd(32), ((i * CHUNK, CHUNK),)))
-        info = w.close()
-    ids = [p if not own or p < npacks // 2 else own * npacks + p for p in range(npacks)]
-    packs = [{"id": f"{p:064x}", "stored": 9 << 20, "hash": f"{p + 1:064x}"} for p in ids]
+    if real:
+        assert n % PER_PACK == 0, "real packs: the used bytes must be a multiple of 16 MiB"
+        rest = blake3.blake3(b"\xa5" * CHUNK).digest()
+        packs = []
+        with open(d / "index", "wb") as f:
+            w = IndexWriter(f)
+            for p in range(npacks):
+                head = p.to_bytes(8, "little")
+                first = blake3.blake3(head + _TAIL[: CHUNK - 8]).digest()
+                pid = blake3.blake3(head)
+                pid.update(_TAIL)
+                frame = synthetic_pack(p)
+                packs.append(
+                    {"id": pid.hexdigest(), "stored": len(frame), "hash": blake3.blake3(frame).hexdigest()}
+                )
+                for k in range(PER_PACK):
+                    i = p * PER_PACK + k
+                    w.add(Entry(0, p, k * CHUNK, i * CHUNK, rest if k else first, ((i * CHUNK, CHUNK),)))
+            info = w.close()
+    else:
+        with open(d / "index", "wb") as f:
+            w = IndexWriter(f)
+            for i in range(n):
+                w.add(
+                    Entry(0, i // PER_PACK, (i % PER_PACK) * CHUNK, i * CHUNK, rnd(32), ((i * CHUNK, CHUNK),))
+                )
+            info = w.close()
+        ids = [p if not own or p < npacks // 2 else own * npacks + p for p in range(npacks)]
+        packs = [{"id": f"{p:064x}", "stored": 9 << 20, "hash": f"{p + 1:064x}"} for p in ids]
     area: dict[str, object] = {
         "kind": "disk",
         "number": None,
@@ -156,6 +210,73 @@ else:
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(f"{opened:.3f} {planned:.3f} {walked:.3f} {rss:.0f}")
 """
+
+_RESTORE = r"""
+import os, random, resource, sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[3])
+d, target = Path(sys.argv[1]), Path(sys.argv[2])
+from scale import synthetic_pack
+from fleetcast.store.manifest import load_image
+from fleetcast.store import restore as r
+
+first = [0.0]
+dropped = [0]
+real_pwrite = os.pwrite
+ino = os.stat(target).st_ino
+mine = {}
+
+def pwrite(fd, data, offset):  # the target's writes are counted and dropped
+    if mine.setdefault(fd, os.fstat(fd).st_ino == ino):
+        if not first[0] and any(memoryview(data)[:4096]):
+            first[0] = time.perf_counter()
+        dropped[0] += len(data)
+        return len(data)
+    return real_pwrite(fd, data, offset)
+
+os.pwrite = pwrite
+
+class Synthetic:  # delivers the wanted packs in a random order
+    def __init__(self, number):
+        self.number = number
+    def packs(self, wanted):
+        order = list(wanted)
+        random.Random(1).shuffle(order)
+        for pid in order:
+            yield pid, synthetic_pack(self.number[pid])
+
+t = time.perf_counter()
+m = load_image((d / "manifest.json").read_bytes(), d / "index")
+number = {p.id: i for i, p in enumerate(m.pack_refs())}
+res = r.restore(m, Synthetic(number), target)
+took = time.perf_counter() - t
+assert res.chunks_written == m.entry_count, (res.chunks_written, m.entry_count)
+assert dropped[0] >= m.data_bytes, (dropped[0], m.data_bytes)
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(f"{first[0] - t:.3f} {took:.1f} {rss:.0f} {dropped[0]}")
+"""
+
+
+def bench_restore(text: str, size: int, used: int, base: Path) -> None:
+    with tempfile.TemporaryDirectory(prefix="fc-restore-", dir=base) as tmp:
+        d = Path(tmp)
+        made, isize = make_v2(d, size, used, real=True)
+        target = d / "target.img"
+        with open(target, "wb") as f:
+            f.truncate(size)
+        out = subprocess.run(
+            [sys.executable, "-c", _RESTORE, str(d), str(target), str(Path(__file__).parent)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        n = used // CHUNK
+        print(
+            f"restore {text} disk, {used / GiB:g} GiB used, {n:,} entries (index {isize:,} B), "
+            f"{n // PER_PACK:,} packs in a random order (made in {made:.0f} s): first data byte written "
+            f"{float(out[0]):.2f} s after the start of load_image, restore {out[1]} s, "
+            f"peak RSS {out[2]} MiB, {int(out[3]):,} bytes written"
+        )
 
 
 def child(d: Path, step: str) -> tuple[float, float, float, float]:
@@ -251,13 +372,18 @@ def main() -> int:
     ap.add_argument("--list", type=int, default=100, metavar="N", help="image list of N images (0: skip)")
     ap.add_argument("--list-used", default="8G", help="used bytes of each listed image")
     ap.add_argument("--only-list", action="store_true", help="only the image list part")
+    ap.add_argument(
+        "--restore", default="", metavar="SIZES", help="whole restores of these sizes (1G,64G,1T)"
+    )
     args = ap.parse_args()
     used_of = dict(kv.split("=") for kv in args.used.split(","))
     base = Path(os.environ.get("TMPDIR", "/tmp"))
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus; 64 KiB entries, 16 MiB packs")
     if args.list:
         bench_list(args.list, parse_size(args.list_used), base)
-    for text in [] if args.only_list else args.sizes.split(","):
+    for text in [t for t in args.restore.split(",") if t]:
+        bench_restore(text, parse_size(text), parse_size(used_of.get(text, text)), base)
+    for text in [] if args.only_list else [t for t in args.sizes.split(",") if t]:
         size = parse_size(text)
         used = parse_size(used_of.get(text, text))
         with tempfile.TemporaryDirectory(prefix="fc-scale-", dir=base) as tmp:
