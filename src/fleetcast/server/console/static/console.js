@@ -69,9 +69,18 @@ function problem(err) {
   box.hidden = false;
 }
 
-function throttled(fn, ms) {
+function throttled(fn, ms) { // fn once, ms after the first call of a burst
   let timer = null;
   return () => { if (!timer) timer = setTimeout(() => { timer = null; fn(); }, ms); };
+}
+function coalesced(fn, ms) { // fn at most once every ms: at once after a quiet spell, else at the window's end
+  let last = -Infinity, timer = null;
+  const run = () => { timer = null; last = Date.now(); fn(); };
+  return () => {
+    if (timer) return;
+    const wait = last + ms - Date.now();
+    if (wait <= 0) run(); else timer = setTimeout(run, wait);
+  };
 }
 
 function live(path, onEvent) {
@@ -107,9 +116,11 @@ function progressCell(done, total) {
   return el("span", { class: "bar" }, el("progress", { max: 100, value: pct, "aria-label": `${pct} %` }), ` ${pct} %`);
 }
 
-// Hooks for the features that land next (docs/console.md "Hooks"): each entry makes a button (or null)
-// for one client of the dashboard's inventory panel, e.g. "Capture this disk" (POST /api/captures).
+// Hooks filled by the page scripts loaded after this one (capture.js, multicast.js): each CLIENT_ACTIONS
+// entry makes a button (or null) for one client of the dashboard's inventory panel, (client, canChange);
+// each DEPLOYMENT_PANELS entry is called with the deployment page's context (deployment() below).
 const CLIENT_ACTIONS = [];
+const DEPLOYMENT_PANELS = [];
 
 function windowsInstalls(list) { // what the agent found on its disks (issue 13's SID audit)
   if (!list.length) return null;
@@ -120,17 +131,27 @@ function windowsInstalls(list) { // what the agent found on its disks (issue 13'
 }
 
 // -- dashboard ------------------------------------------------------------------------------------
+// A room of clients sends many events a second. They change the rows from their payload; /api/clients
+// is read again only for what a payload cannot tell (a new or re-enrolled client's inventory, a MAC not
+// in the table), at most once every REREAD_MS, and the table is redrawn at most once every DRAW_MS
+// however many events arrive (tests/e2e/test_console_live.py counts the requests).
+const REREAD_MS = 5000, DRAW_MS = 250;
+const RUNNING_EVENTS = ["client-assigned", "client-started", "client-resumed", "client-restarted", "client-progress"];
+const FINISHED_EVENTS = { "client-done": "done", "client-failed": "failed", "client-cancelled": null };
+
 async function dashboard() {
   const progress = {}; // mac -> last client-progress event
   const results = {}; // mac -> done | failed (newest deployment)
   const assigned = {}; // mac -> "NAME IP" from the newest deployment that had the client
+  const kinds = {}; // deployment id -> deploy | capture | personalize
   const selected = new Set();
   let clients = [];
+  let index = new Map(); // mac -> client
   const canChange = document.body.dataset.role !== "viewer";
 
   function status(c) {
     if (!c.online) return "offline";
-    if (c.state === "running") return "deploying";
+    if (c.state === "running") return kinds[c.deployment_id] === "capture" ? "capturing" : "deploying";
     if (c.state === "queued") return "queued";
     return results[c.mac] || "idle";
   }
@@ -149,7 +170,7 @@ async function dashboard() {
       if (!shown(c)) continue;
       const st = status(c);
       const p = progress[c.mac];
-      const prog = st === "deploying" && p ? [progressCell(p.bytes_done, p.bytes_total), " ", rate(p.rate_bps)] : [c.phase || ""];
+      const prog = (st === "deploying" || st === "capturing") && p ? [progressCell(p.bytes_done, p.bytes_total), " ", rate(p.rate_bps)] : [c.phase || ""];
       const box = el("input", { type: "checkbox", "aria-label": `select ${c.hostname || c.mac}`, checked: selected.has(c.mac),
         onchange: (e) => { e.target.checked ? selected.add(c.mac) : selected.delete(c.mac); } });
       const name = el("button", { type: "button", class: "link", onclick: () => inventory(c) }, c.hostname || c.mac);
@@ -171,27 +192,50 @@ async function dashboard() {
         el("dt", {}, "Serial"), el("dd", {}, dmi.serial || ""), el("dt", {}, "CPU"), el("dd", {}, cpu),
         el("dt", {}, "RAM"), el("dd", {}, bytes(c.ram_bytes)), el("dt", {}, "NICs"), el("dd", { class: "mono" }, nics),
         el("dt", {}, "Agent"), el("dd", {}, c.agent_version || "")), disks, windowsInstalls(c.windows || []),
-      // hook: per-client actions (network capture, issue 11) are added here by CLIENT_ACTIONS
-      el("div", { id: "client-actions", class: "wizard-nav", "data-client": c.id }, ...CLIENT_ACTIONS.map((make) => make(c)).filter(Boolean)));
+      // per-client actions (network capture, capture.js) are added here by CLIENT_ACTIONS
+      el("div", { id: "client-actions", class: "wizard-nav", "data-client": c.id }, ...CLIENT_ACTIONS.map((make) => make(c, canChange)).filter(Boolean)));
     box.hidden = false;
     box.querySelector("h2").focus();
   }
   async function load() {
     try {
       clients = (await api("GET", "/api/clients")).clients;
+      index = new Map(clients.map((c) => [c.mac, c]));
       problem(null);
     } catch (err) { problem(err); }
     draw();
   }
   async function newest() {
     const deps = (await api("GET", "/api/deployments")).deployments;
-    if (!deps.length) return;
-    const d = await api("GET", `/api/deployments/${deps[0].deployment}`);
+    for (const d of deps) kinds[d.deployment] = d.kind || "deploy";
+    const dep = deps.find((d) => (d.kind || "deploy") === "deploy");
+    if (!dep) return;
+    const d = await api("GET", `/api/deployments/${dep.deployment}`);
     for (const t of d.clients) {
       if (t.state === "done" || t.state === "failed") results[t.mac] = t.state;
       assigned[t.mac] = [t.name, t.ip].filter(Boolean).join(" ");
       if (t.state === "running") progress[t.mac] = { bytes_done: t.bytes, bytes_total: t.bytes_total, rate_bps: t.rate_bps };
     }
+  }
+  // one event -> the row it concerns; false when only /api/clients can tell (then it is read again)
+  function apply(ev) {
+    const c = index.get(ev.mac);
+    if (!c) return !ev.mac;
+    if (ev.type === "client-enrolled") return false; // its inventory may have changed
+    if (ev.type === "client-seen") { c.online = true; if (ev.address) c.address = ev.address; }
+    else if (ev.type === "client-stale") c.online = false;
+    else if (ev.type === "client-queued") { c.state = "queued"; c.deployment_id = ev.deployment_id; delete results[c.mac]; }
+    else if (RUNNING_EVENTS.includes(ev.type)) {
+      c.state = "running"; c.deployment_id = ev.deployment_id; delete results[c.mac];
+      if (ev.phase) c.phase = ev.phase;
+      if (ev.type === "client-progress") progress[c.mac] = ev;
+      if (ev.name && kinds[ev.deployment_id] !== "capture") assigned[c.mac] = ev.name;
+    } else if (ev.type in FINISHED_EVENTS) {
+      c.state = "idle"; c.phase = null; delete progress[c.mac];
+      if (FINISHED_EVENTS[ev.type]) results[c.mac] = FINISHED_EVENTS[ev.type]; else delete results[c.mac];
+    } else return true; // nothing the table shows
+    if (ev.type !== "client-stale") { c.online = true; c.last_seen = ev.ts; }
+    return true;
   }
   await newest();
   $("#filter").addEventListener("input", draw);
@@ -202,28 +246,27 @@ async function dashboard() {
     const macs = [...selected];
     location.assign("/deploy" + (macs.length ? `?clients=${encodeURIComponent(macs.join(","))}` : ""));
   });
-  const reload = throttled(load, 500);
+  const reread = coalesced(load, REREAD_MS);
+  const redraw = coalesced(draw, DRAW_MS);
+  const deployments = coalesced(() => newest().then(redraw, problem), REREAD_MS);
   live("/api/events", (ev) => {
-    if (ev.type === "client-progress") progress[ev.mac] = ev;
-    if (ev.type === "client-done") results[ev.mac] = "done";
-    if (ev.type === "client-failed") results[ev.mac] = "failed";
-    if (ev.type === "client-assigned" || ev.type === "client-queued") delete results[ev.mac];
-    if (ev.type === "deployment-created") newest().then(draw);
-    if (ev.type === "client-progress") draw(); else reload();
+    if (ev.type === "deployment-created") deployments();
+    if (apply(ev)) redraw(); else reread();
   });
   await load();
-  setInterval(load, 15000); // offline clients: the server marks them stale without a per-client event
+  setInterval(load, 15000); // last seen, and any change no event told about
 }
 
 // -- deploy wizard -----------------------------------------------------------------------------
 const FIELD_OF = [ // a problem's message -> the field it concerns (first match wins)
+  [/^transport|min.clients|max.wait|multicast.from|multicast/i, "transport"],
   [/IP list|has no line in the IP list|the IP list gives/i, "ip_list"], [/^both an IP range/i, "ip"],
   [/driver folder/i, "drivers"], [/unattend/i, "unattend"], [/only appl(y|ies) to Windows/i, "drivers"],
   [/^image/i, "image"], [/^(client|no clients)/i, "clients"], [/disk rule|^disk/i, "disk"], [/^batch/i, "batch"],
   [/^name pattern|name/i, "name"], [/DNS/, "dns"], [/^gateway|gateway/i, "gateway"], [/^IP|address/i, "ip"],
   [/post action|then/i, "then"],
 ];
-const STEP_OF = { image: 1, clients: 2, disk: 3, batch: 4, name: 5, ip: 6, ip_list: 6, gateway: 6, dns: 6,
+const STEP_OF = { image: 1, clients: 2, disk: 3, batch: 4, transport: 4, name: 5, ip: 6, ip_list: 6, gateway: 6, dns: 6,
   drivers: 7, unattend: 7, then: 8 };
 const THEN_WORDS = { reboot: "reboot", shutdown: "shut down", none: "do nothing" };
 
@@ -234,6 +277,30 @@ function fileInto(input, textarea, after) { // a chosen file's text into a texta
     textarea.value = await f.text();
     after();
   });
+}
+
+function transport(f) { // the wizard's transport fields -> the body keys of POST /api/deployments
+  const t = f.transport.value, num = (v) => (v.trim() === "" ? null : Number(v));
+  if (t === "unicast") return { transport: t };
+  return { transport: t, min_clients: num(f.min_clients.value), max_wait: num(f.max_wait.value),
+    multicast_from: t === "auto" ? num(f.multicast_from.value) : null };
+}
+function transportProblem(f) { // what the API would refuse with a less plain message
+  if (f.transport.value === "unicast") return "";
+  const min = f.min_clients.value.trim(), wait = f.max_wait.value.trim(), from = f.multicast_from.value.trim();
+  if (min !== "" && !(Number.isInteger(Number(min)) && Number(min) >= 1)) return "The stream needs at least 1 client to start: give 1 or more, or leave it empty for the batch's size.";
+  if (wait === "" || !(Number(wait) >= 0 && Number(wait) <= 86400)) return "The longest wait is 0 to 86400 seconds (a day).";
+  if (f.transport.value === "auto" && !(Number.isInteger(Number(from)) && Number(from) >= 1)) return "Auto needs the number of clients in a batch from which multicast is used: 1 or more.";
+  return "";
+}
+function transportLine(p, batch) { // the review's words for the plan's transport
+  if (!p.transport) return "";
+  const why = (p.transport_reason || "").startsWith("auto") ? ` (${p.transport_reason})` : "";
+  const mc = p.multicast;
+  if (p.transport !== "multicast" || !mc) return `Transport: ${p.transport}${why}.`;
+  const n = mc.min_clients || Math.min(batch, p.clients.length);
+  return `Transport: multicast${why}, one stream per batch; it starts when ${n} client${n === 1 ? " has" : "s have"} joined, ` +
+    `or after ${duration(mc.max_wait)} (min:s) at most.`;
 }
 
 function windowsLine(w) { // the same words as `fleetcast deploy --plan`
@@ -286,15 +353,16 @@ async function wizard() {
       gateway: mode !== "dhcp" ? f.gateway.value.trim() || null : null, dns: mode !== "dhcp" ? f.dns.value.trim() : "",
       grow: f.grow.checked, then: f.then.value,
       new_sid: f.new_sid.checked, reset_ids: f.reset_ids.checked, drivers: f.drivers.value || null,
-      unattend: um === "custom" ? f.unattend.value : um,
+      unattend: um === "custom" ? f.unattend.value : um, ...transport(f),
     };
   }
   function showModes() {
     const mode = form.elements.ipmode.value;
     form.querySelectorAll("[data-ipmode]").forEach((d) => { d.hidden = !d.dataset.ipmode.split(" ").includes(mode); });
     form.querySelectorAll("[data-unattend]").forEach((d) => { d.hidden = form.elements.unattend_mode.value !== d.dataset.unattend; });
+    form.querySelectorAll("[data-transport]").forEach((d) => { d.hidden = !d.dataset.transport.split(" ").includes(form.elements.transport.value); });
   }
-  form.querySelectorAll('input[name="ipmode"], input[name="unattend_mode"]').forEach((r) => r.addEventListener("change", () => { showModes(); ipPreview(); }));
+  form.querySelectorAll('input[name="ipmode"], input[name="unattend_mode"], input[name="transport"]').forEach((r) => r.addEventListener("change", () => { showModes(); ipPreview(); }));
   showModes();
   function clearErrors() { form.querySelectorAll(".error").forEach((p) => { p.textContent = ""; }); form.querySelectorAll("[aria-invalid]").forEach((i) => i.removeAttribute("aria-invalid")); }
   function showError(err) {
@@ -356,6 +424,10 @@ async function wizard() {
   }
   async function next() {
     clearErrors(); problem(null);
+    if (step === 4) {
+      const say = transportProblem(form.elements);
+      if (say) { $('.error[data-for="transport"]').textContent = say; return; }
+    }
     if (step === 1 && !sel.value) { $('.error[data-for="image"]').textContent = "There is no image to deploy: capture one first."; return; }
     if (step >= 2) {
       try {
@@ -365,7 +437,7 @@ async function wizard() {
           const addressing = p.ip_source === "list" ? "addresses from the IP list" : p.ip_source === "range" ? "addresses from the range" : "addresses by DHCP";
           $("#review").replaceChildren(...[
             el("p", {}, `Image ${p.image} (${disksize(p.image_size)}) to ${p.clients.length} client${p.clients.length === 1 ? "" : "s"}, disk rule ${p.disk}, ${b.batch} at a time, then ${THEN_WORDS[b.then]}.`),
-            p.transport ? el("p", {}, `Transport: ${p.transport_reason || p.transport}.`) : null,
+            p.transport ? el("p", { id: "review-transport" }, transportLine(p, b.batch)) : null,
             el("p", {}, `${cap(addressing)} · gateway ${p.gateway || "(none)"} · DNS ${(p.dns || []).join(", ") || "(none)"}`),
             el("p", { id: "review-windows" }, windowsLine(p.windows)),
             warnings(p), planTable(p),
@@ -439,8 +511,13 @@ async function deployment() {
       body.append(el("tr", { "data-mac": t.mac, "data-state": t.state }, el("td", {}, t.n), el("td", {}, t.name || ""), el("td", {}, t.ip || ""),
         el("td", { class: "mono" }, t.mac), el("td", {}, el("span", { class: `state ${t.state}` }, t.state)), el("td", {}, t.state === "running" ? t.phase || "" : t.state === "queued" ? "waiting for a place" : ""),
         el("td", {}, size ? progressCell(have, size) : "", size ? ` ${bytes(have)} of ${bytes(size)}` : ""), el("td", {}, t.state === "running" ? rate(t.rate_bps) : ""),
-        el("td", {}, t.state === "running" ? duration(t.eta_seconds) : ""), el("td", { class: "err" }, t.error || ""), el("td", {}, showLog)));
+        el("td", {}, t.state === "running" ? duration(t.eta_seconds) : ""), el("td", { class: "err" }, t.error || ""),
+        ...columns.map((p) => el("td", { class: "extra" }, p.cell(t))), el("td", {}, showLog)));
     }
+    const head = $("#targets thead tr");
+    head.querySelectorAll("th.extra").forEach((th) => th.remove());
+    for (const p of columns) head.lastElementChild.before(el("th", { scope: "col", class: "extra" }, p.column));
+    for (const p of panels) p.draw(dep);
     const { done, total, left } = overall();
     $("#overall").value = total ? done / total : 0;
     const counts = dep.clients.reduce((a, t) => { a[t.state] = (a[t.state] || 0) + 1; return a; }, {});
@@ -450,7 +527,7 @@ async function deployment() {
     const cancel = $("#cancel");
     if (cancel) cancel.hidden = !["running"].includes(dep.state);
     const retry = $("#retry");
-    if (retry) retry.hidden = !(counts.failed && !active);
+    if (retry) retry.hidden = !(counts.failed && !active && (dep.kind || "deploy") === "deploy"); // a capture is started again from its client
   }
   let dataBytes = 0; // what each client will write (the image's data), until its agent reports a total
   async function load() { dep = await api("GET", `/api/deployments/${id}`); draw(); }
@@ -469,9 +546,23 @@ async function deployment() {
     } catch (err) { problem(err); }
   });
   $("#log-all").addEventListener("click", () => { only = null; filterLog(); draw(); });
-  await load();
+  let panels = [], columns = []; // DEPLOYMENT_PANELS made for this deployment (multicast.js, capture.js)
+  dep = await api("GET", `/api/deployments/${id}`);
+  const ctx = { id, dep: () => dep, reload: () => load(), redraw: () => draw(), card: $("#overall").closest(".card"), canChange: document.body.dataset.role !== "viewer" };
+  panels = DEPLOYMENT_PANELS.map((make) => make(ctx, dep)).filter(Boolean);
+  columns = panels.filter((p) => p.column);
+  await Promise.all(panels.map((p) => (p.ready ? p.ready() : null)));
+  draw();
   try { dataBytes = (await api("GET", `/api/images/${encodeURIComponent(dep.image)}`)).data_bytes || 0; draw(); } catch (err) { /* deleted, or a capture's image-to-be */ }
-  const reload = throttled(load, 300);
+  const reload = coalesced(load, 1000);
+  const redraw = coalesced(draw, DRAW_MS);
+  function progressed(ev) { // a client-progress payload has every number of the client's row
+    const t = dep.clients.find((c) => c.task_id === ev.task_id || c.mac === ev.mac);
+    if (!t || !["running", "queued"].includes(t.state)) return false;
+    Object.assign(t, { state: "running", phase: ev.phase, bytes: ev.bytes_done, bytes_total: ev.bytes_total,
+      rate_bps: ev.rate_bps, eta_seconds: ev.eta_seconds });
+    return true;
+  }
   function line(ev, text) {
     const t = dep.clients.find((c) => c.mac === ev.mac);
     const li = el("li", { "data-mac": ev.mac || "" }, el("time", { datetime: ev.ts }, new Date(ev.ts).toLocaleTimeString()), " ",
@@ -483,9 +574,11 @@ async function deployment() {
     if (ev.type === "client-progress") {
       if (ev.mac && ev.phase && phases[ev.mac] !== ev.phase) line(ev, `phase ${ev.phase}`);
       if (ev.mac) phases[ev.mac] = ev.phase;
+      if (progressed(ev)) { redraw(); return; }
     } else {
       line(ev, `${ev.type}${ev.error ? ": " + ev.error : ""}${ev.phase ? " (" + ev.phase + ")" : ""}`);
     }
+    for (const panel of panels) if (panel.event) panel.event(ev);
     reload();
   });
   filterLog();
