@@ -92,26 +92,36 @@ def synthetic_pack(p: int) -> bytes:
 
 
 def make_v2(
-    d: Path, size: int, used: int, *, name: str = "scale", own: int = 0, real: bool = False
+    d: Path,
+    size: int,
+    used: int,
+    *,
+    name: str = "scale",
+    own: int = 0,
+    real: int = 0,
+    stride: int = 1,
+    chunks: Path | None = None,
 ) -> tuple[float, int]:
     """A synthetic v2 image in ``d``; ``own`` > 0: the second half of its packs are its own (ids offset
-    by ``own``), the first half shared with every image made with the same size. ``real``: its packs are
-    ``synthetic_pack(p)`` and the index's hashes theirs (a restore can verify everything)."""
+    by ``own``), the first half shared with every image made with the same size. ``real`` > 0: its first
+    ``real`` packs are ``synthetic_pack(p)`` with their true ids and hashes, and so are the index's entry
+    hashes (a restore can verify everything it is given; the other packs have made-up ids). ``stride``:
+    only every stride-th chunk of each pack is used (a pack ``1/stride`` live, for repacking); ``chunks``:
+    write the real packs into this store's ``chunks/``."""
     import blake3
 
     from fleetcast.store.index import Entry, IndexWriter
 
-    n = used // CHUNK
-    npacks = -(-n // PER_PACK)
+    npacks = -(-(used // CHUNK) // PER_PACK)
     t = time.perf_counter()
-    rnd = os.urandom
-    if real:
-        assert n % PER_PACK == 0, "real packs: the used bytes must be a multiple of 16 MiB"
-        rest = blake3.blake3(b"\xa5" * CHUNK).digest()
-        packs = []
-        with open(d / "index", "wb") as f:
-            w = IndexWriter(f)
-            for p in range(npacks):
+    rest = blake3.blake3(b"\xa5" * CHUNK).digest()
+    packs: list[dict[str, object]] = []
+    n = 0
+    with open(d / "index", "wb") as f:
+        w = IndexWriter(f)
+        for p in range(npacks):
+            first = rest
+            if p < real:
                 head = p.to_bytes(8, "little")
                 first = blake3.blake3(head + _TAIL[: CHUNK - 8]).digest()
                 pid = blake3.blake3(head)
@@ -120,20 +130,19 @@ def make_v2(
                 packs.append(
                     {"id": pid.hexdigest(), "stored": len(frame), "hash": blake3.blake3(frame).hexdigest()}
                 )
-                for k in range(PER_PACK):
-                    i = p * PER_PACK + k
-                    w.add(Entry(0, p, k * CHUNK, i * CHUNK, rest if k else first, ((i * CHUNK, CHUNK),)))
-            info = w.close()
-    else:
-        with open(d / "index", "wb") as f:
-            w = IndexWriter(f)
-            for i in range(n):
-                w.add(
-                    Entry(0, i // PER_PACK, (i % PER_PACK) * CHUNK, i * CHUNK, rnd(32), ((i * CHUNK, CHUNK),))
-                )
-            info = w.close()
-        ids = [p if not own or p < npacks // 2 else own * npacks + p for p in range(npacks)]
-        packs = [{"id": f"{p:064x}", "stored": 9 << 20, "hash": f"{p + 1:064x}"} for p in ids]
+                if chunks is not None:
+                    path = chunks / pid.hexdigest()[:2] / pid.hexdigest()
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_bytes(frame)
+            else:
+                q = p if not own or p < npacks // 2 else own * npacks + p
+                packs.append({"id": f"{q:064x}", "stored": 9 << 20, "hash": f"{q + 1:064x}"})
+            for k in range(0, PER_PACK, stride):
+                i = p * PER_PACK + k
+                h = (rest if k else first) if p < real else os.urandom(32)
+                w.add(Entry(0, p, k * CHUNK, i * CHUNK, h, ((i * CHUNK, CHUNK),)))
+                n += 1
+        info = w.close()
     area: dict[str, object] = {
         "kind": "disk",
         "number": None,
@@ -243,39 +252,62 @@ class Synthetic:  # delivers the wanted packs in a random order
         order = list(wanted)
         random.Random(1).shuffle(order)
         for pid in order:
-            yield pid, synthetic_pack(self.number[pid])
+            if pid in self.number:
+                yield pid, synthetic_pack(self.number[pid])
 
+class Counted:  # the restore's progress: packs written
+    packs = 0
+
+def progress(done, total):
+    Counted.packs += 1
+
+real = int(sys.argv[4])
 t = time.perf_counter()
 m = load_image((d / "manifest.json").read_bytes(), d / "index")
-number = {p.id: i for i, p in enumerate(m.pack_refs())}
-res = r.restore(m, Synthetic(number), target)
+number = {p.id: i for i, p in enumerate(m.pack_refs()) if i < real}
+try:
+    res = r.restore(m, Synthetic(number), target, progress=progress)
+    assert res.chunks_written == m.entry_count, (res.chunks_written, m.entry_count)
+    assert dropped[0] >= m.data_bytes, (dropped[0], m.data_bytes)
+    whole = 1
+except r.RestoreError as exc:  # a partial run: the source has no more packs
+    assert "delivered none" in exc.message, exc.message
+    whole = 0
 took = time.perf_counter() - t
-assert res.chunks_written == m.entry_count, (res.chunks_written, m.entry_count)
-assert dropped[0] >= m.data_bytes, (dropped[0], m.data_bytes)
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(f"{first[0] - t:.3f} {took:.1f} {rss:.0f} {dropped[0]}")
+print(f"{first[0] - t:.3f} {took:.1f} {rss:.0f} {dropped[0]} {Counted.packs - 1} {whole}")
 """
 
 
-def bench_restore(text: str, size: int, used: int, base: Path) -> None:
+def bench_restore(text: str, size: int, used: int, base: Path, limit: int) -> None:
+    """A restore of a synthetic image in a fresh process; ``limit`` > 0: the source has only that many
+    packs (the others' ids are made up), so the restore stops there (a partial run of a huge image)."""
     with tempfile.TemporaryDirectory(prefix="fc-restore-", dir=base) as tmp:
         d = Path(tmp)
-        made, isize = make_v2(d, size, used, real=True)
+        npacks = used // CHUNK // PER_PACK
+        real = min(limit, npacks) if limit else npacks
+        made, isize = make_v2(d, size, used, real=real)
         target = d / "target.img"
         with open(target, "wb") as f:
             f.truncate(size)
         out = subprocess.run(
-            [sys.executable, "-c", _RESTORE, str(d), str(target), str(Path(__file__).parent)],
+            [sys.executable, "-c", _RESTORE, str(d), str(target), str(Path(__file__).parent), str(real)],
             check=True,
             capture_output=True,
             text=True,
         ).stdout.split()
         n = used // CHUNK
+        what = (
+            "whole"
+            if out[5] == "1"
+            else f"partial: the source had {real:,} packs, the restore wrote {out[4]}"
+        )
         print(
             f"restore {text} disk, {used / GiB:g} GiB used, {n:,} entries (index {isize:,} B), "
-            f"{n // PER_PACK:,} packs in a random order (made in {made:.0f} s): first data byte written "
-            f"{float(out[0]):.2f} s after the start of load_image, restore {out[1]} s, "
-            f"peak RSS {out[2]} MiB, {int(out[3]):,} bytes written"
+            f"{npacks:,} packs in a random order (made in {made:.0f} s), {what}: first data byte written "
+            f"{float(out[0]):.2f} s after the start of load_image, {out[1]} s, "
+            f"peak RSS {out[2]} MiB, {int(out[3]):,} bytes written; load average "
+            + " ".join(f"{x:.1f}" for x in os.getloadavg())
         )
 
 
@@ -375,6 +407,9 @@ def main() -> int:
     ap.add_argument(
         "--restore", default="", metavar="SIZES", help="whole restores of these sizes (1G,64G,1T)"
     )
+    ap.add_argument(
+        "--restore-packs", type=int, default=0, metavar="N", help="restores: the source has only N packs"
+    )
     args = ap.parse_args()
     used_of = dict(kv.split("=") for kv in args.used.split(","))
     base = Path(os.environ.get("TMPDIR", "/tmp"))
@@ -382,7 +417,7 @@ def main() -> int:
     if args.list:
         bench_list(args.list, parse_size(args.list_used), base)
     for text in [t for t in args.restore.split(",") if t]:
-        bench_restore(text, parse_size(text), parse_size(used_of.get(text, text)), base)
+        bench_restore(text, parse_size(text), parse_size(used_of.get(text, text)), base, args.restore_packs)
     for text in [] if args.only_list else [t for t in args.sizes.split(",") if t]:
         size = parse_size(text)
         used = parse_size(used_of.get(text, text))

@@ -241,6 +241,13 @@ class IndexReader:
         if got is not None:
             self._cache.move_to_end(i)
             return got
+        got = self._decode(i)
+        self._cache[i] = got
+        if len(self._cache) > 8:
+            self._cache.popitem(last=False)
+        return got
+
+    def _decode(self, i: int) -> list[Entry]:
         b = self.blocks[i]
         stored = os.pread(self.fd, b.stored, b.offset)
         try:
@@ -251,15 +258,13 @@ class IndexReader:
         packs = {e.pack for e in got}
         if packs != set(b.packs):
             raise ManifestError(f"{self.what}: block {i} uses other packs than its header lists")
-        self._cache[i] = got
-        if len(self._cache) > 8:
-            self._cache.popitem(last=False)
         return got
 
     def entries(self) -> Iterator[Entry]:
-        """Every entry, in order, one block decoded at a time."""
+        """Every entry, in order, one block decoded at a time (not cached: a walk of every entry of
+        many images -- repack, check -- holds one block at a time, not 8 per image)."""
         for i in range(len(self.blocks)):
-            yield from self.block(i)
+            yield from self._cache.get(i) or self._decode(i)
 
     def pack_entries(self, pack: int, blocks: Sequence[int]) -> Iterator[Entry]:
         for i in blocks:

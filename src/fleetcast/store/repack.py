@@ -18,7 +18,11 @@ or other gc meanwhile):
 
 Image ids change for the images rewritten (their manifests name other packs): deployments planned with the
 old id must be planned again (the restore refuses an image that is not the one planned).
-Memory: the distinct slices of the store (a dict entry each) -- fine to a few million slices.
+
+Memory is bounded whatever the store's size: the distinct slices (and where each moved) are rows of a
+temporary SQLite file in the repack's work directory (``_Slices``, a 16 MiB page cache), not one Python
+object per slice; in memory are one entry per pack (its number), one index block per image being walked,
+one candidate pack and the new pack being filled (measured: docs/image-format.md, bench/repack.py).
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ import logging
 import os
 import secrets
 import shutil
-from collections.abc import Callable, Collection, Iterator
+import sqlite3
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -112,6 +117,85 @@ def amplification(store: ImageStore, m: Manifest) -> tuple[int, float]:
     return fetched, needed
 
 
+class _Slices:
+    """The distinct slices the store's images use, on disk: (pack, offset) -> length, and the new
+    (pack, offset) of each moved slice. Packs are numbered in first-use order (``ids``)."""
+
+    BATCH = 10_000
+
+    def __init__(self, path: Path) -> None:
+        self.db = sqlite3.connect(path, isolation_level=None)
+        for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-16384", "temp_store=FILE"):
+            self.db.execute(f"PRAGMA {pragma}")
+        self.db.execute(
+            "CREATE TABLE slice (pack INTEGER, off INTEGER, len INTEGER, npack INTEGER, noff INTEGER, "
+            "PRIMARY KEY (pack, off)) WITHOUT ROWID"
+        )
+        self.number: dict[str, int] = {}
+        self.ids: list[str] = []
+
+    def close(self) -> None:
+        self.db.close()
+
+    def pack_number(self, pid: str) -> int:
+        n = self.number.get(pid)
+        if n is None:
+            n = self.number[pid] = len(self.ids)
+            self.ids.append(pid)
+        return n
+
+    def add(self, slices: Iterable[tuple[str, int, int]]) -> None:
+        """Every (pack, offset, length) an image uses (duplicates are one slice)."""
+        batch: list[tuple[int, int, int]] = []
+        self.db.execute("BEGIN")
+        for pid, off, n in slices:
+            batch.append((self.pack_number(pid), off, n))
+            if len(batch) >= self.BATCH:
+                self.db.executemany("INSERT OR IGNORE INTO slice (pack, off, len) VALUES (?, ?, ?)", batch)
+                batch.clear()
+        self.db.executemany("INSERT OR IGNORE INTO slice (pack, off, len) VALUES (?, ?, ?)", batch)
+        self.db.execute("COMMIT")
+
+    def live(self) -> dict[str, int]:
+        """pack -> its live bytes (the sum of its distinct slices), in first-use order."""
+        got = dict(self.db.execute("SELECT pack, SUM(len) FROM slice GROUP BY pack"))
+        return {pid: int(got.get(i, 0)) for i, pid in enumerate(self.ids)}
+
+    def of_pack(self, pid: str) -> list[tuple[int, int]]:
+        """The live slices (offset, length) of a pack, by offset."""
+        rows = self.db.execute("SELECT off, len FROM slice WHERE pack = ? ORDER BY off", (self.number[pid],))
+        return [(int(o), int(n)) for o, n in rows]
+
+    def set_moved(self, moves: list[tuple[str, int, str, int]]) -> None:
+        """(old pack, old offset, new pack, new offset) of slices written into a new pack."""
+        self.db.execute("BEGIN")
+        self.db.executemany(
+            "UPDATE slice SET npack = ?, noff = ? WHERE pack = ? AND off = ?",
+            [(self.pack_number(new), noff, self.number[old], off) for old, off, new, noff in moves],
+        )
+        self.db.execute("COMMIT")
+
+    def moved(self, pid: str, off: int) -> tuple[str, int] | None:
+        n = self.number.get(pid)
+        if n is None:
+            return None
+        row = self.db.execute("SELECT npack, noff FROM slice WHERE pack = ? AND off = ?", (n, off)).fetchone()
+        if row is None or row[0] is None:
+            return None
+        return self.ids[row[0]], int(row[1])
+
+
+def _image_slices(m: Manifest) -> Iterator[tuple[str, int, int]]:
+    """(pack, offset, length) of every entry, from the index's records (no ChunkRef per entry)."""
+    index = m.open_index()
+    if index is None:  # format 1: the chunks are in the manifest
+        yield from _slices(m)
+        return
+    ids = [p.id for p in m.packs]
+    for e in index.entries():
+        yield ids[e.pack], e.offset, sum(n for _, n in e.extents)
+
+
 def repack_store(
     store: ImageStore,
     *,
@@ -124,36 +208,31 @@ def repack_store(
     with store.locked(exclusive=True):
         images = [store.open(n) for n in store.names()]  # every index verified; damage refuses
         kept = set(protect() if callable(protect) else (protect or ()))
-        live: dict[str, dict[int, int]] = {}
-        order: list[str] = []  # packs in first use across images
-        pinned: set[str] = set(kept)
-        for m in images:
-            if m.version == VERSION:
-                pinned.update(m.pack_ids())
-            for pid, off, n in _slices(m):
-                if pid not in live:
-                    live[pid] = {}
-                    order.append(pid)
-                live[pid][off] = n
-        report.packs_before = len(order)
-        candidates: list[str] = []
-        for pid in order:
-            if pid in pinned:
-                continue
-            if sum(live[pid].values()) < threshold * content_size(store, pid):
-                candidates.append(pid)
-        report.candidates = len(candidates)
-        if not candidates:
-            return report
         work = store.tmp_dir / f"repack-{os.getpid()}-{secrets.token_hex(4)}"
         work.mkdir(parents=True)
+        slices = _Slices(work / "slices.sqlite")
         try:
-            moved, new_refs = _write_packs(store, work, candidates, live, report, pack_size, level)
+            pinned: set[str] = set(kept)
+            for m in images:
+                if m.version == VERSION:
+                    pinned.update(m.pack_ids())
+                slices.add(_image_slices(m))
+            live = slices.live()
+            report.packs_before = len(live)
+            candidates = [
+                pid
+                for pid, n in live.items()
+                if pid not in pinned and n < threshold * content_size(store, pid)
+            ]
+            report.candidates = len(candidates)
+            if not candidates:
+                return report
+            new_refs = _write_packs(store, work, candidates, slices, report, pack_size, level)
             cand = set(candidates)
             for m in images:
                 if cand.isdisjoint(m.pack_ids()):
                     continue
-                _rewrite_image(store, work, m, moved, new_refs)
+                _rewrite_image(store, work, m, slices, new_refs, candidates=cand)
                 report.images_rewritten.append(m.name)
             if db_path(store).exists():
                 with DedupeIndex.open(store, sync=False) as dx:
@@ -163,6 +242,7 @@ def repack_store(
                 report.freed_bytes += path.stat().st_size
                 path.unlink()
         finally:
+            slices.close()
             shutil.rmtree(work, ignore_errors=True)
     logger.info(
         "repack: %d of %d packs rewritten into %d (read %d, wrote %d bytes), %d images re-pointed",
@@ -180,13 +260,12 @@ def _write_packs(  # noqa: PLR0917 -- one call site
     store: ImageStore,
     work: Path,
     candidates: list[str],
-    live: dict[str, dict[int, int]],
+    slices: _Slices,
     report: RepackReport,
     pack_size: int,
     level: int,
-) -> tuple[dict[tuple[str, int], tuple[str, int]], dict[str, PackRef]]:
-    """Copy the candidates' live slices into new packs; (old pack, offset) -> (new pack, offset)."""
-    moved: dict[tuple[str, int], tuple[str, int]] = {}
+) -> dict[str, PackRef]:
+    """Copy the candidates' live slices into new packs (where each went is recorded in ``slices``)."""
     refs: dict[str, PackRef] = {}
     pending: list[tuple[str, int]] = []  # (old pack, old offset) of the slices in the buffer
     buf: list[bytes] = []
@@ -205,9 +284,11 @@ def _write_packs(  # noqa: PLR0917 -- one call site
         written.append(path)
         refs[pid] = PackRef(pid, len(stored), str(blake3.blake3(stored).hexdigest()))
         pos = 0
+        moves: list[tuple[str, int, str, int]] = []
         for (old, off), piece in zip(pending, buf, strict=True):
-            moved[(old, off)] = (pid, pos)
+            moves.append((old, off, pid, pos))
             pos += len(piece)
+        slices.set_moved(moves)
         report.new_packs += 1
         report.written_bytes += len(stored)
         buf, size, pending = [], 0, []
@@ -216,8 +297,8 @@ def _write_packs(  # noqa: PLR0917 -- one call site
         stored = store.chunks.read(pid)
         report.read_bytes += len(stored)
         data = decompress_verify(pid, stored, None, what="repack")
-        for off in sorted(live[pid]):
-            n = live[pid][off]
+        del stored
+        for off, n in slices.of_pack(pid):
             piece = data[off : off + n]
             buf.append(piece)
             pending.append((pid, off))
@@ -225,6 +306,7 @@ def _write_packs(  # noqa: PLR0917 -- one call site
             report.live_bytes += n
             if size >= pack_size:
                 seal()
+        del data
     seal()
     dirs: set[Path] = set()
     for path in written:
@@ -235,15 +317,17 @@ def _write_packs(  # noqa: PLR0917 -- one call site
     for d in dirs:
         fsync_dir(d)
     fsync_dir(store.chunks.root)
-    return moved, refs
+    return refs
 
 
 def _rewrite_image(
     store: ImageStore,
     work: Path,
     m: Manifest,
-    moved: dict[tuple[str, int], tuple[str, int]],
+    slices: _Slices,
     new_refs: dict[str, PackRef],
+    *,
+    candidates: set[str],
 ) -> None:
     """A new index and manifest for ``m`` with its moved slices re-pointed, swapped in atomically."""
     old_refs = {p.id: p for p in m.pack_refs()}
@@ -254,10 +338,13 @@ def _rewrite_image(
     index_path = work / f"index-{m.name}"
     index = m.open_index()
     assert index is not None
+    repointed = {i for i, p in enumerate(m.packs) if p.id in candidates}  # the others stay
     with open(index_path, "wb") as f:
         w = IndexWriter(f)
         for e in index.entries():
-            pid, off = moved.get((m.packs[e.pack].id, e.offset), (m.packs[e.pack].id, e.offset))
+            pid, off = m.packs[e.pack].id, e.offset
+            if e.pack in repointed:
+                pid, off = slices.moved(pid, off) or (pid, off)
             n = numbers.get(pid)
             if n is None:
                 n = numbers[pid] = len(packs)
