@@ -1,18 +1,22 @@
 """CPU per idle heartbeat inside the server application, without sockets or other processes.
 
-    .venv/bin/python bench/heartbeat.py [--count 3000]
+    .venv/bin/python bench/heartbeat.py [--count 3000] [--enroll 2000]
 
 A server application (SQLite in a temporary folder, the test kit's one-image catalog) is called
 through ASGI directly: one enrolled agent, warmed up, then ``--count`` idle heartbeats; prints the
 process CPU time per heartbeat (all threads: the worker-thread hops and SQLite included). On a
 shared machine this is the number that holds still when wall-clock latencies swing with other
 people's load -- bench/load.py measures the whole server on sockets. Printed, never asserted.
+
+``--enroll N``: also N enrollments of new machines (distinct MACs, the load generator's inventory),
+50 at a time as bench/load.py sends them; prints the CPU and the wall time per enrollment.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 import tempfile
 import time
@@ -76,12 +80,69 @@ def measure(count: int) -> float:
             return per
 
 
+def _scope(path: str, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    return {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+        "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8080), "headers": headers,
+    }  # fmt: skip
+
+
+def measure_enroll(count: int, parallel: int = 50) -> tuple[float, float]:
+    """(CPU seconds, wall seconds) per enrollment of ``count`` new machines, ``parallel`` at once."""
+    sys.path.insert(0, str(HERE))
+    from load import inventory  # the same inventory bench/load.py enrolls with
+
+    with tempfile.TemporaryDirectory(prefix="fleetcast-enroll-") as tmp:
+        settings = ServerSettings(data_dir=Path(tmp) / "data")
+        app = create_app(settings, catalog=FakeCatalog(settings.store))
+        with TestClient(app):  # runs the lifespan (background loops) like a server
+            token = (settings.secrets_dir / "enroll-token").read_text().strip()
+            statuses: list[int] = []
+
+            async def one(i: int, sem: asyncio.Semaphore) -> None:
+                body = json.dumps({"enroll_token": token, "inventory": inventory(i)}).encode()
+                headers = [(b"host", b"bench"), (b"content-type", b"application/json"),
+                           (b"content-length", str(len(body)).encode())]  # fmt: skip
+                sent = [False]
+
+                async def receive() -> dict[str, Any]:
+                    if sent[0]:
+                        await asyncio.sleep(3600)
+                    sent[0] = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+
+                async def send(message: dict[str, Any]) -> None:
+                    if message["type"] == "http.response.start":
+                        statuses.append(message["status"])
+
+                async with sem:
+                    await app(dict(_scope("/api/agent/enroll", headers), state={}), receive, send)
+
+            async def run() -> tuple[float, float]:
+                sem = asyncio.Semaphore(parallel)
+                await asyncio.gather(*(one(i, sem) for i in range(10_000, 10_050)))  # warm-up
+                cpu, wall = time.process_time(), time.perf_counter()
+                await asyncio.gather(*(one(i, sem) for i in range(count)))
+                return (time.process_time() - cpu) / count, (time.perf_counter() - wall) / count
+
+            per = asyncio.run(run())
+            if set(statuses) != {200}:
+                raise SystemExit(f"enrollments answered {sorted(set(statuses))}, not 200")
+            return per
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=3000)
+    parser.add_argument("--enroll", type=int, default=0, help="also time N enrollments of new machines")
     args = parser.parse_args()
-    if not 0 < args.count <= 1_000_000:
-        parser.error("count 1-1000000")
+    if not 0 < args.count <= 1_000_000 or not 0 <= args.enroll <= 20_000:
+        parser.error("count 1-1000000, enroll 0-20000")
+    if args.enroll:
+        cpu, wall = measure_enroll(args.enroll)
+        print(f"enrollment: {cpu * 1e3:.2f} ms of CPU, {wall * 1e3:.2f} ms of wall time each "
+              f"({args.enroll} new machines, 50 at once)")  # fmt: skip
     per = measure(args.count)
     print(f"idle heartbeat: {per * 1e6:.0f} µs of CPU each (ASGI application only, {args.count} heartbeats)")
     return 0

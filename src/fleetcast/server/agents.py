@@ -3,9 +3,6 @@ the full one), progress and results; the start-up grace period and the sweep."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import logging
 from datetime import timedelta
 from typing import Any
@@ -13,12 +10,11 @@ from typing import Any
 from sqlalchemy import select
 
 from fleetcast.errors import (
-    ConflictError,
     UsageError,
 )
 from fleetcast.protocol import PHASES, RESULT_STATES, ProgressReport, TaskResult
 from fleetcast.server import plan as planner
-from fleetcast.server.auth import TOKEN_PREFIX, hash_credential, new_secret, same
+from fleetcast.server.auth import hash_credential
 from fleetcast.server.core import OrchestratorCore, get_row
 from fleetcast.server.db import (
     Client,
@@ -31,85 +27,7 @@ from fleetcast.server.rowviews import TERMINAL_TARGET
 logger = logging.getLogger(__name__)
 
 
-def derive(credential: str, key: bytes) -> str:
-    """The credential that replaces ``credential`` on re-enrollment (HMAC with the server's key)."""
-    digest = hmac.new(key, credential.encode(), hashlib.sha256).digest()
-    return TOKEN_PREFIX + base64.urlsafe_b64encode(digest).decode().rstrip("=")
-
-
-def _proves(credential: str, current_hash: str, key: bytes) -> bool:
-    """``credential`` is the client's current one, or the one before it (a retried enrollment)."""
-    return same(hash_credential(credential), current_hash) or same(
-        hash_credential(derive(credential, key)), current_hash
-    )
-
-
 class AgentsMixin(OrchestratorCore):
-    def enroll(
-        self, inventory: dict[str, Any], *, address: str, credential: str | None = None, key: bytes = b""
-    ) -> tuple[int, str]:
-        """A credential for the machine of ``inventory``. Its identity is the MAC it booted from
-        (``boot_mac``) or else its first MAC. First enrollment wins: a known identity enrolls again
-        only with its current credential, or after an admin revoked it (``fleetcast clients revoke``).
-        A secondary MAC that is another client's identity is dropped (it cannot take that client's
-        place in a ``--clients MAC`` deployment)."""
-        macs = [planner.normalize_mac(m) for m in inventory.get("macs", [])]
-        if not macs:
-            raise UsageError("inventory.macs is empty: the agent must report at least one MAC address")
-        boot = inventory.get("boot_mac")
-        if boot:
-            boot_mac = planner.normalize_mac(boot)
-            macs = [boot_mac, *(m for m in macs if m != boot_mac)]
-        new_credential = new_secret()
-        generation = self.presence.credentials_generation
-        with self._tx() as s:
-            client = s.scalars(select(Client).where(Client.mac == macs[0])).first()
-            others = set(s.scalars(select(Client.mac).where(Client.mac.in_(macs[1:]))))
-            if others:
-                logger.warning("enrollment of %s: dropping MACs of other clients %s", macs[0], sorted(others))
-                macs = [macs[0], *(m for m in macs[1:] if m not in others)]
-            inventory = {**inventory, "macs": macs}
-            again = client is not None
-            now = utcnow()
-            if client is None:
-                client = Client(mac=macs[0], enrolled_at=now)
-                s.add(client)
-            elif client.credential_hash is not None and not (
-                credential and _proves(credential, client.credential_hash, key)
-            ):
-                raise ConflictError(
-                    f"client {client.mac} (id {client.id}) is already enrolled; enrolling it again needs "
-                    "its current credential or an admin's approval",
-                    hint=f"if this is the same machine, run `fleetcast clients revoke {client.id}` "
-                    "and start the agent again",
-                )
-            # derived from the presented credential: a retried request whose answer was lost gets
-            # the same new credential again instead of a 409
-            credential = derive(credential, key) if again and credential else new_credential
-            client.inventory = inventory
-            client.hostname = str(inventory.get("hostname", ""))
-            client.credential_hash = hash_credential(credential)
-            client.address = address
-            client.last_seen = now
-            client.online = True
-            s.flush()
-            self.bus.record(
-                s,
-                "client-enrolled",
-                client_id=client.id,
-                mac=client.mac,
-                address=address,
-                hostname=client.hostname,
-                again=again,
-            )
-            logger.info("client %s (%s) enrolled from %s", client.mac, client.id, address)
-            client_id = client.id
-        # committed: its heartbeats may take the fast path at once (a re-enrollment changed a
-        # credential, so the generation moved and this is dropped: the first heartbeat looks it up)
-        self.presence.remember(hash_credential(credential), client_id, generation)
-        self.presence.online(client_id)
-        return client_id, credential
-
     def authenticate(self, credential: str) -> int:
         from fleetcast.server.auth import AuthError
 

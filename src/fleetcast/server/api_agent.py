@@ -22,6 +22,7 @@ from fleetcast.protocol import (
     TaskResult,
 )
 from fleetcast.server.auth import ForbiddenError, Tokens, bearer
+from fleetcast.server.enrollment import EnrollItem, EnrollQueue
 from fleetcast.server.images import ImageCatalog, check_chunk_id, check_name
 from fleetcast.server.orchestrator import Orchestrator
 
@@ -57,15 +58,13 @@ AgentId = Annotated[int, Depends(agent_id)]
 
 
 @router.post("/enroll", response_model=EnrollReply)
-def enroll(body: EnrollRequest, request: Request, orch: Orch) -> dict[str, Any]:
+async def enroll(body: EnrollRequest, request: Request) -> dict[str, Any]:
+    """Written in batches with the enrollments that arrive meanwhile (server/enrollment.py)."""
     tokens: Tokens = request.app.state.tokens
     tokens.check_enroll(body.enroll_token)
-    client_id, credential = orch.enroll(
-        body.inventory.model_dump(),
-        address=peer(request),
-        credential=body.credential,
-        key=tokens.admin.encode(),
-    )
+    queue: EnrollQueue = request.app.state.enroll_queue
+    item = EnrollItem(body.inventory.model_dump(), peer(request), body.credential, tokens.admin.encode())
+    client_id, credential = await queue.enroll(item)
     return {"client_id": client_id, "credential": credential}
 
 

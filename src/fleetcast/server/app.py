@@ -16,6 +16,7 @@ from fleetcast.errors import UsageError
 from fleetcast.server import api_admin, api_agent, apidocs, capture, console, multicast, personalize, problems
 from fleetcast.server.auth import Tokens
 from fleetcast.server.db import Database, redact
+from fleetcast.server.enrollment import EnrollQueue
 from fleetcast.server.events import EventBus
 from fleetcast.server.fastlane import FastLane
 from fleetcast.server.images import ImageCatalog
@@ -113,6 +114,7 @@ def create_app(settings: ServerSettings, *, catalog: ImageCatalog | None = None)
     app.state.bus = bus
     app.state.catalog = cat
     app.state.orchestrator = orch
+    app.state.enroll_queue = EnrollQueue(orch)  # enrollments in batches (server/enrollment.py)
     problems.install(app)
     app.add_middleware(BodyLimit)
     apidocs.install(app)

@@ -60,7 +60,8 @@ class OrchestratorCore:
         self.settings = settings
         self._lock = threading.RLock()
         bus.attach(db.sessions)
-        self.presence = Presence(db.sessions)
+        # with SQLite this process is the database's only writer (settings.lock_data_dir)
+        self.presence = Presence(db.sessions, shared=not db.url.startswith("sqlite"))
 
     @contextmanager
     def _tx(self) -> Iterator[Session]:

@@ -15,9 +15,10 @@ cancelled. All changes happen under one lock (one server process per database).
 
 from __future__ import annotations
 
-from fleetcast.server.agents import AgentsMixin, derive
+from fleetcast.server.agents import AgentsMixin
 from fleetcast.server.clients import CLIENT_STATES, MAX_PAGE, ClientQuery, ClientsMixin
 from fleetcast.server.deployments import DeploymentRequest, DeploymentsMixin, Plan
+from fleetcast.server.enrollment import EnrollmentMixin, derive
 from fleetcast.server.rowviews import (
     ACTIVE_DEPLOYMENT,
     ACTIVE_TARGET,
@@ -46,8 +47,9 @@ __all__ = [
 ]
 
 
-class Orchestrator(DeploymentsMixin, ClientsMixin, AgentsMixin):
+class Orchestrator(DeploymentsMixin, ClientsMixin, EnrollmentMixin, AgentsMixin):
     """Deployments, clients and agents over one database and event bus. The parts live in
     server/deployments.py (admin side of deployments), server/clients.py (clients and audit),
-    server/agents.py (enroll, heartbeat, progress, results) and server/core.py (the lock, the
-    transaction and the batch queue's shared steps); this class only puts them together."""
+    server/enrollment.py (enrollment, in batches), server/agents.py (heartbeat, progress,
+    results) and server/core.py (the lock, the transaction and the batch queue's shared steps);
+    this class only puts them together."""

@@ -217,3 +217,32 @@ def test_busy_set_is_read_again_before_it_expires(server: Server) -> None:
     p.refresh()
     assert time.monotonic() - p._busy_read_at < BUSY_TTL / 4
     assert p.idle(a.client_id)
+
+
+def test_one_server_database_keeps_the_fast_path_when_the_read_is_late(server: Server) -> None:
+    """With SQLite this process is the only writer: a busy set older than BUSY_TTL (the loop's
+    re-read came late under load) still answers idle heartbeats, so they do not all fall onto the
+    full path at once; a change of targets still retires it at once."""
+    a = server.agent("52:54:00:00:00:01")
+    warm(server, a)
+    p = orch(server).presence
+    p._busy_read_at = time.monotonic() - BUSY_TTL * 5
+    assert p.idle(a.client_id)
+    server.deploy()
+    assert not p.idle(a.client_id)  # the new target moved the generation
+    assert a.heartbeat()["task"] is not None
+
+
+def test_shared_database_expires_the_busy_set_by_age() -> None:
+    """Several servers on one PostgreSQL: another may have started a deployment, so age counts."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import sessionmaker
+
+    from fleetcast.server.presence import Presence
+
+    p = Presence(sessionmaker(create_engine("sqlite://")), shared=True)
+    p.online(7)
+    p._busy_gen, p._busy_read_at = p._gen, time.monotonic()
+    assert p.idle(7)
+    p._busy_read_at = time.monotonic() - BUSY_TTL * 1.5
+    assert not p.idle(7)
