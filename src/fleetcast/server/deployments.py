@@ -132,7 +132,7 @@ class DeploymentsMixin(OrchestratorCore):
         from fleetcast.server import multicast as mc
 
         planner.check_assignments(assignments, network, info.os_hint)  # whatever gave names and IPs
-        opts = mc.MulticastOptions.from_dict(request.multicast)
+        opts = mc.MulticastOptions.from_dict(request.multicast, defaults=self.settings.multicast)
         mc.check_options(request.transport, opts)
         transport, why = mc.resolve_transport(
             request.transport, batch=request.batch, clients=len(assignments), opts=opts
@@ -192,10 +192,16 @@ class DeploymentsMixin(OrchestratorCore):
         network and post action; each client keeps its number, name and IP."""
         with self._tx() as s:
             old = self._deployment(s, deployment_id)
-            if deployment_kind(s, old.id) == "personalize":
+            kind = deployment_kind(s, old.id)
+            if kind == "personalize":
                 raise UsageError(
                     f"deployment {deployment_id} re-personalized disks; run fleetcast personalize again",
                     hint="a personalize-only deployment has no image to deploy again",
+                )
+            if kind == "capture":
+                raise UsageError(
+                    f"capture {deployment_id} cannot be retried: start a new capture",
+                    hint="fleetcast capture CLIENT NAME (a retry would deploy an image that was never made)",
                 )
             if old.state in ACTIVE_DEPLOYMENT:
                 raise ServerError(

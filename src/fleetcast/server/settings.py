@@ -11,6 +11,8 @@ from typing import Any
 from fleetcast import config
 from fleetcast.errors import UsageError
 from fleetcast.pidlock import PidLock
+from fleetcast.server import multicast_settings
+from fleetcast.server.multicast_settings import MulticastSettings
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +44,7 @@ class ServerSettings:
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
     stale_after: float = DEFAULT_STALE_AFTER
     task_timeout: float = DEFAULT_TASK_TIMEOUT
+    multicast: MulticastSettings = field(default_factory=MulticastSettings)  # the [multicast] table
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -115,6 +118,7 @@ def build(
         heartbeat_interval=_seconds(server_table, "heartbeat_interval", source),
         stale_after=_seconds(server_table, "stale_after", source),
         task_timeout=_seconds(server_table, "task_timeout", source),
+        multicast=multicast_settings.from_table(file_values.get("multicast", {}), source),
     )
 
 

@@ -174,3 +174,17 @@ def test_replace_is_refused_while_a_deployment_deploys_the_image(
     assert problem["message"] == f"image 'existing' cannot be replaced while deployment {dep} deploys it"
     server.post(f"/api/deployments/{dep}/cancel")
     assert _post(server, {"client": MAC, "name": "existing", "replace": True}, 200)["replace"] is True
+
+
+def test_a_failed_capture_is_not_retried_as_a_deployment(store_server: tuple[Server, ImageStore]) -> None:
+    """CONSOLE's ask: retry would make a deploy deployment of an image that was never made."""
+    server, _ = store_server
+    agent = server.agent(MAC, "golden-pc")
+    task = _task(server, agent)
+    agent.result(task["task_id"], "failed", "disk vanished")
+    dep = task["deployment_id"]
+    r = server.http.post(f"/api/deployments/{dep}/retry", headers={"Authorization": f"Bearer {server.admin}"})
+    assert r.status_code == 400
+    assert r.json()["message"] == f"capture {dep} cannot be retried: start a new capture"
+    assert r.json()["hint"].startswith("fleetcast capture CLIENT NAME")
+    assert [d["deployment"] for d in server.get("/api/deployments")["deployments"]] == [dep]

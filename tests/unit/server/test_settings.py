@@ -103,3 +103,15 @@ def test_unusable_data_directory_is_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(UsageError) as info:
         create_app(ServerSettings(data_dir=tmp_path / "file" / "data"))
     assert str(info.value) == f"cannot create the data directory {tmp_path}/file/data: Not a directory"
+
+
+def test_multicast_table_reaches_the_settings(tmp_path: Path) -> None:
+    """MULTICAST's [multicast] table (server/multicast_settings.py) is read by build()."""
+    cfg = tmp_path / "fleetcast.toml"
+    cfg.write_text(f'data = "{tmp_path}"\n[multicast]\nmax_wait = 30\nmulticast_from = 6\n')
+    s = build(data=None, listen=None, database=None, config_file=str(cfg))
+    assert (s.multicast.max_wait, s.multicast.multicast_from) == (30.0, 6)
+    assert build(data=str(tmp_path), listen=None, database=None, config_file=None).multicast.max_wait == 60.0
+    cfg.write_text(f'data = "{tmp_path}"\n[multicast]\ncolour = "blue"\n')
+    with pytest.raises(UsageError, match="unknown multicast setting"):
+        build(data=None, listen=None, database=None, config_file=str(cfg))
