@@ -173,6 +173,7 @@ def _run(root: Path, opts: Options, hives: _Hives, tx: Transaction, changes: lis
     files: list[tuple[str, bytes]] = []  # (path below root, content)
     old_sid: Sid | None = None
     new_sid: Sid | None = None
+    sec_old_sid: Sid | None = None  # SECURITY's own, when it differs from SAM's
     user_hives: list[profiles.UserHive] = []
     for name, o in hives.opened.items():
         if o.replayed:
@@ -205,7 +206,12 @@ def _run(root: Path, opts: Options, hives: _Hives, tx: Transaction, changes: lis
         sec_old = security.machine_sid(sec)
         new_sid = _new_sid(opts, old_sid)
         if sec_old != old_sid:
-            changes.append(f"warning: SAM machine SID {old_sid} and SECURITY PolAcDmS {sec_old} differed")
+            # SECURITY's SIDs are rewritten from its own (the raw pass below): the pair ends coherent
+            sec_old_sid = sec_old
+            changes.append(
+                f"warning: SAM machine SID {old_sid} and SECURITY PolAcDmS {sec_old} differed; "
+                f"both now hold {new_sid}"
+            )
         user_hives = profiles.user_hives(root, software.profiles(soft), old_sid)
         changes += sam.set_machine_sid(samh, new_sid)
         changes += security.set_machine_sid(sec, new_sid)
@@ -291,7 +297,8 @@ def _run(root: Path, opts: Options, hives: _Hives, tx: Transaction, changes: lis
         if not o.hive.changed and not o.replayed and new_sid is None:
             continue
         is_sid_hive = name in ("SAM", "SECURITY")
-        post = _scrubber(name, old_sid, new_sid, all_cells=is_sid_hive, changes=changes)
+        scrub_old = sec_old_sid if name == "SECURITY" and sec_old_sid is not None else old_sid
+        post = _scrubber(name, scrub_old, new_sid, all_cells=is_sid_hive, changes=changes)
         hive_checks = checks[name]
 
         def check(path: Path, hive_checks: list[Callable[[RegipyView], None]] = hive_checks) -> None:

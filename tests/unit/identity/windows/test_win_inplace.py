@@ -114,8 +114,9 @@ def test_sid_text_straddling_two_big_data_segments_is_rewritten(hive_file: Unpac
     (first, second, *_rest) = next(r for r in _big_records(bytes(raw)) if len(r) >= 2)
     old = seeded_machine_sid("straddle-old")
     new = random_machine_sid(like=old)
-    text = f"C:\\Users\\Public\\AccountPictures\\{old}-1001\\x.jpg".encode("utf-16-le")
-    cut = 40  # bytes in the first segment: the SID text begins there and runs into the second
+    prefix = "C:\\Users\\Public\\AccountPictures\\".encode("utf-16-le")
+    text = prefix + f"{old}-1001\\x.jpg".encode("utf-16-le")
+    cut = len(prefix) + 10  # the SID's first 5 characters end the first segment, the rest begin the second
     boundary = first + 16344
     raw[boundary - cut : boundary] = text[:cut]
     raw[second : second + len(text) - cut] = text[cut:]

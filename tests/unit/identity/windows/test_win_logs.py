@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -92,3 +93,37 @@ def test_stale_second_log_is_ignored_with_a_warning(hive_file: Unpack, tmp_path:
     work.mkdir()
     out = logs.replay(st, work)
     assert not read_base_block(out).dirty
+
+
+def test_a_replay_that_only_lenient_readers_accept_is_refused(
+    hive_file: Unpack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 13 finding 2's last line: the replayed hive must pass the strict check (fsck) before
+    anything is built on it, not only hivex and regipy. Here the real SYSTEM_B replay comes back with a
+    32 KB value in one plain cell (what hivex writes; Windows and dissect.regf cannot read it in a
+    format-1.5 hive): hivex and regipy read it, the run refuses it."""
+    from fleetcast.identity.windows import replay as replay_mod
+    from fleetcast.identity.windows.hive import REG_BINARY
+
+    system = hive_file("regipy/SYSTEM_B.xz", "SYSTEM")
+    hive_file("regipy/SYSTEM_B.LOG1.xz", "SYSTEM.LOG1")
+    hive_file("regipy/SYSTEM_B.LOG2.xz", "SYSTEM.LOG2")
+    assert read_base_block(system).minor == 5
+    real = replay_mod.replay
+
+    def lenient(hive: bytes, logs_: list[tuple[str, bytes]]) -> replay_mod.Replayed:
+        res = real(hive, logs_)
+        good = tmp_path / "good"
+        good.write_bytes(res.data)
+        h = Hive(good, write=True)
+        h.set_value(h.root(), "Tile", REG_BINARY, bytes(32768))
+        h.commit(tmp_path / "bad")
+        return dataclasses.replace(res, data=(tmp_path / "bad").read_bytes())
+
+    monkeypatch.setattr(replay_mod, "replay", lenient)
+    work = tmp_path / "work"
+    work.mkdir()
+    with pytest.raises(HiveError) as exc:
+        logs.replay(logs.state(system), work)
+    assert str(exc.value).startswith(f"hive {system} is dirty and its logs replay into a damaged hive (")
+    assert "Tile: 32768 bytes in one plain cell" in str(exc.value)

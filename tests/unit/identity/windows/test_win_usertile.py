@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 from dissect.regf import RegistryHive  # type: ignore[import-untyped]
-from tests.fixtures.windows_tree import build_windows_tree
+from tests.fixtures.windows_tree import build_windows_tree, unpack
 from tests.unit.identity.windows.test_win_fsck import dissect_keys
 from tests.unit.identity.windows.win_bigdata import big_record, graft_big_value, value_layout
 
-from fleetcast.identity.windows import sam
+from fleetcast.identity.windows import sam, security
 from fleetcast.identity.windows.fsck import fsck, require_sound
 from fleetcast.identity.windows.hive import REG_BINARY, Hive, fix_checksum, scrub
 from fleetcast.identity.windows.personalizer import Options, personalize
@@ -128,3 +128,26 @@ def test_personalize_a_real_format_1_5_sam_with_a_big_usertile(tmp_path: Path) -
     assert (pics.parent / f"{new}-1001" / "{6C2B9A51-0000}-Image448.jpg").read_bytes() == b"jpeg"
     assert not pics.exists()
     shutil.rmtree(root)
+
+
+def test_sam_and_security_of_two_machines_end_with_one_new_sid(tmp_path: Path) -> None:
+    """A volume whose SAM (frnsc-hive, Windows 10) and SECURITY (winreg-kb) name different machine
+    SIDs: personalize warns and rewrites each from its own old SID, so both hold the new one (it
+    used to warn, then fail its own check on SECURITY's unchanged PolAcDmS)."""
+    root = tmp_path / "vol"
+    info = build_windows_tree(root, sam_pair="frnsc-hive", with_acls=False)
+    secp = root / CONFIG / "SECURITY"
+    unpack("winreg-kb/SECURITY.xz", secp)
+    sec_old = security.machine_sid(Hive(secp))
+    assert sec_old != info.machine_sid
+    keys = fsck(secp).keys
+    changes = personalize(root, Options(name="PC-PAIR", new_sid=True))
+    new = sam.machine_sid(Hive(root / CONFIG / "SAM"))
+    assert security.machine_sid(Hive(secp)) == new
+    assert (
+        f"warning: SAM machine SID {info.machine_sid} and SECURITY PolAcDmS {sec_old} differed; "
+        f"both now hold {new}" in changes
+    )
+    require_sound(secp, max_unreachable=0)
+    assert dissect_keys(secp) == keys
+    assert sec_old.to_bytes()[8:] not in secp.read_bytes()
