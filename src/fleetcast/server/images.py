@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from fleetcast.errors import ChunkNotFound, ImageNotFound, NotFoundError, StoreError, UsageError
+from fleetcast.errors import ChunkNotFound, ImageNotFound, UsageError
 from fleetcast.store.images import ImageStore
 from fleetcast.store.manifest import CHUNK_ID_RE, valid_name
 
@@ -99,13 +99,21 @@ class ImageCatalog:
         )
 
     def list(self) -> list[ImageInfo]:
-        found: list[ImageInfo] = []
-        for name in self.names():
-            try:
-                found.append(self.info(name))
-            except (StoreError, NotFoundError) as exc:
-                logger.warning("image %s skipped: %s", name, exc)
-        return found
+        """Every image's summary, from the store's listing cache (``ImageStore.summaries()``: no manifest's
+        pack list parsed again while it is unchanged; damaged images are skipped with a warning)."""
+        return [
+            ImageInfo(
+                name=s["name"],
+                disk_size=s["disk_size"],
+                logical_sector_size=s["logical_sector_size"],
+                os_hint=s["os_hint"],
+                created=s["created"],
+                chunks=s["packs"],
+                stored_bytes=s["stored_bytes"],
+                data_bytes=s["data_bytes"],
+            )
+            for s in self.store().summaries()
+        ]
 
     def pack_ids(self, name: str) -> frozenset[str]:
         """The packs image ``name`` needs (cached until its manifest file changes)."""

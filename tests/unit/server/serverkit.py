@@ -37,6 +37,9 @@ class FakeCatalog(ImageCatalog):
             raise ImageNotFound(f"image {name!r} does not exist in the store {self.root}")
         return ImageInfo(IMAGE, IMAGE_SIZE, 512, self.os_hint, "2026-01-01T00:00:00+00:00", 1, 20, 4096)
 
+    def list(self) -> list[ImageInfo]:  # the real one reads the store's listing cache
+        return [self.info(IMAGE)]
+
     def pack_ids(self, name: str) -> frozenset[str]:
         self.info(name)
         return frozenset({CHUNK_ID, "cd" * 32})
