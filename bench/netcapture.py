@@ -143,6 +143,14 @@ def fleetcast_capture(lab: FleetLab, name: str) -> tuple[float, int, float, dict
     return secs, rx, cpu, result
 
 
+def agent_timing(log: Path) -> str:
+    """The agent's last "capture timing" line (where its time went), or a note that there is none."""
+    lines = [ln for ln in log.read_text(errors="replace").splitlines() if "capture timing" in ln]
+    return (
+        f"  agent: {lines[-1].split('capture timing', 1)[1].strip()}" if lines else "  agent: no timing line"
+    )
+
+
 def baseline_capture(
     lab: FleetLab, fstypes: dict[int, str], tag: str, receiver: int
 ) -> tuple[float, int, float]:
@@ -172,6 +180,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--esp-mib", type=int, default=256)
     ap.add_argument("--rate", default="500mbit", help="the agent's uplink (tc tbf rate), default 500mbit")
     ap.add_argument("--workdir", type=Path, default=None, help="where to put the temporary files")
+    ap.add_argument(
+        "--disk", type=Path, default=None,
+        help="use (and keep) this sample disk, built there when missing (development: saves the build)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--no-baseline", action="store_true", help="skip the baseline (development only: no ratios)"
+    )
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("bench: needs root (namespaces, loop devices, mounts)", file=sys.stderr)
@@ -179,16 +194,18 @@ def main(argv: list[str] | None = None) -> int:
     link = rate_bits(args.rate)
     with tempfile.TemporaryDirectory(prefix="fleetcast-netbench-", dir=args.workdir) as tmp:
         base = Path(tmp)
-        golden = base / "golden.img"
+        golden = args.disk or base / "golden.img"
         size = int(args.size_gib * 1024) * MiB
-        print(f"building a {args.size_gib} GiB sample disk ...", flush=True)
-        private(_BUILD, str(golden), str(size), str(args.esp_mib), str(args.fill))
+        if not golden.is_file():
+            print(f"building a {args.size_gib} GiB sample disk ...", flush=True)
+            private(_BUILD, str(golden), str(size), str(args.esp_mib), str(args.fill))
         with FleetLab(base / "lab", 1, disk_size=size) as lab:
             lab.start_server()
             lab.add_disks()
             agent = lab.agents[0]
             run(["dd", f"if={golden}", f"of={agent.disk}", "bs=4M", "conv=sparse,fsync", "status=none"])
-            golden.unlink()
+            if args.disk is None:
+                golden.unlink()
             lab.start_agents()
             lab.wait_enrolled(1)
             lab.net.limit(agent.node, args.rate)
@@ -201,25 +218,31 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(1.0)
 
             rows: list[tuple[str, float, int, float]] = []
-            print(f"fleetcast capture through {args.rate} ...", flush=True)
+            load0 = os.getloadavg()[0]
+            print(f"fleetcast capture through {args.rate} (load average {load0:.1f}) ...", flush=True)
             s1, rx1, c1, r1 = fleetcast_capture(lab, "v1")
             rows.append(("fleetcast capture", s1, rx1, c1))
+            print(agent_timing(agent.log), flush=True)
             areas = ImageStore(lab.data / "store").open("v1").areas
             fstypes = {a.number: a.fstype for a in areas if a.kind == "partition" and a.number is not None}
-            print("partclone + zstd -T0 -3 | curl -T - through the same link ...", flush=True)
-            sb, rxb, cb = baseline_capture(lab, fstypes, "v1", receiver.pid)
-            rows.append(("partclone+zstd+curl", sb, rxb, cb))
-            baseline_stored = sum(p.stat().st_size for p in received.iterdir())
-            for p in received.iterdir():
-                p.unlink()
+            baseline_stored = 0
+            if not args.no_baseline:
+                print("partclone + zstd -T0 -3 | curl -T - through the same link ...", flush=True)
+                sb, rxb, cb = baseline_capture(lab, fstypes, "v1", receiver.pid)
+                rows.append(("partclone+zstd+curl", sb, rxb, cb))
+                baseline_stored = sum(p.stat().st_size for p in received.iterdir())
+                for p in received.iterdir():
+                    p.unlink()
             print("changing 1 % of the files on NTFS and ext4 ...", flush=True)
             changed = private(_CHANGE, str(agent.backing), str(Path(__file__).parent)).split()
             nfiles, nbytes = int(changed[0]), int(changed[1])
             print(f"fleetcast re-capture ({nfiles} files, {nbytes / MiB:.1f} MiB changed) ...", flush=True)
             s2, rx2, c2, r2 = fleetcast_capture(lab, "v2")
             rows.append(("fleetcast re-capture", s2, rx2, c2))
-            sb2, rxb2, cb2 = baseline_capture(lab, fstypes, "v2", receiver.pid)
-            rows.append(("baseline re-capture", sb2, rxb2, cb2))
+            print(agent_timing(agent.log), flush=True)
+            if not args.no_baseline:
+                sb2, rxb2, cb2 = baseline_capture(lab, fstypes, "v2", receiver.pid)
+                rows.append(("baseline re-capture", sb2, rxb2, cb2))
             load = os.getloadavg()[0]
 
         print()
@@ -230,15 +253,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'run':<24}{'seconds':>9}{'received MiB':>14}{'link use':>10}{'CPU s':>9}")
         for label, secs, rx, cpu in rows:
             print(f"{label:<24}{secs:>9.2f}{rx / MiB:>14.1f}{100 * rx * 8 / secs / link:>9.1f}%{cpu:>9.1f}")
-        print(
-            f"ratios fleetcast / baseline: first capture {s1 / sb:.2f}x time, {rx1 / rxb:.2f}x bytes; "
-            f"re-capture {100 * s2 / sb2:.1f} % of the time, {100 * rx2 / rxb2:.2f} % of the bytes "
-            f"(targets: <= 1.0x, <= 10 %)"
-        )
-        print(
-            f"CPU seconds fleetcast / baseline: first capture {c1 / cb:.2f}x; load average at the end "
-            f"{load:.1f} (CPU s: agent + server processes; baseline: partclone, zstd, curl and the receiver)"
-        )
+        if not args.no_baseline:
+            print(
+                f"ratios fleetcast / baseline: first capture {s1 / sb:.2f}x time, {rx1 / rxb:.2f}x bytes; "
+                f"re-capture {100 * s2 / sb2:.1f} % of the time, {100 * rx2 / rxb2:.2f} % of the bytes "
+                f"(targets: <= 1.0x, <= 10 %); re-capture / first capture: {100 * rx2 / rx1:.2f} % of the "
+                "bytes received"
+            )
+            print(
+                f"CPU seconds fleetcast / baseline: first capture {c1 / cb:.2f}x, re-capture {c2 / cb2:.2f}x "
+                "(CPU s: agent + server processes; baseline: partclone, zstd, curl and the receiver)"
+            )
+        print(f"load average: {load0:.1f} at the start, {load:.1f} at the end")
         print(f"fleetcast --json: v1 {json.dumps(r1)}")
         print(f"fleetcast --json: v2 {json.dumps(r2)}")
     return 0

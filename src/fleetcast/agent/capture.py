@@ -71,8 +71,12 @@ class SinkStats:
     packs_sent: int = 0
     packs_skipped: int = 0
     bytes_sent: int = 0  # request bodies: digests, pack bytes, index, manifest
+    have_requests: int = 0
+    have_seconds: float = 0.0  # the engine's reading thread waiting for have answers
+    wait_seconds: float = 0.0  # the engine waiting for an upload slot (the link is the bottleneck)
+    publish_seconds: float = 0.0  # last uploads, index and manifest
 
-    def add(self, **n: int) -> None:
+    def add(self, **n: float) -> None:
         for k, v in n.items():
             setattr(self, k, getattr(self, k) + v)
 
@@ -129,13 +133,14 @@ class RemoteSink:
             self.api._client, method, url, outage_limit=self.api.outage_limit, stop=self.stop, what=what, **kw
         )
 
-    def _count(self, **n: int) -> None:
+    def _count(self, **n: float) -> None:
         with self._lock:
             self.stats.add(**n)
 
     # -- CaptureSink ------------------------------------------------------------------------------------
     def have(self, hashes: Sequence[bytes]) -> dict[bytes, KnownChunk]:
         out: dict[bytes, KnownChunk] = {}
+        t0 = time.monotonic()
         for start in range(0, len(hashes), self.max_have):
             batch = list(hashes[start : start + self.max_have])
             body = b"".join(batch)
@@ -149,13 +154,18 @@ class RemoteSink:
                 if not 0 <= i < len(batch) or info is None:
                     raise AgentError(f"have reply: entry {i} or pack {pack} is not part of the request")
                 out[batch[i]] = KnownChunk(pack, offset, info.stored, info.hash)
-            self._count(have_asked=len(batch), have_known=len(reply.known), bytes_sent=len(body))
+            self._count(
+                have_asked=len(batch), have_known=len(reply.known), bytes_sent=len(body), have_requests=1
+            )
+        self._count(have_seconds=time.monotonic() - t0)
         return out
 
     def put_pack(self, pack_id: str, stored: bytes) -> None:
         self._raise_failed(wait=False)
+        t0 = time.monotonic()
         while not self._slots.acquire(timeout=1.0):
             self._raise_failed(wait=False)
+        self._count(wait_seconds=time.monotonic() - t0)
         try:
             fut = self._pool.submit(
                 self._upload, f"{self.base}/packs/{pack_id}", stored, f"pack {pack_id[:16]}", pack=True
@@ -168,6 +178,7 @@ class RemoteSink:
             self._pending.append(fut)
 
     def publish(self, manifest: bytes, index: Path) -> str:
+        t0 = time.monotonic()
         self._raise_failed(wait=True)  # every pack is on the server before the manifest goes
         if self.on_publish is not None:
             self.on_publish()
@@ -178,6 +189,7 @@ class RemoteSink:
         )  # fmt: skip
         self._count(bytes_sent=len(manifest))
         self.published = _model(PublishReply, response, "publish reply")
+        self._count(publish_seconds=time.monotonic() - t0)
         return self.published.image_id
 
     # -- resumable upload -------------------------------------------------------------------------------
@@ -282,6 +294,7 @@ def run_capture(
     from fleetcast.identity.windows.osinfo import probe  # read-only: what the image details page shows
 
     os_info = probe(Path(source))
+    probed = time.monotonic() - started
     manifest = capture(
         source, task.image, None, progress=progress, stats=stats, sink=sink, workers=workers, os_info=os_info
     )
@@ -289,6 +302,12 @@ def run_capture(
     runner._check(cancel)
     reporter.update(phase="finishing", urgent=True)
     s = sink.stats
+    logger.info(
+        "task %d: capture timing: %.1f s in all, %.1f s probing, %.1f s in %d have requests, %.1f s waiting "
+        "for upload slots, %.1f s publishing (uploads left, index, manifest); %d packs sent, %d skipped",
+        task.task_id, seconds, probed, s.have_seconds, s.have_requests, s.wait_seconds, s.publish_seconds,
+        s.packs_sent, s.packs_skipped,
+    )  # fmt: skip
     lines = [
         f"capture: image {task.image!r} ({manifest.image_id[:16]}) from {disk.path}",
         f"capture: bytes_read {stats.read_bytes}, bytes_sent {s.bytes_sent}, chunks_new "
