@@ -142,6 +142,25 @@ SETTINGS: tuple[Setting, ...] = (
         metavar="ipxe|shim",
         commands="serve",
     ),
+    Setting(
+        "tls_cert",
+        "--tls-cert",
+        "",
+        "serve HTTPS with this PEM certificate (chain); its SHA-256 fingerprint is printed for agents to "
+        "pin (fleetcast.tls=)",
+        metavar="FILE",
+        commands="serve",
+        default_text="none: plain HTTP",
+    ),
+    Setting(
+        "tls_key",
+        "--tls-key",
+        "",
+        "the TLS certificate's private key (PEM, mode 0600)",
+        metavar="FILE",
+        commands="serve",
+        default_text="none",
+    ),
 )
 
 
