@@ -2,15 +2,19 @@
 
 ``MulticastSource.packs(missing)``:
 
-1. joins the session of its task (``POST /api/agent/multicast/{task}/join``); a late joiner (the
-   session already started, or this agent restarted mid-task) skips to step 4;
+1. joins the session of its task (``POST /api/agent/multicast/{task}/join``), saying which packs it
+   lacks; a late joiner (the session already started, or this agent restarted mid-task) is given the
+   next cycle of the stream or told to use HTTP, whichever the server estimates is sooner
+   (server/multicast_repair.py);
 2. waits (asking every ``REPORT_SECONDS``) until the server starts the session, then runs
    ``udp-receiver`` and reads its output as frames (``transport.multicast.read_frames``): frames of
    another session or image are skipped unwritten, and a pack is handed to the restore only after its
    stored size and blake3 hash match the manifest (the restore then checks every chunk again);
 3. while receiving it reports its interface's received bytes; when the server answers ``dropped`` (this
    receiver held the session below the drop rate) or the task is cancelled, it ends its udp-receiver;
-4. asks HTTP for exactly the packs still missing (``HttpChunkSource``).
+4. when the stream ended with packs still missing (a pack failed its hash, the stream broke), it joins
+   again with what it still lacks: the next cycle, or HTTP (at most ``MAX_CYCLES`` joins);
+5. asks HTTP for exactly the packs still missing (``HttpChunkSource``).
 
 So a resumed restore (``done`` packs) and every kind of loss end in the same place: the missing packs
 by HTTP. ``summary()`` says how it finished, for the task's result and the event log.
@@ -43,6 +47,7 @@ from fleetcast.transport.multicast import (
     read_frames,
     route_interface,
     rx_bytes,
+    to_ranges,
 )
 
 logger = logging.getLogger(__name__)
@@ -52,6 +57,7 @@ STREAM_REPORT_SECONDS = 1.0  # while receiving (the drop rule's window is 4 s)
 RECEIVER_START_TIMEOUT = 45.0
 WAIT_LIMIT = 86_400.0
 QUEUE_BYTES = 128 << 20  # verified packs held for the restore while the disk is busy
+MAX_CYCLES = 4  # joins per task (the server stops offering cycles after its [multicast] max_cycles)
 
 
 class MulticastSource:
@@ -83,6 +89,8 @@ class MulticastSource:
         self._dropped = threading.Event()
         self._receiver: Receiver | None = None
         self.queue_peak = 0  # the most verified packs that waited for the restore (is the disk the limit?)
+        self.cycles: list[int] = []  # the cycles of the stream this client received from
+        self._order = {p.id: i for i, p in enumerate(manifest.pack_refs())}
 
     # ---- the PackSource --------------------------------------------------------------------
 
@@ -91,10 +99,20 @@ class MulticastSource:
         missing = set(order)
         if not self._tried:
             self._tried = True
-            for pack_id, data in self._multicast(missing):
-                missing.discard(pack_id)
-                self.packs_multicast += 1
-                yield pack_id, data
+            for n in range(MAX_CYCLES):
+                before = self.outcome
+                for pack_id, data in self._multicast(missing):
+                    missing.discard(pack_id)
+                    self.packs_multicast += 1
+                    yield pack_id, data
+                if n and self.outcome == "late":
+                    self.outcome = before  # how the stream went stands; the rest comes by HTTP
+                    break
+                if not missing or not (self.outcome == "received" or self.outcome.startswith("broken")):
+                    break  # all there, or late/dropped/stopped: HTTP (or nothing) from here
+                if n + 1 < MAX_CYCLES:
+                    logger.info("task %d: %d packs still missing after the stream; joining again",
+                                self.task.task_id, len(missing))  # fmt: skip
         rest = [p for p in order if p in missing]
         if rest:
             logger.info("task %d: %d of %d packs by HTTP (%s)", self.task.task_id, len(rest), len(order),
@@ -120,8 +138,9 @@ class MulticastSource:
         return self._post("report", body)
 
     def _multicast(self, missing: set[str]) -> Iterator[tuple[str, bytes]]:
+        lacks = to_ranges(self._order[p] for p in missing if p in self._order)
         try:
-            reply = self._post("join")
+            reply = self._post("join", {"missing": lacks})
         except FleetcastError as exc:
             self.outcome = f"join failed: {exc.message}"
             logger.warning("task %d: multicast join failed: %s", self.task.task_id, exc.message)
@@ -129,9 +148,14 @@ class MulticastSource:
         state = str(reply.get("state"))
         if state not in ("waiting", "starting", "streaming"):
             self.outcome = "late" if state == "late" else state
-            logger.info("task %d: multicast %s: %s", self.task.task_id, state, reply.get("reason"))
+            logger.info("task %d: multicast %s: %s (estimate %s)", self.task.task_id, state,
+                        reply.get("reason"), reply.get("estimate"))  # fmt: skip
             return
         self.session = str(reply["session"])
+        cycle = int(reply.get("cycle", 1))
+        if cycle > 1:
+            logger.info("task %d: waiting for cycle %d of the stream (estimate %s)", self.task.task_id, cycle,
+                        reply.get("estimate"))  # fmt: skip
         image_id = str(reply.get("image_id"))
         if image_id != self.manifest.image_id:
             self.outcome = f"session streams image {image_id[:16]}, not {self.manifest.image_id[:16]}"
@@ -156,6 +180,7 @@ class MulticastSource:
         if state not in ("starting", "streaming"):
             self.outcome = "late" if state in ("finished", "ended", "failed") else state
             return
+        self.cycles.append(cycle)
         yield from self._receive(Channel(group, port, interface), image_id, missing)
 
     def _receive(self, channel: Channel, image_id: str, missing: set[str]) -> Iterator[tuple[str, bytes]]:
@@ -285,9 +310,12 @@ class MulticastSource:
         return "multicast" if self.packs_multicast and self.outcome == "received" else "unicast"
 
     def summary(self) -> str:
+        outcome = self.outcome
+        if self.cycles and self.cycles != [1]:
+            outcome += f" in cycle{'s' if len(self.cycles) > 1 else ''} {', '.join(map(str, self.cycles))}"
         line = (
             f"transport: {self.transport} ({self.packs_multicast} packs by multicast, "
-            f"{self.packs_http} repaired by HTTP; multicast {self.outcome})"
+            f"{self.packs_http} repaired by HTTP; multicast {outcome})"
         )
         if self.stats.foreign:
             line += f"; {self.stats.foreign} frames of another session skipped"

@@ -10,12 +10,13 @@ and then:
 
 The start rules (``min_clients``, ``max_wait``) can be changed while a session waits
 (``POST /api/deployments/{id}/multicast``, ``fleetcast deployments multicast ID``). An agent that joins
-after the start (a late joiner, a restarted agent) is told ``late`` and takes the missing packs by HTTP;
-so does one whose stream broke or that was dropped. **Dropping:** while streaming, when the session's
-rate stays below ``drop_below`` bytes/s, the member whose interface received clearly the least, in two
-windows in a row (it is the one the others wait for: udpcast retransmits what it lost to everyone) is
-dropped, with the event
-``client-multicast-dropped``; it stops its receiver and finishes by HTTP. Each session's udp-sender is
+after the start (a late joiner, a restarted agent, one whose stream ended with packs missing) is given
+the **next cycle** — a session that starts when this one ends and streams the union of what its members
+lack — or told ``late`` and takes the missing packs by HTTP, whichever the estimate says is sooner
+(server/multicast_repair.py). **Dropping:** while streaming, when the session's rate stays below
+``drop_below`` bytes/s, the member whose interface received clearly the least, in two windows in a row
+(it is the one the others wait for: udpcast retransmits what it lost to everyone) is dropped, with the
+event ``client-multicast-dropped``; it stops its receiver and finishes by HTTP. Each session's udp-sender is
 tracked by PID and ends with the session.
 """
 
@@ -35,13 +36,14 @@ from typing import IO, Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from fleetcast.errors import ConflictError, UsageError
+from fleetcast.errors import ConflictError, FleetcastError, UsageError
 from fleetcast.server.api_admin import require_admin
 from fleetcast.server.api_agent import AgentId, peer
 from fleetcast.server.db import Deployment
+from fleetcast.server.multicast_repair import REPAIR_MODES, choose, estimate
 from fleetcast.server.multicast_settings import MulticastSettings
 from fleetcast.server.orchestrator import Orchestrator
-from fleetcast.transport.multicast import Channel, Sender, route_interface
+from fleetcast.transport.multicast import Channel, Sender, from_ranges, route_interface
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +59,8 @@ DROP_GRACE = 6.0
 STANDS_OUT = 0.6  # a receiver is the slow one when it received at most this share of the others' median
 TICK = 0.25
 KEEP_ENDED = 6 * 3600.0
+CYCLE_GATHER = 2.0  # a next cycle whose stream has ended waits this long after its first join for others
+ENDED = ("finished", "ended", "failed")
 RESULT_KEYS = ("transport", "packs_multicast", "packs_repaired", "outcome", "foreign_frames")
 
 
@@ -68,14 +72,18 @@ class MulticastOptions:
     max_wait: float = DEFAULT_MAX_WAIT
     multicast_from: int = DEFAULT_MULTICAST_FROM
     drop_below: float = DEFAULT_DROP_BELOW
+    repair: str | None = None  # late joiners: sooner | cycle | http; None: the server's [multicast] repair
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "min_clients": self.min_clients,
             "max_wait": self.max_wait,
             "multicast_from": self.multicast_from,
             "drop_below": self.drop_below,
         }
+        if self.repair is not None:
+            out["repair"] = self.repair
+        return out
 
     @classmethod
     def from_dict(
@@ -89,6 +97,7 @@ class MulticastOptions:
             max_wait=float(raw.get("max_wait", d.max_wait)),
             multicast_from=int(raw.get("multicast_from", d.multicast_from)),
             drop_below=float(raw.get("drop_below", d.drop_below)),
+            repair=str(raw["repair"]) if "repair" in raw else None,
         )
 
 
@@ -103,6 +112,8 @@ def check_options(transport: str, opts: MulticastOptions) -> None:
         raise UsageError(f"--multicast-from must be at least 1, found {opts.multicast_from}")
     if opts.drop_below < 0:
         raise UsageError(f"--drop-below must be 0 or more bytes/s, found {opts.drop_below}")
+    if opts.repair is not None and opts.repair not in REPAIR_MODES:
+        raise UsageError(f"repair must be one of {', '.join(REPAIR_MODES)}, found {opts.repair!r}")
 
 
 def resolve_transport(requested: str, *, batch: int, clients: int, opts: MulticastOptions) -> tuple[str, str]:
@@ -134,6 +145,7 @@ class DeploymentInfo:
     transport: str
     multicast: dict[str, Any]
     targets: int  # still to deploy (queued or running): a last, smaller batch waits for no more
+    total: int = 0  # all its clients: a deployment of one batch has no later batch to make a session for
 
 
 @dataclass
@@ -142,6 +154,7 @@ class Member:
     client_id: int
     mac: str
     joined_at: float
+    missing: frozenset[str] | None = None  # the packs it lacks (None: all of them)
     state: str = "joined"  # joined | dropped | left
     rx: list[tuple[float, int]] = field(default_factory=list)
     packs: int = 0
@@ -175,10 +188,40 @@ class Session:
     last_drop: float = 0.0
     suspect: tuple[int, float] | None = None  # (target id, since): the receiver standing out
     log: IO[bytes] | None = None
+    cycle: int = 1  # 2, 3, ...: a next cycle, streaming what the members of the cycle before still lack
+    after: str | None = None  # the session this cycle follows (it starts when that one has ended)
+    sizes: dict[str, int] = field(default_factory=dict)  # pack id -> stored bytes, in the image's order
+    send: list[str] = field(default_factory=list)  # the packs this session streams, fixed at its start
+    streaming_at: float | None = None
+    start_now: bool = False  # the admin said start (console's Start now): as if max_wait had passed
 
     @property
     def active(self) -> list[Member]:
         return [m for m in self.members.values() if m.state == "joined"]
+
+    def union(self) -> list[str]:
+        """What the members lack together, in the image's order (what this session streams)."""
+        wanted: set[str] = set()
+        for m in self.active:
+            if m.missing is None:
+                return list(self.sizes)
+            wanted |= m.missing
+        return [p for p in self.sizes if p in wanted]
+
+    def stream_rate(self, now: float) -> float | None:
+        """Bytes/s since the first byte, or None before it."""
+        if self.sender is None or self.streaming_at is None or self.sender.bytes_sent <= 0:
+            return None
+        end = self.finished if self.finished is not None else now
+        return self.sender.bytes_sent / max(end - self.streaming_at, 0.5)
+
+    def remaining(self) -> int:
+        """Bytes the stream has still to send (all of them before the start, 0 once ended)."""
+        if self.state in ENDED:
+            return 0
+        send = self.send if self.started is not None else self.union()
+        total = sum(self.sizes[p] for p in send)
+        return max(0, total - (self.sender.bytes_sent if self.sender else 0))
 
     def view(self) -> dict[str, Any]:
         sender = self.sender
@@ -187,6 +230,7 @@ class Session:
             "deployment": self.deployment_id,
             "image": self.image,
             "state": self.state,
+            "cycle": self.cycle,
             "group": self.channel.group,
             "port": self.channel.port,
             "interface": self.channel.interface,
@@ -196,6 +240,7 @@ class Session:
             "sender_pid": sender.pid if sender and sender.running else None,
             "bytes_sent": sender.bytes_sent if sender else 0,
             "packs_sent": sender.packs_sent if sender else 0,
+            "packs_to_send": len(self.send) if self.started is not None else len(self.union()),
             "error": self.error,
             "members": [
                 {"task_id": m.target_id, "mac": m.mac, "state": m.state, "packs": m.packs, "result": m.result}
@@ -221,6 +266,7 @@ class MulticastManager:
         self.sessions: dict[str, Session] = {}
         self._current: dict[int, str] = {}  # deployment id -> its newest session
         self._next_slot = 0
+        self._http_until: dict[int, list[float]] = {}  # deployment -> when its HTTP repairs should end
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -266,32 +312,110 @@ class MulticastManager:
                     d.transport,
                     dict(d.multicast or {}),
                     sum(x.state in ("queued", "running") for x in d.targets),
+                    len(d.targets),
                 ),
             )
 
-    def join(self, client_id: int, task_id: int, peer: str) -> dict[str, Any]:
+    def join(
+        self, client_id: int, task_id: int, peer: str, missing: list[list[int]] | None = None
+    ) -> dict[str, Any]:
+        """``missing``: the packs the agent lacks, as ``[start, end)`` ranges of the image's pack order
+        (None: all of them)."""
         t, dep = self._task(client_id, task_id)
         if t.state != "running" or dep.transport != "multicast":
             return {"state": "none", "reason": "this task does not use multicast"}
         with self._lock:
             session = self.sessions.get(self._current.get(dep.id, ""))
-            if session is not None and t.id in session.members and session.state in ("waiting", "starting"):
+            if (
+                session is not None
+                and t.id in session.members
+                and session.state in ("waiting", "starting")
+                and session.members[t.id].state == "joined"
+            ):
                 return self._reply(session, session.members[t.id])
-            if session is None or session.state in ("finished", "ended", "failed"):
-                if t.attempt > 1 or t.checkpoint_chunk > 0:
-                    self._event("client-multicast-late", dep.id, t, reason="restarted agent")
+            known = any(t.id in x.members for x in self.sessions.values() if x.deployment_id == dep.id)
+            if session is None or session.state in ENDED:
+                if t.attempt > 1 or t.checkpoint_chunk > 0 or known or (session and dep.batch >= dep.total):
+                    if session is not None:
+                        why = "restarted agent" if t.attempt > 1 or t.checkpoint_chunk > 0 else "late"
+                        return self._late(
+                            dep, t, session, missing, peer=peer, why=f"{why}, the session is {session.state}"
+                        )
+                    self._event("client-multicast-late", dep.id, t, reason="restarted agent", choice="http")
                     return {"state": "late", "reason": "a restarted agent finishes by HTTP"}
                 session = self._new_session(dep, peer)
-            if session.state != "waiting":
-                self._event("client-multicast-late", dep.id, t, session_id=session.id, reason=session.state)
-                return {"state": "late", "session": session.id, "reason": f"the session is {session.state}"}
-            member = Member(t.id, t.client_id, t.mac, time.monotonic())
+            if session.state != "waiting" or session.after is not None or known:
+                return self._late(dep, t, session, missing, peer=peer, why=f"the session is {session.state}")
+            member = Member(t.id, t.client_id, t.mac, time.monotonic(), self._missing(session, missing))
             session.members[t.id] = member
             self._event(
                 "client-multicast-joined", dep.id, t, session_id=session.id, joined=len(session.members),
                 min_clients=session.min_clients,
             )  # fmt: skip
             return self._reply(session, member)
+
+    def _missing(self, session: Session, ranges: list[list[int]] | None) -> frozenset[str] | None:
+        if ranges is None:
+            return None
+        order = list(session.sizes)
+        try:
+            return frozenset(order[i] for i in from_ranges(ranges, len(order)))
+        except FleetcastError as exc:
+            raise UsageError(f"join: {exc.message}") from exc
+
+    def _late(
+        self,
+        dep: DeploymentInfo,
+        t: TaskInfo,
+        current: Session,
+        ranges: list[list[int]] | None,
+        *,
+        peer: str,
+        why: str,
+    ) -> dict[str, Any]:
+        """A client that cannot take ``current`` (the newest session): the next cycle or HTTP, whichever
+        the estimate says is sooner (server/multicast_repair.py)."""
+        nxt = current if current.after is not None and current.state == "waiting" else None
+        prev = self.sessions.get(current.after or "") if nxt is not None else current
+        prev = prev or current
+        missing = self._missing(current, ranges)
+        lacks = list(current.sizes) if missing is None else [p for p in current.sizes if p in missing]
+        lack_bytes = sum(current.sizes[p] for p in lacks)
+        union = set(lacks) | set(nxt.union() if nxt is not None else ())
+        now = time.monotonic()
+        ends = [x for x in self._http_until.get(dep.id, []) if x > now]
+        self._http_until[dep.id] = ends
+        est = estimate(
+            missing=lack_bytes, union=sum(current.sizes[p] for p in union), remaining=prev.remaining(),
+            rate=self._rate(dep.id, now), http_clients=len(ends),
+        )  # fmt: skip
+        cycle = nxt.cycle if nxt is not None else prev.cycle + 1
+        mode = (
+            MulticastOptions.from_dict(dep.multicast, defaults=self.settings).repair or self.settings.repair
+        )
+        choice = choose(mode, est, cycle=cycle, max_cycles=self.settings.max_cycles)
+        self._event(
+            "client-multicast-late", dep.id, t, session_id=current.id, reason=why, choice=choice, cycle=cycle,
+            packs=len(lacks), repair=mode, **est.to_dict(),
+        )  # fmt: skip
+        if choice == "http":
+            ends.append(now + est.http)
+            return {"state": "late", "session": current.id, "reason": f"{why}; HTTP is sooner",
+                    "estimate": est.to_dict()}  # fmt: skip
+        if nxt is None:
+            nxt = self._new_session(dep, peer, after=prev)
+        member = Member(t.id, t.client_id, t.mac, now, missing)
+        nxt.members[t.id] = member
+        return self._reply(nxt, member) | {"estimate": est.to_dict()}
+
+    def _rate(self, deployment_id: int, now: float) -> float | None:
+        """The newest measured stream rate of the deployment."""
+        mine = [x for x in self.sessions.values() if x.deployment_id == deployment_id]
+        for session in sorted(mine, key=lambda x: x.created, reverse=True):
+            rate = session.stream_rate(now)
+            if rate is not None:
+                return rate
+        return None
 
     def _reply(self, session: Session, member: Member) -> dict[str, Any]:
         state = session.state
@@ -300,6 +424,7 @@ class MulticastManager:
         return {
             "state": state,
             "session": session.id,
+            "cycle": session.cycle,
             "image_id": session.image_id,
             "group": session.channel.group,
             "port": session.channel.port,
@@ -328,8 +453,18 @@ class MulticastManager:
 
     # ---- admin side --------------------------------------------------------------------------
 
-    def set_rules(self, deployment_id: int, *, min_clients: int | None, max_wait: float | None) -> None:
-        """Change the start rules of the deployment's waiting session (and of later ones)."""
+    def set_rules(
+        self,
+        deployment_id: int,
+        *,
+        min_clients: int | None,
+        max_wait: float | None,
+        repair: str | None = None,
+        start_now: bool = False,
+    ) -> None:
+        """Change the start rules of the deployment's waiting session (and of later ones), how its late
+        joiners are served (``repair``), or start the waiting session now (``start_now``: as if its
+        max-wait had passed, once a client joined; the stored rules stay)."""
         with self.orch._tx() as s:
             dep = self.orch._deployment(s, deployment_id)
             if dep.transport != "multicast":
@@ -342,19 +477,28 @@ class MulticastManager:
                 raw["min_clients"] = min_clients
             if max_wait is not None:
                 raw["max_wait"] = max_wait
+            if repair is not None:
+                raw["repair"] = repair
             new = MulticastOptions.from_dict(raw, defaults=self.settings)
             check_options("multicast", new)
             dep.multicast = new.to_dict()
             with self._lock:
                 session = self.sessions.get(self._current.get(deployment_id, ""))
+                if start_now and (session is None or session.state != "waiting" or not session.active):
+                    state = "none" if session is None else f"{session.state}, {len(session.active)} joined"
+                    raise ConflictError(
+                        f"deployment {deployment_id} has no waiting multicast session with a client in it "
+                        f"to start (its newest session: {state})"
+                    )
                 if session is not None and session.state == "waiting":
                     if min_clients is not None:
                         session.min_clients = min_clients
                     if max_wait is not None:
                         session.max_wait = max_wait
+                    session.start_now = session.start_now or start_now
             self.orch.bus.record(
                 s, "multicast-rules-changed", deployment_id=deployment_id, min_clients=min_clients,
-                max_wait=max_wait,
+                max_wait=max_wait, repair=repair, start_now=start_now,
             )  # fmt: skip
 
     def view(self, deployment_id: int) -> dict[str, Any]:
@@ -368,7 +512,7 @@ class MulticastManager:
 
     # ---- sessions ----------------------------------------------------------------------------
 
-    def _new_session(self, dep: DeploymentInfo, peer: str) -> Session:
+    def _new_session(self, dep: DeploymentInfo, peer: str, *, after: Session | None = None) -> Session:
         from fleetcast.store.manifest import Manifest
 
         manifest: Manifest = self.orch.catalog.store().open(dep.image)
@@ -383,22 +527,25 @@ class MulticastManager:
             image=dep.image,
             image_id=manifest.image_id,
             channel=channel,
-            min_clients=opts.min_clients or max(1, min(dep.batch, clients)),
+            min_clients=1 if after else opts.min_clients or max(1, min(dep.batch, clients)),
             max_wait=opts.max_wait,
             drop_below=opts.drop_below,
             created=time.monotonic(),
+            cycle=after.cycle + 1 if after else 1,
+            after=after.id if after else None,
+            sizes={p.id: p.stored for p in manifest.pack_refs()},
         )
         self.sessions[session.id] = session
         self._current[dep.id] = session.id
         self._event_dep(
             "multicast-waiting", dep.id, session_id=session.id, group=channel.group, port=channel.port,
-            min_clients=session.min_clients, max_wait=session.max_wait,
+            min_clients=session.min_clients, max_wait=session.max_wait, cycle=session.cycle,
+            after=session.after,
         )  # fmt: skip
         return session
 
     def _packs(self, session: Session) -> Iterator[tuple[str, Callable[[], bytes]]]:
-        manifest = self.orch.catalog.store().open(session.image)
-        for pack_id in manifest.pack_ids():
+        for pack_id in session.send:
             path = self.orch.catalog.chunk_path(pack_id)
             yield pack_id, path.read_bytes
 
@@ -428,9 +575,20 @@ class MulticastManager:
     def _maybe_start(self, session: Session, now: float) -> None:
         joined = len(session.active)
         waited = now - session.created
-        if joined == 0 or (joined < session.min_clients and waited < session.max_wait):
+        if session.after is not None:  # a next cycle: as soon as the stream before it has ended
+            before = self.sessions.get(session.after)
+            if joined == 0 or (before is not None and before.state not in ENDED) or waited < CYCLE_GATHER:
+                return
+            why = f"cycle {session.cycle}: {joined} joined while cycle {session.cycle - 1} streamed"
+        elif joined == 0 or (
+            joined < session.min_clients and waited < session.max_wait and not session.start_now
+        ):
             return
-        why = f"{joined} joined" if joined >= session.min_clients else f"waited {waited:.0f} s"
+        elif joined >= session.min_clients:
+            why = f"{joined} joined"
+        else:
+            why = "started by an administrator" if session.start_now else f"waited {waited:.0f} s"
+        session.send = session.union()
         log = None
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -445,7 +603,7 @@ class MulticastManager:
         session.sender.start()
         self._event_dep(
             "multicast-started", session.deployment_id, session_id=session.id, receivers=joined, reason=why,
-            sender_pid=session.sender.pid,
+            sender_pid=session.sender.pid, cycle=session.cycle, packs=len(session.send),
         )  # fmt: skip
 
     def _watch(self, session: Session, now: float) -> None:
@@ -453,6 +611,7 @@ class MulticastManager:
         assert sender is not None
         if session.state == "starting" and sender.bytes_sent > 0:
             session.state = "streaming"
+            session.streaming_at = now
         waited = now - (session.started or now)
         if session.state == "starting" and waited > NO_RECEIVER:
             self._end(session, "failed", f"no receiver connected within {NO_RECEIVER:.0f} s")
@@ -495,6 +654,8 @@ class MulticastManager:
         session.suspect = None
         slowest.state = "dropped"
         session.last_drop = now
+        left = estimate(missing=session.remaining(), union=0, remaining=0, rate=rate, http_clients=0)
+        self._http_until.setdefault(session.deployment_id, []).append(now + left.http)
         self._event_target(
             "client-multicast-dropped", session.deployment_id, slowest, session_id=session.id,
             session_rate_bps=round(rate), drop_below=session.drop_below, rx_bps=round(slowest_rate),
@@ -517,6 +678,7 @@ class MulticastManager:
         sender = session.sender
         self._event_dep(
             "multicast-finished", session.deployment_id, session_id=session.id, state=state, error=error,
+            cycle=session.cycle,
             bytes_sent=sender.bytes_sent if sender else 0, packs_sent=sender.packs_sent if sender else 0,
         )  # fmt: skip
 
@@ -555,11 +717,21 @@ class MemberReport(BaseModel):
     done: dict[str, int | str] | None = Field(default=None, max_length=16)
 
 
+class JoinBody(BaseModel):
+    """What a joining agent lacks: ``[start, end)`` ranges of the image's pack order (none: all)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    missing: list[list[int]] | None = Field(default=None, max_length=1_000_000)
+
+
 class RulesBody(BaseModel):
     model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")
 
     min_clients: int | None = Field(default=None, ge=1, le=100_000)
     max_wait: float | None = Field(default=None, ge=0, le=86_400)
+    repair: str | None = Field(default=None, max_length=16)  # sooner | cycle | http
+    start_now: bool = False
 
 
 def manager(request: Request) -> MulticastManager:
@@ -575,10 +747,12 @@ admin_router = APIRouter(prefix="/api/deployments", tags=["admin"], dependencies
 
 
 @agent_router.post("/{task_id}/join")
-def join(task_id: int, request: Request, mgr: Manager, client_id: AgentId) -> dict[str, Any]:
-    """Join the batch's session: ``waiting``/``starting``/``streaming`` with the group and port, or
-    ``late`` / ``none`` (then the agent takes every pack by HTTP)."""
-    return mgr.join(client_id, task_id, peer(request))
+def join(
+    task_id: int, request: Request, mgr: Manager, client_id: AgentId, body: JoinBody | None = None
+) -> dict[str, Any]:
+    """Join the batch's session (or its next cycle): ``waiting``/``starting``/``streaming`` with the
+    group and port, or ``late`` / ``none`` (then the agent takes the packs it lacks by HTTP)."""
+    return mgr.join(client_id, task_id, peer(request), body.missing if body else None)
 
 
 @agent_router.post("/{task_id}/report")
@@ -595,9 +769,12 @@ def show(deployment_id: int, mgr: Manager) -> dict[str, Any]:
 @admin_router.post("/{deployment_id}/multicast")
 def rules(deployment_id: int, body: RulesBody, mgr: Manager) -> dict[str, Any]:
     """Change the start rules while the session waits (``fleetcast deployments multicast ID``)."""
-    if body.min_clients is None and body.max_wait is None:
-        raise UsageError("nothing to change: give min_clients and/or max_wait")
-    mgr.set_rules(deployment_id, min_clients=body.min_clients, max_wait=body.max_wait)
+    if body.min_clients is None and body.max_wait is None and body.repair is None and not body.start_now:
+        raise UsageError("nothing to change: give min_clients, max_wait, repair and/or start_now")
+    mgr.set_rules(
+        deployment_id, min_clients=body.min_clients, max_wait=body.max_wait, repair=body.repair,
+        start_now=body.start_now,
+    )  # fmt: skip
     return mgr.view(deployment_id)
 
 

@@ -8,6 +8,9 @@
     group_base = "239.255.42.0" # sessions use groups group_base+1 ... group_base+sessions
     port_base = 9000            # ... and udpcast port pairs port_base, port_base+2, ...
     sessions = 250              # how many groups/port pairs are handed out before they are reused
+    repair = "sooner"           # late joiners / missing packs: next cycle or HTTP, whichever is sooner
+                                # (by estimate); "cycle" or "http" force one
+    max_cycles = 3              # cycles per batch (the first stream included); after that HTTP
 
 A deployment's own options (``--min-clients`` …) win over these defaults.
 """
@@ -20,9 +23,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from fleetcast.errors import UsageError
+from fleetcast.server.multicast_repair import REPAIR_MODES
 
 TABLE_KEYS = (
     "multicast_from", "min_clients", "max_wait", "drop_below_mbit", "group_base", "port_base", "sessions",
+    "repair", "max_cycles",
 )  # fmt: skip
 
 
@@ -35,6 +40,8 @@ class MulticastSettings:
     group_base: str = "239.255.42.0"
     port_base: int = 9000
     sessions: int = 250
+    repair: str = "sooner"  # sooner | cycle | http (server/multicast_repair.py)
+    max_cycles: int = 3
 
     def group(self, slot: int) -> str:
         """The multicast group of session slot ``slot`` (0 ... sessions-1)."""
@@ -92,6 +99,12 @@ def from_table(table: Mapping[str, Any] | None, source: str = "config file") -> 
     min_clients = _integer(table, "min_clients", source, low=0, high=100_000)
     max_wait = _number(table, "max_wait", source, low=0, high=86_400)
     drop = _number(table, "drop_below_mbit", source, low=0, high=1e6)
+    repair = table.get("repair", d.repair)
+    if repair not in REPAIR_MODES:
+        raise UsageError(
+            f"{source}: multicast.repair must be one of {', '.join(REPAIR_MODES)}, found {repair!r}"
+        )
+    cycles = _integer(table, "max_cycles", source, low=1, high=100)
     return MulticastSettings(
         multicast_from=_integer(table, "multicast_from", source, low=1, high=100_000) or d.multicast_from,
         min_clients=min_clients or None,
@@ -100,4 +113,6 @@ def from_table(table: Mapping[str, Any] | None, source: str = "config file") -> 
         group_base=str(base),
         port_base=d.port_base if port_base is None else port_base,
         sessions=sessions,
+        repair=str(repair),
+        max_cycles=d.max_cycles if cycles is None else cycles,
     )

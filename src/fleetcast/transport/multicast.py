@@ -373,3 +373,27 @@ class Receiver:
         stop(self.proc, sig=signal.SIGINT)
         if self.proc is not None and self.proc.stdout is not None:
             self.proc.stdout.close()
+
+
+def to_ranges(indices: Iterable[int]) -> list[list[int]]:
+    """Sorted ``[start, end)`` ranges covering ``indices`` (how an agent names the packs it lacks: their
+    places in the manifest's pack order, a few numbers instead of thousands of ids)."""
+    out: list[list[int]] = []
+    for i in sorted(set(indices)):
+        if out and out[-1][1] == i:
+            out[-1][1] = i + 1
+        else:
+            out.append([i, i + 1])
+    return out
+
+
+def from_ranges(ranges: Iterable[Iterable[int]], count: int) -> set[int]:
+    """The indices ``to_ranges`` named, each checked against ``count`` packs (TransportError says which
+    range is wrong)."""
+    found: set[int] = set()
+    for item in ranges:
+        pair = list(item)
+        if len(pair) != 2 or not 0 <= pair[0] < pair[1] <= count:
+            raise TransportError(f"pack range {pair!r} is not [start, end) within 0..{count}")
+        found.update(range(pair[0], pair[1]))
+    return found

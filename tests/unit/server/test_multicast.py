@@ -60,3 +60,20 @@ def test_plan_and_deployment_show_the_transport(server: Server) -> None:
     changed = server.post(f"/api/deployments/{dep['deployment']}/multicast", {"min_clients": 3})
     assert changed["options"]["min_clients"] == 3
     assert server.post("/api/deployments/plan", {**body, "batch": 3})["transport"] == "unicast"
+
+
+def test_repair_mode_and_start_now_through_the_rules_endpoint(server: Server) -> None:
+    for mac in MACS[:4]:
+        server.agent(mac)
+    body = {"image": IMAGE, "clients": "all", "disk": "0", "batch": 4, "transport": "multicast"}
+    dep = server.post("/api/deployments", body, status=201)["deployment"]
+    view = server.post(f"/api/deployments/{dep}/multicast", {"repair": "cycle"})
+    assert view["options"]["repair"] == "cycle"
+    bad = server.post(f"/api/deployments/{dep}/multicast", {"repair": "pigeon"}, status=400)
+    assert "repair must be one of sooner, cycle, http, found 'pigeon'" in str(bad)
+    none = server.post(f"/api/deployments/{dep}/multicast", {"start_now": True}, status=409)
+    assert "has no waiting multicast session with a client in it to start (its newest session: none)" in str(
+        none
+    )
+    empty = server.post(f"/api/deployments/{dep}/multicast", {}, status=400)
+    assert "nothing to change: give min_clients, max_wait, repair and/or start_now" in str(empty)
