@@ -15,10 +15,19 @@ server's egress and each agent's downlink, ``--rate``, default 150mbit), so that
    the data; the partition table and the 100 MiB ESP are not sent: this favours the baseline.)
 
 Printed per N: seconds, link utilization of the multicast stream (stored bytes x 8 / stream seconds /
-link rate), bytes the server's interface sent, and the ratios. ``--loss`` adds an N=4 multicast run with
-5 % loss (nftables) on one receiver and prints how much the others' time grew.
+link rate), bytes the server's interface sent, the CPU seconds each client used (the agent with its
+udp-receiver; the baseline's receiver pipeline) and the server, and the ratios. ``--loss`` adds an N=4
+multicast run with 5 % loss (nftables) on one receiver and prints how much the others' time grew.
 
-    .venv/bin/python bench/multicast.py [--rate 150mbit] [--data-mib 96] [--clients 1 4 8 16] [--loss]
+**Engines** (the issue's comparison of udpcast with uftp and NORM; ``--no-engines`` skips it): the same
+random file (``--engine-mib``, default 48) sent to 4 receivers in the same namespaces on the same links,
+receivers writing to a file: udpcast (``udp-sender --file`` -> ``udp-receiver``), uftp at a fixed rate
+(``uftp -R`` = the link rate) and with its TFMCC congestion control (``uftp -C tfmcc``) to ``uftpd``
+daemons; NORM is reported as not measurable (Debian ships only the library, libnorm1, and no
+sender/receiver programs). Needs the Debian packages udpcast, partclone, zstd, nftables (and uftp for
+the engine comparison; it is skipped with a note when missing).
+
+    sudo .venv/bin/python bench/multicast.py [--rate 150mbit] [--data-mib 96] [--clients 1 4 8 16] [--loss]
 
 Numbers are in docs/multicast.md (a shared 2-core machine: other jobs run beside it).
 """
@@ -27,6 +36,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -60,8 +71,27 @@ def _ts(event: dict[str, Any]) -> float:
     return datetime.fromisoformat(str(event["ts"])).timestamp()
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """CPU time of a process and of its children it has waited for (utime+stime+cutime+cstime)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def deploy(lab: FleetLab, macs: list[str], *extra: str) -> dict[str, Any]:
-    """One deployment to ``macs``; its times from the event log and the server's bytes sent."""
+    """One deployment to ``macs``; its times from the event log, the server's bytes sent, CPU used."""
+    agents = [a for a in lab.agents if a.node.mac in macs]
+    server_pid = lab.server_proc.pid if lab.server_proc is not None else None
+    cpu0 = [cpu_seconds(a.proc.pid if a.proc else None) for a in agents], cpu_seconds(server_pid)
     before = tx_bytes(lab.net.server)
     proc = lab.cli(
         "deploy", IMAGE, "--server", lab.url, f"--token={lab.admin_token}", "--clients", ",".join(macs),
@@ -70,11 +100,16 @@ def deploy(lab: FleetLab, macs: list[str], *extra: str) -> dict[str, Any]:
     if proc.returncode != 0:
         raise SystemExit(f"deploy failed: {proc.stderr.decode()[-2000:]}")
     sent = tx_bytes(lab.net.server) - before
+    cpu1 = [cpu_seconds(a.proc.pid if a.proc else None) for a in agents], cpu_seconds(server_pid)
     dep = json.loads(proc.stdout)["deployment"]
     events = lab.events(dep)
     first = {e["type"]: e for e in reversed(events)}
     created, finished = _ts(first["deployment-created"]), _ts(first["deployment-finished"])
-    out: dict[str, Any] = {"seconds": finished - created, "sent": sent, "deployment": dep}
+    out: dict[str, Any] = {
+        "seconds": finished - created, "sent": sent, "deployment": dep,
+        "client_cpu": sum(b - a for a, b in zip(cpu0[0], cpu1[0], strict=True)) / max(1, len(agents)),
+        "server_cpu": cpu1[1] - cpu0[1],
+    }  # fmt: skip
     if "multicast-started" in first and "multicast-finished" in first:
         out["stream_seconds"] = _ts(first["multicast-finished"]) - _ts(first["multicast-started"])
     view = lab.get(f"/api/deployments/{dep}")
@@ -129,6 +164,7 @@ def partclone_run(lab: FleetLab, n: int, image: Path, offset: int, port: int) ->
         )
         receivers.append(subprocess.Popen(agent.node.cmd(["sh", "-c", pipeline])))
     time.sleep(1.0)
+    cpu0 = _children_cpu()
     start = time.monotonic()
     sender = subprocess.Popen(
         lab.net.server.cmd(["timeout", "900", "udp-sender", "--nokbd", "--no-progress", "--file", str(image),
@@ -142,7 +178,104 @@ def partclone_run(lab: FleetLab, n: int, image: Path, offset: int, port: int) ->
     sender.wait(timeout=60)
     if any(codes) or sender.returncode:
         raise SystemExit(f"partclone baseline failed: receivers {codes}, sender {sender.returncode}")
-    return {"seconds": seconds, "sent": tx_bytes(lab.net.server) - before}
+    # the receivers' pipelines and the sender, all children of this process (the sender's share is small)
+    return {"seconds": seconds, "sent": tx_bytes(lab.net.server) - before,
+            "client_cpu": (_children_cpu() - cpu0) / n}  # fmt: skip
+
+
+def _timed(
+    receivers: list[subprocess.Popen[bytes]], sender: subprocess.Popen[bytes], start: float, what: str
+) -> float:
+    """Seconds from ``start`` until the sender and every receiver exited (SystemExit when one failed)."""
+    codes = [r.wait(timeout=600) for r in receivers]
+    rc = sender.wait(timeout=600)
+    seconds = time.monotonic() - start
+    if any(codes) or rc:
+        raise SystemExit(f"{what} failed: receivers {codes}, sender {rc}")
+    return seconds
+
+
+def engine_udpcast(lab: FleetLab, n: int, data: Path, work: Path, port: int) -> float:
+    group = "239.255.44.1"
+    receivers = [
+        subprocess.Popen(a.node.cmd(["sh", "-c",
+            f"udp-receiver --nokbd --no-progress --portbase {port} --mcast-rdv-address {group} "
+            f"--interface eth0 --start-timeout 60 --file {work / f'udpcast-{i}.bin'} 2>/dev/null"]))
+        for i, a in enumerate(lab.agents[:n])
+    ]  # fmt: skip
+    time.sleep(1.0)
+    start = time.monotonic()
+    sender = subprocess.Popen(lab.net.server.cmd([
+        "timeout", "600", "udp-sender", "--nokbd", "--no-progress", "--file", str(data), "--portbase",
+        str(port), "--mcast-rdv-address", group, "--mcast-data-address", group, "--interface", "eth0",
+        "--min-receivers", str(n), "--max-wait", "60"]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    return _timed(receivers, sender, start, "udpcast engine probe")
+
+
+def engine_uftp(lab: FleetLab, n: int, data: Path, work: Path, rate: float, *, tfmcc: bool) -> float:
+    """uftp to n ``uftpd -d`` daemons (each ended by its PID afterwards); time = uftp's run, which
+    includes its announce/register phase and ends when every client has the file."""
+    daemons = []
+    try:
+        for i, agent in enumerate(lab.agents[:n]):
+            dest = work / f"uftp-{i}"
+            dest.mkdir(exist_ok=True)
+            daemons.append(subprocess.Popen(agent.node.cmd(
+                ["uftpd", "-d", "-q", "-I", "eth0", "-M", "239.255.44.11", "-p", "1044", "-D", str(dest),
+                 "-x", "0"]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # fmt: skip
+        time.sleep(1.0)
+        argv = ["timeout", "600", "uftp", "-I", "eth0", "-M", "239.255.44.11", "-P", "239.255.44.12",
+                "-p", "1044", "-x", "0", "-Y", "none"]  # fmt: skip
+        argv += ["-C", "tfmcc"] if tfmcc else ["-R", str(round(rate / 1000))]
+        start = time.monotonic()
+        sender = subprocess.run(lab.net.server.cmd([*argv, str(data)]), capture_output=True, check=False)
+        seconds = time.monotonic() - start
+        got = [p.stat().st_size for p in (work / f"uftp-{i}" / data.name for i in range(n)) if p.exists()]
+        if sender.returncode != 0 or got != [data.stat().st_size] * n:
+            raise SystemExit(f"uftp engine probe failed (status {sender.returncode}, files {got}): "
+                             f"{sender.stderr.decode()[-800:]}")  # fmt: skip
+        return seconds
+    finally:
+        for d in daemons:
+            d.terminate()
+        for d in daemons:
+            try:
+                d.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                d.kill()
+                d.wait()
+
+
+def engines(lab: FleetLab, work: Path, mib: int, rate: float, rate_text: str) -> None:
+    """The issue's engine comparison: udpcast against uftp (fixed rate, TFMCC) and NORM, same links."""
+    n = min(4, len(lab.agents))
+    data = work / "engine.bin"
+    with open(data, "wb") as f:
+        for _ in range(mib):
+            f.write(os.urandom(MiB))
+    size = data.stat().st_size
+    results: dict[str, float] = {"udpcast": engine_udpcast(lab, n, data, work, 9700)}
+    if shutil.which("uftp") and shutil.which("uftpd"):
+        results["uftp -R (fixed rate)"] = engine_uftp(lab, n, data, work, rate, tfmcc=False)
+        results["uftp -C tfmcc"] = engine_uftp(lab, n, data, work, rate, tfmcc=True)
+    else:
+        print("engines: uftp not installed (apt-get install uftp): not measured")
+    print(f"engines, {n} receivers, {mib} MiB of random data, links {rate_text}:")
+    base = results["udpcast"]
+    for name, seconds in results.items():
+        print(f"  {name:22} {seconds:6.2f} s  {size * 8 / seconds / 1e6:6.1f} Mbit/s  "
+              f"({seconds / base:4.2f}x udpcast's time)")  # fmt: skip
+    print(
+        "  NORM (libnorm1)        not measured: Debian ships the library only, no sender/receiver"
+        " programs (a binding of our own would be needed)",
+        flush=True,
+    )
+    for path in work.glob("udpcast-*.bin"):
+        path.unlink()
+    for path in work.glob("uftp-*"):
+        shutil.rmtree(path, ignore_errors=True)
+    data.unlink()
 
 
 def limit_links(lab: FleetLab, rate: str) -> None:
@@ -174,6 +307,8 @@ def main() -> int:
     parser.add_argument("--no-unicast", action="store_true")
     parser.add_argument("--no-partclone", action="store_true")
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--no-engines", action="store_true", help="skip the udpcast/uftp/NORM comparison")
+    parser.add_argument("--engine-mib", type=int, default=48)
     args = parser.parse_args()
     setup_logging(debug=False)
     rate = parse_rate(args.rate)
@@ -196,6 +331,8 @@ def main() -> int:
             lab.agents[:] = agents
             print(f"image: {stored / 1e6:.1f} MB stored; links {args.rate}; partclone image "
                   f"{image.stat().st_size / 1e6 if image else 0:.1f} MB", flush=True)  # fmt: skip
+            if not args.no_engines:
+                engines(lab, work, args.engine_mib, rate, args.rate)
             for n in args.clients:
                 macs = [a.node.mac for a in agents[:n]]
                 row: dict[str, Any] = {"n": n}
@@ -220,16 +357,35 @@ def main() -> int:
                 print(f"5 % loss on one of 4 receivers: the others' time {t_clean:.1f} s -> {t_lost:.1f} s "
                       f"({100 * (t_lost / t_clean - 1):+.1f} %); the lossy one: "
                       f"{lost['transports'][0]}")  # fmt: skip
-        if rows and rows[0]["n"] == 1:
-            t1 = rows[0]["multicast"]["seconds"]
-            for row in rows[1:]:
-                print(f"T({row['n']}) / T(1) = {row['multicast']['seconds'] / t1:.2f}")
+        _summary(rows, stored, rate)
         return 0
     finally:
         if args.keep:
             print(f"kept {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _summary(rows: list[dict[str, Any]], stored: int, rate: float) -> None:
+    """The ratios the issue's targets are stated in, one line each."""
+    if not rows:
+        return
+    print("ratios (targets: T(16)/T(1) <= 1.10, utilization >= 90 %, baseline/multicast > 1 at every N):")
+    t1 = rows[0]["multicast"]["seconds"] if rows[0]["n"] == 1 else None
+    for row in rows:
+        mc = row["multicast"]
+        parts = [f"  N={row['n']:>2}:"]
+        if t1:
+            parts.append(f"T(N)/T(1) {mc['seconds'] / t1:4.2f}")
+        if mc.get("stream_seconds"):
+            parts.append(f"utilization {100 * stored * 8 / mc['stream_seconds'] / rate:5.1f} %")
+        for other in ("unicast", "partclone"):
+            if other in row:
+                parts.append(f"{other}/multicast {row[other]['seconds'] / mc['seconds']:4.2f}")
+        if "partclone" in row and mc.get("stream_seconds"):
+            parts.append(f"partclone/stream {row['partclone']['seconds'] / mc['stream_seconds']:4.2f}")
+        print(" ".join(parts))
+    print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
 
 
 def _line(row: dict[str, Any], stored: int, rate: float) -> str:
@@ -241,12 +397,13 @@ def _line(row: dict[str, Any], stored: int, rate: float) -> str:
             f"({100 * stored * 8 / mc['stream_seconds'] / rate:4.1f} % of link)"
         )
     parts.append(f"sent {mc['sent'] / stored:4.2f} copies")
+    parts.append(f"CPU/client {mc['client_cpu']:5.1f} s, server {mc['server_cpu']:5.1f} s")
     for other in ("unicast", "partclone"):
         if other in row:
             o = row[other]
             parts.append(
                 f"{other} {o['seconds']:6.1f} s ({o['seconds'] / mc['seconds']:4.2f}x, "
-                f"sent {o['sent'] / stored:4.2f} copies)"
+                f"sent {o['sent'] / stored:4.2f} copies, CPU/client {o['client_cpu']:5.1f} s)"
             )
     return "; ".join(parts)
 
