@@ -10,7 +10,9 @@ worker threads while the next windows are read.
 
 from __future__ import annotations
 
+import errno
 import logging
+import mmap
 import os
 import tempfile
 from collections import deque
@@ -300,23 +302,72 @@ def _windows(used: list[Extent], size: int, chunk_size: int) -> Iterator[tuple[i
 
 
 READ_MAX = 1 << 20  # one pread covers consecutive windows up to this many bytes ...
+READ_MAX_DIRECT = 4 << 20  # ... (with O_DIRECT: the page cache's small requests are gone, bigger is faster)
 READ_GAP = 256 << 10  # ... unless the unused bytes between two windows' spans exceed this
+DIRECT_ALIGN = 4096  # O_DIRECT reads: offset, length and buffer aligned to this (>= any logical sector)
+
+
+class _Reader:
+    """preads of the source. On a block device with O_DIRECT into an aligned buffer: no page cache in
+    between (measured through a loop device: 2 GiB in 5.1 s vs 17.7 s buffered, 1 MiB reads), and an
+    agent booted from RAM keeps its memory; an O_DIRECT open or read the kernel refuses (EINVAL) falls
+    back to buffered reads. Image files are read buffered."""
+
+    def __init__(self, fd: int, source: Path, *, block: bool) -> None:
+        self.fd = fd
+        self.direct: int | None = None
+        self._buf: mmap.mmap | None = None
+        if block and hasattr(os, "O_DIRECT"):
+            try:
+                self.direct = os.open(source, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
+            except OSError as exc:
+                logger.debug("%s: no O_DIRECT reads (%s); reading through the page cache", source, exc)
+        self.read_max = READ_MAX_DIRECT if self.direct is not None else READ_MAX
+
+    def close(self) -> None:
+        if self.direct is not None:
+            os.close(self.direct)
+            self.direct = None
+        if self._buf is not None:
+            self._buf.close()
+            self._buf = None
+
+    def pread(self, n: int, at: int) -> bytes:
+        if self.direct is not None:
+            start = at - at % DIRECT_ALIGN
+            size = -(-(at + n - start) // DIRECT_ALIGN) * DIRECT_ALIGN
+            if self._buf is None or len(self._buf) < size:
+                if self._buf is not None:
+                    self._buf.close()
+                self._buf = mmap.mmap(-1, max(size, READ_MAX_DIRECT + DIRECT_ALIGN))  # page-aligned
+            try:
+                got = os.preadv(self.direct, [memoryview(self._buf)[:size]], start)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                logger.debug("O_DIRECT read refused (%s); reading through the page cache", exc)
+                os.close(self.direct)
+                self.direct = None
+            else:
+                return self._buf[at - start : min(got, at - start + n)]
+        return os.pread(self.fd, n, at)
 
 
 def _read_windows(
-    fd: int, plan: _Plan, chunk_size: int, source: Path
+    reader: _Reader, plan: _Plan, chunk_size: int, source: Path
 ) -> Iterator[tuple[int, list[Extent], bytes]]:
     """(window, its extents, the bytes of its span) for every window of the area, reading consecutive
-    windows with one pread of up to ``READ_MAX`` bytes (64 KiB preads are several times slower on a
-    block device); a gap of more than ``READ_GAP`` unused bytes starts a new read."""
+    windows with one pread of up to ``reader.read_max`` bytes (64 KiB preads are several times slower on
+    a block device); a gap of more than ``READ_GAP`` unused bytes starts a new read."""
     group: list[tuple[int, list[Extent], int, int]] = []
+    read_max = reader.read_max
 
     def flush() -> Iterator[tuple[int, list[Extent], bytes]]:
         start = group[0][2]
         end = group[-1][2] + group[-1][3]
         at = plan.start + start
         try:
-            buf = os.pread(fd, end - start, at)
+            buf = reader.pread(end - start, at)
         except OSError as exc:
             raise CaptureError(f"cannot read {source} at byte {at}: {exc.strerror}") from exc
         if len(buf) != end - start:
@@ -333,7 +384,7 @@ def _read_windows(
         if group:
             g_start = group[0][2]
             g_end = group[-1][2] + group[-1][3]
-            if s_start - g_end > READ_GAP or s_start + s_len - g_start > READ_MAX:
+            if s_start - g_end > READ_GAP or s_start + s_len - g_start > read_max:
                 yield from flush()
         group.append((window, pieces, s_start, s_len))
     if group:
@@ -481,21 +532,52 @@ class _Window:
     data: bytes
 
 
-def _flush(  # noqa: PLR0917 -- the capture loop's state, one call site
-    batch: list[_Window], area_no: int, sink: CaptureSink, packs: _Packs, packer: _Packer, index: IndexWriter
-) -> int:
-    """One ``sink.have`` for the batch's hashes, then an index entry per window (new chunks packed)."""
-    known = sink.have([w.digest for w in batch]) if batch else {}
-    for w in batch:
-        hit = known.get(w.digest)
-        if hit is not None:
-            where = (packs.of_existing(hit), hit.offset)
-        else:
-            where = packer.slices.get(w.digest) or packer.add(w.digest, w.data)
-        index.add(Entry(area_no, where[0], where[1], w.window, w.digest, tuple(w.extents)))
-    n = len(batch)
-    batch.clear()
-    return n
+HAVE_AHEAD = 2  # batches whose have() answers are awaited while the next ones are read and hashed
+
+
+class _HaveAhead:
+    """``sink.have`` of each batch in a thread of its own while the next batches are read and hashed (over
+    the network one round trip per batch held the reading up: 9.7 s of a 49 s capture); the answers are
+    used in the batches' order, so the index entries and the packs are exactly those of one call at a
+    time."""
+
+    def __init__(self, sink: CaptureSink, packs: _Packs, packer: _Packer, index: IndexWriter) -> None:
+        self.sink = sink
+        self.packs = packs
+        self.packer = packer
+        self.index = index
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="capture-have")
+        self.pending: deque[tuple[Future[dict[bytes, KnownChunk]], list[_Window], int]] = deque()
+        self.entries: dict[int, int] = {}  # area number -> index entries written
+
+    def submit(self, batch: list[_Window], area_no: int) -> None:
+        if batch:
+            fut = self.pool.submit(self.sink.have, [w.digest for w in batch])
+            self.pending.append((fut, list(batch), area_no))
+            batch.clear()
+        while len(self.pending) > HAVE_AHEAD:
+            self._use_oldest()
+
+    def drain(self) -> None:
+        while self.pending:
+            self._use_oldest()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def _use_oldest(self) -> None:
+        """The oldest batch's answer, then an index entry per window (new chunks packed)."""
+        fut, batch, area_no = self.pending.popleft()
+        known = fut.result()
+        packs, packer = self.packs, self.packer
+        for w in batch:
+            hit = known.get(w.digest)
+            if hit is not None:
+                where = (packs.of_existing(hit), hit.offset)
+            else:
+                where = packer.slices.get(w.digest) or packer.add(w.digest, w.data)
+            self.index.add(Entry(area_no, where[0], where[1], w.window, w.digest, tuple(w.extents)))
+        self.entries[area_no] = self.entries.get(area_no, 0) + len(batch)
 
 
 def _capture_areas(
@@ -512,56 +594,76 @@ def _capture_areas(
     source: Path,
     pack_size: int,
 ) -> tuple[list[Area], _Packer]:
-    fd = f.fileno()
+    reader = _Reader(f.fileno(), source, block=source.is_block_device())
+    with ThreadPoolExecutor(workers, thread_name_prefix="capture") as pool:
+        packer = _Packer(sink, pool, packs, level=level, pack_size=pack_size, workers=workers)
+        ahead = _HaveAhead(sink, packs, packer, index)
+        try:
+            areas = _read_areas(reader, plans, ahead, chunk_size=chunk_size, progress=progress, source=source)
+        finally:
+            ahead.close()
+            reader.close()
+        packer.finish()
+    return areas, packer
+
+
+def _read_areas(
+    reader: _Reader,
+    plans: list[_Plan],
+    ahead: _HaveAhead,
+    *,
+    chunk_size: int,
+    progress: ProgressFn | None,
+    source: Path,
+) -> list[Area]:
     total = sum(sum(n for _, n in p.used) for p in plans)
     done = 0
     if progress:
         progress(0, total)
     areas: list[Area] = []
-    with ThreadPoolExecutor(workers, thread_name_prefix="capture") as pool:
-        packer = _Packer(sink, pool, packs, level=level, pack_size=pack_size, workers=workers)
-        for area_no, plan in enumerate(plans):
-            zeros: list[Extent] = []
-            data_bytes = skipped = entries = 0
-            batch: list[_Window] = []
+    for area_no, plan in enumerate(plans):
+        zeros: list[Extent] = []
+        data_bytes = skipped = 0
+        batch: list[_Window] = []
 
-            for window, pieces, data in _read_windows(fd, plan, chunk_size, source):
-                span_start = pieces[0][0]
-                span_len = len(data)
-                nonzero, zero_runs = split_zeros(data, span_start, pieces, ZERO_BLOCK)
-                if plan.keep_zeros:
-                    _merge_add(zeros, zero_runs)
+        for window, pieces, data in _read_windows(reader, plan, chunk_size, source):
+            span_start = pieces[0][0]
+            span_len = len(data)
+            nonzero, zero_runs = split_zeros(data, span_start, pieces, ZERO_BLOCK)
+            if plan.keep_zeros:
+                _merge_add(zeros, zero_runs)
+            else:
+                skipped += sum(n for _, n in zero_runs)
+            done += sum(n for _, n in pieces)
+            if nonzero:
+                if len(nonzero) == 1 and nonzero[0][1] == span_len:
+                    chunk = data
                 else:
-                    skipped += sum(n for _, n in zero_runs)
-                done += sum(n for _, n in pieces)
-                if nonzero:
-                    if len(nonzero) == 1 and nonzero[0][1] == span_len:
-                        chunk = data
-                    else:
-                        chunk = b"".join(data[o - span_start : o - span_start + n] for o, n in nonzero)
-                    data_bytes += len(chunk)
-                    batch.append(_Window(window, nonzero, blake3.blake3(chunk).digest(), chunk))
-                    if len(batch) >= HAVE_BATCH:
-                        entries += _flush(batch, area_no, sink, packs, packer, index)
-                if progress:
-                    progress(done, total)
-            entries += _flush(batch, area_no, sink, packs, packer, index)
-            used = sum(n for _, n in plan.used)
-            areas.append(
-                Area(
-                    plan.kind,
-                    plan.number,
-                    plan.start,
-                    plan.size,
-                    plan.fstype,
-                    plan.os_hint,
-                    used,
-                    (),
-                    tuple(zeros),
-                    data=data_bytes,
-                    skipped=skipped,
-                    entries=entries,
-                )
+                    chunk = b"".join(data[o - span_start : o - span_start + n] for o, n in nonzero)
+                data_bytes += len(chunk)
+                batch.append(_Window(window, nonzero, blake3.blake3(chunk).digest(), chunk))
+                if len(batch) >= HAVE_BATCH:
+                    ahead.submit(batch, area_no)
+            if progress:
+                progress(done, total)
+        ahead.submit(batch, area_no)
+        ahead.drain()
+        entries = ahead.entries.get(area_no, 0)
+        used = sum(n for _, n in plan.used)
+        areas.append(
+            Area(
+                plan.kind,
+                plan.number,
+                plan.start,
+                plan.size,
+                plan.fstype,
+                plan.os_hint,
+                used,
+                (),
+                tuple(zeros),
+                data=data_bytes,
+                skipped=skipped,
+                entries=entries,
             )
-        packer.finish()
-    return areas, packer
+        )
+    return areas
