@@ -36,20 +36,28 @@ REASONS = {
 }
 
 
-def kernel_cmdline(server_url: str, enroll_token: str, mac: str | None, *extra: str) -> str:
-    """The boot environment's kernel command line (the names bootenv/init.py and agent/cmdline.py read)."""
+def kernel_cmdline(
+    server_url: str, enroll_token: str, mac: str | None, *extra: str, tls_fingerprint: str | None = None
+) -> str:
+    """The boot environment's kernel command line (the names bootenv/init.py and agent/cmdline.py read);
+    ``tls_fingerprint`` (``sha256:HEX``, the server's certificate) becomes ``fleetcast.tls=`` for the agent
+    to pin."""
     env = BootEnv(kernel=Path(KERNEL), initrd=Path(INITRD), key="", manifest={})
-    return env.cmdline(server_url, enroll_token, *extra, boot_mac=mac)
+    return env.cmdline(server_url, enroll_token, *extra, boot_mac=mac, tls_fingerprint=tls_fingerprint)
 
 
-def ipxe_script(action: BootAction, server_url: str, enroll_token: str, mac: str) -> str:
+def ipxe_script(
+    action: BootAction, server_url: str, enroll_token: str, mac: str, *, tls_fingerprint: str | None = None
+) -> str:
     """The per-MAC iPXE script. ``initrd=initrd.img`` is on the kernel line for the EFI stub."""
     reason = REASONS[action]
     if not action.boots_environment:
         # edk2's boot manager goes on to the next boot option only when this one fails: exit 1 on EFI
         return f"#!ipxe\necho fleetcast: {mac}: {reason}\niseq ${{platform}} efi && exit 1 || exit\n"
     files = f"{server_url}/boot/file"
-    cmdline = kernel_cmdline(server_url, enroll_token, mac, f"initrd={INITRD}")
+    cmdline = kernel_cmdline(
+        server_url, enroll_token, mac, f"initrd={INITRD}", tls_fingerprint=tls_fingerprint
+    )
     return (
         "#!ipxe\n"
         f"echo fleetcast: {mac}: {reason}\n"
@@ -98,7 +106,13 @@ exit 1
 
 
 def grub_config(
-    action: BootAction, server_url: str, enroll_token: str, mac: str, *, tftp: bool = False
+    action: BootAction,
+    server_url: str,
+    enroll_token: str,
+    mac: str,
+    *,
+    tftp: bool = False,
+    tls_fingerprint: str | None = None,
 ) -> str:
     """What the Secure Boot chain's GRUB sources for ``mac``: Debian's signed kernel + initrd (GRUB has
     shim verify the kernel), over HTTP, or by TFTP from ``bootenv/`` (``tftp``: the signed network GRUB
@@ -107,7 +121,7 @@ def grub_config(
     if not action.boots_environment:
         return f'echo "fleetcast: {mac}: {reason}"\n' + GRUB_LOCAL
     files = f"{tftp_device(server_url)}/bootenv" if tftp else f"{http_device(server_url)}/boot/file"
-    cmdline = kernel_cmdline(server_url, enroll_token, mac)
+    cmdline = kernel_cmdline(server_url, enroll_token, mac, tls_fingerprint=tls_fingerprint)
     return (
         f'echo "fleetcast: {mac}: {reason}"\n'
         f"linux {files}/{KERNEL} {cmdline}\n"

@@ -59,7 +59,10 @@ class ServeNetboot:
                 macs = boot.secureboot_macs(s)
             svc.cfg = replace(svc.cfg, secureboot_macs=macs)
             if self.server_url is not None:
-                svc.fallback_cmdline = kernel_cmdline(self.server_url, app.state.tokens.enroll, None)
+                tls = boot.tls_fingerprint(app)
+                svc.fallback_cmdline = kernel_cmdline(
+                    self.server_url, app.state.tokens.enroll, None, tls_fingerprint=tls
+                )
         boot.configure(
             app,
             boot.BootConfig(
@@ -89,7 +92,11 @@ class ServeNetboot:
 
         if self.service is None or self.app is None or self.server_url is None:
             return 0
-        configs = boot.grub_mac_configs(self.app.state.db, self.server_url, self.app.state.tokens.enroll)
+        app = self.app
+        tls = boot.tls_fingerprint(app)
+        configs = boot.grub_mac_configs(
+            app.state.db, self.server_url, app.state.tokens.enroll, tls_fingerprint=tls
+        )
         return sync_mac_configs(self.service.cfg.tftp_root, configs)
 
     def _sync_loop(self) -> None:

@@ -147,14 +147,16 @@ def boot_actions(s: Session) -> dict[str, BootAction]:
     return actions
 
 
-def grub_mac_configs(db: Database, server_url: str, enroll_token: str) -> dict[str, str]:
+def grub_mac_configs(
+    db: Database, server_url: str, enroll_token: str, *, tls_fingerprint: str | None = None
+) -> dict[str, str]:
     """Per-MAC GRUB configs for the TFTP root (``grub/mac/<mac>.cfg``), one per known or registered
     machine: what ``GET /boot/grub`` answers, with the files by TFTP (the Secure Boot chain's GRUB has no
     http module)."""
     with db.sessions() as s:
         actions = boot_actions(s)
     return {
-        mac: grub_config(action, server_url, enroll_token, mac, tftp=True)
+        mac: grub_config(action, server_url, enroll_token, mac, tftp=True, tls_fingerprint=tls_fingerprint)
         for mac, action in sorted(actions.items())
     }
 
@@ -264,6 +266,13 @@ def server_url(request: Request) -> str:
     return (cfg.server_url or str(request.base_url)).rstrip("/")
 
 
+def tls_fingerprint(app: FastAPI) -> str | None:
+    """The server certificate's fingerprint (``sha256:HEX``) when ``fleetcast serve`` runs HTTPS, for the
+    boot environment's command line (``fleetcast.tls=``: the agent pins it); None for plain HTTP."""
+    found = getattr(getattr(app.state, "settings", None), "tls_fingerprint", None)
+    return found if isinstance(found, str) and found else None
+
+
 def _mac_or_none(mac: str | None) -> str | None:
     if not mac:
         return None
@@ -292,7 +301,8 @@ def ipxe(request: Request, mac: Annotated[str | None, Query(max_length=64)] = No
     if found is None:
         return PlainTextResponse(chain_script(server_url(request)))
     action, url, token = _decide(request, found)
-    return PlainTextResponse(ipxe_script(action, url, token, found))
+    tls = tls_fingerprint(request.app)
+    return PlainTextResponse(ipxe_script(action, url, token, found, tls_fingerprint=tls))
 
 
 @boot_router.get("/grub", response_class=PlainTextResponse)
@@ -302,7 +312,8 @@ def grub(request: Request, mac: Annotated[str | None, Query(max_length=64)] = No
     if found is None:
         raise UsageError(f"mac={mac!r} is not a MAC address")
     action, url, token = _decide(request, found)
-    return PlainTextResponse(grub_config(action, url, token, found))
+    tls = tls_fingerprint(request.app)
+    return PlainTextResponse(grub_config(action, url, token, found, tls_fingerprint=tls))
 
 
 def _bootenv(request: Request) -> Path:

@@ -231,3 +231,26 @@ def test_boot_actions_in_bulk_match_one_by_one(kit: Kit) -> None:
         "wait",
     ]
     assert bulk["52:54:00:00:02:01"].value == "register"
+
+
+def test_https_server_puts_its_certificate_fingerprint_on_the_kernel_line() -> None:
+    from types import SimpleNamespace
+
+    from fleetcast.agent.cmdline import parse
+    from fleetcast.netboot.scripts import BootAction, grub_config, ipxe_script
+
+    fp = "sha256:" + "ab" * 32
+    app = SimpleNamespace(state=SimpleNamespace(settings=SimpleNamespace(tls_fingerprint=fp)))
+    assert boot.tls_fingerprint(app) == fp  # type: ignore[arg-type]
+    plain = SimpleNamespace(state=SimpleNamespace(settings=SimpleNamespace(tls_fingerprint=None)))
+    assert boot.tls_fingerprint(plain) is None  # type: ignore[arg-type]
+    url = "https://10.0.0.1:8443"
+    for text in (
+        ipxe_script(BootAction.WAIT, url, "tok", MAC, tls_fingerprint=fp),
+        grub_config(BootAction.WAIT, url, "tok", MAC, tftp=True, tls_fingerprint=fp),
+    ):
+        line = next(ln for ln in text.splitlines() if ln.startswith(("kernel ", "linux ")))
+        words = line.split(" ", 2)[2]
+        assert f" fleetcast.tls={fp} " in f" {words} "
+        assert parse(words).tls_fingerprint == "ab" * 32  # what the agent pins
+    assert "fleetcast.tls" not in ipxe_script(BootAction.WAIT, url, "tok", MAC)
