@@ -199,8 +199,23 @@ class ResultReply(_Answered):
 # GET  /api/agent/captures/{task_id}/packs/{pack_id}?stored_hash=H -> PackStatus
 # PUT  /api/agent/captures/{task_id}/packs/{pack_id}?stored_hash=H&stored=N&offset=O
 #      body: stored[O:] (streamed; a cut-off body keeps what arrived)  -> PackStatus
-# PUT  /api/agent/captures/{task_id}/index  body: the binary chunk index -> PackStatus
-# POST /api/agent/captures/{task_id}/publish body: the manifest's JSON bytes -> PublishReply
+# GET  /api/agent/captures/{task_id}/index?stored=N                -> PackStatus
+# PUT  /api/agent/captures/{task_id}/index?stored=N&offset=O  body: the binary chunk index from O
+#                                                                 -> PackStatus
+# GET  /api/agent/captures/{task_id}/previous/manifest | previous/index  (when begin named a previous image)
+#                                                                 -> its manifest / index bytes
+# POST /api/agent/captures/{task_id}/publish?reused=N body: the manifest's JSON bytes -> PublishReply
+
+
+class PreviousImage(_Answered):
+    """The image a re-capture starts from (the one it replaces, else the newest image captured from this
+    client): its packs are leased for the capture, so the agent may reference any chunk of its index
+    without asking ``have`` (``reused`` at the publish counts those)."""
+
+    image: str = Field(max_length=255)
+    image_id: str = Field(min_length=64, max_length=64)
+    entries: int = Field(ge=0, le=MAX_BIG_INTEGER)
+    index_size: int = Field(ge=0, le=MAX_BIG_INTEGER)
 
 
 class CaptureBeginReply(_Answered):
@@ -209,6 +224,7 @@ class CaptureBeginReply(_Answered):
     image: str = Field(max_length=255)
     replace: bool = False
     max_have: int = Field(default=MAX_HAVE, ge=1)
+    previous: PreviousImage | None = None
 
 
 class KnownPack(_Answered):

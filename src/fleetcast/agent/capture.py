@@ -19,9 +19,10 @@ Nothing is written to the source disk: the engine opens it ``O_RDONLY`` and a ca
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,12 +33,13 @@ import blake3
 import httpx
 from pydantic import ValidationError
 
-from fleetcast.errors import AgentError, TransportError
+from fleetcast.errors import AgentError, FleetcastError, TransportError
 from fleetcast.protocol import (
     MAX_HAVE,
     CaptureBeginReply,
     HaveReply,
     PackStatus,
+    PreviousImage,
     PublishReply,
     Task,
     describe,
@@ -51,8 +53,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+HAVE_THREADS = 4  # have requests in flight at once (the engine reads on meanwhile; answers used in order)
 UPLOADERS = 6  # packs uploading at once (the server verifies each while the next ones arrive)
 QUEUED_PACKS = 8  # packs compressed and waiting for an uploader: bounds the memory (~16 MiB each)
+PREVIOUS_MAX_ENTRIES = 1_000_000  # a previous image's index held as a dict (~200 B a chunk) up to this
 _BACKOFF_FIRST = 0.5
 _BACKOFF_MAX = 5.0
 
@@ -72,6 +76,7 @@ class SinkStats:
     packs_skipped: int = 0
     bytes_sent: int = 0  # request bodies: digests, pack bytes, index, manifest
     have_requests: int = 0
+    reused: int = 0  # chunks found in the previous image's index (not asked)
     have_seconds: float = 0.0  # the engine's reading thread waiting for have answers
     wait_seconds: float = 0.0  # the engine waiting for an upload slot (the link is the bottleneck)
     publish_seconds: float = 0.0  # last uploads, index and manifest
@@ -82,7 +87,10 @@ class SinkStats:
 
 
 class RemoteSink:
-    """``store.source.CaptureSink`` over ``/api/agent/captures/{task_id}/``; thread-safe per pack."""
+    """``store.source.CaptureSink`` over ``/api/agent/captures/{task_id}/``; thread-safe per pack, and
+    ``have`` may run in ``have_threads`` threads at once (the engine asks ahead while it reads)."""
+
+    have_threads = HAVE_THREADS
 
     def __init__(
         self,
@@ -94,6 +102,7 @@ class RemoteSink:
         on_publish: Callable[[], None] | None = None,
         uploaders: int = UPLOADERS,
         queued: int = QUEUED_PACKS,
+        previous: dict[bytes, KnownChunk] | None = None,
     ) -> None:
         self.api = api
         self.task_id = task_id
@@ -104,6 +113,7 @@ class RemoteSink:
         self._lock = threading.Lock()
         self.published: PublishReply | None = None
         self.on_publish = on_publish
+        self.previous = previous or {}  # chunk digest -> where the previous image keeps it (leased)
         # uploads run beside compression: put_pack queues a pack (at most ``queued`` wait) and returns
         self._pool = ThreadPoolExecutor(max(1, uploaders), thread_name_prefix=f"upload-{task_id}")
         self._slots = threading.BoundedSemaphore(max(1, queued))
@@ -141,8 +151,16 @@ class RemoteSink:
     def have(self, hashes: Sequence[bytes]) -> dict[bytes, KnownChunk]:
         out: dict[bytes, KnownChunk] = {}
         t0 = time.monotonic()
-        for start in range(0, len(hashes), self.max_have):
-            batch = list(hashes[start : start + self.max_have])
+        ask: list[bytes] = []
+        for h in hashes:
+            k = self.previous.get(h)
+            if k is None:
+                ask.append(h)
+            else:
+                out[h] = k
+        self._count(reused=len(hashes) - len(ask))
+        for start in range(0, len(ask), self.max_have):
+            batch = ask[start : start + self.max_have]
             body = b"".join(batch)
             response = self._request(
                 "POST", f"{self.base}/have", "have request", content=body,
@@ -167,9 +185,7 @@ class RemoteSink:
             self._raise_failed(wait=False)
         self._count(wait_seconds=time.monotonic() - t0)
         try:
-            fut = self._pool.submit(
-                self._upload, f"{self.base}/packs/{pack_id}", stored, f"pack {pack_id[:16]}", pack=True
-            )
+            fut = self._pool.submit(self._put_pack, pack_id, stored)
         except BaseException:
             self._slots.release()
             raise
@@ -182,9 +198,13 @@ class RemoteSink:
         self._raise_failed(wait=True)  # every pack is on the server before the manifest goes
         if self.on_publish is not None:
             self.on_publish()
-        self._upload(f"{self.base}/index", index.read_bytes(), "chunk index", pack=False)
+        size = index.stat().st_size
+        self._upload(
+            f"{self.base}/index", size, lambda offset: _file_from(index, offset), "chunk index",
+            {"stored": size}, pack=False,
+        )  # fmt: skip
         response = self._request(
-            "POST", f"{self.base}/publish", "publish", content=manifest,
+            "POST", f"{self.base}/publish", "publish", content=manifest, params={"reused": self.stats.reused},
             headers={"Content-Type": "application/json"},
         )  # fmt: skip
         self._count(bytes_sent=len(manifest))
@@ -192,36 +212,51 @@ class RemoteSink:
         self._count(publish_seconds=time.monotonic() - t0)
         return self.published.image_id
 
+    def _put_pack(self, pack_id: str, data: bytes) -> None:
+        params = {"stored": len(data), "stored_hash": blake3.blake3(data).hexdigest()}
+        url = f"{self.base}/packs/{pack_id}"
+        self._upload(url, len(data), lambda offset: data[offset:], f"pack {pack_id[:16]}", params, pack=True)
+
     # -- resumable upload -------------------------------------------------------------------------------
-    def _upload(self, url: str, data: bytes, what: str, *, pack: bool) -> None:
-        params: dict[str, Any] = {"stored": len(data)}
-        if pack:
-            params["stored_hash"] = blake3.blake3(data).hexdigest()
-            status: PackStatus = _model(
-                PackStatus, self._request("GET", url, f"{what} status", params=params), f"{what} status"
-            )
-        else:
-            status = PackStatus(received=0)
+    def _status(self, url: str, params: dict[str, Any], what: str) -> PackStatus:
+        """How much of it the server holds (the request itself rides out an outage)."""
+        response = self._request("GET", url, f"{what} status", params=params)
+        status: PackStatus = _model(PackStatus, response, f"{what} status")
+        return status
+
+    def _upload(
+        self,
+        url: str,
+        size: int,
+        body: Callable[[int], Any],
+        what: str,
+        params: dict[str, Any],
+        *,
+        pack: bool,
+    ) -> None:
+        """``size`` bytes to ``url``, resumed from what the server says arrived; ``body(offset)`` gives the
+        bytes from ``offset`` (bytes, or an iterator of pieces streamed from a file)."""
+        status = self._status(url, params, what)
         if status.complete:
             self._count(packs_skipped=1 if pack else 0)
             return
         first_failure: float | None = None
         delay = _BACKOFF_FIRST
         while True:
-            offset = min(status.received, len(data))
+            offset = min(status.received, size)
             try:
                 response = self.api._client.put(
-                    url, params={**params, "offset": offset}, content=data[offset:],
+                    url, params={**params, "offset": offset}, content=body(offset),
                     headers={"Content-Type": "application/octet-stream"},
                 )  # fmt: skip
                 problem = f"status {response.status_code}"
                 if response.is_success:
-                    self._count(bytes_sent=len(data) - offset)
+                    self._count(bytes_sent=size - offset)
                     status = _model(PackStatus, response, f"{what} upload")
                     if status.complete:
                         self._count(packs_sent=1 if pack else 0)
                         return
-                    problem = f"only {status.received} of {len(data)} bytes arrived"
+                    problem = f"only {status.received} of {size} bytes arrived"
                 elif response.status_code in (422,):  # did not verify: send it all again
                     logger.warning(
                         "%s: the server refused it (%s); sending it again", what, response.text[:200]
@@ -245,10 +280,57 @@ class RemoteSink:
                 raise TransportError(f"{what}: stopped during the upload ({problem})")
             time.sleep(delay)
             delay = min(delay * 2, _BACKOFF_MAX)
-            # what arrived: the status request itself rides out the rest of the outage
-            status = _model(
-                PackStatus, self._request("GET", url, f"{what} status", params=params), f"{what} status"
-            ) if pack else PackStatus(received=0)  # fmt: skip
+            status = self._status(url, params, what)  # what arrived
+
+
+def _file_from(path: Path, offset: int, piece: int = 1 << 20) -> Iterator[bytes]:
+    """The bytes of ``path`` from ``offset``, in pieces (a large index is never held in memory)."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        while block := f.read(piece):
+            yield block
+
+
+def load_previous(
+    api: AgentApi, task_id: int, previous: PreviousImage, stop: Callable[[], bool] | None
+) -> dict[bytes, KnownChunk]:
+    """Chunk digest -> where the previous image keeps it, from its index (verified against its manifest
+    and image id); empty when it is too large to hold or cannot be had (every chunk is asked instead)."""
+    from fleetcast.store.manifest import load_image
+
+    if previous.entries > PREVIOUS_MAX_ENTRIES:
+        logger.info(
+            "previous image %r: %d entries, more than the %d held in memory; asking the server about every "
+            "chunk", previous.image, previous.entries, PREVIOUS_MAX_ENTRIES,
+        )  # fmt: skip
+        return {}
+    base = f"/api/agent/captures/{task_id}/previous"
+    what = f"previous image {previous.image!r}"
+    known: dict[bytes, KnownChunk] = {}
+    try:
+        manifest = request(
+            api._client, "GET", f"{base}/manifest", outage_limit=api.outage_limit, stop=stop,
+            what=f"manifest of the {what}",
+        ).content  # fmt: skip
+        with tempfile.TemporaryDirectory(prefix="fleetcast-previous-") as tmp:
+            path = Path(tmp) / "index"
+            path.write_bytes(
+                request(
+                    api._client, "GET", f"{base}/index", outage_limit=api.outage_limit, stop=stop,
+                    what=f"index of the {what}",
+                ).content
+            )  # fmt: skip
+            m = load_image(manifest, path, expected_id=previous.image_id, what=what)
+            assert m.index is not None
+            for e in m.index.entries():
+                pack = m.packs[e.pack]
+                if pack.hash is not None:
+                    known.setdefault(e.hash, KnownChunk(pack.id, e.offset, pack.stored, pack.hash))
+    except FleetcastError as exc:
+        logger.warning("%s: %s; asking the server about every chunk", what, exc.message)
+        return {}
+    logger.info("task %d: %s: %d chunks known without asking", task_id, what, len(known))
+    return known
 
 
 def run_capture(
@@ -275,9 +357,11 @@ def run_capture(
     )  # fmt: skip
     info: CaptureBeginReply = _model(CaptureBeginReply, begin, "capture begin reply")
     runner._check(cancel)
+    previous = load_previous(api, task.task_id, info.previous, stopping) if info.previous else {}
+    runner._check(cancel)
     sink = RemoteSink(
         api, task.task_id, stop=stopping, max_have=info.max_have,
-        on_publish=lambda: reporter.update(phase="publishing", urgent=True),
+        on_publish=lambda: reporter.update(phase="publishing", urgent=True), previous=previous,
     )  # fmt: skip
     started = time.monotonic()
 

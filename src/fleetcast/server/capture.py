@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
@@ -154,9 +155,21 @@ async def put_index(
     return await svc.put_index(request, client_id=client_id, task_id=task_id, stored=stored, offset=offset)
 
 
+@agent_router.get("/{task_id}/previous/{part}", response_class=FileResponse)
+def previous(task_id: int, part: Literal["manifest", "index"], svc: Svc, client_id: AgentId) -> FileResponse:
+    """The manifest or index of the image begin named as ``previous`` (streamed from the store)."""
+    path = svc.previous_file(client_id, task_id, part)
+    return FileResponse(
+        path, media_type="application/json" if part == "manifest" else "application/octet-stream"
+    )
+
+
 @agent_router.post("/{task_id}/publish", response_model=PublishReply)
-async def publish(task_id: int, request: Request, svc: Svc, client_id: AgentId) -> dict[str, Any]:
+async def publish(
+    task_id: int, request: Request, svc: Svc, client_id: AgentId,
+    reused: Annotated[int, Query(ge=0, le=2**40)] = 0,
+) -> dict[str, Any]:  # fmt: skip
     body = await request.body()
     if len(body) > MAX_MANIFEST_BYTES:
         raise UsageError(f"manifest of {len(body)} bytes; at most {MAX_MANIFEST_BYTES} are accepted")
-    return await asyncio.to_thread(svc.publish, client_id, task_id, body)
+    return await asyncio.to_thread(svc.publish, client_id, task_id, body, reused=reused)

@@ -25,6 +25,7 @@ from fleetcast.protocol import (
     HaveReply,
     KnownPack,
     PackStatus,
+    PreviousImage,
     PublishReply,
     pack_digests,
 )
@@ -41,6 +42,7 @@ from fleetcast.server.capture_uploads import PART_DIR, Superseded, Uploads, inde
 from fleetcast.server.db import CaptureLease, CaptureRow, Database, Deployment, Target, utcnow
 from fleetcast.server.images import check_chunk_id
 from fleetcast.server.orchestrator import Orchestrator
+from fleetcast.store.manifest import INDEX_FILE, Manifest, image_id
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +50,7 @@ LEASE_SECONDS = 6 * 3600.0  # a capture silent for this long loses its leases (i
 RENEW_EVERY = 60.0
 MAX_PACK_STORED = (256 << 20) + (1 << 20)  # a pack's zstd frame: 256 MiB of content at most, plus framing
 MAX_INDEX_BYTES = 4 << 30
+PREVIOUS_CANDIDATES = 5  # this client's newest captures looked at for the image a re-capture starts from
 
 
 @dataclass
@@ -56,6 +59,7 @@ class _Live:
     publish (or by ``flush_counters``)."""
 
     capture_id: int
+    previous: tuple[str, str] | None = None  # (name, image id) of the previous image handed out at begin
     renewed: float = 0.0
     chunks_new: int = 0
     chunks_known: int = 0
@@ -188,7 +192,7 @@ class CaptureService:
         return gone
 
     def begin(self, client_id: int, task_id: int) -> dict[str, Any]:
-        self.session(client_id, task_id)
+        live = self.session(client_id, task_id)
         self.prune()
         with self.db.sessions() as s:
             t = s.get(Target, task_id)
@@ -196,12 +200,70 @@ class CaptureService:
             row = capture_row(s, t.deployment_id)
             assert row is not None
             name, replace, published = row.image, row.replace, row.image_id
-        if published is None and not replace and name in self.orch.catalog.names():
+        names = set(self.orch.catalog.names())
+        if published is None and not replace and name in names:
             raise ConflictError(
                 f"image {name!r} already exists on the server; the capture does not read the disk",
                 hint="pick another name, or replace it: fleetcast capture ... --replace",
             )
-        return CaptureBeginReply(image=name, replace=replace, max_have=MAX_HAVE).model_dump()
+        previous = self._previous(live, client_id, name if replace else None, names)
+        return CaptureBeginReply(
+            image=name, replace=replace, max_have=MAX_HAVE, previous=previous
+        ).model_dump()
+
+    def _previous(
+        self, live: _Live, client_id: int, replaced: str | None, names: set[str]
+    ) -> PreviousImage | None:
+        """The image a re-capture starts from -- the one it replaces, else the newest image captured from
+        this client that still exists (format 2) -- with every pack of it leased, or None."""
+        candidates = [replaced] if replaced in names else []
+        with self.db.sessions() as s:
+            recent = s.scalars(
+                select(CaptureRow.image)
+                .join(Target, Target.deployment_id == CaptureRow.deployment_id)
+                .where(Target.client_id == client_id, CaptureRow.image_id.is_not(None))
+                .order_by(CaptureRow.published_at.desc())
+                .limit(PREVIOUS_CANDIDATES)
+            )
+            candidates += [n for n in recent if n in names]
+        for name in candidates:
+            assert name is not None
+            with self.ingest.store.locked(exclusive=False, wait=True):  # no gc between read and lease
+                try:
+                    data = self.ingest.store.manifest_path(name).read_bytes()
+                    m = Manifest.from_json(data)
+                except (OSError, FleetcastError) as exc:
+                    logger.info("capture: image %s cannot start a re-capture: %s", name, exc)
+                    continue
+                if m.index_info is None or any(p.hash is None for p in m.packs):
+                    continue  # format 1: its packs carry no stored hash
+                self._lease(live.capture_id, [p.id for p in m.packs])
+            live.previous = (name, image_id(data))
+            return PreviousImage(
+                image=name,
+                image_id=live.previous[1],
+                entries=m.index_info.entries,
+                index_size=m.index_info.size,
+            )
+        return None
+
+    def previous_file(self, client_id: int, task_id: int, part: str) -> Path:
+        """The manifest or index of the previous image begin named (409 when it changed since)."""
+        live = self.session(client_id, task_id)
+        if live.previous is None:
+            raise NotFoundError(f"capture task {task_id} has no previous image (begin named none)")
+        name, expected = live.previous
+        path = self.ingest.store.manifest_path(name)
+        try:
+            found = image_id(path.read_bytes())
+        except OSError:
+            found = ""
+        if found != expected:
+            raise ConflictError(
+                f"image {name!r} changed since the capture began; capture without it",
+                hint="the agent asks the server about every chunk instead",
+            )
+        return path if part == "manifest" else path.parent / INDEX_FILE
 
     def have(self, client_id: int, task_id: int, body: bytes) -> dict[str, Any]:
         live = self.session(client_id, task_id)
@@ -291,9 +353,9 @@ class CaptureService:
         part = self.uploads.part(index_key(task_id), stored)
         return PackStatus(received=part.size, complete=part.complete)
 
-    def publish(self, client_id: int, task_id: int, manifest: bytes) -> dict[str, Any]:
-        from fleetcast.store.manifest import Manifest, image_id
-
+    def publish(self, client_id: int, task_id: int, manifest: bytes, *, reused: int = 0) -> dict[str, Any]:
+        """Publish the image; ``reused``: chunks the agent took from the previous image's index without
+        asking (counted as known)."""
         live = self.session(client_id, task_id)
         with self._publish_lock:
             with self.db.sessions() as s:
@@ -318,14 +380,13 @@ class CaptureService:
                 raise ConflictError(f"image {name!r} appeared on the server while it was being captured")
             else:
                 new_id = self._publish(name, manifest, index, replace=replace)
+            live.chunks_known += reused
             self._published(live, name, new_id, parsed.used_bytes)
             self.uploads.drop(index_key(task_id))
             logger.info("capture task %d: published %s (%s)", task_id, name, new_id[:16])
             return PublishReply(image=name, image_id=new_id).model_dump()
 
     def _published_id(self, name: str) -> str | None:
-        from fleetcast.store.manifest import image_id
-
         try:
             return image_id(self.ingest.store.read_manifest_bytes(name))
         except FleetcastError:

@@ -539,14 +539,18 @@ class _HaveAhead:
     """``sink.have`` of each batch in a thread of its own while the next batches are read and hashed (over
     the network one round trip per batch held the reading up: 9.7 s of a 49 s capture); the answers are
     used in the batches' order, so the index entries and the packs are exactly those of one call at a
-    time."""
+    time. A sink whose ``have`` may run in several threads at once says so with an attribute
+    ``have_threads`` (the network sink: requests in parallel, so a slow round trip does not bound the
+    reading); the local store's answers one call at a time."""
 
     def __init__(self, sink: CaptureSink, packs: _Packs, packer: _Packer, index: IndexWriter) -> None:
         self.sink = sink
         self.packs = packs
         self.packer = packer
         self.index = index
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="capture-have")
+        threads = max(1, int(getattr(sink, "have_threads", 1)))
+        self.ahead = max(HAVE_AHEAD, threads)
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="capture-have")
         self.pending: deque[tuple[Future[dict[bytes, KnownChunk]], list[_Window], int]] = deque()
         self.entries: dict[int, int] = {}  # area number -> index entries written
 
@@ -555,7 +559,7 @@ class _HaveAhead:
             fut = self.pool.submit(self.sink.have, [w.digest for w in batch])
             self.pending.append((fut, list(batch), area_no))
             batch.clear()
-        while len(self.pending) > HAVE_AHEAD:
+        while len(self.pending) > self.ahead:
             self._use_oldest()
 
     def drain(self) -> None:

@@ -112,3 +112,57 @@ def test_a_refused_task_stops_the_upload(server: tuple[Server, TestClient], tmp_
     with RemoteSink(_api(http, agent.credential), task_id) as sink, pytest.raises(TransportError) as err:
         sink.have([b"\x01" * 32])
     assert f"capture task {task_id} is failed, not running" in err.value.message
+
+
+def test_a_re_capture_starts_from_the_previous_image_without_asking(
+    server: tuple[Server, TestClient], tmp_path: Path
+) -> None:
+    """begin names the client's newest captured image; its index answers every unchanged chunk locally
+    (no have request), its packs are leased for gc, and the counters still say how many were known."""
+    from fleetcast.agent.capture import load_previous
+    from fleetcast.protocol import CaptureBeginReply
+    from fleetcast.server.capture import leased_packs
+
+    srv, http = server
+    disk = tmp_path / "disk.raw"
+    disk.write_bytes(os.urandom(3 * MiB) + bytes(MiB) + os.urandom(2 * MiB))
+    agent, task_id, _ = _task(srv, "gen1")
+    api = _api(http, agent.credential)
+    begin = CaptureBeginReply.model_validate_json(
+        api._client.post(f"/api/agent/captures/{task_id}/begin").content
+    )
+    assert begin.previous is None  # the client's first capture
+    with RemoteSink(api, task_id) as sink:
+        capture(disk, "gen1", None, sink=sink, pack_size=MiB)
+    first = sink.stats
+    agent.result(task_id)
+
+    with open(disk, "r+b") as f:  # one MiB of six changes
+        f.seek(MiB)
+        f.write(os.urandom(MiB))
+    agent, task_id, cid = _task(srv, "gen2", agent)
+    api = _api(http, agent.credential)
+    begin = CaptureBeginReply.model_validate_json(
+        api._client.post(f"/api/agent/captures/{task_id}/begin").content
+    )
+    assert begin.previous is not None and begin.previous.image == "gen1"
+    gen1 = ImageStore(srv.settings.store).open("gen1")
+    assert {p.id for p in gen1.packs} <= leased_packs(_db_of(http))
+    previous = load_previous(api, task_id, begin.previous, None)
+    assert len(previous) == gen1.entry_count
+    with RemoteSink(api, task_id, previous=previous) as sink:
+        capture(disk, "gen2", None, sink=sink, pack_size=MiB)
+    s = sink.stats
+    assert s.reused == first.have_asked - 16 and s.have_asked == 16  # 16 windows of 64 KiB changed
+    assert s.have_requests == 1 and s.packs_sent == 1
+    view = srv.get(f"/api/captures/{cid}")
+    assert (view["chunks_new"], view["chunks_known"]) == (16, first.have_asked - 16)
+    out = tmp_path / "out.raw"
+    store = ImageStore(srv.settings.store)
+    restore(store.open("gen2"), store.source(), out)
+    assert out.read_bytes() == disk.read_bytes()
+
+
+def _db_of(http: TestClient) -> Any:
+    app: Any = http.app
+    return app.state.db
