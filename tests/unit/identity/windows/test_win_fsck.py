@@ -31,6 +31,10 @@ CONFIG = Path("Windows/System32/config")
         ("turbinia/SAM.xz", (94, 106, 0, [])),
         ("frnsc-hive/SAM.xz", (94, 106, 0, [])),
         ("frnsc-hive/SECURITY.xz", (85, 93, 0, ["base block: sequence numbers 140 and 139 differ (dirty)"])),
+        (
+            "frnsc-hive/NTUSER.DAT.xz",
+            (2020, 3069, 0, ["base block: sequence numbers 517 and 516 differ (dirty)"]),
+        ),
         ("regipy/SECURITY.xz", (100, 109, 0, ["base block: sequence numbers 107 and 106 differ (dirty)"])),
         (
             "regipy/SYSTEM_WIN_10_1709.xz",

@@ -14,11 +14,18 @@ import pytest
 from dissect.regf import RegistryHive  # type: ignore[import-untyped]
 from tests.fixtures.windows_tree import build_windows_tree, unpack
 from tests.unit.identity.windows.test_win_fsck import dissect_keys
-from tests.unit.identity.windows.win_bigdata import big_record, graft_big_value, value_layout
+from tests.unit.identity.windows.win_bigdata import (
+    allocated_cells,
+    big_record,
+    graft_big_value,
+    mark_clean,
+    value_layout,
+)
+from tests.unit.identity.windows.win_dumps import dump
 
 from fleetcast.identity.windows import sam, security
 from fleetcast.identity.windows.fsck import fsck, require_sound
-from fleetcast.identity.windows.hive import REG_BINARY, Hive, fix_checksum, scrub
+from fleetcast.identity.windows.hive import REG_BINARY, Hive, scrub
 from fleetcast.identity.windows.personalizer import Options, personalize
 from fleetcast.identity.windows.sid import Sid, random_machine_sid, replace_binary
 
@@ -93,19 +100,24 @@ def test_big_usertile_keeps_its_big_data_record(
 
 
 def test_personalize_a_real_format_1_5_sam_with_a_big_usertile(tmp_path: Path) -> None:
-    """The whole run on a volume whose SAM and SECURITY are the frnsc-hive Windows 10 pair. Their
-    SECURITY was published dirty (140/139) without its logs; structurally it is sound (fsck finds
-    nothing else), so its second sequence number is set equal here and the run accepts it."""
+    """The whole run on a volume whose SAM, SECURITY and a local user's NTUSER.DAT are the frnsc-hive
+    Windows 10 set. SECURITY and NTUSER.DAT were published dirty without their logs; structurally they
+    are sound (fsck finds nothing else), so their second sequence numbers are set equal here."""
     root = tmp_path / "vol"
     info = build_windows_tree(root, sam_pair="frnsc-hive", with_acls=False)
-    secp = root / CONFIG / "SECURITY"
-    raw = bytearray(secp.read_bytes())
-    raw[8:12] = raw[4:8]
-    secp.write_bytes(bytes(raw))
-    fix_checksum(secp)
-    assert fsck(secp).errors == []
     samp = root / CONFIG / "SAM"
     old = info.machine_sid
+    secp = root / CONFIG / "SECURITY"
+    mark_clean(secp)
+    assert fsck(secp).errors == []
+    # the real profile hive of the local account SuperSecretAdmin (RID 1004), published dirty (517/516)
+    # without its logs too, in place of the one the tree builds
+    userp = root / "Users" / "SuperSecretAdmin" / "NTUSER.DAT"
+    unpack("frnsc-hive/NTUSER.DAT.xz", userp)
+    mark_clean(userp)
+    user_dump, user_keys = dump(userp), fsck(userp).keys
+    user_sid = old.child(1004).to_bytes()
+    assert any(user_sid in sk for sk in allocated_cells(userp.read_bytes(), b"sk"))
     user = f"{USERS}\\000003E9"
     tile = _tile(old.child(1001))
     graft_big_value(samp, user, "UserTile", tile)
@@ -127,6 +139,15 @@ def test_personalize_a_real_format_1_5_sam_with_a_big_usertile(tmp_path: Path) -
     assert str(old).encode("utf-16-le") not in samp.read_bytes()
     assert (pics.parent / f"{new}-1001" / "{6C2B9A51-0000}-Image448.jpg").read_bytes() == b"jpeg"
     assert not pics.exists()
+    # the real user hive: every key security descriptor names the new SID, nothing else changed
+    assert dump(userp) == user_dump
+    require_sound(userp, max_unreachable=0)
+    assert dissect_keys(userp) == user_keys
+    sks = allocated_cells(userp.read_bytes(), b"sk")
+    assert not any(old.to_bytes()[8:] in sk for sk in sks)
+    assert any(new.child(1004).to_bytes() in sk for sk in sks)
+    (line,) = [c for c in changes if c.startswith("user hive Users/SuperSecretAdmin/NTUSER.DAT: ")]
+    assert line.endswith(" security descriptor SID(s) rewritten") and int(line.split(": ")[1].split()[0]) > 0
     shutil.rmtree(root)
 
 

@@ -99,3 +99,28 @@ def value_layout(path: Path) -> dict[tuple[str, str], tuple[int, int, bytes]]:
             t, data = h.h.value_value(v)
             out[(key.lower(), str(h.h.value_key(v)))] = (int(v), int(t), bytes(data))
     return out
+
+
+def allocated_cells(raw: bytes, sig: bytes) -> list[bytes]:
+    """The bodies of every allocated cell whose signature is ``sig`` (b"sk", b"db", ...)."""
+    out = []
+    pos = BASE
+    while raw[pos : pos + 4] == b"hbin":
+        (size,) = struct.unpack_from("<I", raw, pos + 8)
+        cell = pos + 32
+        while cell < pos + size:
+            (csize,) = struct.unpack_from("<i", raw, cell)
+            if csize < 0 and raw[cell + 4 : cell + 6] == sig:
+                out.append(raw[cell + 4 : cell - csize])
+            cell += abs(csize)
+        pos += size
+    return out
+
+
+def mark_clean(path: Path) -> None:
+    """Make the base block's second sequence number equal the first (a hive published dirty without
+    its logs, whose file is otherwise sound) and fix the checksum."""
+    raw = bytearray(path.read_bytes())
+    raw[8:12] = raw[4:8]
+    path.write_bytes(bytes(raw))
+    fix_checksum(path)
