@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 
+from fleetcast.agent.tlspin import normalize, verify_for
 from fleetcast.errors import AgentError, TransportError
 from fleetcast.protocol import (
     EnrollReply,
@@ -44,13 +45,17 @@ class AgentApi:
         outage_limit: float = DEFAULT_OUTAGE_LIMIT,
         stop: Callable[[], bool] | None = None,
         transport: httpx.BaseTransport | None = None,
+        tls_fingerprint: str | None = None,
     ) -> None:
+        """``tls_fingerprint``: the server certificate's SHA-256, pinned (agent/tlspin.py)."""
         if not server.startswith(("http://", "https://")):
             raise AgentError(
                 f"server URL {server!r} does not start with http:// or https://",
                 hint="e.g. --server http://10.0.0.1:8080",
             )
         self.server = server.rstrip("/")
+        self.tls_fingerprint = normalize(tls_fingerprint) if tls_fingerprint else None
+        self._verify = verify_for(self.server, self.tls_fingerprint)
         self.outage_limit = outage_limit
         self.stop = stop
         self._transport = transport
@@ -62,7 +67,7 @@ class AgentApi:
         if self._transport is not None:
             headers = {"Authorization": f"Bearer {self.credential}"} if self.credential else {}
             return httpx.Client(base_url=self.server, transport=self._transport, headers=headers)
-        return make_client(self.server, self.credential)
+        return make_client(self.server, self.credential, verify=self._verify)
 
     def _call(
         self, method: str, url: str, what: str, *, limit: float | None = None, **kw: Any
@@ -150,6 +155,7 @@ class AgentApi:
             outage_limit=self.outage_limit,
             client=client,
             stop=stop or self.stop,
+            verify=self._verify,
         )
 
     def close(self) -> None:

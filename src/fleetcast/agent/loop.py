@@ -46,13 +46,17 @@ class AgentSettings:
     report_interval: float = 1.0
     checkpoint_bytes: int = 16 << 20
     cmdline: Path = Path("/proc/cmdline")  # BOOTIF= there names the MAC it network-booted from
+    tls_fingerprint: str | None = None  # the server certificate's SHA-256, pinned (agent/tlspin.py)
 
 
 class Agent:
     def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
         self.stop_event = threading.Event()
-        self.api = AgentApi(settings.server, outage_limit=settings.outage_limit, stop=self.stop_event.is_set)
+        self.api = AgentApi(
+            settings.server, outage_limit=settings.outage_limit, stop=self.stop_event.is_set,
+            tls_fingerprint=settings.tls_fingerprint,
+        )  # fmt: skip
         self.state = StateStore(settings.state_dir)
         self.lock: PidLock | None = None
         self.inventory: Inventory | None = None

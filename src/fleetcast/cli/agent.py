@@ -28,6 +28,13 @@ def register(
     )
     p.add_argument("--enroll-token-file", metavar="FILE", help="read the enrollment token from FILE")
     p.add_argument(
+        "--tls-fingerprint",
+        metavar="SHA256",
+        help="pin the server's certificate: sha256:<64 hex> as `fleetcast serve --tls-cert` prints it "
+        "(default: fleetcast.tls= on the kernel command line; without either, https:// is verified "
+        "with the system's authorities)",
+    )
+    p.add_argument(
         "--cmdline",
         default="/proc/cmdline",
         metavar="FILE",
@@ -93,12 +100,15 @@ def handle(args: argparse.Namespace) -> int:
             ) from exc
     if args.enroll_token is None:
         args.enroll_token = os.environ.get("FLEETCAST_ENROLL_TOKEN") or None
+    from_cmdline = args.server is None
     if args.server is None or args.enroll_token is None:
         from fleetcast.agent.cmdline import read
 
         found = read(Path(args.cmdline))
         args.server = args.server or found.server
         args.enroll_token = args.enroll_token or found.enroll_token
+        if from_cmdline and args.tls_fingerprint is None and found.tls_fingerprint:
+            args.tls_fingerprint = found.tls_fingerprint  # the server that wrote the line pins itself
         if args.server is None or args.enroll_token is None:
             raise UsageError(
                 f"agent: no server URL or enrollment token: neither --server/--enroll-token nor "
@@ -124,6 +134,7 @@ def handle(args: argparse.Namespace) -> int:
         execute_post_action=args.post_action == "run",
         checkpoint_bytes=args.checkpoint_mib << 20,
         cmdline=Path(args.cmdline),
+        tls_fingerprint=args.tls_fingerprint,
     )
     agent = Agent(settings)
     agent.install_signal_handlers()

@@ -18,6 +18,7 @@ Two properties matter for a deployment to many machines:
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 from collections import deque
@@ -55,11 +56,15 @@ def make_client(
     connect_timeout: float = 5.0,
     read_timeout: float = 15.0,
     workers: int = DEFAULT_WORKERS,
+    verify: ssl.SSLContext | bool = True,
 ) -> httpx.Client:
+    """``verify``: the system's authorities (True) or a context, e.g. the agent's pinned one
+    (agent/tlspin.py)."""
     headers = {"Authorization": f"Bearer {credential}"} if credential else {}
     return httpx.Client(
         base_url=base_url.rstrip("/"),
         headers=headers,
+        verify=verify,
         timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
         limits=httpx.Limits(max_connections=workers + 4, max_keepalive_connections=workers + 4),
         trust_env=False,
@@ -152,6 +157,7 @@ class HttpChunkSource:
         outage_limit: float = DEFAULT_OUTAGE_LIMIT,
         client: httpx.Client | None = None,
         stop: Callable[[], bool] | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         if workers < 1 or prefetch < 1:
             raise TransportError(
@@ -162,7 +168,7 @@ class HttpChunkSource:
         self.prefetch = max(prefetch, workers)
         self.outage_limit = outage_limit
         self._own_client = client is None
-        self._client = client or make_client(self.base_url, credential, workers=workers)
+        self._client = client or make_client(self.base_url, credential, workers=workers, verify=verify)
         self._stop = stop
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None

@@ -13,7 +13,9 @@ import httpx
 import pytest
 from servekit import FLEETCAST, cli, free_port
 
-from fleetcast.server.tls import fingerprint_of_der
+from fleetcast.agent.api import AgentApi
+from fleetcast.errors import AgentError, TransportError
+from fleetcast.server.tls import fingerprint, fingerprint_of_der
 
 pytestmark = pytest.mark.integration
 
@@ -64,6 +66,8 @@ def test_serve_speaks_https_with_the_printed_fingerprint(tmp_path: Path) -> None
         admin = cli("--data", str(data), "admin", "token").stdout.strip()
         r = httpx.get(url + "/api/clients", verify=verify, headers={"Authorization": f"Bearer {admin}"})
         assert r.json() == {"clients": []}
+        enroll = cli("--data", str(data), "admin", "enroll-token").stdout.strip()
+        agents_pin(url, printed, enroll, self_signed(tmp_path, "impostor")[0])
     finally:
         proc.terminate()
         try:
@@ -71,6 +75,45 @@ def test_serve_speaks_https_with_the_printed_fingerprint(tmp_path: Path) -> None
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+def agents_pin(url: str, printed: str, enroll: str, impostor: Path) -> None:
+    """The agent's side (agent/tlspin.py): the printed fingerprint is accepted in the forms people
+    paste, any other certificate is refused before the enrollment token leaves the agent, and a
+    self-signed server without a pin fails the system's authorities."""
+    inventory = {"macs": ["52:54:00:12:00:01"], "hostname": "pinned"}
+    bare = printed.removeprefix("sha256:")
+    colons = ":".join(bare[i : i + 2] for i in range(0, 64, 2)).upper()
+    for pin in (printed, bare, colons):
+        api = AgentApi(url, tls_fingerprint=pin, outage_limit=0)
+        try:
+            if pin == printed:
+                assert api.enroll(enroll, inventory) > 0
+                assert api.heartbeat(None, None).task is None
+                assert api.tls_fingerprint == printed
+            else:
+                assert api.tls_fingerprint == printed
+        finally:
+            api.close()
+    wrong = fingerprint(impostor)
+    api = AgentApi(url, tls_fingerprint=wrong, outage_limit=0)
+    with pytest.raises(TransportError) as refused:
+        api.enroll(enroll, {"macs": ["52:54:00:12:00:02"]})
+    api.close()
+    assert (
+        f"the server's certificate {printed} is not the pinned {wrong} (fleetcast.tls=)"
+        in refused.value.message
+    )
+    api = AgentApi(url, outage_limit=0)
+    with pytest.raises(TransportError, match="CERTIFICATE_VERIFY_FAILED"):
+        api.enroll(enroll, {"macs": ["52:54:00:12:00:03"]})
+    api.close()
+    with pytest.raises(AgentError) as plain:
+        AgentApi(url.replace("https://", "http://"), tls_fingerprint=printed)
+    assert plain.value.message.startswith("a TLS fingerprint is set but the server URL 'http://127.0.0.1:")
+    with pytest.raises(AgentError) as bad:
+        AgentApi(url, tls_fingerprint="sha256:1234")
+    assert bad.value.message == "TLS fingerprint 'sha256:1234' is not a SHA-256 fingerprint (64 hex digits)"
 
 
 def test_bad_tls_files_are_refused_before_start(tmp_path: Path) -> None:
