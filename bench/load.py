@@ -3,8 +3,10 @@
     .venv/bin/python bench/load.py [--agents 500,2000] [--seconds 20] [--interval 2] [--page 100]
 
 For each N: a fresh data directory and server (SQLite, 127.0.0.1, a free port); every agent enrolls
-(at most 50 at once) and then heartbeats every ``--interval`` from a random offset, each on its own
-keep-alive connection. When all have enrolled and beaten once, a window of ``--seconds`` starts:
+(at most 50 at once) and then heartbeats from a random offset, each on its own keep-alive
+connection, coming back after the ``interval`` the server's reply says (as the agent does; the server
+stretches it past ``max_heartbeats_per_second``, server/pacing.py) -- or every ``--interval`` with
+``--fixed-interval``. When all have enrolled and beaten once, a window of ``--seconds`` starts:
 heartbeats started in it are timed, an admin fetches ``GET /api/clients?limit=PAGE`` once a second
 (every tenth time the whole list), and the server's CPU time is read from /proc. Prints p50/p99,
 the errors, and the server's CPU per request -- the number that holds on a busy shared machine
@@ -122,6 +124,8 @@ class Run:
     beats: list[float] = field(default_factory=list)
     pages: list[float] = field(default_factory=list)
     whole: list[float] = field(default_factory=list)
+    told: list[float] = field(default_factory=list)  # the interval each heartbeat's agent followed
+    offline: int = 0  # the most clients a whole list showed offline (all of them beat: should be 0)
     errors: dict[str, int] = field(default_factory=dict)
 
     def inside(self, t: float) -> bool:
@@ -133,7 +137,7 @@ class Run:
 
 async def run_load(
     host: str, port: int, enroll: str, admin: str, server_cpu: Callable[[], float], *,
-    agents: int, seconds: float, interval: float, page: int,
+    agents: int, seconds: float, interval: float, page: int, fixed: bool = False,
 ) -> None:  # fmt: skip
     """Every agent enrolls (at most 50 at once) and then heartbeats every ``interval`` from a random
     offset, like agents booting over a few minutes; the window of ``seconds`` starts when all have
@@ -170,22 +174,26 @@ async def run_load(
         raw = build("POST", "/api/agent/heartbeat", credential, b'{"task_id":null}')
         await asyncio.sleep(random.uniform(0, interval))
         first = True
+        told = interval  # as a real agent, come back when the reply says (server/pacing.py)
         while time.monotonic() < run.end:
             started = time.monotonic()
             try:
-                status, _ = await conn.request(raw)
+                status, answer = await conn.request(raw)
                 if status != 200 and run.inside(started):
                     run.error(str(status))
+                if status == 200 and not fixed:
+                    told = float(json.loads(answer)["interval"])
             except NETWORK_ERRORS as exc:
                 if run.inside(started):
                     run.error(type(exc).__name__)
             took = time.monotonic() - started
             if run.inside(started):
                 run.beats.append(took)
+                run.told.append(told)
             if first:
                 first = False
                 count[1] += 1
-            await asyncio.sleep(max(0.0, interval - took))
+            await asyncio.sleep(max(0.0, told - took))
         conn.close()
 
     async def admin_lists() -> None:
@@ -202,7 +210,10 @@ async def run_load(
             started = time.monotonic()
             try:
                 status, answer = await conn.request(whole if every_tenth else paged)
-                got = len(json.loads(answer)["clients"]) if status == 200 else -1
+                listed = json.loads(answer)["clients"] if status == 200 else None
+                got = -1 if listed is None else len(listed)
+                if every_tenth and listed is not None:  # no client may be taken for silent
+                    run.offline = max(run.offline, sum(1 for c in listed if not c["online"]))
                 if got != (agents if every_tenth else min(page, agents)):
                     run.error(f"clients {status} {got}")
             except (*NETWORK_ERRORS, ValueError) as exc:
@@ -212,7 +223,12 @@ async def run_load(
         conn.close()
 
     async def window() -> None:
-        await enrolled.wait()
+        try:
+            await asyncio.wait_for(enrolled.wait(), MAX_SECONDS)
+        except TimeoutError:
+            print(f"  enrolled only {count[0]} of {agents} agents in {MAX_SECONDS} s: gave up", flush=True)
+            run.start = run.end = 0.0  # every agent stops
+            return
         print(f"  enrolled {agents} agents in {time.monotonic() - t0:.1f} s", flush=True)
         while count[1] < agents:
             await asyncio.sleep(0.1)
@@ -226,12 +242,14 @@ async def run_load(
 
     await asyncio.gather(window(), admin_lists(), *(agent(i) for i in range(agents)))
     rate = len(run.beats) / seconds
+    told = "/".join(f"{t:g}" for t in sorted(set(run.told))) or f"{interval:g}"
     print(
         f"  heartbeat p50 {pct(run.beats, 0.5) * 1000:.0f} ms p99 {pct(run.beats, 0.99) * 1000:.0f} ms "
-        f"({len(run.beats)} in {seconds:.0f} s = {rate:.0f}/s, wanted {agents / interval:.0f}/s); "
+        f"({len(run.beats)} in {seconds:.0f} s = {rate:.0f}/s at the {told} s interval the server told); "
         f"GET /api/clients?limit={page} p50 {pct(run.pages, 0.5) * 1000:.0f} ms "
         f"p99 {pct(run.pages, 0.99) * 1000:.0f} ms ({len(run.pages)}); all {agents} clients "
-        f"p50 {pct(run.whole, 0.5) * 1000:.0f} ms ({len(run.whole)}); errors {run.errors or 'none'}",
+        f"p50 {pct(run.whole, 0.5) * 1000:.0f} ms ({len(run.whole)}), shown offline at most {run.offline}; "
+        f"errors {run.errors or 'none'}",
         flush=True,
     )
 
@@ -242,7 +260,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def bench(agents: int, seconds: float, interval: float, page: int) -> None:
+def bench(agents: int, seconds: float, interval: float, page: int, fixed: bool = False) -> None:
     with tempfile.TemporaryDirectory(prefix="fleetcast-load-") as tmp:
         data = Path(tmp) / "data"
         port = free_port()
@@ -267,7 +285,7 @@ def bench(agents: int, seconds: float, interval: float, page: int) -> None:
             asyncio.run(
                 run_load(
                     "127.0.0.1", port, enroll, admin, lambda: cpu_seconds(proc.pid),
-                    agents=agents, seconds=seconds, interval=interval, page=page,
+                    agents=agents, seconds=seconds, interval=interval, page=page, fixed=fixed,
                 )
             )  # fmt: skip
             print(f"  load generator CPU, whole run: {time.process_time() - own0:.1f} s", flush=True)
@@ -287,6 +305,11 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--interval", type=float, default=2.0)
     parser.add_argument("--page", type=int, default=100, help="GET /api/clients?limit=PAGE once a second")
+    parser.add_argument(
+        "--fixed-interval",
+        action="store_true",
+        help="beat every --interval whatever the replies say (the agent follows the reply's interval)",
+    )
     args = parser.parse_args()
     counts = [int(c) for c in args.agents.split(",")]
     if any(not 0 < c <= MAX_AGENTS for c in counts) or not 0 < args.seconds <= MAX_SECONDS:
@@ -294,7 +317,7 @@ def main() -> int:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed run still stops its server
     for n in counts:
-        bench(n, args.seconds, args.interval, args.page)
+        bench(n, args.seconds, args.interval, args.page, args.fixed_interval)
     return 0
 
 

@@ -60,7 +60,7 @@ class AgentsMixin(OrchestratorCore):
             return None
         self.presence.counts["fast"] += 1
         self.presence.seen(client_id, utcnow(), address)
-        return {"task": None, "cancel": False, "interval": self.settings.heartbeat_interval}
+        return {"task": None, "cancel": False, "interval": self.pacing.interval()}
 
     def task_image(self, client_id: int) -> str | None:
         """The image of the client's running task: the only one its agent may fetch (issue 12 item 3)."""
@@ -85,7 +85,7 @@ class AgentsMixin(OrchestratorCore):
             reply: dict[str, Any] = {
                 "task": None,
                 "cancel": False,
-                "interval": self.settings.heartbeat_interval,
+                "interval": self.pacing.interval(),
             }
             if task_id is not None:
                 t = get_row(s, Target, task_id)

@@ -37,6 +37,7 @@ from fleetcast.server.db import (
 )
 from fleetcast.server.events import EventBus
 from fleetcast.server.images import ImageCatalog
+from fleetcast.server.pacing import Pacing
 from fleetcast.server.presence import Presence
 from fleetcast.server.rowviews import ACTIVE_DEPLOYMENT, ACTIVE_TARGET, client_view, seconds_between
 from fleetcast.server.settings import ServerSettings
@@ -62,6 +63,10 @@ class OrchestratorCore:
         bus.attach(db.sessions)
         # with SQLite this process is the database's only writer (settings.lock_data_dir)
         self.presence = Presence(db.sessions, shared=not db.url.startswith("sqlite"))
+        self.pacing = Pacing(
+            interval=settings.heartbeat_interval, stale_after=settings.stale_after,
+            max_rate=settings.max_heartbeats_per_second, online=self.presence.online_count,
+        )  # fmt: skip
 
     @contextmanager
     def _tx(self) -> Iterator[Session]:
@@ -225,7 +230,7 @@ class OrchestratorCore:
         logger.info("deployment %d finished: %s", dep.id, dep.state)
 
     def _sweep(self, s: Session, now: datetime) -> None:
-        stale_before = now - timedelta(seconds=self.settings.stale_after)
+        stale_before = now - timedelta(seconds=self.pacing.stale_after())  # server/pacing.py
         # three columns, not whole rows: an inventory is kilobytes of JSON to decode per client
         stale = s.execute(
             select(Client.id, Client.mac, Client.last_seen).where(

@@ -175,6 +175,9 @@ class Presence:
         with self._lock:
             self._busy, self._busy_gen, self._busy_read_at = busy, gen, read_at
 
+    def online_count(self) -> int:
+        return len(self._online)
+
     def online(self, client_id: int) -> None:
         self._online.add(client_id)
 

@@ -13,6 +13,7 @@ from fleetcast.errors import UsageError
 from fleetcast.pidlock import PidLock
 from fleetcast.server import multicast_settings
 from fleetcast.server.multicast_settings import MulticastSettings
+from fleetcast.server.pacing import DEFAULT_MAX_HEARTBEATS_PER_SECOND
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +26,7 @@ SERVER_TABLE_KEYS: dict[str, float] = {
     "heartbeat_interval": DEFAULT_HEARTBEAT_INTERVAL,
     "stale_after": DEFAULT_STALE_AFTER,
     "task_timeout": DEFAULT_TASK_TIMEOUT,
+    "max_heartbeats_per_second": DEFAULT_MAX_HEARTBEATS_PER_SECOND,  # not seconds: server/pacing.py
 }
 
 
@@ -44,6 +46,8 @@ class ServerSettings:
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
     stale_after: float = DEFAULT_STALE_AFTER
     task_timeout: float = DEFAULT_TASK_TIMEOUT
+    # heartbeats stretch (interval and stale_after alike) when the online clients would send more
+    max_heartbeats_per_second: float = DEFAULT_MAX_HEARTBEATS_PER_SECOND
     multicast: MulticastSettings = field(default_factory=MulticastSettings)  # the [multicast] table
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -79,10 +83,10 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, port
 
 
-def _seconds(table: Mapping[str, Any], key: str, source: str) -> float:
+def _seconds(table: Mapping[str, Any], key: str, source: str, unit: str = "seconds") -> float:
     value = table.get(key, SERVER_TABLE_KEYS[key])
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise UsageError(f"{source}: server.{key} must be a positive number of seconds, found {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf"):
+        raise UsageError(f"{source}: server.{key} must be a positive number of {unit}, found {value!r}")
     return float(value)
 
 
@@ -118,6 +122,9 @@ def build(
         heartbeat_interval=_seconds(server_table, "heartbeat_interval", source),
         stale_after=_seconds(server_table, "stale_after", source),
         task_timeout=_seconds(server_table, "task_timeout", source),
+        max_heartbeats_per_second=_seconds(
+            server_table, "max_heartbeats_per_second", source, "heartbeats a second"
+        ),
         multicast=multicast_settings.from_table(file_values.get("multicast", {}), source),
     )
 
