@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from servekit import Serve, SimAgent, make_image, serve
 
 pytestmark = pytest.mark.e2e
 
-ROOM = 40
+ROOM = 30
 MACS = [f"52:54:00:cc:00:{i:02x}" for i in range(1, ROOM + 1)]
 
 
@@ -42,8 +43,8 @@ class Room:
     def __init__(self, server: Serve) -> None:
         self.server = server
         self.agents = [SimAgent(server, mac) for mac in MACS]
-        for a in self.agents:
-            a.enroll()
+        self.pool = ThreadPoolExecutor(8)  # a room talks at once
+        self.each(SimAgent.enroll)
         self.lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, daemon=True)
@@ -63,9 +64,13 @@ class Room:
             a.task = reply["task"]
         return a.task
 
+    def each(self, fn: Callable[[SimAgent], object], agents: list[SimAgent] | None = None) -> None:
+        list(self.pool.map(fn, self.agents if agents is None else agents))
+
     def close(self) -> None:
         self._stop.set()
         self._thread.join(10)
+        self.pool.shutdown()
 
     def api(self, method: str, path: str, body: Any = None) -> Any:
         r = httpx.request(method, self.server.url + path, json=body, headers=self.server.headers, timeout=30)
@@ -130,20 +135,16 @@ def test_dashboard_follows_a_room_from_the_events(room: Room, page: Page) -> Non
 
     events_before = events()
     with room.lock:
-        for a in room.agents:
-            _take(room, a, "deploy")
+        room.each(lambda a: _take(room, a, "deploy"))
         for step in range(1, 4):  # three progress reports from every client
-            for a in room.agents:
-                a.progress("writing", step, 4)
+            room.each(lambda a: a.progress("writing", step, 4))  # noqa: B023 (used at once)
     rows = page.locator("#clients tbody tr")
     expect(page.locator('#clients tbody tr[data-state="deploying"]')).to_have_count(ROOM)
     expect(rows.first).to_contain_text("75 %")
     shot(page, "live-01-room-deploying")
     with room.lock:
-        for a in room.agents[: ROOM // 2]:
-            _result(a, "done")
-        for a in room.agents[ROOM // 2 :]:
-            _result(a, "failed", "disk /dev/sim too small")
+        room.each(lambda a: _result(a, "done"), room.agents[: ROOM // 2])
+        room.each(lambda a: _result(a, "failed", "disk /dev/sim too small"), room.agents[ROOM // 2 :])
     expect(page.locator('#clients tbody tr[data-state="done"]')).to_have_count(ROOM // 2)
     expect(page.locator('#clients tbody tr[data-state="failed"]')).to_have_count(ROOM - ROOM // 2)
     shot(page, "live-02-room-finished")

@@ -362,7 +362,8 @@ async function wizard() {
     form.querySelectorAll("[data-unattend]").forEach((d) => { d.hidden = form.elements.unattend_mode.value !== d.dataset.unattend; });
     form.querySelectorAll("[data-transport]").forEach((d) => { d.hidden = !d.dataset.transport.split(" ").includes(form.elements.transport.value); });
   }
-  form.querySelectorAll('input[name="ipmode"], input[name="unattend_mode"], input[name="transport"]').forEach((r) => r.addEventListener("change", () => { showModes(); ipPreview(); }));
+  form.querySelectorAll('input[name="ipmode"], input[name="unattend_mode"]').forEach((r) => r.addEventListener("change", () => { showModes(); ipPreview(); }));
+  form.querySelectorAll('input[name="transport"]').forEach((r) => r.addEventListener("change", showModes)); // checked by Next
   showModes();
   function clearErrors() { form.querySelectorAll(".error").forEach((p) => { p.textContent = ""; }); form.querySelectorAll("[aria-invalid]").forEach((i) => i.removeAttribute("aria-invalid")); }
   function showError(err) {

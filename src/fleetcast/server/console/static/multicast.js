@@ -37,7 +37,8 @@ DEPLOYMENT_PANELS.push((ctx, dep) => {
         `${s.min_clients} have joined or ${duration(s.max_wait)} (min:s) after the first joined${at}.`;
     }
     const sent = ` ${bytes(s.bytes_sent)} and ${s.packs_sent} pack${s.packs_sent === 1 ? "" : "s"} sent`;
-    if (s.state === "starting" || s.state === "streaming") return `Streaming to ${joined} client${joined === 1 ? "" : "s"} (group ${s.group}:${s.port}):${sent}.`;
+    if (s.cycle > 1 && s.state === "waiting") return `Cycle ${s.cycle} (what the clients still lack, ${s.packs_to_send} packs): waiting for the stream before it to end.`;
+    if (s.state === "starting" || s.state === "streaming") return `${s.cycle > 1 ? `Cycle ${s.cycle}: s` : "S"}treaming to ${joined} client${joined === 1 ? "" : "s"} (group ${s.group}:${s.port}):${sent}.`;
     return `${cap(s.state)}:${sent}${s.error ? `; ${s.error}` : ""}.`;
   }
   const forms = {}; // session id -> its rules form, kept across redraws (what is typed stays)
@@ -58,10 +59,10 @@ DEPLOYMENT_PANELS.push((ctx, dep) => {
     const change = el("button", { type: "button", id: "mc-change", onclick: () => {
       send({ min_clients: num(min.value), max_wait: num(wait.value) }, "Start rules changed.");
     } }, "Change the start rules");
-    // "start now": the stream starts with the clients that joined (the rule min clients = joined)
+    // "start now": this session starts with the clients that joined; the stored rules stay
     let count = joined;
     const now = el("button", { type: "button", id: "mc-start", class: "primary", onclick: () => {
-      send({ min_clients: count }, `Starting the stream now with ${count} client${count === 1 ? "" : "s"}.`);
+      send({ start_now: true }, `Starting the stream now with ${count} client${count === 1 ? "" : "s"}.`);
     } }, "Start now");
     const none = el("p", { class: "muted" }, "No client has joined yet: Start now needs at least one.");
     const node = el("div", { id: "mc-rules" }, el("label", { for: "mc-min" }, "Start when this many clients have joined"), min,
@@ -83,7 +84,7 @@ DEPLOYMENT_PANELS.push((ctx, dep) => {
       const joined = s.members.filter((m) => m.state === "joined").length;
       parts.push(el("p", { id: i === sessions.length - 1 ? "multicast-session" : null, "data-state": s.state },
         sessions.length > 1 ? `Batch ${i + 1}: ` : "", sessionText(s, joined)));
-      if (s.state === "waiting" && ctx.canChange && ctx.dep().state === "running") parts.push(rulesForm(s, joined));
+      if (s.state === "waiting" && !(s.cycle > 1) && ctx.canChange && ctx.dep().state === "running") parts.push(rulesForm(s, joined));
     });
     box.replaceChildren(...parts, status);
   }
@@ -102,7 +103,9 @@ DEPLOYMENT_PANELS.push((ctx, dep) => {
     event(ev) {
       if (ev.type === "multicast-waiting") since[ev.session_id] = ev.ts;
       if (ev.type === "client-transport") results[ev.mac] = ev;
-      if (ev.type === "client-multicast-late") late[ev.mac] = `by HTTP (${ev.reason || "late"})`;
+      if (ev.type === "client-multicast-late") {
+        late[ev.mac] = ev.choice === "cycle" ? `waits for cycle ${ev.cycle || 2} of the stream (${ev.reason || "late"})` : `by HTTP (${ev.reason || "late"})`;
+      }
       if (ev.type === "client-multicast-dropped") late[ev.mac] = "dropped from the stream: finishing by HTTP";
       if (ev.type.startsWith("multicast-") || ev.type.startsWith("client-multicast-") || ev.type === "client-transport") later();
     },
