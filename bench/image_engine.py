@@ -47,11 +47,25 @@ PARTCLONE = {"fat": "partclone.vfat", "ntfs": "partclone.ntfs", "ext": "partclon
 def timed(results: dict[str, float], key: str) -> Iterator[None]:
     """Wall time in ``results[key]``, CPU time (user + system, this process's threads and its children's)
     in ``results[key + " cpu"]``: under load the CPU time is the fairer comparison."""
+    Path("/proc/self/clear_refs").write_text("5")  # resets this process's peak RSS (VmHWM) to its RSS
+    start = _status_mib("VmRSS")
     t, c = time.monotonic(), _cpu()
     yield
     results[key] = time.monotonic() - t
     results[key + " cpu"] = _cpu() - c
-    print(f"  {key:<28} {results[key]:7.2f} s  (CPU {results[key + ' cpu']:.2f} s)", flush=True)
+    results[key + " rss"] = peak = _status_mib("VmHWM")
+    print(
+        f"  {key:<28} {results[key]:7.2f} s  (CPU {results[key + ' cpu']:.2f} s; this process's peak RSS "
+        f"{peak:.0f} MiB, {start:.0f} MiB at the start)",
+        flush=True,
+    )
+
+
+def _status_mib(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def _cpu() -> float:
@@ -221,6 +235,10 @@ def main(argv: list[str] | None = None) -> int:
             f"CPU time (user + system): capture {fcc:.2f} s vs {pccc:.2f} s ({fcc / pccc:.2f}x), "
             f"restore {fcr:.2f} s vs {pcrc:.2f} s ({fcr / pcrc:.2f}x); load average "
             + " ".join(f"{x:.1f}" for x in os.getloadavg())
+        )
+        print(
+            f"fleetcast peak RSS (the bench's own process, threads included): capture "
+            f"{r['fleetcast capture rss']:.0f} MiB, restore {r['fleetcast restore rss']:.0f} MiB"
         )
         print(
             f"re-capture after changing {nfiles} files ({human_bytes(nbytes)}, 1 % of the files): "

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -229,7 +230,7 @@ from scale import synthetic_pack
 from fleetcast.store.manifest import load_image
 from fleetcast.store import restore as r
 
-first = [0.0]
+first, first_cpu = [0.0], [0.0]
 dropped = [0]
 real_pwrite = os.pwrite
 ino = os.stat(target).st_ino
@@ -238,7 +239,7 @@ mine = {}
 def pwrite(fd, data, offset):  # the target's writes are counted and dropped
     if mine.setdefault(fd, os.fstat(fd).st_ino == ino):
         if not first[0] and any(memoryview(data)[:4096]):
-            first[0] = time.perf_counter()
+            first[0], first_cpu[0] = time.perf_counter(), time.process_time()
         dropped[0] += len(data)
         return len(data)
     return real_pwrite(fd, data, offset)
@@ -262,7 +263,7 @@ def progress(done, total):
     Counted.packs += 1
 
 real = int(sys.argv[4])
-t = time.perf_counter()
+t, c = time.perf_counter(), time.process_time()
 m = load_image((d / "manifest.json").read_bytes(), d / "index")
 number = {p.id: i for i, p in enumerate(m.pack_refs()) if i < real}
 try:
@@ -275,7 +276,8 @@ except r.RestoreError as exc:  # a partial run: the source has no more packs
     whole = 0
 took = time.perf_counter() - t
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(f"{first[0] - t:.3f} {took:.1f} {rss:.0f} {dropped[0]} {Counted.packs - 1} {whole}")
+print(f"{first[0] - t:.3f} {took:.1f} {rss:.0f} {dropped[0]} {Counted.packs - 1} {whole}", end=" ")
+print(f"{first_cpu[0] - c:.3f}")
 """
 
 
@@ -305,7 +307,7 @@ def bench_restore(text: str, size: int, used: int, base: Path, limit: int) -> No
         print(
             f"restore {text} disk, {used / GiB:g} GiB used, {n:,} entries (index {isize:,} B), "
             f"{npacks:,} packs in a random order (made in {made:.0f} s), {what}: first data byte written "
-            f"{float(out[0]):.2f} s after the start of load_image, {out[1]} s, "
+            f"{float(out[0]):.2f} s (CPU {float(out[6]):.2f} s) after the start of load_image, {out[1]} s, "
             f"peak RSS {out[2]} MiB, {int(out[3]):,} bytes written; load average "
             + " ".join(f"{x:.1f}" for x in os.getloadavg())
         )
@@ -323,13 +325,16 @@ import resource, sys, time
 from pathlib import Path
 from fleetcast.store.images import ImageStore
 store = ImageStore(Path(sys.argv[1]))
-t = time.perf_counter()
-images = store.list(lazy=sys.argv[2] == "lazy")
-usage = store.usage(images)
-took = time.perf_counter() - t
-assert len(images) == len(usage)
+t, c = time.perf_counter(), time.process_time()
+if sys.argv[2] == "summaries":  # what image list and the server's listing read: the listing cache
+    n = len(store.summaries())
+else:
+    images = store.list(lazy=sys.argv[2] == "lazy")
+    usage = store.usage(images)
+    n = len(usage)
+took, cpu = time.perf_counter() - t, time.process_time() - c
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(f"{took:.3f} {rss:.0f} {len(images)}")
+print(f"{took:.3f} {rss:.0f} {n} {cpu:.3f}")
 """
 
 
@@ -357,19 +362,24 @@ def bench_list(count: int, used: int, base: Path) -> None:
         with DedupeIndex.open(store, sync=False) as dx:
             for name in store.names():
                 dx.add_image(store.open(name, lazy=True), chunks=False)
-        for mode in ("lazy", "eager"):
+        for mode in ("summaries", "lazy", "eager"):
             runs = []
             for _ in range(3):
                 out = subprocess.run(
                     [sys.executable, "-c", _LIST, str(root), mode], check=True, capture_output=True, text=True
                 ).stdout.split()
-                runs.append((float(out[0]), float(out[1])))
+                runs.append((float(out[0]), float(out[1]), float(out[3])))
             best = min(runs)
-            print(f"  store.list({mode}) + usage: {best[0]:.3f} s (best of 3), peak RSS {best[1]:.0f} MiB")
+            what = "store.summaries()" if mode == "summaries" else f"store.list({mode}) + usage"
+            print(
+                f"  {what}: {best[0]:.3f} s, CPU {best[2]:.3f} s (best of 3), peak RSS {best[1]:.0f} MiB; "
+                "load average " + " ".join(f"{x:.1f}" for x in os.getloadavg())
+            )
         exe = Path(sys.executable).parent / "fleetcast"
         runs2 = []
+        cpus = []
         for _ in range(3):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), _children_cpu()
             proc = subprocess.run(
                 [str(exe), "image", "list", "--json", "--store", str(root)],
                 check=True,
@@ -377,18 +387,25 @@ def bench_list(count: int, used: int, base: Path) -> None:
                 text=True,
             )
             runs2.append(time.perf_counter() - t)
+            cpus.append(_children_cpu() - c)
             listed = json.loads(proc.stdout)
             assert len(listed) == count and all("unique_bytes" in x for x in listed)
             if not runs2[1:]:
                 print(f"  fleetcast image list --json, first run (fills the listing cache): {runs2[0]:.3f} s")
-        t = time.perf_counter()
+        t, c = time.perf_counter(), _children_cpu()
         subprocess.run([str(exe), "--help"], check=True, capture_output=True)
-        startup = time.perf_counter() - t
+        startup, startup_cpu = time.perf_counter() - t, _children_cpu() - c
         print(
             f"  fleetcast image list --json (whole process, from the listing cache): {min(runs2[1:]):.3f} s "
             "best of 2 "
-            f"(process start-up alone, fleetcast --help: {startup:.3f} s)"
+            f"(process start-up alone, fleetcast --help: {startup:.3f} s); CPU {min(cpus[1:]):.3f} s "
+            f"(start-up {startup_cpu:.3f} s)"
         )
+
+
+def _children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def parse_size(text: str) -> int:
