@@ -45,8 +45,11 @@ async def _presence(orch: Orchestrator) -> None:
     """Heartbeats noted in memory are written every second; the busy set is re-read twice a second
     and the credentials every 5 s (server/presence.py), so idle heartbeats keep their fast path."""
     rounds = 0
+    loop = asyncio.get_running_loop()
     while True:
+        woke = loop.time() + PRESENCE_SECONDS
         await asyncio.sleep(PRESENCE_SECONDS)
+        orch.pacing.note_lag(loop.time() - woke)  # late: more heartbeats than CPU (server/pacing.py)
         rounds += 1
         try:
             await asyncio.to_thread(orch.presence.refresh)
@@ -56,8 +59,9 @@ async def _presence(orch: Orchestrator) -> None:
             if rounds % REPORT_ROUNDS == 0 and (orch.presence.counts["fast"] or orch.presence.counts["full"]):
                 counts, orch.presence.counts = orch.presence.counts, {"fast": 0, "full": 0}
                 logger.info(
-                    "heartbeats in the last %.0f s: %d from memory, %d on the full path",
-                    REPORT_ROUNDS * PRESENCE_SECONDS, counts["fast"], counts["full"],
+                    "heartbeats in the last %.0f s: %d from memory, %d on the full path; interval told "
+                    "%.1f s (load factor %.2f)", REPORT_ROUNDS * PRESENCE_SECONDS, counts["fast"],
+                    counts["full"], orch.pacing.interval(), orch.pacing.load_factor,
                 )  # fmt: skip
         except Exception:  # the next round may work (e.g. database restarted)
             logger.exception("presence refresh or flush failed")

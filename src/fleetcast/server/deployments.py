@@ -132,6 +132,7 @@ class DeploymentsMixin(OrchestratorCore):
         from fleetcast.server import multicast as mc
 
         planner.check_assignments(assignments, network, info.os_hint)  # whatever gave names and IPs
+        planner.check_static_ip(assignments, request.image, self._os_info(request.image))
         opts = mc.MulticastOptions.from_dict(request.multicast, defaults=self.settings.multicast)
         mc.check_options(request.transport, opts)
         transport, why = mc.resolve_transport(
@@ -178,6 +179,15 @@ class DeploymentsMixin(OrchestratorCore):
             )
             presets.store(s, dep.id, plan.stored or {})
             return view | presets.view_fields(s, dep.id)
+
+    def _os_info(self, name: str) -> list[dict[str, Any]]:
+        """What capture recorded about the OS of each partition of image ``name`` (may be none)."""
+        try:
+            areas = self.catalog.store().open(name, lazy=True).areas
+        except FleetcastError as exc:
+            logger.warning("image %s: its partitions' OS facts are not readable: %s", name, exc)
+            return []
+        return [a.os_info for a in areas if a.os_info]
 
     def _image_id(self, name: str) -> str:
         """The id of image ``name`` as it is now (blake3 of its manifest); "" when unreadable."""

@@ -11,8 +11,9 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from fleetcast.errors import ClientNotFound, FleetcastError, UsageError
 from fleetcast.protocol import MAX_DNS, THEN_ACTIONS
@@ -324,6 +325,29 @@ def check_assignments(assignments: Sequence[Assignment], network: Network, os_hi
         addr = ipaddress.ip_address(dns)
         if addr.is_multicast or addr.is_unspecified or addr.is_reserved:
             raise UsageError(f"DNS server {dns} is not a usable address")
+
+
+NETWORK_STACKS = ("netplan", "networkmanager", "systemd-networkd", "ifupdown")  # identity.linux.network
+
+
+def check_static_ip(
+    assignments: Sequence[Assignment], image: str, os_info: Sequence[Mapping[str, Any]]
+) -> None:
+    """Refuse static addresses for an image whose network stack cannot take one -- what the agent's
+    personalizer would refuse after the whole disk is written (identity.linux.network.require_stack).
+    ``os_info``: what capture recorded per partition; a Linux root records ``network_stack`` (one of
+    NETWORK_STACKS, or None: none fleetcast can configure). Images that recorded nothing (captured
+    before fleetcast recorded it, or Windows, whose personalizer always can) are not refused here."""
+    given = [a for a in assignments if a.ip is not None]
+    linux = [i for i in os_info if i.get("os") == "linux" and "network_stack" in i]
+    if not given or not linux or any(i["network_stack"] in NETWORK_STACKS for i in linux):
+        return
+    raise UsageError(
+        f"image {image!r} uses no network stack fleetcast can configure (netplan, NetworkManager, "
+        f"systemd-networkd, ifupdown), so client {given[0].mac} cannot get the static IP {given[0].ip}",
+        hint="deploy without --ip or an IP list (DHCP), or install one of them in the golden image "
+        "and capture it again",
+    )
 
 
 def _name_check(os_hint: str | None) -> Callable[[str], object]:

@@ -188,3 +188,23 @@ def test_a_failed_capture_is_not_retried_as_a_deployment(store_server: tuple[Ser
     assert r.json()["message"] == f"capture {dep} cannot be retried: start a new capture"
     assert r.json()["hint"].startswith("fleetcast capture CLIENT NAME")
     assert [d["deployment"] for d in server.get("/api/deployments")["deployments"]] == [dep]
+
+
+def test_plan_refuses_a_static_ip_the_image_cannot_take(store_server: tuple[Server, ImageStore]) -> None:
+    """The Linux root's os_info records its network stack at capture; none -> the plan says so."""
+    import subprocess
+
+    server, store = store_server
+    disk = store.root.parent / "minimal.raw"
+    disk.write_bytes(bytes(4 << 20))
+    subprocess.run(["sfdisk", "-q", str(disk)], input=b"label: gpt\n,2MiB\n", check=True)
+    capture(disk, "minimal", store, os_info={1: {"os": "linux", "network_stack": None}})
+    server.agent(MAC, "pc")
+    body = {"image": "minimal", "clients": "all", "disk": "0", "ip": "10.0.0.101/24", "gateway": "10.0.0.1"}
+    r = server.http.post(
+        "/api/deployments/plan", json=body, headers={"Authorization": f"Bearer {server.admin}"}
+    )
+    assert r.status_code == 400, r.text
+    assert r.json()["message"].startswith("image 'minimal' uses no network stack fleetcast can configure")
+    body.pop("ip"), body.pop("gateway")
+    assert server.post("/api/deployments/plan", body)["clients"][0]["ip"] is None

@@ -44,3 +44,21 @@ def test_heartbeat_replies_tell_the_stretched_interval(server: Server) -> None:
     assert agents[0].heartbeat()["interval"] == 1.5
     orch.presence.refresh(force=True)
     assert agents[1].heartbeat() == {"task": None, "cancel": False, "interval": 1.5}  # the fast path
+
+
+def test_a_late_loop_stretches_the_interval_until_it_keeps_time() -> None:
+    p = Pacing(interval=2.0, stale_after=15.0, max_rate=1000.0, online=lambda: 100)
+    p.note_lag(0.01)
+    assert p.load_factor == 1.0
+    for _ in range(3):
+        p.note_lag(1.0)
+    assert p.load_factor == pytest.approx(1.25**3)
+    assert p.interval() == 4.0  # 2 s x 1.95, rounded up to 0.1 s
+    for _ in range(20):
+        p.note_lag(1.0)
+    assert p.load_factor == 8.0  # bounded
+    assert p.stale_after() == 120.0
+    for _ in range(40):
+        p.note_lag(0.0)
+    assert p.load_factor == 1.0 and p.interval() == 2.0
+    assert p.stale_after() == 120.0  # the 16 s told a moment ago may still be in agents' hands

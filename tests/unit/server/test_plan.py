@@ -315,3 +315,25 @@ def test_duplicate_and_unusable_addresses_in_the_final_plan() -> None:
         check_assignments([a], Network((), None, ("224.0.0.251",)), "linux")
     assert str(info.value) == "DNS server 224.0.0.251 is not a usable address"
     check_assignments([a], Network((), None, ("10.0.0.1",)), "windows")
+
+
+def test_static_ip_refused_when_the_image_has_no_network_stack() -> None:
+    """Issue 12 item 12: the plan refuses what identity.linux.network.require_stack would refuse on
+    the agent after the whole disk is written."""
+    from fleetcast.server.plan import check_static_ip
+
+    static = Assignment(1, 1, "52:54:00:00:00:01", "a", "10.0.0.5/24")
+    dhcp = Assignment(2, 2, "52:54:00:00:00:02", "b", None)
+    none = [{"os": "linux", "network_stack": None}]
+    with pytest.raises(UsageError) as info:
+        check_static_ip([dhcp, static], "minimal", none)
+    assert str(info.value) == (
+        "image 'minimal' uses no network stack fleetcast can configure (netplan, NetworkManager, "
+        "systemd-networkd, ifupdown), so client 52:54:00:00:00:01 cannot get the static IP 10.0.0.5/24"
+    )
+    assert info.value.hint is not None and info.value.hint.startswith("deploy without --ip")
+    check_static_ip([dhcp], "minimal", none)  # DHCP only: nothing to configure
+    check_static_ip([static], "lab", [{"os": "linux", "network_stack": "netplan"}])
+    check_static_ip([static], "old", [])  # captured before the stack was recorded: the agent decides
+    check_static_ip([static], "win", [{"os": "windows", "version": "10.0"}])
+    check_static_ip([static], "two", [*none, {"os": "linux", "network_stack": "ifupdown"}])
