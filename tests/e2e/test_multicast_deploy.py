@@ -36,17 +36,30 @@ def golden(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+_LAB_NETNS: set[int] = set()  # the network namespaces (nsfs inodes) of the labs these tests made
+
+
+def _mine(lab: FleetLab) -> FleetLab:
+    """Count this lab's namespaces as ours: udpcast processes in them are this test's to answer for
+    (a benchmark or another lab on the same machine may run udpcast at the same time)."""
+    _LAB_NETNS.update(os.stat(f"/run/netns/{n.name}").st_ino for n in (lab.net.server, *lab.net.clients))
+    return lab
+
+
 def udpcast_pids() -> list[int]:
-    """PIDs of every udp-sender / udp-receiver on this machine (read from /proc, nothing is killed)."""
+    """PIDs of every udp-sender / udp-receiver in a namespace of these tests' labs (read from /proc,
+    nothing is killed; a namespace outlives its name while a process holds it, so a stray is found
+    after the lab is gone too)."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             exe = os.path.basename(os.readlink(f"/proc/{entry}/exe"))
+            netns = os.stat(f"/proc/{entry}/ns/net").st_ino
         except OSError:
             continue
-        if exe in ("udp-sender", "udp-receiver"):
+        if exe in ("udp-sender", "udp-receiver") and netns in _LAB_NETNS:
             found.append(int(entry))
     return found
 
@@ -78,6 +91,7 @@ def _check_disks(lab: FleetLab, golden: Path, view: dict[str, Any]) -> None:
 @pytest.fixture
 def lab3(tmp_path: Path, golden: Path) -> Iterator[FleetLab]:
     with FleetLab(tmp_path, 3) as lab:
+        _mine(lab)
         lab.capture_image(golden, IMAGE, pack_size=1 * MiB)
         lab.start_server()
         lab.add_disks()
@@ -134,6 +148,7 @@ def test_six_clients_late_lossy_killed_and_slow(tmp_path: Path, golden: Path) ->
     whichever is sooner by estimate, is checked in tests/unit/server/test_multicast_repair.py): the late
     joiner and the restarted agent get what they lack from a second (or third) stream."""
     with FleetLab(tmp_path, 6) as lab:
+        _mine(lab)
         lab.capture_image(golden, IMAGE, pack_size=1 * MiB)
         lab.start_server()
         lab.add_disks()
