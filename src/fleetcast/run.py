@@ -16,14 +16,30 @@ logger = logging.getLogger(__name__)
 
 _CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 STDERR_TAIL_LINES = 20
+#: What a child inherits from our own environment (when set): where to write, and the site's web proxy
+#: (apt inside mmdebstrap needs it behind one). Nothing else: no FLEETCAST_* setting, no PYTHONPATH, no
+#: locale of the caller's terminal (tools' messages are parsed in English).
+INHERITED = (
+    "HOME",
+    "TMPDIR",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+)
 
 
-def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """A minimal, predictable environment: C locale, system PATH, nothing inherited by accident."""
+def clean_env(
+    extra: Mapping[str, str] | None = None, *, environ: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The environment of every child of :func:`run` and :func:`spawn`: the system PATH, the C.UTF-8
+    locale, the :data:`INHERITED` variables that ``environ`` (default ``os.environ``) has, then ``extra``
+    (which wins, PATH included). Settings reach children as arguments, never by inheritance."""
+    source = os.environ if environ is None else environ
     env = {"PATH": _CLEAN_PATH, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
-    for keep in ("HOME", "TMPDIR"):
-        if keep in os.environ:
-            env[keep] = os.environ[keep]
+    env.update((key, source[key]) for key in INHERITED if key in source)
     if extra:
         env.update(extra)
     return env
@@ -81,9 +97,17 @@ def run(
     return proc
 
 
-def run_text(argv: Sequence[str | os.PathLike[str]], **kwargs: object) -> str:
-    """Run a command and return its standard output as text."""
-    proc = run(argv, **kwargs)  # type: ignore[arg-type]
+def run_text(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    input: bytes | None = None,
+    check: bool = True,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float | None = None,
+) -> str:
+    """Run a command and return its standard output as text (as :func:`run`, output captured)."""
+    proc = run(argv, input=input, check=check, env=env, cwd=cwd, timeout=timeout)
     return (proc.stdout or b"").decode()
 
 
@@ -98,6 +122,8 @@ def spawn(
     new_session: bool = False,
 ) -> subprocess.Popen[bytes]:
     """Start a long-running child (dnsmasq, qemu, udp-sender); the caller owns and ends it by PID.
+    Its environment is :func:`clean_env` (``env`` added), as for :func:`run`: a child that needs a
+    variable of ours (the lab's agents, a PYTHONPATH) gets it through ``env``.
     ``new_session``: the child is not in the caller's session, so a signal to the caller's process
     group (Ctrl-C, a kill of the group) does not reach it."""
     args = [os.fspath(a) for a in argv]
