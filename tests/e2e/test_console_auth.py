@@ -99,6 +99,8 @@ def test_sign_in_roles_sessions_and_refusals(tmp_path: Path) -> None:
         page.get_by_role("button", name="sim-01").click()
         expect(page.locator("#inventory")).to_contain_text("Inventory of sim-01")
         expect(page.locator("#inventory")).to_contain_text("/dev/sim01")
+        capture_button = page.locator("#client-actions").get_by_role("button", name="Capture this disk…")
+        expect(capture_button).to_be_visible()
         shot(page, "03-inventory")
         # images: details, verify, delete
         page.get_by_role("link", name="Images").click()
@@ -205,16 +207,20 @@ def test_sign_in_roles_sessions_and_refusals(tmp_path: Path) -> None:
         expect(page.locator("#connected")).to_have_text("3 clients connected")
         assert page.get_by_role("link", name="Deploy", exact=True).count() == 0
         assert page.get_by_role("button", name="Deploy to selected").count() == 0
+        page.get_by_role("button", name="sim-01").click()  # its inventory: no capture for a viewer
+        expect(page.locator("#inventory")).to_contain_text("Inventory of sim-01")
+        expect(page.locator("#client-actions button")).to_have_count(0)
         shot(page, "06-viewer")
-        status, message = page.evaluate(
-            """async () => {
-                const csrf = document.querySelector('meta[name="csrf-token"]').content;
-                const r = await fetch('/api/deployments', {method: 'POST', headers: {'Content-Type':
-                    'application/json', 'X-CSRF-Token': csrf}, body: JSON.stringify({image: 'tiny'})});
-                return [r.status, (await r.json()).message];
-            }"""
-        )
-        assert (status, message) == (403, "viewer1 is a viewer: viewers cannot change anything")
+        post = """async ([path, body]) => {
+            const csrf = document.querySelector('meta[name="csrf-token"]').content;
+            const r = await fetch(path, {method: 'POST', headers: {'Content-Type': 'application/json',
+                'X-CSRF-Token': csrf}, body: JSON.stringify(body)});
+            return [r.status, (await r.json()).message];
+        }"""
+        refused = (403, "viewer1 is a viewer: viewers cannot change anything")
+        assert page.evaluate(post, ["/api/deployments", {"image": "tiny"}]) == list(refused)
+        capture = {"client": MACS[0], "name": "by-a-viewer"}
+        assert page.evaluate(post, ["/api/captures", capture]) == list(refused)
         page.goto(url + "/deploy")
         expect(page.locator("#wizard")).to_have_count(1)  # the page renders; Start is refused by the API
 

@@ -1,7 +1,7 @@
 """Console pages fed by many events, on a loopback `fleetcast serve` with simulated agents (cheap: no
 namespaces, no disks); one server, one browser and one signed-in page for the whole module.
 
-1. A room of 40 clients deploying: the dashboard follows every client's state and progress from the
+1. A room of 20 clients deploying: the dashboard follows every client's state and progress from the
    event payloads and reads /api/clients again only rarely (counted from the browser's requests).
 2. Network capture from a client's inventory panel: the refusals in plain words (name exists before
    anything is read; no disk matches and BitLocker from the agent, with the real error text), and the
@@ -32,7 +32,7 @@ from servekit import Serve, SimAgent, make_image, serve
 
 pytestmark = pytest.mark.e2e
 
-ROOM = 30
+ROOM = 20
 MACS = [f"52:54:00:cc:00:{i:02x}" for i in range(1, ROOM + 1)]
 
 

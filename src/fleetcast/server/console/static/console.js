@@ -229,7 +229,6 @@ async function dashboard() {
       c.state = "running"; c.deployment_id = ev.deployment_id; delete results[c.mac];
       if (ev.phase) c.phase = ev.phase;
       if (ev.type === "client-progress") progress[c.mac] = ev;
-      if (ev.name && kinds[ev.deployment_id] !== "capture") assigned[c.mac] = ev.name;
     } else if (ev.type in FINISHED_EVENTS) {
       c.state = "idle"; c.phase = null; delete progress[c.mac];
       if (FINISHED_EVENTS[ev.type]) results[c.mac] = FINISHED_EVENTS[ev.type]; else delete results[c.mac];
