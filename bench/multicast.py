@@ -25,9 +25,10 @@ receivers writing to a file: udpcast (``udp-sender --file`` -> ``udp-receiver``)
 (``uftp -R`` = the link rate) and with its TFMCC congestion control (``uftp -C tfmcc``) to ``uftpd``
 daemons; NORM is reported as not measurable (Debian ships only the library, libnorm1, and no
 sender/receiver programs). Needs the Debian packages udpcast, partclone, zstd, nftables (and uftp for
-the engine comparison; it is skipped with a note when missing).
+the engine comparison; it is skipped with a note when missing). Outside the venv it starts itself again
+with the repository's ``.venv/bin/python``. About 10-15 minutes on this 2-core machine under load.
 
-    sudo .venv/bin/python bench/multicast.py [--rate 150mbit] [--data-mib 96] [--clients 1 4 8 16] [--loss]
+    sudo python bench/multicast.py [--rate 150mbit] [--data-mib 96] [--clients 1 4 8 16] [--loss]
 
 Numbers are in docs/multicast.md (a shared 2-core machine: other jobs run beside it).
 """
@@ -46,6 +47,14 @@ import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+try:
+    import fleetcast  # noqa: F401
+except ImportError:  # ``python bench/multicast.py`` outside the venv: start again with the repository's
+    _VENV = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "python"
+    if _VENV.exists() and Path(sys.executable).absolute() != _VENV:
+        os.execv(_VENV, [str(_VENV), *sys.argv])
+    raise
 
 from fleetcast.lab.deploy_demo import FleetLab, build_golden
 from fleetcast.lab.netns import Node

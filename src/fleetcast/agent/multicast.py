@@ -87,7 +87,10 @@ class MulticastSource:
         self.outcome = "not tried"  # received | late | dropped | broken: ... | none | stopped
         self._tried = False
         self._dropped = threading.Event()
-        self._receiver: Receiver | None = None
+        self._receivers: list[Receiver] = []
+        # receivers whose stream ended cleanly, still finishing udpcast's end handshake (--exit-wait)
+        # while the restore writes the last packs: (receiver, its reader thread, its log)
+        self._settling: list[tuple[Receiver, threading.Thread, IO[bytes] | None]] = []
         self.queue_peak = 0  # the most verified packs that waited for the restore (is the disk the limit?)
         self.cycles: list[int] = []  # the cycles of the stream this client received from
         self._order = {p.id: i for i, p in enumerate(manifest.pack_refs())}
@@ -189,16 +192,28 @@ class MulticastSource:
         if self.log_dir is not None:
             log = open(self.log_dir / f"udp-receiver-{self.session}.log", "ab")  # noqa: SIM115
         receiver = Receiver(channel, start_timeout=RECEIVER_START_TIMEOUT, log=log)
-        self._receiver = receiver
+        self._receivers.append(receiver)
         stream = receiver.start()
         grow_pipe(stream)
         done = threading.Event()
+        ended = threading.Event()  # the end frame came: the reader finishes udpcast's handshake alone
         # udp-receiver must never wait for the disk: a reader thread keeps its pipe empty, with up to
         # QUEUE_BYTES of verified packs waiting for the restore
         largest = max((p.stored for p in self.manifest.pack_refs()), default=1)
         packs: queue.Queue[tuple[str, bytes] | None] = queue.Queue(max(4, QUEUE_BYTES // max(largest, 1)))
         reader = threading.Thread(
-            target=self._read, args=(stream, image_id, missing, packs, done), name="mcast-read", daemon=True
+            target=self._read,
+            args=(stream,),
+            kwargs={
+                "receiver": receiver,
+                "image_id": image_id,
+                "missing": missing,
+                "packs": packs,
+                "done": done,
+                "ended": ended,
+            },
+            name="mcast-read",
+            daemon=True,
         )
         watcher = threading.Thread(
             target=self._watch, args=(receiver, channel.interface, done), name="mcast-report", daemon=True
@@ -211,14 +226,17 @@ class MulticastSource:
                 yield item
         finally:
             done.set()
-            receiver.stop()
-            with contextlib.suppress(queue.Empty):
-                while True:
-                    packs.get_nowait()  # unblock the reader
-            reader.join(timeout=10)
+            if ended.is_set():  # the receiver exits by itself after the end handshake; the restore goes on
+                self._settling.append((receiver, reader, log))
+            else:
+                receiver.stop()
+                with contextlib.suppress(queue.Empty):
+                    while True:
+                        packs.get_nowait()  # unblock the reader
+                reader.join(timeout=10)
+                if log is not None:
+                    log.close()
             watcher.join(timeout=5)
-            if log is not None:
-                log.close()
         if self._dropped.is_set():
             self.outcome = "dropped"
         elif self.stop():
@@ -233,10 +251,13 @@ class MulticastSource:
     def _read(
         self,
         stream: IO[bytes],
+        *,
+        receiver: Receiver,
         image_id: str,
         missing: set[str],
         packs: queue.Queue[tuple[str, bytes] | None],
         done: threading.Event,
+        ended: threading.Event,
     ) -> None:
         assert self.session is not None
         refs = {p.id: p for p in self.manifest.pack_refs()}
@@ -263,7 +284,7 @@ class MulticastSource:
                         continue
                 if done.is_set():
                     return
-            self._drain(stream)
+            ended.set()  # before the last item: the consumer sees it when the packs end
         except (FleetcastError, OSError, ValueError) as exc:
             if not self._dropped.is_set() and not self.stop() and not done.is_set():
                 self.outcome = f"broken: {exc}"
@@ -271,16 +292,31 @@ class MulticastSource:
         finally:
             with contextlib.suppress(queue.Full):
                 packs.put(None, timeout=30)
+        if ended.is_set():
+            with contextlib.suppress(OSError, ValueError):
+                self._drain(receiver, stream)
 
-    def _drain(self, stream: IO[bytes]) -> None:
+    def _drain(self, receiver: Receiver, stream: IO[bytes]) -> None:
         """After the end frame: read to the end so udp-receiver completes the session with the sender
-        (it acknowledges the end) and exits by itself."""
+        (it acknowledges the end, then waits its --exit-wait) and exits by itself — while the restore
+        already writes the last packs."""
         while stream.read(1 << 16):
             pass
-        proc = self._receiver.proc if self._receiver is not None else None
-        if proc is not None:
+        if receiver.proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=10)
+                receiver.proc.wait(timeout=10)
+        receiver.stop()  # gone by now, or it never will be: by PID (a failed restore calls no finish())
+
+    def _settle(self) -> None:
+        """Wait for the receivers still finishing their end handshake (bounded), then end them all."""
+        for receiver, reader, log in self._settling:
+            reader.join(timeout=10)
+            receiver.stop()
+            if log is not None:
+                log.close()
+        self._settling.clear()
+        for receiver in self._receivers:
+            receiver.stop()
 
     def _watch(self, receiver: Receiver, interface: str | None, done: threading.Event) -> None:
         """Report once every STREAM_REPORT_SECONDS; end the receiver when dropped or stopping."""
@@ -323,6 +359,7 @@ class MulticastSource:
 
     def finish(self) -> str:
         """Tell the session how this client finished (event ``client-transport``); the result line."""
+        self._settle()
         if self.session is not None:
             final = {
                 "transport": self.transport,
@@ -338,5 +375,4 @@ class MulticastSource:
         return self.summary()
 
     def close(self) -> None:
-        if self._receiver is not None:
-            self._receiver.stop()
+        self._settle()
