@@ -2,7 +2,8 @@
 
 Tables: ``clients`` (one per primary MAC), ``deployments``, ``targets`` (one per client in a
 deployment; its id is the agent protocol's ``task_id``), ``events`` (the event log) and ``audit``.
-The schema is created on start (``create_all``); there are no migrations yet.
+A new database gets the schema at start; an older one is brought up to date by the ordered steps
+of server/migrations.py (``schema_version`` table).
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
-    Column,
     DateTime,
     Engine,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -29,9 +30,6 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
-    inspect,
-    literal,
-    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
@@ -130,6 +128,8 @@ class Target(Base):
     """One client in one deployment. ``state``: queued | running | done | failed | cancelled."""
 
     __tablename__ = "targets"
+    # a client's queued/running target: every full heartbeat and hand-out asks (migration 2)
+    __table_args__ = (Index("ix_targets_client_state", "client_id", "state"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id"), index=True)
@@ -253,64 +253,20 @@ def make_engine(url: str) -> Engine:
             f"database URL {redact(url)!r} is not usable: {exc}",
             hint="use sqlite:///PATH or postgresql+psycopg://USER@HOST:PORT/DB",
         ) from exc
+    from fleetcast.server import migrations  # it builds on this module's tables
+
     try:
-        Base.metadata.create_all(engine)
-        add_missing_columns(engine)
+        migrations.upgrade(engine)
+    except ServerError:  # a newer schema: nothing was changed
+        engine.dispose()
+        raise
     except SQLAlchemyError as exc:
+        engine.dispose()
         raise ServerError(
             f"cannot open the database {redact(url)}: {exc.__class__.__name__}: {exc}".splitlines()[0],
             hint="check that the database server runs and the URL's user may create tables",
         ) from exc
     return engine
-
-
-def _default_literal(column: Column[Any], engine: Engine) -> str | None:
-    """The SQL literal of a column's Python default (scalars, ``dict``/``list`` as JSON), or None."""
-    default = column.default
-    arg = getattr(default, "arg", None)
-    if default is None or arg is None:
-        return None
-    if callable(arg):
-        json_text = {"dict": "{}", "list": "[]"}.get(getattr(arg, "__name__", ""))
-        return f"'{json_text}'" if json_text is not None else None
-    if not isinstance(arg, bool | int | float | str):
-        return None
-    compiled = literal(arg, column.type).compile(
-        dialect=engine.dialect, compile_kwargs={"literal_binds": True}
-    )
-    return str(compiled)
-
-
-def add_missing_columns(engine: Engine) -> list[str]:
-    """Bring a database made by an older fleetcast up to this one's tables: ``create_all`` makes the
-    missing tables but never touches existing ones, so a column added since (``deployments.transport``,
-    ...) made every query on its table fail after an upgrade. Each missing column is added with
-    ``ALTER TABLE ... ADD COLUMN`` and its default (existing rows get it); returns "table.column"
-    for each. Additive only: nothing is dropped, renamed or retyped (that needs a real migration)."""
-    found = inspect(engine)
-    tables = set(found.get_table_names())
-    quote = engine.dialect.identifier_preparer.quote
-    added: list[str] = []
-    with engine.begin() as conn:
-        for table in Base.metadata.sorted_tables:
-            if table.name not in tables:
-                continue
-            have = {c["name"] for c in found.get_columns(table.name)}
-            for column in table.columns:
-                if column.name in have:
-                    continue
-                ddl = f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(column.name)} "
-                ddl += column.type.compile(dialect=engine.dialect)
-                default = _default_literal(column, engine)
-                if default is not None:
-                    ddl += f" DEFAULT {default}"
-                    if not column.nullable:
-                        ddl += " NOT NULL"
-                conn.execute(text(ddl))
-                added.append(f"{table.name}.{column.name}")
-    for name in added:
-        logger.warning("database: added column %s (the database was made by an older fleetcast)", name)
-    return added
 
 
 def redact(url: str) -> str:
