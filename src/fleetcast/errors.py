@@ -32,6 +32,13 @@ subprocess failures -- at its boundary with ``raise X(...) from exc``)::
     └── IdentityError              personalizing a deployed system
         └── HiveError              a Windows registry hive that cannot be read or written safely
 
+Subclasses that live beside the code that raises them (exit codes and statuses of their base unless
+said): ``server.users.SignInError`` (AuthError) and its ``SlowDown`` (HTTP 429),
+``server.capture_ingest.PackRejected`` (IntegrityError), ``agent.runner.Cancelled`` / ``Stopped``
+(AgentError), ``disk.partitions.TableError`` (DiskError), ``transport.http.HttpStatusError`` and
+``transport.multicast.FrameError`` (TransportError), ``netboot.roster.RosterError`` (UsageError),
+``lab.netns.LabError`` and ``lab.deploy_demo.LabRunError`` (FleetcastError).
+
 The CLI maps classes to exit codes in one place (``fleetcast.cli.main``); the API maps them to
 JSON problem responses. Library code never exits.
 """
