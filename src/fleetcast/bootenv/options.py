@@ -54,6 +54,54 @@ DROPPED_MODULES: tuple[str, ...] = (
     "kernel/drivers/input/joystick",
     "kernel/drivers/input/touchscreen",
     "kernel/drivers/isdn",
+    # cluster and network filesystems, packet filtering, data acquisition, SCSI targets, virtualization
+    # hosts, exotic networks: an imaging agent writes local disks through its NIC and needs none
+    "kernel/fs/ocfs2",
+    "kernel/fs/gfs2",
+    "kernel/fs/ceph",
+    "kernel/fs/nfs",
+    "kernel/fs/nfsd",
+    "kernel/fs/smb",
+    "kernel/fs/afs",
+    "kernel/fs/orangefs",
+    "kernel/fs/dlm",
+    "kernel/net/netfilter",
+    "kernel/net/ipv4/netfilter",
+    "kernel/net/ipv6/netfilter",
+    "kernel/net/bridge/netfilter",
+    "kernel/net/sunrpc",
+    "kernel/net/ceph",
+    "kernel/net/rxrpc",
+    "kernel/net/nfc",
+    "kernel/drivers/nfc",
+    "kernel/drivers/comedi",
+    "kernel/drivers/target",
+    "kernel/drivers/nvme/target",
+    "kernel/arch/x86/kvm",
+    "kernel/drivers/vhost",
+    "kernel/drivers/vfio",
+    "kernel/drivers/net/can",
+    "kernel/drivers/net/wwan",
+    "kernel/drivers/net/ieee802154",
+    "kernel/drivers/net/hamradio",
+    "kernel/drivers/net/arcnet",
+    "kernel/drivers/net/fddi",
+    "kernel/drivers/net/wan",
+    "kernel/drivers/atm",
+)
+
+# Files of the installed packages the initrd never uses (globs under the root): perl's libraries
+# (linux-image-amd64 pulls perl in; /usr/bin/perl itself stays), ICU (only xfs_scrub links it; the
+# agent never scrubs), udev's hardware database (no udev runs in the boot environment).
+STRIPPED_FILES: tuple[str, ...] = (
+    "usr/share/perl",
+    "usr/lib/x86_64-linux-gnu/perl",
+    "usr/lib/x86_64-linux-gnu/libperl.so*",
+    "usr/bin/perl5.*-x86_64-linux-gnu",
+    "usr/lib/x86_64-linux-gnu/libicu*",
+    "usr/sbin/xfs_scrub*",
+    "usr/lib/udev/hwdb.bin",
+    "usr/lib/udev/hwdb.d",
 )
 
 DPKG_EXCLUDES: tuple[str, ...] = (

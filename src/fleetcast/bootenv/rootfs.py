@@ -7,7 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
-from fleetcast.bootenv.options import DPKG_EXCLUDES, DROPPED_MODULES, BootEnvOptions
+from fleetcast.bootenv.options import DPKG_EXCLUDES, DROPPED_MODULES, STRIPPED_FILES, BootEnvOptions
 from fleetcast.errors import CommandError
 from fleetcast.run import run, run_text
 
@@ -112,7 +112,14 @@ def package_list(root: Path) -> list[str]:
 
 
 def strip_for_initrd(root: Path) -> None:
-    """What an initrd never uses: the kernel image itself, apt's lists and caches, dpkg's backups."""
+    """What an initrd never uses: the kernel image itself, apt's lists and caches, dpkg's backups, and
+    :data:`STRIPPED_FILES`."""
+    for pattern in STRIPPED_FILES:
+        for path in root.glob(pattern):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
     for rel in ("boot", "var/cache/apt", "var/lib/apt/lists", "var/cache/debconf"):
         target = root / rel
         if target.is_dir():
