@@ -77,12 +77,19 @@ class Conn:
         self.writer: asyncio.StreamWriter | None = None
 
     async def request(self, raw: bytes) -> tuple[int, bytes]:
+        reused = self.writer is not None
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        assert self.reader is not None
+        assert self.reader is not None and self.writer is not None
         try:
             self.writer.write(raw)
-            head = await self.reader.readuntil(b"\r\n\r\n")
+            try:
+                head = await self.reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError as exc:
+                if not reused or exc.partial:
+                    raise
+                self.close()  # the server closed the idle connection: again on a new one, as httpx does
+                return await self.request(raw)
             status = int(head[9:12])
             length = 0
             for line in head.split(b"\r\n")[1:]:

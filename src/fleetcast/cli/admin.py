@@ -37,7 +37,7 @@ def register(
         "tls-fingerprint",
         parents=[parent],
         help="print the SHA-256 fingerprint of a serve --tls-cert certificate, for the agents' "
-        "fleetcast.tls_fingerprint=",
+        "fleetcast.tls=",
     )
     fp.add_argument("--tls-cert", type=Path, required=True, metavar="FILE", help="the PEM certificate")
     fp.set_defaults(func=_print_fingerprint)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -39,7 +40,7 @@ def register(
         type=Path,
         metavar="FILE",
         help="serve HTTPS with this PEM certificate (chain); its SHA-256 fingerprint is printed for agents "
-        "to pin (fleetcast.tls_fingerprint=)",
+        "to pin (fleetcast.tls= on the kernel command line, or fleetcast agent --tls-fingerprint)",
     )
     p.add_argument("--tls-key", type=Path, metavar="FILE", help="the certificate's private key (PEM, 0600)")
     p.set_defaults(func=_serve)
@@ -72,6 +73,9 @@ def _exit_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+KEEP_ALIVE_SECONDS = 120  # longer than any heartbeat interval the server tells (server/pacing.py)
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -96,6 +100,8 @@ def _serve(args: argparse.Namespace) -> int:
     if not settings.database_url or settings.database_url.startswith("sqlite"):
         settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         lock = lock_data_dir(settings.data_dir)
+    if tls is not None:  # for the network boot's kernel command line (fleetcast.tls=)
+        settings = dataclasses.replace(settings, tls_fingerprint=tls.fingerprint)
     app = create_app(settings)
     if netboot is not None:
         netboot.attach(app)
@@ -123,6 +129,9 @@ def _serve(args: argparse.Namespace) -> int:
             log_level="debug" if debug else "info",
             access_log=debug,
             timeout_graceful_shutdown=5,
+            # an agent keeps its one connection between heartbeats, which the server may stretch
+            # past uvicorn's 5 s default (server/pacing.py): each close cost a new connection
+            timeout_keep_alive=KEEP_ALIVE_SECONDS,
             proxy_headers=False,  # X-Forwarded-For is not trusted: audit addresses are the real peers
             ssl_certfile=str(tls.cert) if tls else None,
             ssl_keyfile=str(tls.key) if tls else None,

@@ -49,6 +49,7 @@ class ServerSettings:
     # heartbeats stretch (interval and stale_after alike) when the online clients would send more
     max_heartbeats_per_second: float = DEFAULT_MAX_HEARTBEATS_PER_SECOND
     multicast: MulticastSettings = field(default_factory=MulticastSettings)  # the [multicast] table
+    tls_fingerprint: str | None = None  # sha256:<hex> of --tls-cert, what agents pin (fleetcast.tls=)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property

@@ -5,7 +5,7 @@ wire and answer as the server. With a certificate and its key the server speaks 
 server rarely has a certificate from a public authority, so agents pin the certificate instead:
 the server prints its SHA-256 fingerprint at start (and ``fleetcast admin tls-fingerprint --tls-cert
 FILE`` prints it again); it goes on the agent's kernel command line as
-``fleetcast.tls_fingerprint=sha256:<64 hex>`` beside ``fleetcast.server=https://...``.
+``fleetcast.tls=sha256:<64 hex>`` beside ``fleetcast.server=https://...`` (agent/tlspin.py pins it).
 
 ``check_pair`` loads both files into an ``ssl.SSLContext`` before anything starts, so a wrong path,
 a key that does not match the certificate, or an expired certificate is a plain error, not a
