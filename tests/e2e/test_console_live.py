@@ -247,9 +247,29 @@ def test_multicast_wizard_rules_start_now_and_results(room: Room, page: Page) ->
     page.goto(url + "/deploy?clients=" + ",".join(a.mac for a in three))
     page.locator("body[data-ready]").wait_for()
     page.get_by_label("Image to deploy").select_option("tiny")
-    for step in range(1, 9):
+
+    def to_review(first: int) -> None:
+        for step in range(first, 9):
+            page.get_by_role("button", name="Next").click()
+            expect(page.locator(f'fieldset[data-step="{step + 1}"]')).to_be_visible()
+
+    def back_to_step_4() -> None:
+        for step in range(9, 4, -1):
+            page.get_by_role("button", name="Back").click()
+            expect(page.locator(f'fieldset[data-step="{step - 1}"]')).to_be_visible()
+
+    # auto with the server's defaults (multicast from 4): a batch of 3 goes unicast
+    to_review(1)
+    back_to_step_4()
+    page.get_by_label("Clients writing at once").fill("3")
+    page.get_by_role("radio", name="Auto").check()
+    to_review(4)
+    expect(page.locator("#review-transport")).to_have_text(
+        "Transport: unicast (auto: batches of 3 clients (multicast from 4))."
+    )
+    back_to_step_4()
+    for step in range(4, 9):
         if step == 4:
-            page.get_by_label("Clients writing at once").fill("3")
             page.get_by_label("Multicast (one stream for a batch)").check()
             page.get_by_label("Start the stream when this many clients have joined").fill("0")
             page.get_by_role("button", name="Next").click()

@@ -288,8 +288,8 @@ function transportProblem(f) { // what the API would refuse with a less plain me
   if (f.transport.value === "unicast") return "";
   const min = f.min_clients.value.trim(), wait = f.max_wait.value.trim(), from = f.multicast_from.value.trim();
   if (min !== "" && !(Number.isInteger(Number(min)) && Number(min) >= 1)) return "The stream needs at least 1 client to start: give 1 or more, or leave it empty for the batch's size.";
-  if (wait === "" || !(Number(wait) >= 0 && Number(wait) <= 86400)) return "The longest wait is 0 to 86400 seconds (a day).";
-  if (f.transport.value === "auto" && !(Number.isInteger(Number(from)) && Number(from) >= 1)) return "Auto needs the number of clients in a batch from which multicast is used: 1 or more.";
+  if (wait !== "" && !(Number(wait) >= 0 && Number(wait) <= 86400)) return "The longest wait is 0 to 86400 seconds (a day).";
+  if (f.transport.value === "auto" && from !== "" && !(Number.isInteger(Number(from)) && Number(from) >= 1)) return "Auto needs the number of clients in a batch from which multicast is used: 1 or more.";
   return "";
 }
 function transportLine(p, batch) { // the review's words for the plan's transport
