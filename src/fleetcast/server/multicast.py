@@ -249,19 +249,13 @@ class Session:
         }
 
 
-def server_settings(orch: Orchestrator) -> MulticastSettings:
-    """The server's ``[multicast]`` settings (``ServerSettings.multicast``), or the defaults."""
-    found = getattr(orch.settings, "multicast", None)
-    return found if isinstance(found, MulticastSettings) else DEFAULTS
-
-
 class MulticastManager:
     """All sessions of one server; ``tick()`` runs from its own thread (``start()``)."""
 
     def __init__(self, orch: Orchestrator, *, log_dir: Path | None = None) -> None:
         self.orch = orch
         self.log_dir = log_dir
-        self.settings = server_settings(orch)
+        self.settings: MulticastSettings = orch.settings.multicast  # the [multicast] table
         self._lock = threading.RLock()
         self.sessions: dict[str, Session] = {}
         self._current: dict[int, str] = {}  # deployment id -> its newest session
@@ -334,17 +328,19 @@ class MulticastManager:
             ):
                 return self._reply(session, session.members[t.id])
             known = any(t.id in x.members for x in self.sessions.values() if x.deployment_id == dep.id)
+            restarted = t.attempt > 1 or t.checkpoint_chunk > 0
             if session is None or session.state in ENDED:
-                if t.attempt > 1 or t.checkpoint_chunk > 0 or known or (session and dep.batch >= dep.total):
-                    if session is not None:
-                        why = "restarted agent" if t.attempt > 1 or t.checkpoint_chunk > 0 else "late"
-                        return self._late(
-                            dep, t, session, missing, peer=peer, why=f"{why}, the session is {session.state}"
-                        )
+                one_batch = session is not None and dep.batch >= dep.total  # no later batch to stream to
+                if session is not None and (restarted or known or one_batch):  # late for the batch's stream
+                    why = "restarted agent" if restarted else "late"
+                    return self._late(
+                        dep, t, session, missing, peer=peer, why=f"{why}, the session is {session.state}"
+                    )
+                if restarted:  # a restarted agent and no session of this deployment in this server
                     self._event("client-multicast-late", dep.id, t, reason="restarted agent", choice="http")
                     return {"state": "late", "reason": "a restarted agent finishes by HTTP"}
-                session = self._new_session(dep, peer)
-            if session.state != "waiting" or session.after is not None or known:
+                session = self._new_session(dep, peer)  # the first join of a batch
+            if session.state != "waiting" or session.after is not None or known:  # the stream runs: late
                 return self._late(dep, t, session, missing, peer=peer, why=f"the session is {session.state}")
             member = Member(t.id, t.client_id, t.mac, time.monotonic(), self._missing(session, missing))
             session.members[t.id] = member
