@@ -11,9 +11,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from fleetcast.disk.rules import parse_rule
 from fleetcast.errors import (
-    DiskError,
     FleetcastError,
     ServerError,
     UsageError,
@@ -87,12 +85,7 @@ class Plan:
 class DeploymentsMixin(OrchestratorCore):
     def plan(self, request: DeploymentRequest) -> Plan:
         """Check everything a deployment needs and compute its assignments; nothing is stored."""
-        planner.check_batch(request.batch)
-        planner.check_then(request.then)
-        try:
-            parse_rule(request.disk)
-        except DiskError as exc:
-            raise UsageError(exc.message, hint=exc.hint) from exc
+        planner.check_request(request.batch, request.then, request.disk)
         info = self.catalog.info(request.image)
         addresses: dict[int, str] = {}
         with self.db.sessions() as session:

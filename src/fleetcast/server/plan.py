@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fleetcast.errors import ClientNotFound, FleetcastError, UsageError
+from fleetcast.errors import ClientNotFound, DiskError, FleetcastError, UsageError
 from fleetcast.protocol import MAX_DNS, THEN_ACTIONS
 
 logger = logging.getLogger(__name__)
@@ -328,6 +328,18 @@ def check_assignments(assignments: Sequence[Assignment], network: Network, os_hi
 
 
 NETWORK_STACKS = ("netplan", "networkmanager", "systemd-networkd", "ifupdown")  # identity.linux.network
+
+
+def check_request(batch: int, then: str, disk: str) -> None:
+    """What every deployment-like request checks first: its batch, post action and disk rule."""
+    from fleetcast.disk.rules import parse_rule
+
+    check_batch(batch)
+    check_then(then)
+    try:
+        parse_rule(disk)
+    except DiskError as exc:
+        raise UsageError(exc.message, hint=exc.hint) from exc
 
 
 def check_static_ip(

@@ -12,6 +12,7 @@ from fleetcast import config
 from fleetcast.errors import UsageError
 from fleetcast.pidlock import PidLock
 from fleetcast.server import multicast_settings
+from fleetcast.server.configtables import check_table
 from fleetcast.server.multicast_settings import MulticastSettings
 from fleetcast.server.pacing import DEFAULT_MAX_HEARTBEATS_PER_SECOND
 
@@ -105,15 +106,7 @@ def build(
     source = f"config file {path or config.DEFAULT_CONFIG_FILE}"
     data_dir = Path(config.resolve("data", data, file_values))
     host, port = parse_listen(config.resolve("listen", listen, file_values))
-    server_table = file_values.get("server", {})
-    if not isinstance(server_table, dict):
-        raise UsageError(f"{source}: [server] must be a table, found {type(server_table).__name__}")
-    unknown = sorted(set(server_table) - set(SERVER_TABLE_KEYS))
-    if unknown:
-        raise UsageError(
-            f"{source}: unknown server setting(s) {', '.join(unknown)}",
-            hint=f"known: {', '.join(sorted(SERVER_TABLE_KEYS))}",
-        )
+    server_table = check_table("server", file_values.get("server", {}), sorted(SERVER_TABLE_KEYS), source)
     return ServerSettings(
         data_dir=data_dir,
         store_dir=config.store_path(store, data, file_values),

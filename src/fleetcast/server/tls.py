@@ -95,7 +95,8 @@ def check_pair(cert: Path | None, key: Path | None) -> TlsFiles | None:
 
 
 def _check_dates(cert: Path) -> None:
-    """Refuse a certificate that has expired (agents would refuse it anyway, with a worse message)."""
+    """Refuse a certificate that has expired: CLI clients verifying with authorities would refuse it
+    with a worse message, and pinning agents (agent/tlspin.py, no date check) would go on trusting it."""
     try:
         info = ssl._ssl._test_decode_cert(str(cert))  # type: ignore[attr-defined]
     except (AttributeError, ssl.SSLError, OSError):  # not available: the agents will tell
