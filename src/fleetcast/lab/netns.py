@@ -22,7 +22,7 @@ import os
 import secrets
 import signal
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -58,9 +58,20 @@ class Node:
         return ["ip", "netns", "exec", self.name, *[os.fspath(a) for a in argv]]
 
     def run(
-        self, argv: Sequence[str | os.PathLike[str]], **kwargs: object
+        self,
+        argv: Sequence[str | os.PathLike[str]],
+        *,
+        input: bytes | None = None,
+        check: bool = True,
+        capture: bool = True,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        timeout: float | None = None,
     ) -> subprocess.CompletedProcess[bytes]:
-        return run(self.cmd(argv), **kwargs)  # type: ignore[arg-type]
+        """``fleetcast.run.run`` inside this node's namespace (the same keywords)."""
+        return run(
+            self.cmd(argv), input=input, check=check, capture=capture, env=env, cwd=cwd, timeout=timeout
+        )
 
     def spawn(
         self,
