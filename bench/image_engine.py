@@ -22,6 +22,7 @@ import os
 import random
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -131,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sweep", action="store_true", help="also measure other chunk sizes and zstd levels")
     ap.add_argument("--workdir", type=Path, default=None, help="where to put the temporary files")
     args = ap.parse_args(argv)
+    # a SIGTERM unwinds like an exception: mounts (ntfs-3g) unmounted, loop devices detached, files removed
+    # (killed with the default action, a bench left an ntfs-3g holding a loop device)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if os.geteuid() != 0:
         print("bench: needs root (loop devices, mounts)", file=sys.stderr)
         return 2
