@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 from servekit import deploy_flow, make_image, postgres_cluster, serve
 
@@ -23,3 +24,42 @@ def test_serve_postgres_deploy_flow(tmp_path: Path) -> None:
         }
         assert not (data / "fleetcast.db").exists()
         assert server.get("/api/deployments")["deployments"][0]["state"] == "failed"
+
+
+def test_two_servers_on_one_postgres_keep_one_batch_limit(tmp_path: Path) -> None:
+    """Issue 12, Scale-out: two `fleetcast serve` on one PostgreSQL, agents split between them, one
+    deployment of batch 1 created on the first: a place is taken under the deployment row's lock
+    (SELECT ... FOR UPDATE), so never more than one client writes, whichever server it talks to."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from servekit import SimAgent, max_writing
+
+    data_a, data_b = tmp_path / "a" / "data", tmp_path / "b" / "data"
+    make_image(data_a / "store")
+    data_b.mkdir(parents=True)
+    (data_b / "store").symlink_to(data_a / "store")  # one store, as a shared mount would be
+    with postgres_cluster() as url, serve(data_a, database=url) as a, serve(data_b, database=url) as b:
+        agents = [
+            SimAgent(a if i % 2 else b, f"52:54:00:12:35:0{i}") for i in range(4)
+        ]  # each its server's token
+        for agent in agents:
+            agent.enroll()
+        assert len(b.get("/api/clients")["clients"]) == 4  # one database: both servers list all four
+        r = httpx.post(
+            a.url + "/api/deployments",
+            json={"image": "tiny", "clients": "all", "disk": "0", "batch": 1, "then": "none"},
+            headers=a.headers,
+            timeout=30,
+        )
+        assert r.status_code == 201, r.text
+        dep = r.json()["deployment"]
+        deadline = time.monotonic() + 240
+        with ThreadPoolExecutor(len(agents)) as pool:  # all at once: both servers race for the place
+            while any(not x.finished for x in agents):
+                assert time.monotonic() < deadline, b.get(f"/api/deployments/{dep}")
+                list(pool.map(lambda x: x.finished or x.step(), agents))
+        events = b.get("/api/events/log", deployment_id=dep)["events"]
+        assert max_writing(events) == 1
+        assert sorted(e["mac"] for e in events if e["type"] == "client-done") == sorted(x.mac for x in agents)
+        assert b.get(f"/api/deployments/{dep}")["state"] == "done"
