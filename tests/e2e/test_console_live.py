@@ -53,9 +53,7 @@ class Room:
     def _beat(self) -> None:
         while not self._stop.wait(3):
             with self.lock:
-                for a in self.agents:
-                    if a.task is None:
-                        self.heartbeat(a)
+                self.each(self.heartbeat, [a for a in self.agents if a.task is None])
 
     @staticmethod
     def heartbeat(a: SimAgent) -> dict[str, Any] | None:
