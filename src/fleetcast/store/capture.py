@@ -10,13 +10,10 @@ worker threads while the next windows are read.
 
 from __future__ import annotations
 
-import errno
 import logging
-import mmap
-import os
 import tempfile
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -32,6 +29,7 @@ from fleetcast.store.chunkstore import DEFAULT_LEVEL, MAX_OBJECT_BYTES, chunk_ha
 from fleetcast.store.images import ImageStore, check_name
 from fleetcast.store.index import Entry, IndexWriter
 from fleetcast.store.manifest import INDEX_FILE, VERSION_2, Area, Extent, Manifest, PackRef, load_image
+from fleetcast.store.reader import Reader, read_windows, split_zeros
 from fleetcast.store.sink_local import StoreSink
 from fleetcast.store.source import CaptureSink, KnownChunk
 
@@ -42,7 +40,6 @@ PACK_SIZE = 16 << 20  # new chunks are compressed and stored together in packs o
 ZERO_BLOCK = 4096
 HEAD_BYTES = 1 << 20  # the start of the disk (MBR, GPT, BIOS boot code) is always captured in full
 EXTENDED_TYPES = ("5", "f", "85")  # MBR extended partitions: containers, their EBRs are captured as gaps
-_ZEROS = bytes(1 << 20)
 
 
 @dataclass
@@ -279,189 +276,6 @@ def _gap(start: int, size: int) -> _Plan:
     return _Plan("gap", None, start, size, "raw", [(0, size)], keep_zeros=head)
 
 
-def _windows(used: list[Extent], size: int, chunk_size: int) -> Iterator[tuple[int, list[Extent]]]:
-    """(window offset, extents clipped to the window) for every window that has used bytes."""
-    i = 0
-    n = len(used)
-    while i < n:
-        off, length = used[i]
-        window = off - off % chunk_size
-        wend = min(window + chunk_size, size)
-        pieces: list[Extent] = []
-        while i < n:
-            off, length = used[i]
-            if off >= wend:
-                break
-            end = min(off + length, wend)
-            pieces.append((off, end - off))
-            if off + length > wend:
-                used[i] = (wend, off + length - wend)  # the rest goes to the next window
-                break
-            i += 1
-        yield window, pieces
-
-
-READ_MAX = 1 << 20  # one pread covers consecutive windows up to this many bytes ...
-READ_MAX_DIRECT = 4 << 20  # ... (with O_DIRECT: the page cache's small requests are gone, bigger is faster)
-READ_GAP = 256 << 10  # ... unless the unused bytes between two windows' spans exceed this
-DIRECT_ALIGN = 4096  # O_DIRECT reads: offset, length and buffer aligned to this (>= any logical sector)
-
-
-class _Reader:
-    """preads of the source. On a block device with O_DIRECT into an aligned buffer: no page cache in
-    between (measured through a loop device: 2 GiB in 5.1 s vs 17.7 s buffered, 1 MiB reads), and an
-    agent booted from RAM keeps its memory; an O_DIRECT open or read the kernel refuses (EINVAL) falls
-    back to buffered reads. Image files are read buffered."""
-
-    def __init__(self, fd: int, source: Path, *, block: bool) -> None:
-        self.fd = fd
-        self.direct: int | None = None
-        self._buf: mmap.mmap | None = None
-        if block and hasattr(os, "O_DIRECT"):
-            try:
-                self.direct = os.open(source, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
-            except OSError as exc:
-                logger.debug("%s: no O_DIRECT reads (%s); reading through the page cache", source, exc)
-        self.read_max = READ_MAX_DIRECT if self.direct is not None else READ_MAX
-
-    def close(self) -> None:
-        if self.direct is not None:
-            os.close(self.direct)
-            self.direct = None
-        if self._buf is not None:
-            self._buf.close()
-            self._buf = None
-
-    def pread(self, n: int, at: int) -> bytes:
-        if self.direct is not None:
-            start = at - at % DIRECT_ALIGN
-            size = -(-(at + n - start) // DIRECT_ALIGN) * DIRECT_ALIGN
-            if self._buf is None or len(self._buf) < size:
-                if self._buf is not None:
-                    self._buf.close()
-                self._buf = mmap.mmap(-1, max(size, READ_MAX_DIRECT + DIRECT_ALIGN))  # page-aligned
-            try:
-                got = os.preadv(self.direct, [memoryview(self._buf)[:size]], start)
-            except OSError as exc:
-                if exc.errno != errno.EINVAL:
-                    raise
-                logger.debug("O_DIRECT read refused (%s); reading through the page cache", exc)
-                os.close(self.direct)
-                self.direct = None
-            else:
-                return self._buf[at - start : min(got, at - start + n)]
-        return os.pread(self.fd, n, at)
-
-
-READ_AHEAD = 2  # reads in flight in a thread of their own while the windows before them are hashed
-
-
-def _groups(
-    plan: _Plan, chunk_size: int, read_max: int
-) -> Iterator[list[tuple[int, list[Extent], int, int]]]:
-    """Consecutive windows of the area, (window, extents, span start, span length) each, grouped into
-    reads of up to ``read_max`` bytes; a gap of more than ``READ_GAP`` unused bytes starts a new read."""
-    group: list[tuple[int, list[Extent], int, int]] = []
-    for window, pieces in _windows(list(plan.used), plan.size, chunk_size):
-        s_start = pieces[0][0]
-        s_len = pieces[-1][0] + pieces[-1][1] - s_start
-        if group:
-            g_start = group[0][2]
-            g_end = group[-1][2] + group[-1][3]
-            if s_start - g_end > READ_GAP or s_start + s_len - g_start > read_max:
-                yield group
-                group = []
-        group.append((window, pieces, s_start, s_len))
-    if group:
-        yield group
-
-
-def _read_windows(
-    reader: _Reader, plan: _Plan, chunk_size: int, source: Path
-) -> Iterator[tuple[int, list[Extent], bytes]]:
-    """(window, its extents, the bytes of its span) for every window of the area, reading consecutive
-    windows with one pread of up to ``reader.read_max`` bytes (64 KiB preads are several times slower on
-    a block device). The reads run in one thread of their own, ``READ_AHEAD`` ahead of the windows being
-    hashed, so the disk and the CPU work at the same time (all reads in that one thread: the reader's
-    aligned buffer is never shared)."""
-
-    def read(group: list[tuple[int, list[Extent], int, int]]) -> bytes:
-        start = group[0][2]
-        end = group[-1][2] + group[-1][3]
-        at = plan.start + start
-        try:
-            buf = reader.pread(end - start, at)
-        except OSError as exc:
-            raise CaptureError(f"cannot read {source} at byte {at}: {exc.strerror}") from exc
-        if len(buf) != end - start:
-            raise CaptureError(
-                f"short read from {source} at byte {at}: expected {end - start} bytes, got {len(buf)}"
-            )
-        return buf
-
-    pending: deque[tuple[list[tuple[int, list[Extent], int, int]], Future[bytes]]] = deque()
-    with ThreadPoolExecutor(1, thread_name_prefix="capture-read") as pool:
-        try:
-            for group in _groups(plan, chunk_size, reader.read_max):
-                pending.append((group, pool.submit(read, group)))
-                while len(pending) > READ_AHEAD:
-                    yield from _split(*pending.popleft())
-            while pending:
-                yield from _split(*pending.popleft())
-        finally:
-            for _, fut in pending:
-                fut.cancel()
-
-
-def _split(
-    group: list[tuple[int, list[Extent], int, int]], fut: Future[bytes]
-) -> Iterator[tuple[int, list[Extent], bytes]]:
-    buf = fut.result()
-    start = group[0][2]
-    for window, pieces, s_start, s_len in group:
-        yield window, pieces, buf[s_start - start : s_start - start + s_len]
-
-
-def split_zeros(
-    data: bytes, base: int, pieces: list[Extent], zero_block: int
-) -> tuple[list[Extent], list[Extent]]:
-    """Split extents (absolute area offsets; ``data`` holds bytes from ``base``) into non-zero and zero runs.
-
-    Zero detection works on ``zero_block``-aligned blocks of area offset, clipped to each extent.
-    """
-    nonzero: list[Extent] = []
-    zeros: list[Extent] = []
-
-    def add(runs: list[Extent], off: int, length: int) -> None:
-        if runs and runs[-1][0] + runs[-1][1] == off:
-            runs[-1] = (runs[-1][0], runs[-1][1] + length)
-        else:
-            runs.append((off, length))
-
-    zb = _ZEROS[:zero_block]
-    half = zero_block // 2
-    zh = _ZEROS[:half]
-    for off, length in pieces:
-        rel = off - base
-        # fast path: no run of zero_block zero bytes inside, so no zero block. Such a run would contain a
-        # whole half block at a multiple of half from rel: when none of those is zero, there is none
-        # (2.4x faster than the search on data; the search decides the other cases, as before)
-        if length >= zero_block and (
-            not any(data.startswith(zh, p) for p in range(rel, rel + length - half + 1, half))
-            or data.find(zb, rel, rel + length) < 0
-        ):
-            add(nonzero, off, length)
-            continue
-        pos = off
-        end = off + length
-        while pos < end:
-            bend = min(pos - pos % zero_block + zero_block, end)
-            seg = data[pos - base : bend - base]
-            add(zeros if seg == _ZEROS[: bend - pos] else nonzero, pos, bend - pos)
-            pos = bend
-    return nonzero, zeros
-
-
 def _merge_add(runs: list[Extent], new: list[Extent]) -> None:
     for off, length in new:
         if runs and runs[-1][0] + runs[-1][1] == off:
@@ -578,16 +392,15 @@ class _HaveAhead:
     """``sink.have`` of each batch in a thread of its own while the next batches are read and hashed (over
     the network one round trip per batch held the reading up: 9.7 s of a 49 s capture); the answers are
     used in the batches' order, so the index entries and the packs are exactly those of one call at a
-    time. A sink whose ``have`` may run in several threads at once says so with an attribute
-    ``have_threads`` (the network sink: requests in parallel, so a slow round trip does not bound the
-    reading); the local store's answers one call at a time."""
+    time. ``sink.have_threads`` calls run at once (``CaptureSink``: the network sink's requests go in
+    parallel, so a slow round trip does not bound the reading; the local store answers one at a time)."""
 
     def __init__(self, sink: CaptureSink, packs: _Packs, packer: _Packer, index: IndexWriter) -> None:
         self.sink = sink
         self.packs = packs
         self.packer = packer
         self.index = index
-        threads = max(1, int(getattr(sink, "have_threads", 1)))
+        threads = max(1, sink.have_threads)
         self.ahead = max(HAVE_AHEAD, threads)
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="capture-have")
         self.pending: deque[tuple[Future[dict[bytes, KnownChunk]], list[_Window], int]] = deque()
@@ -637,7 +450,7 @@ def _capture_areas(
     source: Path,
     pack_size: int,
 ) -> tuple[list[Area], _Packer]:
-    reader = _Reader(f.fileno(), source, block=source.is_block_device())
+    reader = Reader(f.fileno(), source, block=source.is_block_device())
     with ThreadPoolExecutor(workers, thread_name_prefix="capture") as pool:
         packer = _Packer(sink, pool, packs, level=level, pack_size=pack_size, workers=workers)
         ahead = _HaveAhead(sink, packs, packer, index)
@@ -651,7 +464,7 @@ def _capture_areas(
 
 
 def _read_areas(
-    reader: _Reader,
+    reader: Reader,
     plans: list[_Plan],
     ahead: _HaveAhead,
     *,
@@ -669,7 +482,7 @@ def _read_areas(
         data_bytes = skipped = 0
         batch: list[_Window] = []
 
-        for window, pieces, data in _read_windows(reader, plan, chunk_size, source):
+        for window, pieces, data in read_windows(reader, plan, chunk_size, source):
             span_start = pieces[0][0]
             span_len = len(data)
             nonzero, zero_runs = split_zeros(data, span_start, pieces, ZERO_BLOCK)

@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 
 class StoreSink:
+    have_threads = 1  # the dedupe index answers one call at a time
+
     def __init__(self, store: ImageStore, name: str) -> None:
         self.store = store
         self.name = name

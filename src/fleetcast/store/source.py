@@ -87,7 +87,12 @@ class CaptureSink(Protocol):
     - ``publish(manifest, index)``: the manifest's JSON bytes and the path of the finished binary chunk
       index; **atomic** -- afterwards the image is complete and visible under its name, before it is not.
       Returns the image id (blake3 of the manifest bytes, which record the index's hash).
+    - ``have_threads``: how many ``have`` calls may run at once (capture asks ahead while it reads): the
+      local store 1 (one call at a time), the network sink more (parallel requests, so one slow round
+      trip does not hold the reading up).
     """
+
+    have_threads: int
 
     def __enter__(self) -> CaptureSink: ...
 

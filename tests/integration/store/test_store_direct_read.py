@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fleetcast.disk import loop
-from fleetcast.store import capture as capture_mod
+from fleetcast.store import reader as reader_mod
 from fleetcast.store.capture import capture
 from fleetcast.store.images import ImageStore
 from fleetcast.store.manifest import INDEX_FILE
@@ -22,13 +22,13 @@ def test_direct_reads_of_a_block_device_capture_what_the_file_holds(
     store = ImageStore(tmp_path / "store")
     from_file = capture(golden, "file", store)
     directs: list[bool] = []
-    real = capture_mod._Reader.__init__
+    real = reader_mod.Reader.__init__
 
-    def spy(self: capture_mod._Reader, fd: int, source: Path, *, block: bool) -> None:
+    def spy(self: reader_mod.Reader, fd: int, source: Path, *, block: bool) -> None:
         real(self, fd, source, block=block)
         directs.append(self.direct is not None)
 
-    monkeypatch.setattr(capture_mod._Reader, "__init__", spy)
+    monkeypatch.setattr(reader_mod.Reader, "__init__", spy)
     with loop.attach(golden, read_only=True) as dev:
         from_dev = capture(dev, "dev", ImageStore(tmp_path / "store2"))
     assert directs == [True]  # the device was read with O_DIRECT

@@ -7,8 +7,8 @@ import os
 import pytest
 
 from fleetcast.errors import ChunkCorrupt, StoreError
-from fleetcast.store.capture import _windows, split_zeros
 from fleetcast.store.chunkstore import ChunkStore, chunk_hash, compress, decompress_verify
+from fleetcast.store.reader import split_zeros, windows
 
 KiB = 1024
 MiB = 1 << 20
@@ -64,7 +64,7 @@ def test_chunk_path_rejects_non_ids(tmp_path: os.PathLike[str]) -> None:
 
 def test_windows_cut_extents_at_fixed_offsets() -> None:
     used = [(0, 4 * KiB), (MiB - 4 * KiB, 8 * KiB), (3 * MiB, 4 * KiB)]
-    assert list(_windows(list(used), 4 * MiB, MiB)) == [
+    assert list(windows(list(used), 4 * MiB, MiB)) == [
         (0, [(0, 4 * KiB), (MiB - 4 * KiB, 4 * KiB)]),
         (MiB, [(MiB, 4 * KiB)]),
         (3 * MiB, [(3 * MiB, 4 * KiB)]),
@@ -72,7 +72,7 @@ def test_windows_cut_extents_at_fixed_offsets() -> None:
 
 
 def test_windows_split_a_long_extent() -> None:
-    assert list(_windows([(512, 3 * MiB)], 4 * MiB, MiB)) == [
+    assert list(windows([(512, 3 * MiB)], 4 * MiB, MiB)) == [
         (0, [(512, MiB - 512)]),
         (MiB, [(MiB, MiB)]),
         (2 * MiB, [(2 * MiB, MiB)]),
@@ -81,7 +81,7 @@ def test_windows_split_a_long_extent() -> None:
 
 
 def test_windows_clip_to_area_end() -> None:
-    assert list(_windows([(MiB, 100)], MiB + 100, MiB)) == [(MiB, [(MiB, 100)])]
+    assert list(windows([(MiB, 100)], MiB + 100, MiB)) == [(MiB, [(MiB, 100)])]
 
 
 def test_split_zeros_elides_aligned_zero_blocks() -> None:
