@@ -22,6 +22,7 @@ from fleetcast.server.fastlane import FastLane
 from fleetcast.server.images import ImageCatalog
 from fleetcast.server.limits import BodyLimit
 from fleetcast.server.orchestrator import Orchestrator
+from fleetcast.server.pgfanout import PgFanout
 from fleetcast.server.settings import ServerSettings
 from fleetcast.server.sidaudit import router as sidaudit_router
 
@@ -84,6 +85,8 @@ def create_app(settings: ServerSettings, *, catalog: ImageCatalog | None = None)
             with contextlib.suppress(FileNotFoundError):
                 os.chmod(f"{settings.data_dir / 'fleetcast.db'}{suffix}", 0o600)
     bus = EventBus()
+    if db.engine.dialect.name == "postgresql":  # other servers may share it: LISTEN/NOTIFY
+        bus.fanout = PgFanout(db.engine, bus.publish)
     cat = catalog or ImageCatalog(settings.store)
     orch = Orchestrator(db, bus, cat, settings)
     orch.on_start()
@@ -92,6 +95,8 @@ def create_app(settings: ServerSettings, *, catalog: ImageCatalog | None = None)
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         tasks = [asyncio.create_task(_sweeper(orch, sweep_every)), asyncio.create_task(_presence(orch))]
+        if bus.fanout is not None:
+            bus.fanout.start()
         try:
             yield
         finally:
@@ -102,6 +107,8 @@ def create_app(settings: ServerSettings, *, catalog: ImageCatalog | None = None)
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(orch.presence.flush)  # the last heartbeats' last_seen
             mcast.close()  # every udp-sender ends with the server
+            if bus.fanout is not None:
+                await asyncio.to_thread(bus.fanout.stop)
             db.close()
 
     app = FastAPI(

@@ -13,10 +13,11 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from sqlalchemy import event, select
+from sqlalchemy import event, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from fleetcast.server.db import MAX_INTEGER, EventRow, isoformat, utcnow
+from fleetcast.server.pgfanout import CHANNEL
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ class EventBus:
         self._lock = threading.Lock()
         self._subscribers: set[_Subscriber] = set()
         self._hooked: set[int] = set()
+        self.fanout: Any = None  # server/pgfanout.PgFanout with several servers on one PostgreSQL
 
     def attach(self, factory: sessionmaker[Session]) -> None:
         """Publish recorded events when a session from ``factory`` commits."""
@@ -109,6 +111,11 @@ class EventBus:
         )
         session.add(row)
         session.flush()
+        if self.fanout is not None:  # delivered to the other servers when this transaction commits
+            session.execute(
+                text("SELECT pg_notify(:channel, :notice)"),
+                {"channel": CHANNEL, "notice": self.fanout.notice(row.id)},
+            )
         payload = event_dict(row)
         session.info.setdefault(_PENDING, []).append(payload)
         return payload

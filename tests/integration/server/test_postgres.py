@@ -29,7 +29,9 @@ def test_serve_postgres_deploy_flow(tmp_path: Path) -> None:
 def test_two_servers_on_one_postgres_keep_one_batch_limit(tmp_path: Path) -> None:
     """Issue 12, Scale-out: two `fleetcast serve` on one PostgreSQL, agents split between them, one
     deployment of batch 1 created on the first: a place is taken under the deployment row's lock
-    (SELECT ... FOR UPDATE), so never more than one client writes, whichever server it talks to."""
+    (SELECT ... FOR UPDATE), so never more than one client writes, whichever server it talks to; and
+    the live event stream of one server carries the other's events (LISTEN/NOTIFY)."""
+    import threading
     import time
     from concurrent.futures import ThreadPoolExecutor
 
@@ -40,11 +42,25 @@ def test_two_servers_on_one_postgres_keep_one_batch_limit(tmp_path: Path) -> Non
     data_b.mkdir(parents=True)
     (data_b / "store").symlink_to(data_a / "store")  # one store, as a shared mount would be
     with postgres_cluster() as url, serve(data_a, database=url) as a, serve(data_b, database=url) as b:
-        agents = [
-            SimAgent(a if i % 2 else b, f"52:54:00:12:35:0{i}") for i in range(4)
-        ]  # each its server's token
+        seen: list[str] = []  # the live stream of B (LISTEN/NOTIFY: server/pgfanout.py)
+
+        def follow_b() -> None:
+            with httpx.stream("GET", b.url + "/api/events", headers=b.headers, timeout=60) as r:
+                for line in r.iter_lines():
+                    if line.startswith("data: "):
+                        seen.append(line)
+                        if sum('"client-enrolled"' in x for x in seen) == 4:
+                            return
+
+        reader = threading.Thread(target=follow_b, daemon=True)
+        reader.start()
+        time.sleep(1.0)  # B's stream is connected
+        agents = [SimAgent(a if i % 2 else b, f"52:54:00:12:35:0{i}") for i in range(4)]  # own tokens
         for agent in agents:
             agent.enroll()
+        reader.join(30)
+        enrolled = sorted(x.split('"mac": "')[1][:17] for x in seen if '"client-enrolled"' in x)
+        assert enrolled == sorted(x.mac for x in agents)  # A's enrollments too, live on B
         assert len(b.get("/api/clients")["clients"]) == 4  # one database: both servers list all four
         r = httpx.post(
             a.url + "/api/deployments",
