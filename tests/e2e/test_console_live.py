@@ -220,7 +220,7 @@ def test_capture_from_the_console_refusals_and_progress(room: Room, page: Page) 
     expect(row).to_contain_text("300.0 MiB of 1.2 GiB")
     expect(row).to_contain_text("1.0 MB/s")
     expect(row.locator("td").nth(8)).to_have_text("0:01")  # ETA
-    expect(page.locator("#capture")).to_contain_text("Network capture of " + golden.mac)
+    expect(page.locator("#capture h2")).to_have_text(f"Network capture of sim-01 ({golden.mac})")
     shot(page, "live-05-capture-progress")
     with room.lock:
         error = agent_error(lambda: BitLocker().check_capturable(None, 0, 40 << 30, "partition 3"))  # type: ignore[arg-type]

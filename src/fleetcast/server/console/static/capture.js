@@ -81,9 +81,10 @@ DEPLOYMENT_PANELS.push((ctx, dep) => {
   $("h1").firstChild.textContent = `Capture ${ctx.id} `;
   const box = el("section", { id: "capture", class: "card", "aria-live": "polite" });
   ctx.card.before(box);
-  let view = null;
+  let view = null, who = null; // who: the client's name, once known
   async function load() {
     try { view = await api("GET", `/api/captures/${ctx.id}`); } catch (err) { problem(err); return; }
+    if (who === null && view.client_id) who = await api("GET", `/api/clients/${view.client_id}`).then((c) => c.hostname || "", () => "");
     render();
   }
   function render() {
@@ -99,7 +100,7 @@ DEPLOYMENT_PANELS.push((ctx, dep) => {
     const said = v.error && v.state !== "cancelled" ? el("p", { id: "capture-refusal", class: "problem", role: "alert" }, refusal(v.error)) : null;
     const done = v.state === "done" ? el("p", { id: "capture-done" }, `Image ${v.image} is on the server: `,
       el("a", { href: "/images" }, "see it in Images"), ".") : null;
-    box.replaceChildren(el("h2", {}, `Network capture of ${v.client}`), dl, ...[said, done].filter(Boolean));
+    box.replaceChildren(el("h2", {}, `Network capture of ${who ? `${who} (${v.client})` : v.client}`), dl, ...[said, done].filter(Boolean));
   }
   const later = coalesced(load, 2000); // progress events: the numbers at most every 2 s
   return {
