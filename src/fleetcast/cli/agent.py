@@ -100,14 +100,22 @@ def handle(args: argparse.Namespace) -> int:
             ) from exc
     if args.enroll_token is None:
         args.enroll_token = os.environ.get("FLEETCAST_ENROLL_TOKEN") or None
-    from_cmdline = args.server is None
-    if args.server is None or args.enroll_token is None:
-        from fleetcast.agent.cmdline import read
+    from fleetcast.agent.cmdline import CmdlineSettings, read
+    from fleetcast.errors import AgentError
 
+    found = None
+    if args.server is None or args.enroll_token is None:
         found = read(Path(args.cmdline))
         args.server = args.server or found.server
         args.enroll_token = args.enroll_token or found.enroll_token
-        if from_cmdline and args.tls_fingerprint is None and found.tls_fingerprint:
+    if args.tls_fingerprint is None and args.server:
+        if found is None:  # --server given too (the boot environment passes it): the line may still pin
+            try:
+                found = read(Path(args.cmdline))
+            except AgentError as exc:
+                logging.getLogger(__name__).debug("no pin from %s: %s", args.cmdline, exc.message)
+                found = CmdlineSettings()
+        if found.tls_fingerprint and (found.server or "").rstrip("/") == args.server.rstrip("/"):
             args.tls_fingerprint = found.tls_fingerprint  # the server that wrote the line pins itself
         if args.server is None or args.enroll_token is None:
             raise UsageError(

@@ -146,3 +146,20 @@ def test_token_file_is_read(tmp_path: Path) -> None:
     with pytest.raises(UsageError) as info:
         api_client(args)
     assert str(info.value) == f"cannot read the token file {tmp_path / 'missing'}: No such file or directory"
+
+
+def test_agent_takes_the_pin_of_the_kernel_line_that_names_its_server(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """REVIEW 6: the boot environment passes --server/--enroll-token itself; the pin on the kernel
+    command line still applies when that line names the same server (here refused with http://,
+    which shows it was taken)."""
+    from fleetcast.cli.main import main
+
+    line = tmp_path / "cmdline"
+    line.write_text(f"quiet fleetcast.server=http://10.0.0.1:8080/ fleetcast.tls={'ab' * 32}\n")
+    argv = ["agent", "--server", "http://10.0.0.1:8080", "--enroll-token", "t", "--cmdline", str(line)]
+    assert main(argv) == 1
+    assert "a TLS fingerprint is set but the server URL 'http://10.0.0.1:8080' is not https://" in (
+        capsys.readouterr().err
+    )
