@@ -23,6 +23,7 @@ DEFAULT_MAX_HEARTBEATS_PER_SECOND = 1000.0
 LAG_HIGH = 0.25  # seconds the event loop answers late: heartbeats are more than the server gets CPU for
 LAG_LOW = 0.05
 MAX_LOAD_FACTOR = 8.0
+LAG_MIN_ONLINE = 200  # fewer clients are not what makes the loop late (a busy machine, a test run)
 
 
 class Pacing:
@@ -53,8 +54,9 @@ class Pacing:
         """How late the app's periodic loop woke (seconds): on a machine where the server gets less
         CPU than its heartbeats need, everything queues behind them (enrollments too: 4,400 of 5,000
         agents enrolled, then a few a second); so the interval grows by a quarter while the loop is
-        more than LAG_HIGH late and shrinks back by a tenth while it is under LAG_LOW."""
-        if lag > LAG_HIGH:
+        more than LAG_HIGH late with at least LAG_MIN_ONLINE clients online (a few clients' heartbeats
+        are not what makes it late) and shrinks back by a tenth while it is under LAG_LOW."""
+        if lag > LAG_HIGH and self._online() >= LAG_MIN_ONLINE:
             self.load_factor = min(MAX_LOAD_FACTOR, self.load_factor * 1.25)
         elif lag < LAG_LOW and self.load_factor > 1.0:
             self.load_factor = max(1.0, self.load_factor / 1.1)
