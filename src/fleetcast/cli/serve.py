@@ -35,14 +35,8 @@ def register(
         action="store_true",
         help="start full DHCP even when another DHCP server answers on --interface",
     )
-    p.add_argument(
-        "--tls-cert",
-        type=Path,
-        metavar="FILE",
-        help="serve HTTPS with this PEM certificate (chain); its SHA-256 fingerprint is printed for agents "
-        "to pin (fleetcast.tls= on the kernel command line, or fleetcast agent --tls-fingerprint)",
-    )
-    p.add_argument("--tls-key", type=Path, metavar="FILE", help="the certificate's private key (PEM, 0600)")
+    for key in ("tls_cert", "tls_key"):  # HTTPS (server/tls.py); also config keys tls_cert/tls_key
+        config.add_flag(p, key, dest=key)
     p.set_defaults(func=_serve)
 
 
@@ -73,6 +67,17 @@ def _exit_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def _tls_files(args: argparse.Namespace) -> tuple[Path | None, Path | None]:
+    """--tls-cert/--tls-key, else the config file's tls_cert/tls_key (the settings table)."""
+    from fleetcast import config
+
+    path = getattr(args, "config", None)
+    files = config.load_config_file(Path(path) if path else None)
+    cert = config.resolve("tls_cert", getattr(args, "tls_cert", None), files)
+    key = config.resolve("tls_key", getattr(args, "tls_key", None), files)
+    return (Path(cert) if cert else None), (Path(key) if key else None)
+
+
 KEEP_ALIVE_SECONDS = 120  # longer than any heartbeat interval the server tells (server/pacing.py)
 
 
@@ -92,7 +97,7 @@ def _serve(args: argparse.Namespace) -> int:
     check_bind(settings.host, settings.port)
     from fleetcast.server.tls import check_pair
 
-    tls = check_pair(getattr(args, "tls_cert", None), getattr(args, "tls_key", None))
+    tls = check_pair(*_tls_files(args))
     from fleetcast.netboot.service import netboot_from_args
 
     netboot = netboot_from_args(args, settings)  # every refusal before anything starts

@@ -132,6 +132,18 @@ def test_bad_tls_files_are_refused_before_start(tmp_path: Path) -> None:
          f"fleetcast: error: TLS certificate {other_key} has no PEM certificate "
          "(-----BEGIN CERTIFICATE-----)"),
     ]  # fmt: skip
+    cfg = tmp_path / "fleetcast.toml"  # the settings table: tls_cert/tls_key in the config file too
+    cfg.write_text(f'tls_cert = "{cert}"\n')
+    cases.append(
+        (["--config", str(cfg)], "fleetcast: error: --tls-cert and --tls-key go together: give both "
+         "(or neither, for plain HTTP)")
+    )  # fmt: skip
+    cfg2 = tmp_path / "pair.toml"
+    cfg2.write_text(f'tls_cert = "{cert}"\ntls_key = "{other_key}"\n')
+    cases.append(
+        (["--config", str(cfg2)],
+         f"fleetcast: error: TLS key {other_key} does not fit certificate {cert}: KEY_VALUES_MISMATCH")
+    )  # fmt: skip
     for extra, message in cases:
         proc = cli(*base, *extra, check=False, timeout=60)
         assert proc.returncode == 2, proc.stderr
