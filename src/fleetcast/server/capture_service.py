@@ -67,6 +67,10 @@ class _Live:
     chunks_new: int = 0
     chunks_known: int = 0
     received: int = 0
+    have_requests: int = 0
+    have_seconds: float = 0.0  # answering have (look-ups and leases)
+    packs_stored: int = 0
+    store_seconds: float = 0.0  # verifying and storing uploaded packs
 
     def count(self, n: int) -> None:
         self.received += n
@@ -270,6 +274,7 @@ class CaptureService:
         return path if part == "manifest" else path.parent / INDEX_FILE
 
     def have(self, client_id: int, task_id: int, body: bytes) -> dict[str, Any]:
+        t0 = time.monotonic()
         live = self.session(client_id, task_id)
         try:
             digests = pack_digests(body)
@@ -287,6 +292,8 @@ class CaptureService:
         hits = sum(1 for d in digests if d in known)  # a digest may be asked twice in one batch
         live.chunks_known += hits
         live.chunks_new += len(digests) - hits
+        live.have_requests += 1
+        live.have_seconds += time.monotonic() - t0
         return reply.model_dump()
 
     def pack_status(
@@ -325,6 +332,7 @@ class CaptureService:
         # verified and stored (fsync) in threads of their own: in the loop's default executor (6 threads)
         # six packs being stored held up every have and status request behind them (seconds under load)
         loop = asyncio.get_running_loop()
+        t0 = time.monotonic()
         data = await loop.run_in_executor(self._store_pool, part.content)  # one pack: <= MAX_PACK_STORED
         try:
             await loop.run_in_executor(
@@ -332,6 +340,8 @@ class CaptureService:
             )
         finally:
             self.uploads.drop(key)  # stored, or refused (the agent sends it again from the start)
+        live.packs_stored += 1
+        live.store_seconds += time.monotonic() - t0
         await asyncio.to_thread(self._count_pack, live)
         return PackStatus(received=stored, complete=True)
 
@@ -392,7 +402,11 @@ class CaptureService:
             live.chunks_known += reused
             self._published(live, name, new_id, parsed.used_bytes)
             self.uploads.drop(index_key(task_id))
-            logger.info("capture task %d: published %s (%s)", task_id, name, new_id[:16])
+            logger.info(
+                "capture task %d: published %s (%s); %d have requests answered in %.1f s, %d packs verified "
+                "and stored in %.1f s", task_id, name, new_id[:16], live.have_requests, live.have_seconds,
+                live.packs_stored, live.store_seconds,
+            )  # fmt: skip
             return PublishReply(image=name, image_id=new_id).model_dump()
 
     def _published_id(self, name: str) -> str | None:
