@@ -139,11 +139,18 @@ def _check_running(state: vlab.LabState, runs: list[ClientRun]) -> None:
         raise LabError(f"the lab server is no longer running; see {vlab.server_log(state)}")
 
 
-def deploy(state: vlab.LabState, runs: list[ClientRun], *, then: str = "reboot", names: bool = True) -> int:
-    """Start the deployment of the golden image to ``runs`` (in their order: LAB-01 is the first).
-    ``names=False``: no name/IP pattern, so registered clients get their registered name and IP."""
+def deploy(
+    state: vlab.LabState,
+    runs: list[ClientRun],
+    *,
+    then: str = "reboot",
+    names: bool = True,
+    image: str = NAME,
+) -> int:
+    """Start the deployment of ``image`` (the golden image) to ``runs`` (in their order: LAB-01 is the
+    first). ``names=False``: no name/IP pattern, so registered clients get their registered name and IP."""
     body: dict[str, Any] = {
-        "image": NAME,
+        "image": image,
         "clients": ",".join(r.mac for r in runs),
         "disk": "0",
         "batch": len(runs),

@@ -49,6 +49,7 @@ def test_boots_to_the_agent_trying_the_server(bootenv: BootEnv, qemu: type[Seria
     )  # fmt: skip
     text = vm.wait_for("agent started")
     assert f"fleetcast boot environment {bootenv.key}" in text
+    assert "fleetcast: firmware BIOS" in text  # QEMU's default machine: SeaBIOS (the lab boots UEFI/SB)
     assert f"({MAC}): asking for an address (DHCP)" in text  # the BOOTIF NIC, not the first or the e1000
     assert "address 10.0.2.15/24" in text
     assert "agent started (pid" in text and "server http://10.0.2.2:9" in text
