@@ -42,6 +42,7 @@ def _load() -> str:
 
 
 def fleetcast_run(firmware: str, work: Path, timeout: float) -> dict[str, Any]:
+    load_before = _load()
     runs = labdemo.demo(
         1, firmware, state_dir=work / f"lab-{firmware}", once=True, accel=Accel.TCG, timeout=timeout,
         progress=lambda line: print(f"    {line}", flush=True),
@@ -55,7 +56,7 @@ def fleetcast_run(firmware: str, work: Path, timeout: float) -> dict[str, Any]:
         "booted": r.since_power_on(r.booted_at),
         "secure_boot": r.secure_boot,
         "error": r.error,
-        "load": _load(),
+        "load": f"{load_before} -> {_load()}",
     }
 
 
@@ -66,6 +67,7 @@ def baseline_run(firmware: str, work: Path, timeout: float) -> dict[str, Any]:
     shutil.copyfile(DI / "linux", env / "vmlinuz")
     shutil.copyfile(DI / "initrd.gz", env / "initrd.img")
     state_dir = work / f"lab-di-{firmware}"
+    load_before = _load()
     state = vlab.up(1, firmware, state_dir=state_dir, accel=Accel.TCG, bootenv=env, start=False)
     try:
         record = state.machines[0]
@@ -73,7 +75,8 @@ def baseline_run(firmware: str, work: Path, timeout: float) -> dict[str, Any]:
         vlab.power_on(state, record)
         started = record.powered_on_at or time.time()
         machine.wait_serial(DI_FIRST_SCREEN, timeout)
-        return {"firmware": firmware, "first_screen": round(time.time() - started, 1), "load": _load()}
+        seconds = round(time.time() - started, 1)
+        return {"firmware": firmware, "first_screen": seconds, "load": f"{load_before} -> {_load()}"}
     finally:
         vlab.down(state_dir)
 
@@ -110,23 +113,26 @@ def main() -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     floor = {b["firmware"]: b["first_screen"] for b in results["baseline"]}
+    floor_load = {b["firmware"]: b["load"] for b in results["baseline"]}
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
     print()
     print(f"{'firmware':<11} {'state':<17} {'registered':>10} {'done':>7} {'booted':>7}  {'d-i':>9}  ratio")
     for r in results["fleetcast"]:
-        base = floor.get(r["firmware"]) or floor.get("uefi" if r["firmware"] == "secureboot" else "")
+        fw = r["firmware"] if r["firmware"] in floor else "uefi" if r["firmware"] == "secureboot" else ""
+        base = floor.get(fw)
         ratio = f"{r['registered'] / base:.2f}x" if base and r["registered"] else "-"
         cells = [r["registered"], r["done"], r["booted"]]
         shown = ["-" if c is None else f"{c:.0f}" for c in cells]
         print(
             f"{r['firmware']:<11} {r['state']:<17} {shown[0]:>10} {shown[1]:>7} {shown[2]:>7}  "
-            f"{base if base else '-':>9}  {ratio}   (load {r['load']})"
+            f"{base if base else '-':>9}  {ratio}   (load {r['load']}; d-i: {floor_load.get(fw, '-')})"
         )
     if results["baseline_note"]:
         print(f"baseline: {results['baseline_note']}")
     print("seconds from power-on; ratio = fleetcast to registered / Debian installer to its first screen")
+    print("load = 1/5/15-min load average before -> after each run: compare ratios only at similar loads")
     return 0
 
 
