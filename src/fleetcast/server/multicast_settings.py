@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fleetcast.errors import UsageError
+from fleetcast.server.configtables import check_table
 from fleetcast.server.multicast_repair import REPAIR_MODES
 
 TABLE_KEYS = (
@@ -74,14 +75,7 @@ def from_table(table: Mapping[str, Any] | None, source: str = "config file") -> 
     """The ``[multicast]`` table as settings; UsageError naming the key for anything not understood."""
     if table is None:
         return MulticastSettings()
-    if not isinstance(table, Mapping):
-        raise UsageError(f"{source}: [multicast] must be a table, found {type(table).__name__}")
-    unknown = sorted(set(table) - set(TABLE_KEYS))
-    if unknown:
-        raise UsageError(
-            f"{source}: unknown multicast setting(s) {', '.join(unknown)}",
-            hint=f"known: {', '.join(TABLE_KEYS)}",
-        )
+    table = check_table("multicast", table, TABLE_KEYS, source)
     d = MulticastSettings()
     group = table.get("group_base", d.group_base)
     try:
