@@ -19,6 +19,7 @@ Nothing is written to the source disk: the engine opens it ``O_RDONLY`` and a ca
 from __future__ import annotations
 
 import logging
+import struct
 import tempfile
 import threading
 import time
@@ -44,6 +45,8 @@ from fleetcast.protocol import (
     Task,
     describe,
 )
+from fleetcast.store.index import Entry
+from fleetcast.store.manifest import PackRef
 from fleetcast.store.source import KnownChunk
 from fleetcast.transport.http import HttpStatusError, make_client, request
 
@@ -102,7 +105,7 @@ class RemoteSink:
         on_publish: Callable[[], None] | None = None,
         uploaders: int = UPLOADERS,
         queued: int = QUEUED_PACKS,
-        previous: dict[bytes, KnownChunk] | None = None,
+        previous: PreviousChunks | None = None,
         client: httpx.Client | None = None,
     ) -> None:
         self.api = api
@@ -118,7 +121,7 @@ class RemoteSink:
         self._lock = threading.Lock()
         self.published: PublishReply | None = None
         self.on_publish = on_publish
-        self.previous = previous or {}  # chunk digest -> where the previous image keeps it (leased)
+        self.previous = previous or PreviousChunks()  # where the previous image keeps its chunks (leased)
         # uploads run beside compression: put_pack queues a pack (at most ``queued`` wait) and returns
         self._pool = ThreadPoolExecutor(max(1, uploaders), thread_name_prefix=f"upload-{task_id}")
         self._slots = threading.BoundedSemaphore(max(1, queued))
@@ -296,11 +299,63 @@ def _file_from(path: Path, offset: int, piece: int = 1 << 20) -> Iterator[bytes]
             yield block
 
 
+class PreviousChunks:
+    """The previous image's chunks, compact: one sorted ``bytes`` of 40-byte records (digest, pack number,
+    offset) searched by bisection, and the image's pack list; a ``KnownChunk`` is made only on a hit (no
+    Python object per chunk is kept: 1,000,000 chunks hold 40 MB)."""
+
+    _REC = struct.Struct("<32sII")
+
+    def __init__(self, records: bytes = b"", packs: Sequence[PackRef] = ()) -> None:
+        self.records = records
+        self.packs = tuple(packs)
+        self.count = len(records) // self._REC.size
+
+    def __len__(self) -> int:
+        return self.count
+
+    def get(self, digest: bytes) -> KnownChunk | None:
+        recs, size = self.records, self._REC.size
+        lo, hi = 0, self.count
+        while lo < hi:
+            mid = (lo + hi) // 2
+            key = recs[mid * size : mid * size + 32]
+            if key < digest:
+                lo = mid + 1
+            elif key > digest:
+                hi = mid
+            else:
+                _, pack, offset = self._REC.unpack_from(recs, mid * size)
+                ref = self.packs[pack]
+                return KnownChunk(ref.id, offset, ref.stored, ref.hash or "")
+        return None
+
+    @classmethod
+    def from_index(cls, entries: Iterator[Entry], packs: Sequence[PackRef]) -> PreviousChunks:
+        pack = cls._REC.pack
+        records = sorted(pack(e.hash, e.pack, e.offset) for e in entries if packs[e.pack].hash is not None)
+        return cls(b"".join(records), packs)
+
+
+def _download(api: AgentApi, url: str, path: Path) -> None:
+    """A GET's body streamed into ``path`` in pieces (never held whole)."""
+    try:
+        with api._client.stream("GET", url) as response, open(path, "wb") as f:
+            if not response.is_success:
+                raise HttpStatusError(
+                    f"GET {url}: server answered {response.status_code}", status=response.status_code
+                )
+            for piece in response.iter_bytes(1 << 20):
+                f.write(piece)
+    except httpx.HTTPError as exc:
+        raise TransportError(f"GET {url}: {type(exc).__name__}: {exc}") from exc
+
+
 def load_previous(
     api: AgentApi, task_id: int, previous: PreviousImage, stop: Callable[[], bool] | None
-) -> dict[bytes, KnownChunk]:
-    """Chunk digest -> where the previous image keeps it, from its index (verified against its manifest
-    and image id); empty when it is too large to hold or cannot be had (every chunk is asked instead)."""
+) -> PreviousChunks:
+    """Where the previous image keeps each of its chunks, from its index (verified against its manifest and
+    image id); empty when it is too large to hold or cannot be had (every chunk is asked instead)."""
     from fleetcast.store.manifest import load_image
 
     if previous.entries > PREVIOUS_MAX_ENTRIES:
@@ -308,10 +363,9 @@ def load_previous(
             "previous image %r: %d entries, more than the %d held in memory; asking the server about every "
             "chunk", previous.image, previous.entries, PREVIOUS_MAX_ENTRIES,
         )  # fmt: skip
-        return {}
+        return PreviousChunks()
     base = f"/api/agent/captures/{task_id}/previous"
     what = f"previous image {previous.image!r}"
-    known: dict[bytes, KnownChunk] = {}
     try:
         manifest = request(
             api._client, "GET", f"{base}/manifest", outage_limit=api.outage_limit, stop=stop,
@@ -319,21 +373,14 @@ def load_previous(
         ).content  # fmt: skip
         with tempfile.TemporaryDirectory(prefix="fleetcast-previous-") as tmp:
             path = Path(tmp) / "index"
-            path.write_bytes(
-                request(
-                    api._client, "GET", f"{base}/index", outage_limit=api.outage_limit, stop=stop,
-                    what=f"index of the {what}",
-                ).content
-            )  # fmt: skip
+            _download(api, f"{base}/index", path)
             m = load_image(manifest, path, expected_id=previous.image_id, what=what)
-            assert m.index is not None
-            for e in m.index.entries():
-                pack = m.packs[e.pack]
-                if pack.hash is not None:
-                    known.setdefault(e.hash, KnownChunk(pack.id, e.offset, pack.stored, pack.hash))
+            if m.index is None:
+                raise AgentError(f"{what}: expected a format-2 image with an index, found format {m.version}")
+            known = PreviousChunks.from_index(m.index.entries(), m.packs)
     except FleetcastError as exc:
         logger.warning("%s: %s; asking the server about every chunk", what, exc.message)
-        return {}
+        return PreviousChunks()
     logger.info("task %d: %s: %d chunks known without asking", task_id, what, len(known))
     return known
 
@@ -362,7 +409,7 @@ def run_capture(
     )  # fmt: skip
     info: CaptureBeginReply = _model(CaptureBeginReply, begin, "capture begin reply")
     runner._check(cancel)
-    previous = load_previous(api, task.task_id, info.previous, stopping) if info.previous else {}
+    previous = load_previous(api, task.task_id, info.previous, stopping) if info.previous else None
     runner._check(cancel)
     client = make_client(api.server, api.credential, verify=api._verify, workers=UPLOADERS + HAVE_THREADS)
     try:

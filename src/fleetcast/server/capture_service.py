@@ -14,10 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from fastapi import Request
-from sqlalchemy import delete, select, update
+from sqlalchemy import CursorResult, delete, select, update
+from sqlalchemy.orm import Session
 from starlette.requests import ClientDisconnect
 
 from fleetcast.errors import ConflictError, FleetcastError, NotFoundError, UsageError
@@ -135,7 +136,7 @@ class CaptureService:
                     out.append(self._view(s, dep))
             return out
 
-    def _view(self, s: Any, dep: Deployment) -> dict[str, Any]:
+    def _view(self, s: Session, dep: Deployment) -> dict[str, Any]:
         t = dep.targets[0] if dep.targets else None
         live = self._live.get(t.id) if t is not None else None
         return capture_view(s, dep, live.counts() if live is not None else (0, 0, 0))
@@ -195,7 +196,8 @@ class CaptureService:
             live = select(CaptureRow.id).join(Target, Target.deployment_id == CaptureRow.deployment_id)
             live = live.where(Target.state.in_(("queued", "running")))
             ended = (CaptureLease.expires_at <= utcnow()) | CaptureLease.capture_id.not_in(live)
-            gone = int(getattr(s.execute(delete(CaptureLease).where(ended)), "rowcount", 0) or 0)
+            result = cast("CursorResult[Any]", s.execute(delete(CaptureLease).where(ended)))
+            gone = int(result.rowcount or 0)
         self.uploads.prune(running)
         return gone
 

@@ -166,3 +166,20 @@ def test_a_re_capture_starts_from_the_previous_image_without_asking(
 def _db_of(http: TestClient) -> Any:
     app: Any = http.app
     return app.state.db
+
+
+def test_previous_chunks_are_found_by_bisection() -> None:
+    from fleetcast.agent.capture import PreviousChunks
+    from fleetcast.store.index import Entry
+    from fleetcast.store.manifest import PackRef
+
+    packs = [PackRef("a" * 64, 10, "b" * 64), PackRef("c" * 64, 20, None)]  # format 1 pack: not usable
+    digests = [bytes([i]) * 32 for i in range(0, 200, 3)]
+    entries = [Entry(0, 0, i * 65536, i, d, ((0, 1),)) for i, d in enumerate(digests)]
+    entries.append(Entry(0, 1, 0, 999, b"\xff" * 32, ((0, 1),)))
+    prev = PreviousChunks.from_index(iter(entries), packs)
+    assert len(prev) == len(digests)
+    for i, d in enumerate(digests):
+        assert prev.get(d) == ("a" * 64, i * 65536, 10, "b" * 64)
+    assert prev.get(b"\x01" * 32) is None and prev.get(b"\xff" * 32) is None
+    assert PreviousChunks().get(digests[0]) is None
