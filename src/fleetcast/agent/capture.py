@@ -59,7 +59,7 @@ logger = logging.getLogger(__name__)
 HAVE_THREADS = 4  # have requests in flight at once (the engine reads on meanwhile; answers used in order)
 UPLOADERS = 6  # packs uploading at once (the server verifies each while the next ones arrive)
 QUEUED_PACKS = 8  # packs compressed and waiting for an uploader: bounds the memory (~16 MiB each)
-PREVIOUS_MAX_ENTRIES = 1_000_000  # a previous image's index held as a dict (~200 B a chunk) up to this
+PREVIOUS_MAX_ENTRIES = 1_000_000  # chunks of a previous image held (40 B each, PreviousChunks)
 _BACKOFF_FIRST = 0.5
 _BACKOFF_MAX = 5.0
 
