@@ -117,11 +117,11 @@ def handle(args: argparse.Namespace) -> int:
                 found = CmdlineSettings()
         if found.tls_fingerprint and (found.server or "").rstrip("/") == args.server.rstrip("/"):
             args.tls_fingerprint = found.tls_fingerprint  # the server that wrote the line pins itself
-        if args.server is None or args.enroll_token is None:
-            raise UsageError(
-                f"agent: no server URL or enrollment token: neither --server/--enroll-token nor "
-                f"fleetcast.server=/fleetcast.token= in {args.cmdline}"
-            )
+    if args.server is None or args.enroll_token is None:
+        raise UsageError(
+            f"agent: no server URL or enrollment token: neither --server/--enroll-token nor "
+            f"fleetcast.server=/fleetcast.token= in {args.cmdline}"
+        )
     if args.workers < 1:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
     if args.checkpoint_mib < 1:

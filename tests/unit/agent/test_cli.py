@@ -80,3 +80,16 @@ def test_enroll_token_from_a_file_or_the_environment(
     monkeypatch.setenv("FLEETCAST_ENROLL_TOKEN", "fc_secret")
     assert main(base) == 1
     assert "does not start with http://" in capsys.readouterr().err
+
+
+def test_no_server_anywhere_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No --server and no fleetcast.server= on the kernel line: the message, exit 2 (not a traceback)."""
+    empty = tmp_path / "cmdline"
+    empty.write_text("quiet\n")
+    monkeypatch.delenv("FLEETCAST_ENROLL_TOKEN", raising=False)
+    assert main(["agent", "--cmdline", str(empty)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fleetcast: error: agent: no server URL or enrollment token")
+    assert "Traceback" not in err
