@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -62,6 +63,16 @@ class AgentApi:
         self.credential: str | None = None
         self.client_id: int | None = None
         self._client = self._make_client()
+
+    @property
+    def client(self) -> httpx.Client:
+        """The agent's authenticated HTTP client (replaced after an enrollment: read it each time)."""
+        return self._client
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """What a new client of this agent's must verify the server with (the pinned context under TLS)."""
+        return self._verify
 
     def _make_client(self) -> httpx.Client:
         if self._transport is not None:

@@ -112,7 +112,7 @@ class RemoteSink:
         # its own connections (run_capture passes a client with room for every upload and have request):
         # the agent's client has 8, and with 6 uploads holding theirs for seconds each, have requests
         # waited for a free one (37.6 s of have waits for 5.7 s of server work, bench at load 13)
-        self.client = client if client is not None else api._client
+        self.client = client if client is not None else api.client
         self.task_id = task_id
         self.base = f"/api/agent/captures/{task_id}"
         self.stop = stop
@@ -340,7 +340,7 @@ class PreviousChunks:
 def _download(api: AgentApi, url: str, path: Path) -> None:
     """A GET's body streamed into ``path`` in pieces (never held whole)."""
     try:
-        with api._client.stream("GET", url) as response, open(path, "wb") as f:
+        with api.client.stream("GET", url) as response, open(path, "wb") as f:
             if not response.is_success:
                 raise HttpStatusError(
                     f"GET {url}: server answered {response.status_code}", status=response.status_code
@@ -368,7 +368,7 @@ def load_previous(
     what = f"previous image {previous.image!r}"
     try:
         manifest = request(
-            api._client, "GET", f"{base}/manifest", outage_limit=api.outage_limit, stop=stop,
+            api.client, "GET", f"{base}/manifest", outage_limit=api.outage_limit, stop=stop,
             what=f"manifest of the {what}",
         ).content  # fmt: skip
         with tempfile.TemporaryDirectory(prefix="fleetcast-previous-") as tmp:
@@ -404,14 +404,14 @@ def run_capture(
         return runner.stop.is_set() or cancel.is_set()
 
     begin = request(
-        api._client, "POST", f"/api/agent/captures/{task.task_id}/begin", outage_limit=api.outage_limit,
+        api.client, "POST", f"/api/agent/captures/{task.task_id}/begin", outage_limit=api.outage_limit,
         stop=stopping, what="capture begin",
     )  # fmt: skip
     info: CaptureBeginReply = _model(CaptureBeginReply, begin, "capture begin reply")
     runner._check(cancel)
     previous = load_previous(api, task.task_id, info.previous, stopping) if info.previous else None
     runner._check(cancel)
-    client = make_client(api.server, api.credential, verify=api._verify, workers=UPLOADERS + HAVE_THREADS)
+    client = make_client(api.server, api.credential, verify=api.verify, workers=UPLOADERS + HAVE_THREADS)
     try:
         sink = RemoteSink(
             api, task.task_id, stop=stopping, max_have=info.max_have,
