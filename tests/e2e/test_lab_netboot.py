@@ -79,13 +79,19 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[vlab.LabState]:
             vlab.power_on(state, m)
         yield state
     finally:
+        try:  # the lab serves the golden image's cached store: leave no captured image in it
+            vlab.api(state, "DELETE", f"/api/images/{CAPTURED}")
+        except LabError as exc:
+            print(f"  {CAPTURED} not removed from the lab store: {exc.message}")
         vlab.down(state_dir)
     assert not Path(f"/run/netns/{state.netns}").exists()
 
 
 def _capture(state: vlab.LabState, run: labdemo.ClientRun, result: Deployed) -> None:
-    """Capture client2's disk over the network into CAPTURED (the capture's view in ``result``)."""
-    view = vlab.api(state, "POST", "/api/captures", {"client": run.mac, "name": CAPTURED, "disk": "0"})
+    """Capture client2's disk over the network into CAPTURED (the capture's view in ``result``); with
+    ``replace``, since the lab's store is a cache that an interrupted run may have left CAPTURED in."""
+    body = {"client": run.mac, "name": CAPTURED, "disk": "0", "replace": True}
+    view = vlab.api(state, "POST", "/api/captures", body)
     deadline = time.monotonic() + WAIT
     while view.get("state") not in ("done", "failed", "cancelled") and time.monotonic() < deadline:
         time.sleep(labdemo.POLL)
