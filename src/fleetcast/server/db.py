@@ -2,8 +2,8 @@
 
 Tables: ``clients`` (one per primary MAC), ``deployments``, ``targets`` (one per client in a
 deployment; its id is the agent protocol's ``task_id``), ``events`` (the event log) and ``audit``.
-A new database gets the schema at start; an older one is brought up to date by the ordered steps
-of server/migrations.py (``schema_version`` table).
+A new database gets the schema at start; an older one is brought up to date by the Alembic revisions
+that server/migrations.py runs (server/schema/versions/).
 """
 
 from __future__ import annotations

@@ -1,120 +1,134 @@
-"""Schema versions: the database records which version of the schema it has (``schema_version``), and
-the server brings it forward at start by ordered steps, each in the same transaction as its new
-version number (issue 12, Scale: migrations).
+"""Schema migrations with Alembic, run by the server at start (issue 12, Scale: migrations). The
+revisions are in server/schema/versions/ (``0001`` baseline, ``0002`` ...); no alembic.ini is needed:
+``upgrade`` hands Alembic the open connection (server/schema/env.py).
 
-- **A new database** gets today's tables (``create_all``) and the latest version at once.
-- **A database of a release before versions** (tables, no ``schema_version``): the tables created
+- **A new database** gets today's tables (``create_all``) and is stamped at the head revision.
+- **A database of the previous release** (hand-written ``schema_version`` table, versions 1-2, no
+  ``alembic_version``) is stamped at the revision of its version (1 -> ``0001``, 2 -> ``0002``);
+  the revisions after it run.
+- **A database of a release before versions** (tables, neither version table): the tables created
   since are made, the columns added since are added with their defaults (``add_missing_columns``:
-  additive only), and it is stamped version 1 -- the schema of 2026-12-03, the last one made
-  without versions; the steps after 1 then run.
-- **A versioned database** runs the steps after its version, in order. A step may do what the
-  additive catch-up cannot (rename, drop, retype, move data, an index on existing tables).
-- **A database newer than this fleetcast** (a downgrade) is refused before anything is touched.
+  additive only), it is stamped ``0001`` -- the schema of 2026-12-03, the last one made without
+  versions -- and the revisions after it run.
+- **An Alembic database** runs the revisions after its own. A revision may do what the additive
+  catch-up cannot (rename, drop, retype, move data, an index on existing tables).
+- **A database newer than this fleetcast** (a downgrade: a revision it does not know, or a
+  hand-written version above 2 without Alembic's table) is refused before anything is touched.
 
-On PostgreSQL the whole upgrade holds a transaction-level advisory lock, so several ``fleetcast
-serve`` starting at once on one database upgrade it once; with SQLite the data directory's lock
-already allows one server. Every step taken is logged as a warning (an upgrade is worth noticing).
+``schema_version`` is kept, at ``MOVED_TO_ALEMBIC`` (3): the previous release refuses such a database
+("newer than this fleetcast knows") instead of running on a schema it does not know.
 
-Alembic is the usual tool for this; it is not among the project's dependencies, and its
-autogenerate cannot tell a rename from a drop and an add either, so steps are written by hand here
-as they would be in an Alembic revision (``op.create_index`` ... becomes the DDL it emits).
+The whole upgrade is one transaction under a lock: on PostgreSQL a transaction-level advisory lock
+(several ``fleetcast serve`` starting at once on one database upgrade it once); on SQLite ``BEGIN
+IMMEDIATE`` (the write lock: the DDL is inside the transaction too, which Python's sqlite3 would
+otherwise run outside it; the data directory's lock already allows one server). Every revision run
+is logged as a warning (an upgrade is worth noticing).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
 from sqlalchemy import Column, Connection, Engine, inspect, literal, text
 
 from fleetcast.errors import ServerError
 from fleetcast.server.db import Base
 
 logger = logging.getLogger(__name__)
+logging.getLogger("alembic").setLevel(logging.WARNING)  # its INFO lines at every start; ours say what ran
 
-VERSION_TABLE = "schema_version"
+SCRIPT_LOCATION = Path(__file__).with_name("schema")
+VERSION_TABLE = "schema_version"  # the previous release's hand-written version (1-2)
+LEGACY_REVISIONS = {1: "0001", 2: "0002"}
+MOVED_TO_ALEMBIC = 3
 _LOCK_KEY = 0x666C6361  # pg_advisory_xact_lock key: "flca"
 
 
-@dataclass(frozen=True)
-class Step:
-    version: int
-    what: str
-    apply: Callable[[Connection], None]
+def _config(conn: Connection | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(SCRIPT_LOCATION))
+    config.attributes["connection"] = conn
+    return config
 
 
-def _baseline(_conn: Connection) -> None:
-    """Version 1: the tables of 2026-12-03 (what create_all and the additive catch-up make)."""
+SCRIPT = ScriptDirectory.from_config(_config())
+HEAD = SCRIPT.get_current_head() or ""
 
 
-def _targets_client_state_index(conn: Connection) -> None:
-    conn.execute(text("CREATE INDEX IF NOT EXISTS ix_targets_client_state ON targets (client_id, state)"))
+def current_revision(conn: Connection) -> str | None:
+    """The database's Alembic revision; None when it has none (new, or made by an older release)."""
+    return MigrationContext.configure(conn).get_current_revision()
 
 
-STEPS: tuple[Step, ...] = (
-    Step(1, "baseline: the schema of 2026-12-03", _baseline),
-    Step(
-        2,
-        "index targets (client_id, state): a client's active target",
-        _targets_client_state_index,
-    ),
-)
-LATEST = STEPS[-1].version
-
-
-def _check_steps() -> None:
-    numbers = [s.version for s in STEPS]
-    if numbers != list(range(1, len(STEPS) + 1)):
-        raise AssertionError(f"migration steps must be numbered 1, 2, ... in order, found {numbers}")
-
-
-_check_steps()
-
-
-def current_version(conn: Connection) -> int | None:
-    """The database's schema version; None when it has no ``schema_version`` table (or no row)."""
+def legacy_version(conn: Connection) -> int | None:
+    """The previous release's ``schema_version``; None when it has no such table (or no row)."""
     if VERSION_TABLE not in inspect(conn).get_table_names():
         return None
     row = conn.execute(text(f"SELECT version FROM {VERSION_TABLE}")).first()
     return int(row[0]) if row is not None else None
 
 
-def _stamp(conn: Connection, version: int) -> None:
+def _refuse_newer(found: str) -> ServerError:
+    return ServerError(
+        f"the database has schema {found}, newer than this fleetcast knows (revision {HEAD})",
+        hint="run the fleetcast release that made it (or a newer one); nothing was changed",
+    )
+
+
+def _lock(conn: Connection) -> None:
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
+    elif conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _mark_moved(conn: Connection) -> None:
+    conn.execute(text(f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (version INTEGER NOT NULL)"))
     conn.execute(text(f"DELETE FROM {VERSION_TABLE}"))
-    conn.execute(text(f"INSERT INTO {VERSION_TABLE} (version) VALUES (:v)"), {"v": version})
+    conn.execute(text(f"INSERT INTO {VERSION_TABLE} (version) VALUES (:v)"), {"v": MOVED_TO_ALEMBIC})
 
 
 def upgrade(engine: Engine) -> list[str]:
-    """Bring the database to ``LATEST``; returns what was done (one line per step or column)."""
+    """Bring the database to Alembic's head; returns what was done (one line per revision or column)."""
     done: list[str] = []
     with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
-        tables = set(inspect(conn).get_table_names())
-        fresh = not (tables & set(Base.metadata.tables))
-        version = current_version(conn)
-        if version is not None and version > LATEST:
-            raise ServerError(
-                f"the database has schema version {version}, newer than this fleetcast knows ({LATEST})",
-                hint="run the fleetcast release that made it (or a newer one); nothing was changed",
-            )
-        conn.execute(text(f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (version INTEGER NOT NULL)"))
-        Base.metadata.create_all(conn)  # tables added since (all of them for a new database)
-        if fresh:
-            _stamp(conn, LATEST)
-            return []
-        if version is None:  # made before versions: catch up additively, then it is version 1
-            done += [f"added column {c}" for c in add_missing_columns(conn)]
-            version = 1
-            _stamp(conn, version)
-            done.append("schema version 1 (the database had none)")
-        for step in STEPS:
-            if step.version > version:
-                step.apply(conn)
-                _stamp(conn, step.version)
-                done.append(f"schema version {step.version}: {step.what}")
+        _lock(conn)
+        config = _config(conn)
+        revision = current_revision(conn)
+        legacy = legacy_version(conn)
+        if revision is not None:
+            try:
+                SCRIPT.get_revision(revision)
+            except CommandError:
+                raise _refuse_newer(f"revision {revision}") from None
+        elif legacy is not None and legacy not in LEGACY_REVISIONS:
+            raise _refuse_newer(f"version {legacy} (without Alembic's table)")
+        if revision is None:
+            fresh = not (set(inspect(conn).get_table_names()) & set(Base.metadata.tables))
+            Base.metadata.create_all(conn)  # tables added since (all of them for a new database)
+            if fresh:
+                command.stamp(config, "head")
+                _mark_moved(conn)
+                return []
+            if legacy is None:  # made before versions: catch up additively, then it is 0001
+                done += [f"added column {c}" for c in add_missing_columns(conn)]
+                revision = LEGACY_REVISIONS[1]
+                done.append(f"schema revision {revision} (the database had no version)")
+            else:
+                revision = LEGACY_REVISIONS[legacy]
+                done.append(f"schema revision {revision} (the previous release's schema version {legacy})")
+            command.stamp(config, revision)
+            _mark_moved(conn)
+        pending = list(SCRIPT.iterate_revisions(HEAD, revision))
+        command.upgrade(config, "head")
+        done += [f"schema revision {s.revision}: {s.doc}" for s in reversed(pending)]
     for line in done:
         logger.warning("database: %s", line)
     return done
