@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 from fleetcast.disk import loop
@@ -130,7 +131,7 @@ def fleetcast_capture(lab: FleetLab, name: str) -> tuple[float, int, float, dict
     run(["blockdev", "--flushbufs", str(lab.agents[0].disk)])
     pids = [p.pid for p in (lab.agents[0].proc, lab.server_proc) if p is not None]
     cpu0 = sum(cpu_seconds(p) for p in pids)
-    rx0, t0 = rx_bytes(lab), time.monotonic()
+    rx0, t0, t_wall = rx_bytes(lab), time.monotonic(), time.time()
     proc = lab.cli(
         "capture", mac, name, "--server", lab.url, f"--token={lab.admin_token}", "--disk", "0",
         "--wait", "--json", timeout=3600,
@@ -140,7 +141,36 @@ def fleetcast_capture(lab: FleetLab, name: str) -> tuple[float, int, float, dict
     if proc.returncode != 0:
         raise SystemExit(f"bench: capture {name} failed: {proc.stderr.decode()[-2000:]}")
     result: dict[str, object] = json.loads(proc.stdout)
+    print(breakdown(lab, name, t_wall, secs), flush=True)
     return secs, rx, cpu, result
+
+
+# the events that mark a capture's steps, in order, and what the time up to each one was spent on
+STEPS = (
+    ("deployment-created", "CLI start + POST /api/captures"),
+    ("client-assigned", "task pick-up (the agent's next heartbeat)"),
+    ("capture-published", "the agent: begin, previous image, read+hash+upload, publish"),
+    ("client-done", "the agent's result"),
+)
+
+
+def breakdown(lab: FleetLab, name: str, t_wall: float, secs: float) -> str:
+    """Where the capture's wall seconds went, from the server's event log (same clock as the bench)."""
+    captures = [c for c in lab.get("/api/captures")["captures"] if c.get("image") == name]
+    if not captures:
+        return "  steps: capture not found in GET /api/captures"
+    cid = max(int(c["capture"]) for c in captures)
+    events = lab.get(f"/api/events/log?deployment_id={cid}")["events"]
+    at = {}
+    for ev in events:
+        at.setdefault(ev["type"], datetime.fromisoformat(ev["ts"]).timestamp())
+    parts, last = [], t_wall
+    for kind, label in STEPS:
+        if kind in at:
+            parts.append(f"{at[kind] - last:.2f} s {label}")
+            last = at[kind]
+    parts.append(f"{t_wall + secs - last:.2f} s until the CLI's --wait saw it and exited")
+    return "  steps: " + "; ".join(parts)
 
 
 def agent_timing(log: Path) -> str:

@@ -120,9 +120,17 @@ class EnrollReply(_Answered):
     credential: str
 
 
+HEARTBEAT_MAX_WAIT = 30.0  # seconds an idle agent's heartbeat may ask the server to hold its reply
+
+
 class HeartbeatRequest(_Sent):
+    """``wait``: an idle agent (no task) lets the server hold the reply up to this many seconds and answer
+    as soon as a task is there for it (a long poll: the task starts at once, not at the next heartbeat); a
+    server that answers at once without a task leaves the agent to sleep the rest of ``interval``."""
+
     inventory: Inventory | None = None
     task_id: int | None = None
+    wait: float = Field(default=0.0, ge=0, le=HEARTBEAT_MAX_WAIT)
 
 
 class Task(_Answered):

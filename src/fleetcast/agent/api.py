@@ -21,7 +21,13 @@ from fleetcast.protocol import (
     bounded_result,
     parse,
 )
-from fleetcast.transport.http import DEFAULT_OUTAGE_LIMIT, HttpChunkSource, make_client, request
+from fleetcast.transport.http import (
+    DEFAULT_OUTAGE_LIMIT,
+    HttpChunkSource,
+    HttpStatusError,
+    make_client,
+    request,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +68,7 @@ class AgentApi:
         self._transport = transport
         self.credential: str | None = None
         self.client_id: int | None = None
+        self._no_wait = False  # the server refused a heartbeat's "wait" (older than it): not sent again
         self._client = self._make_client()
 
     @property
@@ -110,10 +117,37 @@ class AgentApi:
         return client_id
 
     def heartbeat(
-        self, inventory: dict[str, Any] | None, task_id: int | None, *, limit: float | None = None
+        self,
+        inventory: dict[str, Any] | None,
+        task_id: int | None,
+        *,
+        limit: float | None = None,
+        wait: float = 0.0,
     ) -> HeartbeatReply:
-        request = parse(HeartbeatRequest, {"inventory": inventory, "task_id": task_id}, "heartbeat")
-        body = self._call("POST", "/api/agent/heartbeat", "heartbeat", json=request.model_dump(), limit=limit)
+        """``wait`` > 0: the server may hold the reply that long (a long poll, see ``HeartbeatRequest``);
+        the read timeout grows by it. A server that refuses the field (422: older than it) is sent
+        heartbeats without it from then on."""
+        wait = 0.0 if self._no_wait else wait
+        request = parse(
+            HeartbeatRequest, {"inventory": inventory, "task_id": task_id, "wait": wait}, "heartbeat"
+        )
+        extra: dict[str, Any] = {}
+        if wait > 0:
+            timeout = self._client.timeout
+            extra["timeout"] = httpx.Timeout(
+                timeout.connect, read=(timeout.read or 0) + wait, write=timeout.write, pool=timeout.pool
+            )
+        body_json = request.model_dump(exclude={"wait"} if wait == 0 else None)  # no "wait" unless used
+        try:
+            body = self._call(
+                "POST", "/api/agent/heartbeat", "heartbeat", json=body_json, limit=limit, **extra
+            )
+        except HttpStatusError as exc:
+            if exc.status != 422 or wait == 0:
+                raise
+            logger.info("the server does not take the heartbeat's wait (422); heartbeating without it")
+            self._no_wait = True
+            return self.heartbeat(inventory, task_id, limit=limit)
         return parse(HeartbeatReply, body, "heartbeat reply")
 
     def progress(self, task_id: int, report: dict[str, Any], *, limit: float | None = None) -> bool:

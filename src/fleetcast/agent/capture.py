@@ -394,6 +394,7 @@ def run_capture(
     from fleetcast.store.capture import CaptureStats, capture
 
     api = runner.api
+    task_started = time.monotonic()
     reporter.update(phase="selecting-disk", urgent=True)
     rule = parse_rule(task.disk_rule)
     disk = select_disk(rule, list_disks(runner.allow), 0)
@@ -419,6 +420,7 @@ def run_capture(
             client=client,
         )  # fmt: skip
         started = time.monotonic()
+        before = started - task_started  # disk choice, begin, the previous image's manifest and index
 
         def progress(done: int, total: int) -> None:
             runner._check(cancel)
@@ -432,10 +434,18 @@ def run_capture(
         # the server checks the name (begin, publish); the agent has no store of its own
         # compression workers (--workers, at least 2); uploads run beside them in the sink's own threads
         workers = max(2, runner.workers)
-        from fleetcast.identity.windows.osinfo import probe  # read-only: what the image details page shows
+        from fleetcast.identity.osinfo import start  # read-only: image details, the plan's network check
 
-        os_info = probe(Path(source))
-        probed = time.monotonic() - started
+        probes = start(Path(source))  # they run while the disk is read
+        probed = 0.0
+
+        def os_info() -> dict[int, dict[str, Any]]:
+            nonlocal probed
+            t0 = time.monotonic()
+            found = probes.result()
+            probed = time.monotonic() - t0
+            return found
+
         manifest = capture(
             source,
             task.image,
@@ -451,11 +461,11 @@ def run_capture(
         reporter.update(phase="finishing", urgent=True)
         s = sink.stats
         logger.info(
-            "task %d: capture timing: %.1f s in all, %.1f s probing, %.1f s in %d have requests, %.1f s "
-            "waiting for upload slots, %.1f s publishing (uploads left, index, manifest); %d packs sent, %d "
-            "skipped",
-            task.task_id, seconds, probed, s.have_seconds, s.have_requests, s.wait_seconds, s.publish_seconds,
-            s.packs_sent, s.packs_skipped,
+            "task %d: capture timing: %.1f s in all, %.1f s before it (disk, begin, previous image), "
+            "%.1f s waiting for the OS probes, %.1f s in %d have requests, %.1f s waiting for upload slots, "
+            "%.1f s publishing (uploads left, index, manifest); %d packs sent, %d skipped",
+            task.task_id, seconds, before, probed, s.have_seconds, s.have_requests, s.wait_seconds,
+            s.publish_seconds, s.packs_sent, s.packs_skipped,
         )  # fmt: skip
     finally:
         client.close()

@@ -24,7 +24,7 @@ from fleetcast.agent.runner import Stopped, TaskRunner
 from fleetcast.agent.state import DEFAULT_STATE_DIR, StateStore, claim
 from fleetcast.errors import AgentError, FleetcastError, TransportError
 from fleetcast.pidlock import PidLock
-from fleetcast.protocol import parse_task
+from fleetcast.protocol import HEARTBEAT_MAX_WAIT, parse_task
 from fleetcast.transport.http import DEFAULT_OUTAGE_LIMIT, HttpStatusError
 
 logger = logging.getLogger(__name__)
@@ -153,11 +153,14 @@ class Agent:
             checkpoint_bytes=self.settings.checkpoint_bytes,
         )
         last_inventory = 0.0
+        interval = 0.0  # the server's last interval: an idle heartbeat lets it hold the reply that long
         while not self.stop_event.is_set():
             send_inventory = time.monotonic() - last_inventory >= INVENTORY_EVERY
+            sent = time.monotonic()
             try:
                 inv = self._inventory() if send_inventory else None
-                reply = self.api.heartbeat(inv, None)
+                wait = 0.0 if inv is not None else min(interval, HEARTBEAT_MAX_WAIT)
+                reply = self.api.heartbeat(inv, None, wait=wait)
                 if send_inventory:
                     last_inventory = time.monotonic()
             except HttpStatusError as exc:
@@ -180,7 +183,10 @@ class Agent:
                 if self.settings.once:
                     return 0 if state == "done" else 1
                 continue
-            self.stop_event.wait(reply.interval)
+            interval = reply.interval
+            # a server that held the reply (long poll) has used up the interval; one that answered at once
+            # leaves the rest of it to sleep here
+            self.stop_event.wait(max(0.0, reply.interval - (time.monotonic() - sent if wait else 0.0)))
         return 0
 
     def _run_task(self, runner: TaskRunner, raw: dict[str, object]) -> str | None:

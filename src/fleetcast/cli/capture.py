@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
     from fleetcast.server.apiclient import ApiClient
 
+logger = logging.getLogger(__name__)
+
 # what `capture --wait --json` prints, exactly these keys (issue 11's acceptance checks read them)
 RESULT_KEYS = ("image", "bytes_read", "bytes_sent", "chunks_new", "chunks_known", "seconds")
 FINAL_STATES = ("done", "failed", "cancelled")
-POLL_SECONDS = 0.5  # --wait notices the end within this (the capture view is one cheap GET)
+POLL_SECONDS = 0.5  # --wait without the event stream (it failed): the view is polled this often
+# --wait follows the deployment's events (GET /api/events, Server-Sent Events) and reads the view when one
+# arrives, so the end is seen at once, not at the next poll; with no event for STREAM_QUIET seconds the
+# view is read anyway (a backstop) and the stream opened again after the last event seen
+STREAM_QUIET = 5.0
 
 
 def register(
@@ -96,11 +104,12 @@ def _mib(n: float) -> str:
 
 
 def follow(api: ApiClient, cid: int, *, live: bool, stream: TextIO | None = None) -> dict[str, Any]:
-    """Poll until the capture ends; a progress bar (phase, bytes, rate, ETA) while ``live``."""
+    """Follow the capture until it ends (its events, else polling); a progress bar (phase, bytes, rate,
+    ETA) while ``live``."""
     out = stream or sys.stderr
     tty = live and out.isatty()
     last = ""
-    while True:
+    for _ in _wakeups(api, cid):
         view: dict[str, Any] = api.get_patiently(f"/api/captures/{cid}")
         if live:
             line = progress_line(view)
@@ -114,7 +123,37 @@ def follow(api: ApiClient, cid: int, *, live: bool, stream: TextIO | None = None
             if tty:
                 out.write("\n")
             return view
-        time.sleep(POLL_SECONDS)
+    raise AssertionError("unreachable: _wakeups never ends")
+
+
+def _wakeups(api: ApiClient, cid: int) -> Iterator[None]:
+    """Yields whenever the capture's view may have changed: at once, then at each of its deployment's
+    events (or after ``STREAM_QUIET`` s without one); polls every ``POLL_SECONDS`` when the stream fails."""
+    import httpx
+
+    yield None
+    since = 0
+    timeout = httpx.Timeout(10.0, read=STREAM_QUIET)
+    while True:
+        try:
+            params = {"deployment_id": cid, "since": since}
+            with api.http.stream("GET", "/api/events", params=params, timeout=timeout) as response:
+                if response.status_code != 200:
+                    raise httpx.HTTPError(f"status {response.status_code}")
+                for line in response.iter_lines():
+                    if line.startswith("id: ") and line[4:].strip().isdigit():
+                        since = int(line[4:])
+                    elif line.startswith("data: "):
+                        yield None
+        except httpx.ReadTimeout:
+            yield None  # quiet for a while: look anyway
+            continue
+        except httpx.HTTPError as exc:
+            logger.debug("capture %d: event stream failed (%s); polling", cid, exc)
+            while True:
+                time.sleep(POLL_SECONDS)
+                yield None
+        yield None  # the stream ended: look, then open it again after the last event
 
 
 def progress_line(view: dict[str, Any], width: int = 30) -> str:

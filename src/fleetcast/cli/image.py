@@ -104,11 +104,11 @@ def cmd_capture(args: argparse.Namespace) -> int:
     stats = CaptureStats()
     started = time.monotonic()
     with ProgressBar(f"capture {args.name}", enabled=not args.json) as bar:
-        from fleetcast.identity.windows.osinfo import probe  # Windows facts for image info (read-only)
+        from fleetcast.identity.osinfo import start  # Windows/Linux facts for the image (read-only)
 
-        os_info = probe(Path(args.source))
+        probes = start(Path(args.source))  # they run while the disk is read
         m = capture(args.source, args.name, store, force_raw=args.force_raw, progress=bar, stats=stats,
-                    os_info=os_info)  # fmt: skip
+                    os_info=probes.result)  # fmt: skip
     seconds = time.monotonic() - started
     out = summary(m, store.usage().get(m.name)) | {
         "source": str(args.source),

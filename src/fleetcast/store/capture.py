@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -77,12 +77,13 @@ def capture(
     stats: CaptureStats | None = None,
     pack_size: int = PACK_SIZE,
     sink: CaptureSink | None = None,
-    os_info: Mapping[int, dict[str, Any]] | None = None,
+    os_info: Mapping[int, dict[str, Any]] | Callable[[], Mapping[int, dict[str, Any]]] | None = None,
 ) -> Manifest:
     """Capture ``source`` as image ``name`` (format 2) through ``sink`` (default: the local store's;
     ``store`` may be None when a sink is given, e.g. an agent capturing to a server); the image is
     visible only once complete and durable. ``os_info``: partition number -> what an OS inspection
-    found on it (recorded in that area's ``os_info``)."""
+    found on it (recorded in that area's ``os_info``), or a function giving it, called once the disk is
+    read (probes run meanwhile: ``identity.osinfo.start``)."""
     from fleetcast.disk.device import inspect
     from fleetcast.disk.filesystems import probe_os
     from fleetcast.disk.partitions import read_table
@@ -141,6 +142,8 @@ def capture(
                     pack_size=pack_size,
                 )
                 info = index.close()
+            if callable(os_info):
+                os_info = os_info()
             if os_info:
                 areas = [
                     replace(a, os_info=os_info.get(a.number or 0)) if a.kind == "partition" else a

@@ -337,3 +337,28 @@ def test_progress_reports_rate_and_eta(tmp_path: Path, image: tuple[ImageStore, 
     assert any(p["rate_bps"] > 0 and p["eta_seconds"] is not None for p in writing)
     assert [p["bytes_done"] for p in writing] == sorted(p["bytes_done"] for p in writing)
     assert all(p["disk"] == str(disk) for p in writing)
+
+
+def test_idle_heartbeats_ask_for_a_long_poll_and_an_older_server_is_spared_it(tmp_path: Path) -> None:
+    bodies: list[dict[str, Any]] = []
+
+    def server(req: httpx.Request) -> httpx.Response:
+        if req.url.path == "/api/agent/enroll":
+            return httpx.Response(200, json={"client_id": 7, "credential": "cred"})
+        body = json.loads(req.content)
+        bodies.append(body)
+        if "wait" in body and len(bodies) > 2:  # an older server: the field is unknown to it
+            return httpx.Response(422, json={"error": "ValidationError", "message": "wait: extra field"})
+        task = {"task_id": 5, "kind": "wipe"} if len(bodies) >= 6 else None
+        return httpx.Response(200, json={"task": task, "interval": 0.05})
+
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(bytes(4096))
+    agent = Agent(AgentSettings(SERVER, "tok", allow=(disk,), state_dir=tmp_path / "st", once=True))
+    agent.api = AgentApi(SERVER, transport=httpx.MockTransport(server), outage_limit=5)
+    agent.run()
+    beats = [b for b in bodies if "task_id" in b and "state" not in b]
+    assert "wait" not in beats[0]  # the first one carries the inventory: answered at once
+    assert beats[1]["wait"] == 0.05  # idle: the server may hold it up to the interval it gave
+    assert beats[2]["wait"] == 0.05 and "wait" not in beats[3]  # refused (422), sent again without it
+    assert all("wait" not in b for b in beats[3:])

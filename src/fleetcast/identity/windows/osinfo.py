@@ -19,10 +19,8 @@ e.g. 23H2), ``build``, ``generalized``, ``image_state``, ``machine_sid``, ``comp
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -65,25 +63,9 @@ PROBE_TIMEOUT = 600.0
 def probe(disk: Path) -> dict[int, dict[str, Any]]:
     """Partition number (0: a bare volume) -> ``os_info`` for every Windows volume on ``disk``, read by
     a child process that cleans up after itself even when this process is killed."""
-    from fleetcast.run import spawn
+    from fleetcast.identity.osinfo import run_probe
 
-    proc = spawn([sys.executable, "-m", __name__, os.fspath(disk)], new_session=True, stderr=None)
-    try:
-        out, _ = proc.communicate(timeout=PROBE_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        logger.warning(
-            "%s: the Windows probe took over %.0f s; no os_info (it ends on its own)", disk, PROBE_TIMEOUT
-        )
-        return {}
-    if proc.returncode != 0:
-        logger.warning("%s: the Windows probe failed (exit %s); no os_info", disk, proc.returncode)
-        return {}
-    try:
-        found = json.loads(out)
-        return {int(k): dict(v) for k, v in found.items()}
-    except (ValueError, TypeError, AttributeError) as exc:
-        logger.warning("%s: the Windows probe answered no JSON object (%s); no os_info", disk, exc)
-        return {}
+    return run_probe([sys.executable, "-m", __name__, os.fspath(disk)], disk, "Windows", PROBE_TIMEOUT)
 
 
 def probe_here(disk: Path) -> dict[int, dict[str, Any]]:
@@ -129,16 +111,9 @@ def probe_here(disk: Path) -> dict[int, dict[str, Any]]:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python -m fleetcast.identity.windows.osinfo DISK", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=logging.WARNING, format="osinfo: %(message)s")
-    found = probe_here(Path(argv[0]))
-    try:  # written last, after every mount and loop device is gone: a dead reader costs nothing
-        print(json.dumps({str(k): v for k, v in found.items()}))
-    except BrokenPipeError:
-        return 0
-    return 0
+    from fleetcast.identity.osinfo import child_main
+
+    return child_main(argv, "windows", probe_here)
 
 
 if __name__ == "__main__":
