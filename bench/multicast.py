@@ -13,22 +13,28 @@ server's egress and each agent's downlink, ``--rate``, default 150mbit), so that
    ``udp-sender --file IMG`` -> N x (``udp-receiver | zstd -dc | partclone.ext4 -r``) onto the agents'
    disks; time = sender start to the last restore's exit. (Only the root partition, which holds all
    the data; the partition table and the 100 MiB ESP are not sent: this favours the baseline.)
+   udp-sender runs with udpcast's defaults, as FOG and Clonezilla run it; ``--tuned-baseline`` adds
+   the same method with fleetcast's ``--rexmit-hello-interval`` (transport/multicast.py), to show what
+   that flag alone is worth.
 
 Printed per N: seconds, link utilization of the multicast stream (stored bytes x 8 / stream seconds /
 link rate), bytes the server's interface sent, the CPU seconds each client used (the agent with its
-udp-receiver; the baseline's receiver pipeline) and the server, and the ratios. ``--loss`` adds an N=4
-multicast run with 5 % loss (nftables) on one receiver and prints how much the others' time grew.
+udp-receiver; the baseline's receiver pipeline) and the server, the ratios, and each multicast
+deployment's timeline (where its seconds go, from the event log). Then an N=4 multicast run with 5 %
+loss (nftables) on one receiver, against a clean N=4 run just before it: how much the others' time
+grew (target <= 10 %; ``--no-loss`` skips it).
 
 **Engines** (the issue's comparison of udpcast with uftp and NORM; ``--no-engines`` skips it): the same
 random file (``--engine-mib``, default 48) sent to 4 receivers in the same namespaces on the same links,
-receivers writing to a file: udpcast (``udp-sender --file`` -> ``udp-receiver``), uftp at a fixed rate
+receivers writing to a file: udpcast (``udp-sender --file`` -> ``udp-receiver``, with udpcast's defaults
+and with fleetcast's hello interval), uftp at a fixed rate
 (``uftp -R`` = the link rate) and with its TFMCC congestion control (``uftp -C tfmcc``) to ``uftpd``
 daemons; NORM is reported as not measurable (Debian ships only the library, libnorm1, and no
 sender/receiver programs). Needs the Debian packages udpcast, partclone, zstd, nftables (and uftp for
 the engine comparison; it is skipped with a note when missing). Outside the venv it starts itself again
 with the repository's ``.venv/bin/python``. About 10-15 minutes on this 2-core machine under load.
 
-    sudo python bench/multicast.py [--rate 150mbit] [--data-mib 96] [--clients 1 4 8 16] [--loss]
+    sudo python bench/multicast.py [--rate 150mbit] [--data-mib 96] [--clients 1 4 8 16] [--no-loss]
 
 Numbers are in docs/multicast.md (a shared 2-core machine: other jobs run beside it).
 """
@@ -59,6 +65,7 @@ except ImportError:  # ``python bench/multicast.py`` outside the venv: start aga
 from fleetcast.lab.deploy_demo import FleetLab, build_golden
 from fleetcast.lab.netns import Node
 from fleetcast.log import setup_logging
+from fleetcast.transport.multicast import HELLO_INTERVAL_MS
 
 MiB = 1 << 20
 IMAGE = "bench"
@@ -129,10 +136,50 @@ def deploy(lab: FleetLab, macs: list[str], *extra: str) -> dict[str, Any]:
         for c in view["clients"]
         if c["started_at"] and c["finished_at"]
     }
+    out["timeline"] = timeline(events)
     out["transports"] = [
         next((ch for ch in c["changes"] if ch.startswith("transport:")), "unicast") for c in view["clients"]
     ]
     return out
+
+
+# the phases of one deployment, in the order they happen: (label, event type, phase of client-progress)
+_MARKS = (
+    ("task handed out (heartbeat)", "client-assigned", None),
+    ("agent took it (manifest, index, disk)", "client-progress", "selecting-disk"),
+    ("joined the session", "client-multicast-joined", None),
+    ("udp-sender started", "multicast-started", None),
+    ("restore writes", "client-progress", "writing"),
+    ("stream ended", "multicast-finished", None),
+    ("multicast part reported", "client-transport", None),
+    ("personalizing", "client-progress", "personalizing"),
+    ("finishing", "client-progress", "finishing"),
+    ("client done", "client-done", None),
+    ("deployment finished", "deployment-finished", None),
+)
+
+
+def timeline(events: list[dict[str, Any]]) -> list[tuple[str, float, float]]:
+    """Where a deployment's seconds go: for each mark, the first and the last client's time, in
+    seconds after ``deployment-created`` (from the event log; a mark no event reached is left out)."""
+    created = next(_ts(e) for e in events if e["type"] == "deployment-created")
+    out = []
+    for label, kind, phase in _MARKS:
+        times = {}
+        for e in events:
+            if e["type"] != kind or (phase is not None and e.get("data", e).get("phase") != phase):
+                continue
+            key = e.get("mac") or e.get("data", {}).get("mac") or "-"
+            times.setdefault(key, _ts(e) - created)  # the first of each client
+        if times:
+            out.append((label, min(times.values()), max(times.values())))
+    return out
+
+
+def print_timeline(n: int, what: str, marks: list[tuple[str, float, float]]) -> None:
+    print(f"timeline N={n} {what} (seconds after deployment-created: first client .. last client):")
+    for label, first, last in marks:
+        print(f"  {label:40} {first:6.2f} .. {last:6.2f}")
 
 
 def partclone_image(golden: Path, work: Path) -> tuple[Path, int]:
@@ -160,7 +207,8 @@ def partclone_image(golden: Path, work: Path) -> tuple[Path, int]:
     return image, offset
 
 
-def partclone_run(lab: FleetLab, n: int, image: Path, offset: int, port: int) -> dict[str, Any]:
+def partclone_run(lab: FleetLab, n: int, image: Path, offset: int, port: int, *extra: str) -> dict[str, Any]:
+    """The FOG/Clonezilla method to the first ``n`` agents' disks; ``extra``: more udp-sender options."""
     group = "239.255.43.1"
     before = tx_bytes(lab.net.server)
     receivers = []
@@ -179,7 +227,7 @@ def partclone_run(lab: FleetLab, n: int, image: Path, offset: int, port: int) ->
         lab.net.server.cmd(["timeout", "900", "udp-sender", "--nokbd", "--no-progress", "--file", str(image),
                             "--portbase", str(port), "--mcast-rdv-address", group,
                             "--mcast-data-address", group,
-                            "--interface", "eth0", "--min-receivers", str(n), "--max-wait", "60"]),
+                            "--interface", "eth0", "--min-receivers", str(n), "--max-wait", "60", *extra]),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     codes = [r.wait(timeout=900) for r in receivers]
@@ -204,7 +252,9 @@ def _timed(
     return seconds
 
 
-def engine_udpcast(lab: FleetLab, n: int, data: Path, work: Path, port: int) -> float:
+def engine_udpcast(lab: FleetLab, n: int, data: Path, work: Path, port: int, *extra: str) -> float:
+    """udp-sender --file -> n udp-receivers (started first, as the baseline does); ``extra``: more
+    udp-sender options."""
     group = "239.255.44.1"
     receivers = [
         subprocess.Popen(a.node.cmd(["sh", "-c",
@@ -217,7 +267,8 @@ def engine_udpcast(lab: FleetLab, n: int, data: Path, work: Path, port: int) -> 
     sender = subprocess.Popen(lab.net.server.cmd([
         "timeout", "600", "udp-sender", "--nokbd", "--no-progress", "--file", str(data), "--portbase",
         str(port), "--mcast-rdv-address", group, "--mcast-data-address", group, "--interface", "eth0",
-        "--min-receivers", str(n), "--max-wait", "60"]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        "--min-receivers", str(n), "--max-wait", "60", *extra]), stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )  # fmt: skip
     return _timed(receivers, sender, start, "udpcast engine probe")
 
@@ -265,6 +316,10 @@ def engines(lab: FleetLab, work: Path, mib: int, rate: float, rate_text: str) ->
             f.write(os.urandom(MiB))
     size = data.stat().st_size
     results: dict[str, float] = {"udpcast": engine_udpcast(lab, n, data, work, 9700)}
+    # as fleetcast runs it (transport/multicast.py): the 2 s wait before the first byte gone
+    results[f"udpcast hello {HELLO_INTERVAL_MS} ms"] = engine_udpcast(
+        lab, n, data, work, 9702, "--rexmit-hello-interval", str(HELLO_INTERVAL_MS)
+    )
     if shutil.which("uftp") and shutil.which("uftpd"):
         results["uftp -R (fixed rate)"] = engine_uftp(lab, n, data, work, rate, tfmcc=False)
         results["uftp -C tfmcc"] = engine_uftp(lab, n, data, work, rate, tfmcc=True)
@@ -273,10 +328,10 @@ def engines(lab: FleetLab, work: Path, mib: int, rate: float, rate_text: str) ->
     print(f"engines, {n} receivers, {mib} MiB of random data, links {rate_text}:")
     base = results["udpcast"]
     for name, seconds in results.items():
-        print(f"  {name:22} {seconds:6.2f} s  {size * 8 / seconds / 1e6:6.1f} Mbit/s  "
+        print(f"  {name:24} {seconds:6.2f} s  {size * 8 / seconds / 1e6:6.1f} Mbit/s  "
               f"({seconds / base:4.2f}x udpcast's time)")  # fmt: skip
     print(
-        "  NORM (libnorm1)        not measured: Debian ships the library only, no sender/receiver"
+        "  NORM (libnorm1)          not measured: Debian ships the library only, no sender/receiver"
         " programs (a binding of our own would be needed)",
         flush=True,
     )
@@ -312,9 +367,12 @@ def main() -> int:
     parser.add_argument("--rate", default="150mbit")
     parser.add_argument("--data-mib", type=int, default=96, help="incompressible data added to the image")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8, 16])
-    parser.add_argument("--loss", action="store_true", help="also N=4 with 5 %% loss on one receiver")
+    parser.add_argument("--no-loss", dest="loss", action="store_false",
+                        help="skip the N=4 run with 5 %% loss on one receiver (run by default)")  # fmt: skip
     parser.add_argument("--no-unicast", action="store_true")
     parser.add_argument("--no-partclone", action="store_true")
+    parser.add_argument("--tuned-baseline", action="store_true",
+                        help="also the baseline with fleetcast's hello interval")  # fmt: skip
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--no-engines", action="store_true", help="skip the udpcast/uftp/NORM comparison")
     parser.add_argument("--engine-mib", type=int, default=48)
@@ -350,8 +408,13 @@ def main() -> int:
                     row["unicast"] = deploy(lab, macs)
                 if image is not None:
                     row["partclone"] = partclone_run(lab, n, image, offset, 9600)
+                if image is not None and args.tuned_baseline:
+                    row["partclone-tuned"] = partclone_run(
+                        lab, n, image, offset, 9602, "--rexmit-hello-interval", str(HELLO_INTERVAL_MS)
+                    )
                 rows.append(row)
                 print(_line(row, stored, rate), flush=True)
+                print_timeline(n, "multicast", row["multicast"]["timeline"])
             if args.loss and len(agents) >= 4:
                 macs = [a.node.mac for a in agents[:4]]
                 clean = deploy(lab, macs, "--transport", "multicast", "--min-clients", "4")
@@ -388,7 +451,7 @@ def _summary(rows: list[dict[str, Any]], stored: int, rate: float) -> None:
             parts.append(f"T(N)/T(1) {mc['seconds'] / t1:4.2f}")
         if mc.get("stream_seconds"):
             parts.append(f"utilization {100 * stored * 8 / mc['stream_seconds'] / rate:5.1f} %")
-        for other in ("unicast", "partclone"):
+        for other in ("unicast", "partclone", "partclone-tuned"):
             if other in row:
                 parts.append(f"{other}/multicast {row[other]['seconds'] / mc['seconds']:4.2f}")
         if "partclone" in row and mc.get("stream_seconds"):
@@ -407,7 +470,7 @@ def _line(row: dict[str, Any], stored: int, rate: float) -> str:
         )
     parts.append(f"sent {mc['sent'] / stored:4.2f} copies")
     parts.append(f"CPU/client {mc['client_cpu']:5.1f} s, server {mc['server_cpu']:5.1f} s")
-    for other in ("unicast", "partclone"):
+    for other in ("unicast", "partclone", "partclone-tuned"):
         if other in row:
             o = row[other]
             parts.append(

@@ -41,6 +41,11 @@ HEADER = struct.Struct(">8s16s32s32sQ")
 END_PACK = bytes(32)
 MAX_FRAME = 1 << 30  # a pack is ~16 MiB; more than this is a broken stream, not a pack
 _SKIP = 1 << 20
+# udp-sender looks at who has connected only each time its HELLO is due again (default every 2000 ms):
+# with the receivers already there it still sat 2 s before the first byte -- a quarter of a 100 MB
+# stream at 150 Mbit/s (docs/multicast.md, "Where the time goes"). 50 ms: 20 small packets a second
+# while a sender waits for its receivers, and the stream starts within 50 ms of the last one connecting.
+HELLO_INTERVAL_MS = 50
 
 
 class FrameError(TransportError):
@@ -218,6 +223,7 @@ def sender_argv(
         "--mcast-rdv-address", channel.group, "--mcast-data-address", channel.group,
         "--min-receivers", str(max(1, min_receivers)), "--max-wait", str(max(1, round(max_wait))),
         "--retries-until-drop", str(retries_until_drop),
+        "--rexmit-hello-interval", str(HELLO_INTERVAL_MS),
     ]  # fmt: skip
     if channel.interface:
         argv += ["--interface", channel.interface]
