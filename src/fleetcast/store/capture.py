@@ -3,9 +3,10 @@
 The source is opened read-only once and read at byte offsets (no partition devices, no mounts). Each area
 (partition, bare-filesystem disk, gap outside partitions) has its used extents from the filesystem's own
 allocation map (``disk.filesystems``); they are cut at fixed windows of ``CHUNK_SIZE`` bytes of area offset,
-all-zero ``ZERO_BLOCK`` blocks are elided, and what is left of a window is one chunk: hashed (blake3) on
-the reading thread, and -- only when the store does not have it yet -- compressed and written by a pool of
-worker threads while the next windows are read.
+all-zero ``ZERO_BLOCK`` blocks are elided, and what is left of a window is one chunk: hashed (blake3) in
+the read threads (``reader.read_windows``: two, each with its own reads; used in window order), and --
+only when the store does not have it yet -- compressed and written by a pool of worker threads while the
+next windows are read.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from fleetcast.store.chunkstore import DEFAULT_LEVEL, MAX_OBJECT_BYTES, chunk_ha
 from fleetcast.store.images import ImageStore, check_name
 from fleetcast.store.index import Entry, IndexWriter
 from fleetcast.store.manifest import INDEX_FILE, VERSION_2, Area, Extent, Manifest, PackRef, load_image
-from fleetcast.store.reader import Reader, read_windows, split_zeros
+from fleetcast.store.reader import Readers, read_windows, split_zeros
 from fleetcast.store.sink_local import StoreSink
 from fleetcast.store.source import CaptureSink, KnownChunk
 
@@ -334,7 +335,7 @@ class _Packer:
         self.level = level
         self.pack_size = pack_size
         self.max_inflight = workers + 1
-        self.buf: list[bytes] = []
+        self.buf: list[bytes | memoryview] = []
         self.size = 0
         self.number: int | None = None  # pack number of the pack being filled
         self.slices: dict[bytes, tuple[int, int]] = {}  # chunk hash -> (pack number, offset)
@@ -342,7 +343,7 @@ class _Packer:
         self.new_packs = 0
         self.new_bytes = 0
 
-    def add(self, digest: bytes, data: bytes) -> tuple[int, int]:
+    def add(self, digest: bytes, data: bytes | memoryview) -> tuple[int, int]:
         if self.number is None:
             self.number = self.packs.new()
         ref = (self.number, self.size)
@@ -385,7 +386,7 @@ class _Window:
     window: int
     extents: list[Extent]
     digest: bytes
-    data: bytes
+    data: bytes | memoryview  # (a view into its read's buffer when it is one run)
 
 
 HAVE_AHEAD = 2  # batches whose have() answers are awaited while the next ones are read and hashed
@@ -453,7 +454,7 @@ def _capture_areas(
     source: Path,
     pack_size: int,
 ) -> tuple[list[Area], _Packer]:
-    reader = Reader(f.fileno(), source, block=source.is_block_device())
+    reader = Readers(f.fileno(), source, block=source.is_block_device())
     with ThreadPoolExecutor(workers, thread_name_prefix="capture") as pool:
         packer = _Packer(sink, pool, packs, level=level, pack_size=pack_size, workers=workers)
         ahead = _HaveAhead(sink, packs, packer, index)
@@ -466,8 +467,34 @@ def _capture_areas(
     return areas, packer
 
 
+@dataclass
+class _Prepared:
+    """A window's bytes made ready in a read thread: its non-zero and zero runs, and (when any byte is
+    not zero) the chunk and its digest."""
+
+    nonzero: list[Extent]
+    zeros: list[Extent]
+    chunk: bytes | memoryview
+    digest: bytes
+
+
+def _prepare(window: int, pieces: list[Extent], buf: bytes, base: int) -> _Prepared:
+    """``buf`` holds the area's bytes from offset ``base`` (the window's whole read): a chunk of one run
+    is a view into it, not a copy."""
+    nonzero, zero_runs = split_zeros(buf, base, pieces, ZERO_BLOCK)
+    if not nonzero:
+        return _Prepared(nonzero, zero_runs, b"", b"")
+    view = memoryview(buf)
+    if len(nonzero) == 1:
+        off, length = nonzero[0]
+        chunk: bytes | memoryview = view[off - base : off - base + length]
+    else:
+        chunk = b"".join(view[o - base : o - base + n] for o, n in nonzero)
+    return _Prepared(nonzero, zero_runs, chunk, blake3.blake3(chunk).digest())
+
+
 def _read_areas(
-    reader: Reader,
+    reader: Readers,
     plans: list[_Plan],
     ahead: _HaveAhead,
     *,
@@ -485,22 +512,15 @@ def _read_areas(
         data_bytes = skipped = 0
         batch: list[_Window] = []
 
-        for window, pieces, data in read_windows(reader, plan, chunk_size, source):
-            span_start = pieces[0][0]
-            span_len = len(data)
-            nonzero, zero_runs = split_zeros(data, span_start, pieces, ZERO_BLOCK)
+        for window, pieces, ready in read_windows(reader, plan, chunk_size, source, _prepare):
             if plan.keep_zeros:
-                _merge_add(zeros, zero_runs)
+                _merge_add(zeros, ready.zeros)
             else:
-                skipped += sum(n for _, n in zero_runs)
+                skipped += sum(n for _, n in ready.zeros)
             done += sum(n for _, n in pieces)
-            if nonzero:
-                if len(nonzero) == 1 and nonzero[0][1] == span_len:
-                    chunk = data
-                else:
-                    chunk = b"".join(data[o - span_start : o - span_start + n] for o, n in nonzero)
-                data_bytes += len(chunk)
-                batch.append(_Window(window, nonzero, blake3.blake3(chunk).digest(), chunk))
+            if ready.nonzero:
+                data_bytes += len(ready.chunk)
+                batch.append(_Window(window, ready.nonzero, ready.digest, ready.chunk))
                 if len(batch) >= HAVE_BATCH:
                     ahead.submit(batch, area_no)
             if progress:

@@ -1,6 +1,7 @@
 """Capture's reading side: the used extents of an area cut at fixed windows (``windows``), read with few
 large preads -- O_DIRECT on a block device (``Reader``) -- in a thread of their own ahead of the hashing
-(``read_windows``), and each window's bytes split into non-zero and all-zero runs (``split_zeros``).
+(``read_windows``, several threads, each window prepared there: the zero split and the hash), and each
+window's bytes split into non-zero and all-zero runs (``split_zeros``).
 ``store.capture`` hashes, dedupes and packs what this yields.
 """
 
@@ -10,11 +11,12 @@ import errno
 import logging
 import mmap
 import os
+import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from fleetcast.errors import CaptureError
 from fleetcast.store.manifest import Extent
@@ -107,7 +109,8 @@ class Reader:
         return os.pread(self.fd, n, at)
 
 
-READ_AHEAD = 2  # reads in flight in a thread of their own while the windows before them are hashed
+READ_AHEAD = 2  # reads in flight per read thread while the windows before them are used
+READ_THREADS = 2  # groups read and prepared (zero split, hash: blake3 releases the GIL) at once
 
 
 def _groups(plan: Span, chunk_size: int, read_max: int) -> Iterator[list[tuple[int, list[Extent], int, int]]]:
@@ -128,50 +131,89 @@ def _groups(plan: Span, chunk_size: int, read_max: int) -> Iterator[list[tuple[i
         yield group
 
 
-def read_windows(
-    reader: Reader, plan: Span, chunk_size: int, source: Path
-) -> Iterator[tuple[int, list[Extent], bytes]]:
-    """(window, its extents, the bytes of its span) for every window of the area, reading consecutive
-    windows with one pread of up to ``reader.read_max`` bytes (64 KiB preads are several times slower on
-    a block device). The reads run in one thread of their own, ``READ_AHEAD`` ahead of the windows being
-    hashed, so the disk and the CPU work at the same time (all reads in that one thread: the reader's
-    aligned buffer is never shared)."""
+T = TypeVar("T")
+# prepare(window, its extents, buf, base): ``buf`` holds the bytes of the area from offset ``base`` on (the
+# whole read of the window's group: no copy per window)
+Prepare = Callable[[int, list[Extent], bytes, int], T]
 
-    def read(group: list[tuple[int, list[Extent], int, int]]) -> bytes:
+
+class Readers:
+    """The source's ``Reader``s, one per read in flight (each has its own O_DIRECT descriptor and aligned
+    buffer, never shared by two threads at once): taken for a read and given back, made when none is
+    free (at most one per read thread), closed together."""
+
+    def __init__(self, fd: int, source: Path, *, block: bool) -> None:
+        self.fd, self.source, self.block = fd, source, block
+        self._lock = threading.Lock()
+        first = Reader(fd, source, block=block)
+        self._all: list[Reader] = [first]
+        self._idle: list[Reader] = [first]
+        self.read_max = first.read_max  # (O_DIRECT or not: the first one answers for them all)
+
+    def pread(self, n: int, at: int) -> bytes:
+        with self._lock:
+            reader = self._idle.pop() if self._idle else None
+        if reader is None:
+            reader = Reader(self.fd, self.source, block=self.block)
+            with self._lock:
+                self._all.append(reader)
+        try:
+            return reader.pread(n, at)
+        finally:
+            with self._lock:
+                self._idle.append(reader)
+
+    def close(self) -> None:
+        with self._lock:
+            for reader in self._all:
+                reader.close()
+            self._all.clear()
+            self._idle.clear()
+
+
+def read_windows(
+    readers: Readers,
+    plan: Span,
+    chunk_size: int,
+    source: Path,
+    prepare: Prepare[T],
+    *,
+    threads: int | None = None,
+) -> Iterator[tuple[int, list[Extent], T]]:
+    """(window, its extents, ``prepare(window, extents, buf, base)``) for every window of the area, in
+    window order, reading consecutive windows with one pread of up to ``readers.read_max`` bytes
+    (64 KiB preads are several times slower on a block device). Reads and ``prepare`` run in ``threads``
+    threads of their own, ``READ_AHEAD`` groups each ahead of the windows being used, so the disk and both
+    cores work at the same time; the results are used in order, so what is made of them does not depend
+    on the threads."""
+
+    def read(group: list[tuple[int, list[Extent], int, int]]) -> list[tuple[int, list[Extent], T]]:
         start = group[0][2]
         end = group[-1][2] + group[-1][3]
         at = plan.start + start
         try:
-            buf = reader.pread(end - start, at)
+            buf = readers.pread(end - start, at)
         except OSError as exc:
             raise CaptureError(f"cannot read {source} at byte {at}: {exc.strerror}") from exc
         if len(buf) != end - start:
             raise CaptureError(
                 f"short read from {source} at byte {at}: expected {end - start} bytes, got {len(buf)}"
             )
-        return buf
+        return [(window, pieces, prepare(window, pieces, buf, start)) for window, pieces, _, _ in group]
 
-    pending: deque[tuple[list[tuple[int, list[Extent], int, int]], Future[bytes]]] = deque()
-    with ThreadPoolExecutor(1, thread_name_prefix="capture-read") as pool:
+    pending: deque[Future[list[tuple[int, list[Extent], T]]]] = deque()
+    threads = max(1, READ_THREADS if threads is None else threads)
+    with ThreadPoolExecutor(threads, thread_name_prefix="capture-read") as pool:
         try:
-            for group in _groups(plan, chunk_size, reader.read_max):
-                pending.append((group, pool.submit(read, group)))
-                while len(pending) > READ_AHEAD:
-                    yield from _split(*pending.popleft())
+            for group in _groups(plan, chunk_size, readers.read_max):
+                pending.append(pool.submit(read, group))
+                while len(pending) > READ_AHEAD * threads:
+                    yield from pending.popleft().result()
             while pending:
-                yield from _split(*pending.popleft())
+                yield from pending.popleft().result()
         finally:
-            for _, fut in pending:
+            for fut in pending:
                 fut.cancel()
-
-
-def _split(
-    group: list[tuple[int, list[Extent], int, int]], fut: Future[bytes]
-) -> Iterator[tuple[int, list[Extent], bytes]]:
-    buf = fut.result()
-    start = group[0][2]
-    for window, pieces, s_start, s_len in group:
-        yield window, pieces, buf[s_start - start : s_start - start + s_len]
 
 
 def split_zeros(
