@@ -60,6 +60,8 @@ class OrchestratorCore:
         self.catalog = catalog
         self.settings = settings
         self._lock = threading.RLock()
+        # client id -> (inventory JSON text, decoded): the client list decodes only what changed
+        self.inventories: dict[int, tuple[str, dict[str, Any]]] = {}
         bus.attach(db.sessions)
         # with SQLite this process is the database's only writer (settings.lock_data_dir)
         self.presence = Presence(db.sessions, shared=not db.url.startswith("sqlite"))

@@ -7,10 +7,11 @@ written and committed. At 2,000 agents beating every 2 s that is 1,000 of them a
 one process can do. Here:
 
 - **credentials**: SHA-256 of a credential -> client id for every enrolled client, read whole
-  every ``AUTH_REFRESH`` seconds (one query of two columns; another server process on the same
-  PostgreSQL may have enrolled or revoked meanwhile), a client's entry dropped at once when this
-  process commits a new ``credential_hash`` for it (enrollment, revocation, deletion); a miss is
-  looked up in the database and remembered;
+  every ``AUTH_REFRESH`` seconds when other servers share the database (one query of two columns;
+  another server process on the same PostgreSQL may have enrolled or revoked meanwhile), every
+  ``BUSY_MAX_AGE`` with SQLite (a backstop: 4 % of the server's CPU at 2,000 agents), a client's
+  entry dropped at once when this process commits a new ``credential_hash`` for it (enrollment,
+  revocation, deletion); a miss is looked up in the database and remembered;
 - **busy clients**: the ids with a queued or running target, read in one query; any commit that
   created, deleted or changed the state of a ``Target`` makes the set stale (a generation counter),
   and so does ``BUSY_TTL`` seconds when several servers share the database (another process may
@@ -23,7 +24,7 @@ one process can do. Here:
 - **online clients**: the ids the slow path saw online; the stale sweep removes the ones it marks
   offline, so a client coming back still takes the slow path and gets its ``client-seen`` event;
 - **last seen**: the fast path notes (time, address) here; ``flush()`` writes them in one
-  ``executemany`` (the app's loop, every second, and the stale sweep before it looks), and client
+  ``executemany`` (the app's loop, every 2.5 s, and the stale sweep before it looks), and client
   views overlay the notes not yet flushed.
 
 A heartbeat that carries an inventory or a task id, or comes from a busy, unknown or offline
@@ -62,6 +63,9 @@ class Presence:
         """``shared``: other server processes may write the same database (PostgreSQL)."""
         self._sessions = sessions
         self._max_age = BUSY_TTL if shared else BUSY_MAX_AGE
+        # one server per database: every credential change is this process's own commit (dropped at
+        # once, new ones cached at enrollment), so the whole re-read is only a backstop
+        self._auth_every = AUTH_REFRESH if shared else BUSY_MAX_AGE
         self._lock = threading.Lock()
         self._auth: dict[str, int] = {}
         self._auth_gen = 0
@@ -137,7 +141,7 @@ class Presence:
     def refresh_credentials(self, *, force: bool = False) -> None:
         """Re-read every client's credential hash (when ``AUTH_REFRESH`` has passed); from a thread.
         Dropped if this process changed a credential meanwhile (the next round reads it again)."""
-        if not force and time.monotonic() - self._auth_read_at < AUTH_REFRESH:
+        if not force and time.monotonic() - self._auth_read_at < self._auth_every:
             return
         gen, read_at = self._auth_gen, time.monotonic()
         with self._sessions() as s:

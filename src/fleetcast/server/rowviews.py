@@ -96,9 +96,10 @@ def deployment_view(d: Deployment, *, with_clients: bool = True, kind: str | Non
     return view
 
 
-def client_view(c: Client, active: Target | None) -> dict[str, Any]:
-    """One client of ``GET /api/clients``; ``active`` is its newest queued or running target."""
-    inv = c.inventory or {}
+def client_view(c: Client, active: Target | None, inventory: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One client of ``GET /api/clients``; ``active`` is its newest queued or running target;
+    ``inventory`` its decoded inventory when the caller has it (else ``c.inventory``)."""
+    inv = (c.inventory if inventory is None else inventory) or {}
     return {
         "id": c.id,
         "mac": c.mac,

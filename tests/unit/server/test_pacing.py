@@ -54,6 +54,13 @@ def test_a_late_loop_stretches_the_interval_until_it_keeps_time() -> None:
     online[0] = 300
     p.note_lag(0.01)
     assert p.load_factor == 1.0
+    for _ in range(2):  # stalls, not yet a lack of CPU
+        p.note_lag(1.0)
+    assert p.load_factor == 1.0
+    p.note_lag(0.1)  # on time again: the count starts over
+    for _ in range(2):
+        p.note_lag(1.0)
+    assert p.load_factor == 1.0
     for _ in range(3):
         p.note_lag(1.0)
     assert p.load_factor == pytest.approx(1.25**3)
