@@ -5,6 +5,11 @@ several agents on one host never share a state, and a second agent of the same i
 refused with the PID of the first (``claim``). ``credential.json`` (0600) keeps the credential the
 server gave, so a restarted agent enrolls again as itself (docs/agent-protocol.md).
 
+``tls-pins.json`` (0600, in the state directory itself: the pin is needed before the machine's identity
+is known) keeps the TLS fingerprint an agent was given for a server URL (``fleetcast.tls=`` or
+``--tls-fingerprint``, agent/tlspin.py), so an agent restarted without it still checks the server's
+certificate against the pin instead of the system's authorities; a pin given again replaces it.
+
 ``state.json`` holds the task id, deployment id, the disk being written and the last
 checkpoint (a chunk index after which everything before it is written and fsynced). It is written
 atomically (temp + fsync + rename) at every checkpoint, and cleared when the task ends.
@@ -27,6 +32,8 @@ DEFAULT_STATE_DIR = Path("/var/lib/fleetcast-agent")
 STATE_FILE = "state.json"
 CREDENTIAL_FILE = "credential.json"
 LOCK_FILE = "lock"
+PINS_FILE = "tls-pins.json"
+MAX_PINS = 64  # server URLs remembered (the oldest go first)
 
 
 @dataclass(frozen=True)
@@ -94,27 +101,63 @@ class StateStore:
         return credential
 
     def save_credential(self, server: str, credential: str) -> None:
-        path = self.directory / CREDENTIAL_FILE
-        tmp = path.with_name(CREDENTIAL_FILE + ".tmp")
-        try:
-            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                json.dump({"server": server, "credential": credential}, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except OSError as exc:
-            raise AgentError(
-                f"cannot save the agent credential in {self.directory}: {exc.strerror}",
-                hint="give the agent a writable --state-dir",
-            ) from exc
+        _write_private(self.directory / CREDENTIAL_FILE, {"server": server, "credential": credential},
+                       "the agent credential")  # fmt: skip
 
     def clear(self) -> None:
         try:
             self.path.unlink(missing_ok=True)
         except OSError as exc:
             logger.warning("cannot remove %s: %s", self.path, exc.strerror)
+
+
+def load_pin(base: Path, server: str) -> str | None:
+    """The TLS fingerprint saved for ``server`` under the state directory ``base``, or None (no file,
+    an unreadable one, or no pin for this URL)."""
+    try:
+        raw = json.loads((Path(base) / PINS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    pin = raw.get(server.rstrip("/")) if isinstance(raw, dict) else None
+    return pin if isinstance(pin, str) else None
+
+
+def save_pin(base: Path, server: str, fingerprint: str) -> None:
+    """Remember ``fingerprint`` (normalized, agent/tlspin.py) for ``server``; written atomically, 0600.
+    AgentError when the state directory is not writable."""
+    from fleetcast.agent.tlspin import normalize
+
+    pin, key = normalize(fingerprint), server.rstrip("/")
+    path = Path(base) / PINS_FILE
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raw = {}
+    pins = {k: v for k, v in raw.items() if isinstance(v, str)} if isinstance(raw, dict) else {}
+    if pins.get(key) == pin:
+        return
+    pins.pop(key, None)
+    pins[key] = pin
+    pins = dict(list(pins.items())[-MAX_PINS:])
+    _write_private(path, pins, "the server's TLS pin")
+
+
+def _write_private(path: Path, data: dict[str, str], what: str) -> None:
+    """``data`` as JSON in ``path``, 0600 in a 0700 directory, atomically (temp, fsync, rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise AgentError(
+            f"cannot save {what} in {path.parent}: {exc.strerror}",
+            hint="give the agent a writable --state-dir",
+        ) from exc
 
 
 def identity_key(mac: str) -> str:

@@ -4,7 +4,8 @@ A lab server's certificate is usually self-signed, so the system's authorities c
 ``fleetcast serve --tls-cert`` prints the certificate's fingerprint (``sha256:<64 hex>``); it reaches
 the agent on the kernel command line (``fleetcast.tls=``, written by the server into the network
 boot script; read whenever the server URL there is the one the agent uses) or as ``fleetcast agent
---tls-fingerprint``, on every start (it is not kept in the agent's state). ``pinned_context`` makes
+--tls-fingerprint``; the agent keeps it for that URL in its state directory (agent/state.py
+``save_pin``/``load_pin``), so a restart without it still checks the pin. ``pinned_context`` makes
 an ``ssl.SSLContext`` whose sockets compare the SHA-256 of the server's leaf certificate (its DER
 bytes, what ``server/tls.fingerprint`` hashes) with the pin right after the handshake, before a byte
 of the request -- the credential in its header included -- is sent. Chain and host name are not checked:

@@ -54,3 +54,21 @@ def test_credential_round_trip_is_private_and_per_server(tmp_path: Path) -> None
     mode = stat.S_IMODE(os.stat(store.directory / "credential.json").st_mode)
     assert mode == 0o600
     lock.release()
+
+
+def test_tls_pin_survives_a_restart_per_server_and_is_private(tmp_path: Path) -> None:
+    from fleetcast.agent.state import PINS_FILE, load_pin, save_pin
+
+    pin = "sha256:" + "ab" * 32
+    assert load_pin(tmp_path, "https://srv:8443") is None
+    save_pin(tmp_path, "https://srv:8443/", "AB:" * 31 + "AB")  # the pasted form, normalized
+    assert load_pin(tmp_path, "https://srv:8443") == pin
+    assert load_pin(tmp_path, "https://other:8443") is None
+    assert stat.S_IMODE(os.stat(tmp_path / PINS_FILE).st_mode) == 0o600
+    save_pin(tmp_path, "https://srv:8443", "cd" * 32)  # a pin given again replaces it
+    assert load_pin(tmp_path, "https://srv:8443") == "sha256:" + "cd" * 32
+    (tmp_path / PINS_FILE).write_text("[not a dict")
+    assert load_pin(tmp_path, "https://srv:8443") is None
+    with pytest.raises(AgentError) as bad:
+        save_pin(tmp_path, "https://srv:8443", "not-hex")
+    assert bad.value.message == "TLS fingerprint 'not-hex' is not a SHA-256 fingerprint (64 hex digits)"
