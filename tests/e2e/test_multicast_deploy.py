@@ -46,8 +46,8 @@ def _mine(lab: FleetLab) -> FleetLab:
     return lab
 
 
-def udpcast_pids() -> list[int]:
-    """PIDs of every udp-sender / udp-receiver in a namespace of these tests' labs (read from /proc,
+def udpcast_pids(*names: str) -> list[int]:
+    """PIDs of every udp-sender / udp-receiver (or only ``names``) in a namespace of these tests' labs (read from /proc,
     nothing is killed; a namespace outlives its name while a process holds it, so a stray is found
     after the lab is gone too)."""
     found = []
@@ -59,7 +59,7 @@ def udpcast_pids() -> list[int]:
             netns = os.stat(f"/proc/{entry}/ns/net").st_ino
         except OSError:
             continue
-        if exe in ("udp-sender", "udp-receiver") and netns in _LAB_NETNS:
+        if exe in (names or ("udp-sender", "udp-receiver")) and netns in _LAB_NETNS:
             found.append(int(entry))
     return found
 
@@ -261,7 +261,8 @@ def test_rules_change_while_waiting_then_cancel_mid_stream(lab3: FleetLab, golde
     _wait("three joined", lambda: len(_session(lab, dep).get("members", [])) == 3)
     time.sleep(2)
     assert _session(lab, dep)["state"] == "waiting"
-    assert udpcast_pids() == []
+    assert udpcast_pids("udp-sender") == []  # no sender before the rules say so ...
+    assert len(udpcast_pids("udp-receiver")) == 3  # ... but the receivers wait from the join on
     changed = lab.cli("deployments", "multicast", str(dep), "--server", lab.url, f"--token={lab.admin_token}",
                       "--min-clients", "3", "--json")  # fmt: skip
     assert changed.returncode == 0, changed.stderr

@@ -55,6 +55,10 @@ logger = logging.getLogger(__name__)
 REPORT_SECONDS = 0.5  # while the session waits: how soon an agent sees it start
 STREAM_REPORT_SECONDS = 1.0  # while receiving (the drop rule's window is 4 s)
 RECEIVER_START_TIMEOUT = 45.0
+# a receiver waits for its sender as long as its session waits (the agent ends it when the session ends
+# unstarted); once the session has started, the stream must begin within RECEIVER_START_TIMEOUT. (It is
+# never replaced once the sender may be there: a receiver that leaves makes udp-sender end the stream.)
+RECEIVER_WAIT = 86_400
 WAIT_LIMIT = 86_400.0
 QUEUE_BYTES = 128 << 20  # verified packs held for the restore while the disk is busy
 MAX_CYCLES = 4  # joins per task (the server stops offering cycles after its [multicast] max_cycles)
@@ -87,6 +91,7 @@ class MulticastSource:
         self.outcome = "not tried"  # received | late | dropped | broken: ... | none | stopped
         self._tried = False
         self._dropped = threading.Event()
+        self._silent = threading.Event()  # the session started, but no frame came (RECEIVER_START_TIMEOUT)
         self._receivers: list[Receiver] = []
         # receivers whose stream ended cleanly, still finishing udpcast's end handshake (--exit-wait)
         # while the restore writes the last packs: (receiver, its reader thread, its log)
@@ -165,35 +170,70 @@ class MulticastSource:
             logger.warning("task %d: %s", self.task.task_id, self.outcome)
             return
         group, port = str(reply["group"]), int(reply["port"])
-        interface = route_interface(group)
-        started = time.monotonic()
-        while state == "waiting":
-            if self.stop():
-                self.outcome = "stopped"
+        channel = Channel(group, port, route_interface(group))
+        # udp-receiver runs from the join on, so it is connected when the sender starts and the stream
+        # begins at once (not after this agent's next report saw the start and started one)
+        receiver, log = self._new_receiver(channel)
+        handed = False
+        try:
+            started = time.monotonic()
+            while state == "waiting":
+                if self.stop():
+                    self.outcome = "stopped"
+                    return
+                if time.monotonic() - started > WAIT_LIMIT:
+                    self.outcome = "the session never started"
+                    return
+                time.sleep(REPORT_SECONDS)
+                try:
+                    state = str(self._report(channel.interface).get("state"))
+                except FleetcastError as exc:
+                    self.outcome = f"report failed: {exc.message}"
+                    return
+                if state == "waiting" and receiver.exited:  # its --start-timeout passed: a fresh one
+                    receiver, log = self._renew(receiver, log, channel)
+            if state not in ("starting", "streaming"):
+                self.outcome = "late" if state in ("finished", "ended", "failed") else state
                 return
-            if time.monotonic() - started > WAIT_LIMIT:
-                self.outcome = "the session never started"
-                return
-            time.sleep(REPORT_SECONDS)
-            try:
-                state = str(self._report(interface).get("state"))
-            except FleetcastError as exc:
-                self.outcome = f"report failed: {exc.message}"
-                return
-        if state not in ("starting", "streaming"):
-            self.outcome = "late" if state in ("finished", "ended", "failed") else state
-            return
-        self.cycles.append(cycle)
-        yield from self._receive(Channel(group, port, interface), image_id, missing)
+            if receiver.exited:
+                receiver, log = self._renew(receiver, log, channel)
+            self.cycles.append(cycle)
+            handed = True
+        finally:
+            if not handed:
+                receiver.stop()
+                if log is not None:
+                    log.close()
+        yield from self._receive(channel, image_id, missing, receiver, log)
 
-    def _receive(self, channel: Channel, image_id: str, missing: set[str]) -> Iterator[tuple[str, bytes]]:
+    def _new_receiver(self, channel: Channel) -> tuple[Receiver, IO[bytes] | None]:
         assert self.session is not None
         log: IO[bytes] | None = None
         if self.log_dir is not None:
             log = open(self.log_dir / f"udp-receiver-{self.session}.log", "ab")  # noqa: SIM115
-        receiver = Receiver(channel, start_timeout=RECEIVER_START_TIMEOUT, log=log)
+        receiver = Receiver(channel, start_timeout=RECEIVER_WAIT, log=log)
         self._receivers.append(receiver)
-        stream = receiver.start()
+        receiver.start()
+        return receiver, log
+
+    def _renew(
+        self, receiver: Receiver, log: IO[bytes] | None, channel: Channel
+    ) -> tuple[Receiver, IO[bytes] | None]:
+        receiver.stop()
+        if log is not None:
+            log.close()
+        return self._new_receiver(channel)
+
+    def _receive(
+        self,
+        channel: Channel,
+        image_id: str,
+        missing: set[str],
+        receiver: Receiver,
+        log: IO[bytes] | None,
+    ) -> Iterator[tuple[str, bytes]]:
+        assert self.session is not None and receiver.stream is not None
+        stream = receiver.stream
         grow_pipe(stream)
         done = threading.Event()
         ended = threading.Event()  # the end frame came: the reader finishes udpcast's handshake alone
@@ -239,6 +279,8 @@ class MulticastSource:
             watcher.join(timeout=5)
         if self._dropped.is_set():
             self.outcome = "dropped"
+        elif self._silent.is_set():
+            self.outcome = f"no stream within {RECEIVER_START_TIMEOUT:.0f} s of the start"
         elif self.stop():
             self.outcome = "stopped"
         rc = receiver.proc.returncode if receiver.proc is not None else None
@@ -319,9 +361,17 @@ class MulticastSource:
             receiver.stop()
 
     def _watch(self, receiver: Receiver, interface: str | None, done: threading.Event) -> None:
-        """Report once every STREAM_REPORT_SECONDS; end the receiver when dropped or stopping."""
+        """Report once every STREAM_REPORT_SECONDS; end the receiver when dropped or stopping, or when
+        no frame came within RECEIVER_START_TIMEOUT of the session's start."""
+        started = time.monotonic()
         while not done.wait(STREAM_REPORT_SECONDS):
             if self.stop():
+                receiver.stop()
+                return
+            if self.stats.frames == 0 and time.monotonic() - started > RECEIVER_START_TIMEOUT:
+                self._silent.set()
+                logger.warning("task %d: no multicast frame %.0f s after the start; HTTP instead",
+                               self.task.task_id, RECEIVER_START_TIMEOUT)  # fmt: skip
                 receiver.stop()
                 return
             try:

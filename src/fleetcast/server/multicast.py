@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,7 +49,16 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-TRANSPORTS = ("unicast", "multicast", "auto")
+
+class Transport(StrEnum):
+    """``--transport`` of a deployment (``auto``: multicast from ``multicast_from`` clients a batch)."""
+
+    UNICAST = "unicast"
+    MULTICAST = "multicast"
+    AUTO = "auto"
+
+
+TRANSPORTS = tuple(t.value for t in Transport)  # ("unicast", "multicast", "auto"), the order errors name
 DEFAULTS = MulticastSettings()  # the [multicast] table's defaults (server/multicast_settings.py)
 DEFAULT_MULTICAST_FROM = DEFAULTS.multicast_from
 DEFAULT_MAX_WAIT = DEFAULTS.max_wait
@@ -226,6 +236,8 @@ class MulticastManager:
                 "client-multicast-joined", dep.id, t, session_id=session.id, joined=len(session.members),
                 min_clients=session.min_clients,
             )  # fmt: skip
+            if session.after is None and len(session.active) >= session.min_clients:
+                self._maybe_start(session, time.monotonic())  # the last one: now, not at the next tick
             return self._reply(session, member)
 
     def _missing(self, session: Session, ranges: list[list[int]] | None) -> frozenset[str] | None:

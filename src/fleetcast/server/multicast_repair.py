@@ -26,10 +26,21 @@ can force ``cycle`` or ``http``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 CYCLE_START = 3.0  # seconds from a cycle's end to the next cycle's first byte
 GUESS_RATE = 12.5e6  # bytes/s (100 Mbit/s) when nothing was measured yet
-REPAIR_MODES = ("sooner", "cycle", "http")
+
+
+class RepairMode(StrEnum):
+    """How a deployment's late joiners are served (``[multicast] repair``, ``POST .../multicast``)."""
+
+    SOONER = "sooner"  # the next cycle or HTTP, by the estimate below
+    CYCLE = "cycle"
+    HTTP = "http"
+
+
+REPAIR_MODES = tuple(m.value for m in RepairMode)  # ("sooner", "cycle", "http"), the order errors name
 
 
 @dataclass(frozen=True)

@@ -375,6 +375,15 @@ class Receiver:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None else None
 
+    @property
+    def stream(self) -> IO[bytes] | None:
+        """Its standard output (the frames), once started."""
+        return self.proc.stdout if self.proc is not None else None
+
+    @property
+    def exited(self) -> bool:
+        return self.proc is not None and self.proc.poll() is not None
+
     def stop(self) -> None:
         stop(self.proc, sig=signal.SIGINT)
         if self.proc is not None and self.proc.stdout is not None:
