@@ -236,7 +236,7 @@ class RemoteSink:
         self,
         url: str,
         size: int,
-        body: Callable[[int], Any],
+        body: Callable[[int], bytes | Iterator[bytes]],
         what: str,
         params: dict[str, Any],
         *,

@@ -5,10 +5,12 @@ keeps (module docstring of ``server/capture.py``; docs/agent-protocol.md "Captur
 from __future__ import annotations
 
 import asyncio
+import atexit
 import functools
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -83,12 +85,33 @@ class _Live:
         self.received = self.chunks_new = self.chunks_known = 0
 
 
+def _spill_at_exit(uploads: Uploads) -> None:
+    """At interpreter exit (the server stopped: uvicorn's graceful shutdown ends the process normally),
+    partly received in-memory packs go to part files so their captures continue after a restart. Held
+    weakly: a service that is gone (tests make many) is not kept alive for it."""
+    ref = weakref.ref(uploads)
+
+    def spill() -> None:
+        live = ref()
+        if live is None:
+            return
+        try:
+            n = live.spill()
+        except OSError:
+            return  # (at exit: nobody to tell; the agent sends those packs again)
+        if n:
+            logger.info("capture uploads: %d partial pack(s) kept in %s for after the restart", n, live.root)
+
+    atexit.register(spill)
+
+
 class CaptureService:
     def __init__(self, orch: Orchestrator, store_root: Path, data_dir: Path) -> None:
         self.orch = orch
         self.db: Database = orch.db
         self.ingest = CaptureIngest(store_root)
         self.uploads = Uploads(data_dir / PART_DIR)
+        _spill_at_exit(self.uploads)
         self.lease_seconds = LEASE_SECONDS
         self._live: dict[int, _Live] = {}
         self._lock = threading.Lock()
@@ -186,6 +209,16 @@ class CaptureService:
             expires = self._expiry()
             for pid in sorted(set(packs) - have):
                 s.add(CaptureLease(capture_id=capture_id, pack_id=pid, expires_at=expires))
+
+    def stop(self) -> int:
+        """The server is stopping: partly received in-memory packs go to their part files, so the agents
+        continue them after the restart (the app's lifespan calls this; an exit handler does too). Never
+        raises: a pack not kept is sent again from the start."""
+        try:
+            return self.uploads.spill()
+        except OSError as exc:
+            logger.warning("capture uploads: partial packs not kept for after the restart: %s", exc)
+            return 0
 
     def prune(self) -> int:
         """Forget expired leases and those of captures that ended (failed, cancelled: their uploaded packs

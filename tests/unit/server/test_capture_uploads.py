@@ -66,3 +66,22 @@ def test_an_older_request_stops_when_a_newer_one_takes_over(tmp_path: Path) -> N
     uploads.begin(part, 0)  # the agent's retry on a new connection
     with pytest.raises(Superseded):
         uploads._append(part, old, b"late")
+
+
+def test_a_stopping_server_keeps_partial_in_memory_packs_for_after_its_restart(tmp_path: Path) -> None:
+    uploads = Uploads(tmp_path / "parts")
+    data = bytes(range(256)) * 4096
+    part = uploads.part("7-pack-abc", len(data), memory=True)
+    done = uploads.part("7-pack-def", 10, memory=True)
+    with pytest.raises(Cut):
+        _receive(uploads, part, 0, [data[:300_000]], cut=True)
+    _receive(uploads, done, 0, [b"0123456789"])  # complete: being stored, not spilled
+    assert uploads.spill() == 1
+    restarted = Uploads(tmp_path / "parts")  # the server process after its restart
+    assert restarted.received("7-pack-abc", len(data)) == 300_000
+    again = restarted.part("7-pack-abc", len(data), memory=True)
+    assert again.data is None and again.size == 300_000  # continued in its part file
+    _receive(restarted, again, 300_000, [data[300_000:]])
+    assert again.complete and again.content() == data
+    assert restarted.received("7-pack-def", 10) == 0
+    assert not list((tmp_path / "parts").glob("*.spill"))
