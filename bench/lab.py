@@ -11,6 +11,11 @@ same DHCP, iPXE and HTTP server, until the installer's first screen on the seria
 beside it: fleetcast's seconds to registered / the installer's seconds to its first screen.
 
     .venv/bin/python bench/lab.py [--firmware bios uefi secureboot] [--skip-baseline] [--json]
+    .venv/bin/python bench/lab.py --timeline [--firmware bios uefi]
+
+``--timeline``: power-on -> registered only, printing every serial-console line with its second since
+power-on (iPXE's DHCP and downloads, the kernel, the init's steps, the agent's log), the breakdown
+docs/boot-environment.md records.
 
 Machines run one at a time (a 2-core machine shared with other jobs; the load average is printed).
 """
@@ -20,9 +25,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -81,18 +88,102 @@ def baseline_run(firmware: str, work: Path, timeout: float) -> dict[str, Any]:
         vlab.down(state_dir)
 
 
+class SerialTimeline:
+    """Polls a machine's serial log and stamps each new line with seconds since ``t0`` (a thread)."""
+
+    def __init__(self, path: Path, t0: float, poll: float = 0.05) -> None:
+        self.path, self.t0, self.poll = path, t0, poll
+        self.lines: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._follow, daemon=True)
+        self._thread.start()
+
+    def _follow(self) -> None:
+        offset, partial = 0, ""
+        while not self._stop.is_set():
+            try:
+                with open(self.path, "rb") as f:
+                    f.seek(offset)
+                    chunk = f.read()
+            except OSError:
+                chunk = b""
+            if chunk:
+                offset += len(chunk)
+                now = round(time.time() - self.t0, 2)
+                text = partial + chunk.decode(errors="replace")
+                parts = re.split(r"[\r\n]+", text)
+                partial = parts.pop()
+                self.lines += [(now, ANSI.sub("", p).strip()) for p in parts if ANSI.sub("", p).strip()]
+            self._stop.wait(self.poll)
+
+    def stop(self) -> list[tuple[float, str]]:
+        self._stop.set()
+        self._thread.join()
+        return self.lines
+
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|[\x00-\x08\x0b-\x1f]")
+
+
+def timeline_run(firmware: str, work: Path, timeout: float) -> dict[str, Any]:
+    """Power-on -> registered with the serial console's lines stamped (seconds since power-on)."""
+    state_dir = work / f"lab-tl-{firmware}"
+    load_before = _load()
+    state = vlab.up(1, firmware, state_dir=state_dir, accel=Accel.TCG, start=False)
+    try:
+        record = state.machines[0]
+        machine = state.machine(record)
+        vlab.power_on(state, record)
+        started = record.powered_on_at or time.time()
+        follower = SerialTimeline(machine.serial_log, started)
+        runs = labdemo.runs_for(state)
+        try:
+            labdemo.wait_registered(state, runs, timeout, lambda line: None)
+        finally:
+            lines = follower.stop()
+        return {
+            "firmware": firmware,
+            "registered": runs[0].since_power_on(runs[0].registered_at),
+            "lines": lines,
+            "load": f"{load_before} -> {_load()}",
+        }
+    finally:
+        vlab.down(state_dir)
+
+
+def print_timeline(result: dict[str, Any]) -> None:
+    print(f"{result['firmware']}: registered after {result['registered']} s (load {result['load']})")
+    last = None
+    for at, line in result["lines"]:
+        if line == last:
+            continue
+        last = line
+        print(f"  {at:7.2f}  {line[:150]}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--firmware", nargs="+", default=["bios", "uefi", "secureboot"])
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--timeout", type=float, default=2400)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--timeline", action="store_true", help="to registered only, serial lines stamped")
     args = parser.parse_args()
     setup_logging(debug=False, quiet=True)
     if os.geteuid() != 0:
         print("bench/lab.py needs root (network namespaces, taps)", file=sys.stderr)
         return 2
     work = Path(tempfile.mkdtemp(prefix="fleetcast-bench-lab-"))
+    if args.timeline:
+        try:
+            timelines = [timeline_run(fw, work, args.timeout) for fw in args.firmware]
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        if args.json:
+            print(json.dumps(timelines, indent=2))
+        for t in timelines:
+            print_timeline(t)
+        return 0
     results: dict[str, Any] = {"fleetcast": [], "baseline": [], "baseline_note": None}
     try:
         for fw in args.firmware:
