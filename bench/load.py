@@ -1,6 +1,7 @@
 """Load benchmark: N simulated agents heartbeating against one ``fleetcast serve`` on loopback.
 
     .venv/bin/python bench/load.py [--agents 500,2000] [--seconds 20] [--interval 2] [--page 100]
+        [--long-poll]
 
 For each N: a fresh data directory and server (SQLite, 127.0.0.1, a free port); every agent enrolls
 (at most 50 at once) and then heartbeats from a random offset, each on its own keep-alive
@@ -144,7 +145,7 @@ class Run:
 
 async def run_load(
     host: str, port: int, enroll: str, admin: str, server_cpu: Callable[[], float], *,
-    agents: int, seconds: float, interval: float, page: int, fixed: bool = False,
+    agents: int, seconds: float, interval: float, page: int, fixed: bool = False, long_poll: bool = False,
 ) -> None:  # fmt: skip
     """Every agent enrolls (at most 50 at once) and then heartbeats every ``interval`` from a random
     offset, like agents booting over a few minutes; the window of ``seconds`` starts when all have
@@ -183,6 +184,10 @@ async def run_load(
         first = True
         told = interval  # as a real agent, come back when the reply says (server/pacing.py)
         while time.monotonic() < run.end:
+            held = told if long_poll and not first else 0.0  # the agent asks for a hold once idle
+            if long_poll:
+                body = json.dumps({"task_id": None, "wait": held}, separators=(",", ":")).encode()
+                raw = build("POST", "/api/agent/heartbeat", credential, body)
             started = time.monotonic()
             try:
                 status, answer = await conn.request(raw)
@@ -195,7 +200,7 @@ async def run_load(
                     run.error(type(exc).__name__)
             took = time.monotonic() - started
             if run.inside(started):
-                run.beats.append(took)
+                run.beats.append(max(0.0, took - held))  # a held reply: how late past its hold
                 run.told.append(told)
             if first:
                 first = False
@@ -250,8 +255,9 @@ async def run_load(
     await asyncio.gather(window(), admin_lists(), *(agent(i) for i in range(agents)))
     rate = len(run.beats) / seconds
     told = "/".join(f"{t:g}" for t in sorted(set(run.told))) or f"{interval:g}"
+    kind = "held heartbeat lateness" if long_poll else "heartbeat"
     print(
-        f"  heartbeat p50 {pct(run.beats, 0.5) * 1000:.0f} ms p99 {pct(run.beats, 0.99) * 1000:.0f} ms "
+        f"  {kind} p50 {pct(run.beats, 0.5) * 1000:.0f} ms p99 {pct(run.beats, 0.99) * 1000:.0f} ms "
         f"({len(run.beats)} in {seconds:.0f} s = {rate:.0f}/s at the {told} s interval the server told); "
         f"GET /api/clients?limit={page} p50 {pct(run.pages, 0.5) * 1000:.0f} ms "
         f"p99 {pct(run.pages, 0.99) * 1000:.0f} ms ({len(run.pages)}); all {agents} clients "
@@ -267,7 +273,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def bench(agents: int, seconds: float, interval: float, page: int, fixed: bool = False) -> None:
+def bench(
+    agents: int, seconds: float, interval: float, page: int, *, fixed: bool = False, long_poll: bool = False
+) -> None:
     with tempfile.TemporaryDirectory(prefix="fleetcast-load-") as tmp:
         data = Path(tmp) / "data"
         port = free_port()
@@ -293,6 +301,7 @@ def bench(agents: int, seconds: float, interval: float, page: int, fixed: bool =
                 run_load(
                     "127.0.0.1", port, enroll, admin, lambda: cpu_seconds(proc.pid),
                     agents=agents, seconds=seconds, interval=interval, page=page, fixed=fixed,
+                    long_poll=long_poll,
                 )
             )  # fmt: skip
             print(f"  load generator CPU, whole run: {time.process_time() - own0:.1f} s", flush=True)
@@ -317,6 +326,12 @@ def main() -> int:
         action="store_true",
         help="beat every --interval whatever the replies say (the agent follows the reply's interval)",
     )
+    parser.add_argument(
+        "--long-poll",
+        action="store_true",
+        help="idle heartbeats ask the server to hold them for the interval (wait=, as the agent does); "
+        "the latency printed is then how late past that hold the reply came",
+    )
     args = parser.parse_args()
     counts = [int(c) for c in args.agents.split(",")]
     if any(not 0 < c <= MAX_AGENTS for c in counts) or not 0 < args.seconds <= MAX_SECONDS:
@@ -324,7 +339,7 @@ def main() -> int:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed run still stops its server
     for n in counts:
-        bench(n, args.seconds, args.interval, args.page, args.fixed_interval)
+        bench(n, args.seconds, args.interval, args.page, fixed=args.fixed_interval, long_poll=args.long_poll)
     return 0
 
 

@@ -11,6 +11,12 @@ credential the presence cache knows (authentication before the body is read, as 
 whose body ``HeartbeatRequest`` accepts (the same strict model the route uses) and that
 ``Orchestrator.fast_heartbeat`` can answer (no task id, no inventory, an idle online client).
 
+A heartbeat with ``wait`` (a long poll, protocol.HeartbeatRequest) is held up to ``min(wait,
+interval)`` seconds before that answer, and sent down the full path -- where the task is handed out
+-- the moment a commit touches one of the client's targets (server/presence.py ``wait_for_work``):
+an idle agent starts a new task at once instead of at its next heartbeat. One coroutine and one
+timer per held request, no thread; requests stay one per agent per interval.
+
 Anything else -- another path, an unknown credential, a body the model refuses, a busy client --
 goes to the application with the body it already read replayed, so the route answers it exactly as
 before (problem documents, 401, 422, the full heartbeat).
@@ -50,22 +56,27 @@ class FastLane:
             await self.app(scope, receive, send)
             return
         messages, body = await _read(receive)
-        reply = None if body is None else self._answer(orch, client_id, body, scope)
+        reply, wait = (None, 0.0) if body is None else self._answer(orch, client_id, body, scope)
+        if reply is not None and wait > 0 and orch is not None:
+            hold = min(wait, float(reply["interval"]))
+            if await orch.presence.wait_for_work(client_id, hold):
+                reply = None  # a task may be there: the route hands it out
         if reply is None:
             await self.app(scope, _replay(messages, receive), send)
             return
         self.answered += 1
+        encoded = _encoded(reply)
         await send(
             {
                 "type": "http.response.start",
                 "status": 200,
                 "headers": [
                     (b"content-type", b"application/json"),
-                    (b"content-length", str(len(reply)).encode()),
+                    (b"content-length", str(len(encoded)).encode()),
                 ],
             }
         )
-        await send({"type": "http.response.body", "body": reply})
+        await send({"type": "http.response.body", "body": encoded})
 
     @staticmethod
     def _known(scope: Scope, orch: Any) -> int | None:
@@ -88,11 +99,12 @@ class FastLane:
         return client_id
 
     @staticmethod
-    def _answer(orch: Any, client_id: int, body: bytes, scope: Scope) -> bytes | None:
+    def _answer(orch: Any, client_id: int, body: bytes, scope: Scope) -> tuple[dict[str, Any] | None, float]:
+        """The idle reply (None: the full path) and how long the agent lets it be held."""
         try:
             request = HeartbeatRequest.model_validate_json(body)
         except ValidationError:
-            return None  # the route answers 422 with the details
+            return None, 0.0  # the route answers 422 with the details
         client = scope.get("client")
         reply: dict[str, Any] | None = orch.fast_heartbeat(
             client_id,
@@ -100,9 +112,7 @@ class FastLane:
             inventory=request.inventory is not None,
             address=client[0] if client else "",
         )
-        if reply is None:
-            return None
-        return _encoded(reply)
+        return reply, request.wait
 
 
 _ENCODED: dict[tuple[Any, ...], bytes] = {}

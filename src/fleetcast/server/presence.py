@@ -27,12 +27,18 @@ one process can do. Here:
   ``executemany`` (the app's loop, every 2.5 s, and the stale sweep before it looks), and client
   views overlay the notes not yet flushed.
 
+- **waiting clients** (a long poll, ``HeartbeatRequest.wait``): an idle client's heartbeat may be held
+  (server/fastlane.py) until a commit creates, deletes or changes the state of one of *its* targets
+  -- the ids come from the same flush tracking, so a new deployment wakes exactly its clients, at
+  its commit, from whatever thread commits -- or until the interval it was told has passed.
+
 A heartbeat that carries an inventory or a task id, or comes from a busy, unknown or offline
 client, takes the full path through the orchestrator as before.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -51,6 +57,11 @@ AUTH_REFRESH = 5.0
 BUSY_TTL = 2.0
 BUSY_MAX_AGE = 60.0  # one server per database: the generation is exact, age is a backstop
 ACTIVE_TARGET = ("queued", "running")
+
+
+def _resolve(future: asyncio.Future[bool], value: bool) -> None:
+    if not future.done():
+        future.set_result(value)
 
 
 def _changed(obj: Target | Client, attribute: str) -> bool:
@@ -76,6 +87,7 @@ class Presence:
         self._gen = 0
         self._online: set[int] = set()
         self._seen: dict[int, tuple[datetime, str | None]] = {}
+        self._waiting: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future[bool]]] = {}
         # heartbeats answered from memory / sent the full path, since the last report (app.py logs them)
         self.counts: dict[str, int] = {"fast": 0, "full": 0}
         event.listen(sessions, "after_flush", self._after_flush)
@@ -89,20 +101,24 @@ class Presence:
         existing client's credential (replaced, cleared, or the client deleted). A new client
         retires no credential: enrollments of new machines leave the cache alone."""
         touched = session.info.setdefault("fleetcast_presence", set())
+        woken = session.info.setdefault("fleetcast_wake", set())
         for obj in (*session.new, *session.deleted):
             if isinstance(obj, Target):
                 touched.add(-1)
+                woken.add(obj.client_id)
         for obj in session.deleted:
             if isinstance(obj, Client) and obj.id is not None:
                 touched.add(obj.id)
         for obj in session.dirty:
             if isinstance(obj, Target) and _changed(obj, "state"):
                 touched.add(-1)
+                woken.add(obj.client_id)
             elif isinstance(obj, Client) and _changed(obj, "credential_hash"):
                 touched.add(obj.id)
 
     def _after_commit(self, session: Session) -> None:
         touched: set[int] = session.info.pop("fleetcast_presence", set())
+        woken: set[int] = session.info.pop("fleetcast_wake", set())
         if not touched:
             return
         with self._lock:
@@ -112,9 +128,39 @@ class Presence:
             if clients:
                 self._auth = {k: v for k, v in self._auth.items() if v not in clients}
                 self._auth_gen += 1
+            waiting = [self._waiting[c] for c in woken | clients if c in self._waiting]
+        for loop, future in waiting:
+            loop.call_soon_threadsafe(_resolve, future, True)
 
     def _after_rollback(self, session: Session) -> None:
         session.info.pop("fleetcast_presence", None)
+        session.info.pop("fleetcast_wake", None)
+
+    # ---- waiting clients (long poll) -------------------------------------------------------------
+
+    async def wait_for_work(self, client_id: int, timeout: float) -> bool:
+        """Wait until a commit touches one of the client's targets or its credential (True: answer
+        it on the full path) or ``timeout`` seconds pass (False: still idle). On the event loop."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
+        with self._lock:
+            previous = self._waiting.get(client_id)
+            self._waiting[client_id] = (loop, future)
+        if previous is not None:  # the agent gave up on its last request: that one ends now
+            previous[0].call_soon_threadsafe(_resolve, previous[1], False)
+        if not self.idle(client_id):  # a commit came between the fast lane's check and now
+            _resolve(future, True)
+        timer = loop.call_later(timeout, _resolve, future, False)
+        try:
+            return await future
+        finally:
+            timer.cancel()
+            with self._lock:
+                if self._waiting.get(client_id, (None, None))[1] is future:
+                    del self._waiting[client_id]
+
+    def waiting_count(self) -> int:
+        return len(self._waiting)
 
     def targets_changed(self) -> None:
         """For writers outside the ORM unit of work (bulk ``UPDATE targets``)."""
