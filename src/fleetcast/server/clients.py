@@ -17,7 +17,7 @@ from fleetcast.errors import (
     UsageError,
 )
 from fleetcast.server import plan as planner
-from fleetcast.server.core import OrchestratorCore, get_row
+from fleetcast.server.core import OrchestratorCore, active_target, get_row
 from fleetcast.server.db import (
     MAX_INTEGER,
     AuditRow,
@@ -144,11 +144,7 @@ class ClientsMixin(OrchestratorCore):
             c = get_row(s, Client, client_id)
             if c is None:
                 raise ClientNotFound(f"client {client_id} does not exist", hint="GET /api/clients lists them")
-            active = s.execute(
-                select(Target.deployment_id, Target.state)
-                .where(Target.client_id == c.id, Target.state.in_(ACTIVE_TARGET))
-                .order_by(Target.deployment_id)
-            ).first()
+            active = active_target(s, [c.id])
             if active is not None:
                 raise ConflictError(
                     f"client {c.mac} (id {c.id}) is {active.state} in deployment {active.deployment_id}",

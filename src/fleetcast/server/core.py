@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Row, func, select, update
 from sqlalchemy.orm import Session, object_session
 
 from fleetcast.errors import (
@@ -51,6 +51,18 @@ def get_row(s: Session, model: type[_Row], row_id: int) -> _Row | None:
     """``s.get`` for an id from outside: one out of the column's range is simply not there (instead of
     an OverflowError from SQLite or a DataError from PostgreSQL)."""
     return s.get(model, row_id) if 0 < row_id <= MAX_INTEGER else None
+
+
+def active_target(s: Session, client_ids: list[int]) -> Row[str, int, str] | None:
+    """The first queued or running target (MAC, deployment id, state) of these clients in a
+    deployment still running -- what deleting a client and starting a deployment both refuse."""
+    return s.execute(
+        select(Target.mac, Target.deployment_id, Target.state)
+        .join(Deployment)
+        .where(Target.client_id.in_(client_ids), Target.state.in_(ACTIVE_TARGET))
+        .where(Deployment.state.in_(ACTIVE_DEPLOYMENT))
+        .order_by(Target.mac, Target.deployment_id)
+    ).first()
 
 
 class OrchestratorCore:

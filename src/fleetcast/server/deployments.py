@@ -18,7 +18,7 @@ from fleetcast.errors import (
 )
 from fleetcast.server import plan as planner
 from fleetcast.server import presets
-from fleetcast.server.core import OrchestratorCore
+from fleetcast.server.core import OrchestratorCore, active_target
 from fleetcast.server.db import (
     CaptureRow,
     Client,
@@ -27,7 +27,7 @@ from fleetcast.server.db import (
     Target,
     utcnow,
 )
-from fleetcast.server.rowviews import ACTIVE_DEPLOYMENT, ACTIVE_TARGET, deployment_kind, deployment_view
+from fleetcast.server.rowviews import ACTIVE_DEPLOYMENT, deployment_kind, deployment_view
 
 logger = logging.getLogger(__name__)
 
@@ -246,14 +246,7 @@ class DeploymentsMixin(OrchestratorCore):
         action: str, detail: dict[str, Any],
     ) -> dict[str, Any]:  # fmt: skip
         """Store ``dep`` with ``targets`` queued, unless one of their clients is in a running deployment."""
-        ids = [t.client_id for t in targets]
-        busy = s.execute(
-            select(Target.mac, Target.deployment_id)
-            .join(Deployment)
-            .where(Target.client_id.in_(ids), Target.state.in_(ACTIVE_TARGET))
-            .where(Deployment.state.in_(ACTIVE_DEPLOYMENT))
-            .order_by(Target.mac)
-        ).first()
+        busy = active_target(s, [t.client_id for t in targets])
         if busy is not None:
             raise ServerError(
                 f"client {busy.mac} is already in deployment {busy.deployment_id}, which is still running",
@@ -278,7 +271,7 @@ class DeploymentsMixin(OrchestratorCore):
             self.bus.record(
                 s, "client-queued", deployment_id=dep.id, client_id=t.client_id, mac=t.mac, name=t.name
             )
-        logger.info("deployment %d: %s to %d clients, batch %d", dep.id, dep.image, len(ids), dep.batch)
+        logger.info("deployment %d: %s to %d clients, batch %d", dep.id, dep.image, len(targets), dep.batch)
         return deployment_view(dep)
 
     def cancel(self, deployment_id: int, *, actor: str, address: str) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from fleetcast.errors import DiskError, UsageError
+from fleetcast.errors import UsageError
 from fleetcast.server import plan as planner
 from fleetcast.server.api_admin import require_admin
 from fleetcast.server.api_agent import peer
@@ -47,14 +47,7 @@ class PersonalizeBody(BaseModel):
 def create(orch: Orchestrator, body: PersonalizeBody, *, actor: str, address: str) -> dict[str, Any]:
     from sqlalchemy import select
 
-    from fleetcast.disk.rules import parse_rule
-
-    planner.check_batch(body.batch)
-    planner.check_then(body.then)
-    try:
-        parse_rule(body.disk)
-    except DiskError as exc:
-        raise UsageError(exc.message, hint=exc.hint) from exc
+    planner.check_request(body.batch, body.then, body.disk)
     if not (body.new_sid or body.reset_ids or body.name):
         raise UsageError(
             "nothing to personalize: no new SID, no ID reset and no name",
