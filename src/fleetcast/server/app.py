@@ -146,6 +146,12 @@ def create_app(settings: ServerSettings, *, catalog: ImageCatalog | None = None)
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(orch.presence.flush)  # the last heartbeats' last_seen
             mcast.close()  # every udp-sender ends with the server
+            captures = getattr(app.state, "captures", None)  # server/capture.py makes it on first use
+            if captures is not None:  # partly received packs to part files: agents continue them later
+                try:
+                    await asyncio.to_thread(captures.stop)
+                except Exception:  # the database and the other steps still close
+                    logger.exception("captures: could not keep the partly received packs")
             if bus.fanout is not None:
                 await asyncio.to_thread(bus.fanout.stop)
             db.close()
