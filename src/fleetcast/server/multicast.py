@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI
 
 from fleetcast.errors import ConflictError, FleetcastError, UsageError
-from fleetcast.server.db import Deployment
+from fleetcast.server.db import Deployment, utcnow
 from fleetcast.server.multicast_repair import REPAIR_MODES, choose, estimate
 from fleetcast.server.multicast_session import ENDED, DeploymentInfo, Member, Session, TaskInfo
 from fleetcast.server.multicast_settings import MulticastSettings
@@ -149,6 +149,7 @@ class MulticastManager:
         self._current: dict[int, str] = {}  # deployment id -> its newest session
         self._next_slot = 0
         self._http_until: dict[int, list[float]] = {}  # deployment -> when its HTTP repairs should end
+        self._by_http: dict[int, set[int]] = {}  # deployment -> targets told "late" (HTTP): not joining
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -186,7 +187,7 @@ class MulticastManager:
             t = self.orch._task(s, client_id, task_id)
             d = t.deployment
             return (
-                TaskInfo(t.id, t.client_id, t.mac, t.state, t.attempt, t.checkpoint_chunk),
+                TaskInfo(t.id, t.client_id, t.mac, t.state, t.attempt, t.checkpoint_chunk, t.assigned_at),
                 DeploymentInfo(
                     d.id,
                     d.image,
@@ -195,6 +196,7 @@ class MulticastManager:
                     dict(d.multicast or {}),
                     sum(x.state in ("queued", "running") for x in d.targets),
                     len(d.targets),
+                    frozenset(x.id for x in d.targets if x.state in ("queued", "running")),
                 ),
             )
 
@@ -219,12 +221,21 @@ class MulticastManager:
             restarted = t.attempt > 1 or t.checkpoint_chunk > 0
             if session is None or session.state in ENDED:
                 one_batch = session is not None and dep.batch >= dep.total  # no later batch to stream to
-                if session is not None and (restarted or known or one_batch):  # late for the batch's stream
+                # handed its task before that stream started: it belongs to that batch, not to the next
+                # (a new batch session would wait max_wait for clients that are not coming)
+                its_batch = (
+                    session is not None
+                    and session.started_utc is not None
+                    and t.assigned_at is not None
+                    and t.assigned_at <= session.started_utc
+                )
+                if session is not None and (restarted or known or one_batch or its_batch):  # late for it
                     why = "restarted agent" if restarted else "late"
                     return self._late(
                         dep, t, session, missing, peer=peer, why=f"{why}, the session is {session.state}"
                     )
                 if restarted:  # a restarted agent and no session of this deployment in this server
+                    self._by_http.setdefault(dep.id, set()).add(t.id)
                     self._event("client-multicast-late", dep.id, t, reason="restarted agent", choice="http")
                     return {"state": "late", "reason": "a restarted agent finishes by HTTP"}
                 session = self._new_session(dep, peer)  # the first join of a batch
@@ -286,6 +297,7 @@ class MulticastManager:
         )  # fmt: skip
         if choice == "http":
             ends.append(now + est.http)
+            self._by_http.setdefault(dep.id, set()).add(t.id)
             return {"state": "late", "session": current.id, "reason": f"{why}; HTTP is sooner",
                     "estimate": est.to_dict()}  # fmt: skip
         if nxt is None:
@@ -403,7 +415,11 @@ class MulticastManager:
 
         manifest: Manifest = self.orch.catalog.store().open(dep.image)
         opts = MulticastOptions.from_dict(dep.multicast, defaults=self.settings)
-        clients = dep.targets or dep.batch
+        # the clients that can still join a session: queued or running, in none of this deployment's
+        # sessions yet and not sent to HTTP (those still finishing the batch before are not coming)
+        members = {i for x in self.sessions.values() if x.deployment_id == dep.id for i in x.members}
+        members |= self._by_http.get(dep.id, set())
+        clients = len(dep.pending - members) if dep.pending else dep.targets or dep.batch
         slot = self._next_slot
         self._next_slot = (self._next_slot + 1) % self.settings.sessions
         channel = Channel(self.settings.group(slot), self.settings.port(slot), route_interface(peer))
@@ -442,6 +458,8 @@ class MulticastManager:
                 dep_id = self.sessions.pop(sid).deployment_id  # an ended session stays KEEP_ENDED seconds
                 if self._current.get(dep_id) == sid:
                     del self._current[dep_id]
+                    self._by_http.pop(dep_id, None)
+                    self._http_until.pop(dep_id, None)
             sessions = [s for s in self.sessions.values() if s.state in ("waiting", "starting", "streaming")]
         if not sessions:
             return
@@ -486,6 +504,7 @@ class MulticastManager:
         )  # fmt: skip
         session.state = "starting"
         session.started = now
+        session.started_utc = utcnow()
         session.sender.start()
         self._event_dep(
             "multicast-started", session.deployment_id, session_id=session.id, receivers=joined, reason=why,

@@ -8,6 +8,7 @@ what it has still to send; ``TaskInfo`` / ``DeploymentInfo``: what the manager r
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import IO, Any
 
 from fleetcast.transport.multicast import Channel, Sender
@@ -23,6 +24,7 @@ class TaskInfo:
     state: str
     attempt: int
     checkpoint_chunk: int
+    assigned_at: datetime | None = None  # when the agent was handed the task
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class DeploymentInfo:
     multicast: dict[str, Any]
     targets: int  # still to deploy (queued or running): a last, smaller batch waits for no more
     total: int = 0  # all its clients: a deployment of one batch has no later batch to make a session for
+    pending: frozenset[int] = frozenset()  # ids of its targets still queued or running
 
 
 @dataclass
@@ -70,6 +73,7 @@ class Session:
     members: dict[int, Member] = field(default_factory=dict)
     sender: Sender | None = None
     started: float | None = None
+    started_utc: datetime | None = None  # the start as wall time (compared with a task's assigned_at)
     finished: float | None = None
     error: str | None = None
     rate: list[tuple[float, int]] = field(default_factory=list)
