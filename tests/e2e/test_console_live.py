@@ -6,9 +6,9 @@ namespaces, no disks); one server, one browser and one signed-in page for the wh
 2. Network capture from a client's inventory panel: the refusals in plain words (name exists before
    anything is read; no disk matches and BitLocker from the agent, with the real error text), and the
    progress (phase, bytes, rate, ETA) on the capture's page.
-3. The deploy wizard's transport step (multicast, min clients, max wait) and the review; on the
-   deployment page the waiting session, its start rules changed, Start now, and per client the
-   transport it finished with and the packs it repaired.
+3. The deploy wizard's transport step (multicast, min clients, max wait, drop-out rate, repair) and the
+   review; on the deployment page the waiting session, its start rules changed, Start now, and per
+   client the transport it finished with and the packs it repaired.
 """
 
 from __future__ import annotations
@@ -277,12 +277,20 @@ def test_multicast_wizard_rules_start_now_and_results(room: Room, page: Page) ->
             )
             page.get_by_label("Start the stream when this many clients have joined").fill("5")
             page.get_by_label("Or after waiting this many seconds at most").fill("600")
+            page.get_by_label("Drop a client that holds the stream below this rate").fill("-1")
+            page.get_by_role("button", name="Next").click()
+            expect(page.locator('.error[data-for="transport"]')).to_have_text(
+                "The drop-out rate is 0 or more Mbit/s (0: never drop a client)."
+            )
+            page.get_by_label("Drop a client that holds the stream below this rate").fill("50")
+            page.get_by_label("Late joiners and missing packs").select_option("cycle")
             shot(page, "live-07-wizard-transport")
         page.get_by_role("button", name="Next").click()
         expect(page.locator(f'fieldset[data-step="{step + 1}"]')).to_be_visible()
     expect(page.locator("#review-transport")).to_have_text(
         "Transport: multicast, one stream per batch; it starts when 5 clients have joined, "
-        "or after 10:00 (min:s) at most."
+        "or after 10:00 (min:s) at most. A client below 50 Mbit/s is dropped and finishes by HTTP. "
+        "Late joiners and missing packs: the next cycle of the stream."
     )
     shot(page, "live-08-review-multicast")
     page.get_by_role("button", name="Start deployment").click()
@@ -290,6 +298,8 @@ def test_multicast_wizard_rules_start_now_and_results(room: Room, page: Page) ->
     page.locator("body[data-ready]").wait_for()
     dep = int(page.url.rsplit("/", 1)[1])
     assert room.api("GET", f"/api/deployments/{dep}")["transport"] == "multicast"
+    options = room.api("GET", f"/api/deployments/{dep}/multicast")["options"]
+    assert (options["drop_below"], options["repair"]) == (50 * 125_000, "cycle")  # Mbit/s -> bytes/s
     panel = page.locator("#multicast")
     expect(panel.locator("#multicast-session")).to_contain_text("No session yet")
     with room.lock:
@@ -315,7 +325,7 @@ def test_multicast_wizard_rules_start_now_and_results(room: Room, page: Page) ->
     expect(panel.locator("#mc-rules")).to_have_count(0)
     shot(page, "live-10-multicast-started")
     types = [e["type"] for e in room.server.get("/api/events/log", deployment_id=dep)["events"]]
-    assert types.count("multicast-rules-changed") == 2, types
+    assert types.count("multicast-rules-changed") == 3, types  # the repair mode at creation, rules, start now
     # per client: the transport it finished with and the packs it repaired
     finished = [
         ("multicast", 3, 0, "received"),
