@@ -1,7 +1,7 @@
 """Load benchmark: N simulated agents heartbeating against one ``fleetcast serve`` on loopback.
 
     .venv/bin/python bench/load.py [--agents 500,2000] [--seconds 20] [--interval 2] [--page 100]
-        [--long-poll]
+        [--long-poll] [--postgres]
 
 For each N: a fresh data directory and server (SQLite, 127.0.0.1, a free port); every agent enrolls
 (at most 50 at once) and then heartbeats from a random offset, each on its own keep-alive
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -274,14 +275,22 @@ def cpu_seconds(pid: int) -> float:
 
 
 def bench(
-    agents: int, seconds: float, interval: float, page: int, *, fixed: bool = False, long_poll: bool = False
-) -> None:
-    with tempfile.TemporaryDirectory(prefix="fleetcast-load-") as tmp:
+    agents: int, seconds: float, interval: float, page: int, *, fixed: bool = False, long_poll: bool = False,
+    postgres: bool = False,
+) -> None:  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="fleetcast-load-"))
+        database: list[str] = []
+        if postgres:  # a throwaway cluster on loopback (tests/fixtures/postgres.py), removed at the end
+            sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "fixtures"))
+            from postgres import postgres_cluster
+
+            database = ["--database", stack.enter_context(postgres_cluster())]
         data = Path(tmp) / "data"
         port = free_port()
         log = open(Path(tmp) / "server.log", "w")  # noqa: SIM115
         proc = subprocess.Popen(
-            [FLEETCAST, "--data", str(data), "serve", "--listen", f"127.0.0.1:{port}"],
+            [FLEETCAST, "--data", str(data), "serve", "--listen", f"127.0.0.1:{port}", *database],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -295,7 +304,8 @@ def bench(
                     time.sleep(0.1)
             admin = (data / "secrets" / "admin-token").read_text().strip()
             enroll = (data / "secrets" / "enroll-token").read_text().strip()
-            print(f"{agents} agents, heartbeat every {interval:g} s, {seconds:g} s:", flush=True)
+            where = "PostgreSQL" if postgres else "SQLite"
+            print(f"{agents} agents, heartbeat every {interval:g} s, {seconds:g} s, {where}:", flush=True)
             own0 = time.process_time()
             asyncio.run(
                 run_load(
@@ -332,6 +342,7 @@ def main() -> int:
         help="idle heartbeats ask the server to hold them for the interval (wait=, as the agent does); "
         "the latency printed is then how late past that hold the reply came",
     )
+    parser.add_argument("--postgres", action="store_true", help="the server on a throwaway PostgreSQL")
     args = parser.parse_args()
     counts = [int(c) for c in args.agents.split(",")]
     if any(not 0 < c <= MAX_AGENTS for c in counts) or not 0 < args.seconds <= MAX_SECONDS:
@@ -339,7 +350,8 @@ def main() -> int:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed run still stops its server
     for n in counts:
-        bench(n, args.seconds, args.interval, args.page, fixed=args.fixed_interval, long_poll=args.long_poll)
+        bench(n, args.seconds, args.interval, args.page, fixed=args.fixed_interval, long_poll=args.long_poll,
+              postgres=args.postgres)  # fmt: skip
     return 0
 
 

@@ -123,10 +123,15 @@ def create_app(settings: ServerSettings, *, catalog: ImageCatalog | None = None)
             with contextlib.suppress(FileNotFoundError):
                 os.chmod(f"{settings.data_dir / 'fleetcast.db'}{suffix}", 0o600)
     bus = EventBus()
-    if db.engine.dialect.name == "postgresql":  # other servers may share it: LISTEN/NOTIFY
-        bus.fanout = PgFanout(db.engine, bus.publish)
     cat = catalog or ImageCatalog(settings.store)
     orch = Orchestrator(db, bus, cat, settings)
+    if db.engine.dialect.name == "postgresql":  # other servers may share it: LISTEN/NOTIFY
+
+        def delivered(event: dict[str, Any]) -> None:  # another server's event
+            orch.presence.wake_for_event(event)  # a client it queued may be held here (long poll)
+            bus.publish(event)
+
+        bus.fanout = PgFanout(db.engine, delivered)
     orch.on_start()
     sweep_every = min(SWEEP_SECONDS, settings.stale_after / 2, settings.task_timeout / 2)
 

@@ -30,7 +30,8 @@ one process can do. Here:
 - **waiting clients** (a long poll, ``HeartbeatRequest.wait``): an idle client's heartbeat may be held
   (server/fastlane.py) until a commit creates, deletes or changes the state of one of *its* targets
   -- the ids come from the same flush tracking, so a new deployment wakes exactly its clients, at
-  its commit, from whatever thread commits -- or until the interval it was told has passed.
+  its commit, from whatever thread commits; another server's ``client-queued`` event (LISTEN/NOTIFY)
+  wakes its client here too -- or until the interval it was told has passed.
 
 A heartbeat that carries an inventory or a task id, or comes from a busy, unknown or offline
 client, takes the full path through the orchestrator as before.
@@ -128,15 +129,26 @@ class Presence:
             if clients:
                 self._auth = {k: v for k, v in self._auth.items() if v not in clients}
                 self._auth_gen += 1
-            waiting = [self._waiting[c] for c in woken | clients if c in self._waiting]
-        for loop, future in waiting:
-            loop.call_soon_threadsafe(_resolve, future, True)
+        self.wake(woken | clients)
 
     def _after_rollback(self, session: Session) -> None:
         session.info.pop("fleetcast_presence", None)
         session.info.pop("fleetcast_wake", None)
 
     # ---- waiting clients (long poll) -------------------------------------------------------------
+
+    def wake(self, client_ids: set[int]) -> None:
+        """Answer these clients' held heartbeats on the full path now; from any thread."""
+        with self._lock:
+            waiting = [self._waiting[c] for c in client_ids if c in self._waiting]
+        for loop, future in waiting:
+            loop.call_soon_threadsafe(_resolve, future, True)
+
+    def wake_for_event(self, event: dict[str, Any]) -> None:
+        """Another server's event (server/pgfanout.py): a client it queued may be held here."""
+        client_id = event.get("client_id")
+        if event.get("type") == "client-queued" and isinstance(client_id, int):
+            self.wake({client_id})
 
     async def wait_for_work(self, client_id: int, timeout: float) -> bool:
         """Wait until a commit touches one of the client's targets or its credential (True: answer

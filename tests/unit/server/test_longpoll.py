@@ -5,6 +5,7 @@ a task can only come from the wake-up, never from the agent's next heartbeat."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from pathlib import Path
@@ -78,3 +79,25 @@ def test_another_clients_deployment_does_not_wake_a_held_heartbeat(server: Serve
     server.deploy(clients=[b.mac])
     poll.join(20)
     assert replies == [{"task": None, "cancel": False, "interval": 60.0}]  # answered at the end of its wait
+
+
+def test_another_servers_client_queued_event_wakes_the_held_client(server: Server) -> None:
+    """With several servers on one PostgreSQL, the deployment may commit on another one: its
+    ``client-queued`` event (LISTEN/NOTIFY, server/pgfanout.py) wakes the client held here."""
+    a = server.agent("52:54:00:00:00:05")
+    a.heartbeat()
+    p = presence(server)
+    p.refresh(force=True)
+
+    async def held() -> bool:
+        waiting = asyncio.create_task(p.wait_for_work(a.client_id, 30.0))
+        await asyncio.sleep(0)
+        p.wake_for_event({"type": "deployment-created", "client_id": a.client_id})  # not for a client
+        p.wake_for_event({"type": "client-queued", "client_id": a.client_id + 1})  # another client
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        event = {"type": "client-queued", "client_id": a.client_id}
+        threading.Thread(target=p.wake_for_event, args=(event,)).start()  # the fan-out's thread
+        return await asyncio.wait_for(waiting, 20)
+
+    assert asyncio.run(held()) is True
