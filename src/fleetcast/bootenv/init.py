@@ -9,6 +9,9 @@ agent executes the post action itself (``reboot -f`` / ``poweroff -f``; "none" k
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,6 +28,56 @@ RESTART_DELAY = 5.0
 
 def status(line: str) -> None:
     print(f"fleetcast: {line}", flush=True)
+
+
+def uptime() -> float:
+    try:
+        return float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+KMSG_STAMP = re.compile(r"^\d+,\d+,(\d+),[^;]*;(.*)$")
+
+
+def _kmsg(path: Path = Path("/dev/kmsg")) -> list[tuple[float, str]]:
+    """The kernel's log so far as (seconds since the kernel started, message), without blocking."""
+    out: list[tuple[float, str]] = []
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return out
+    try:
+        while True:
+            try:
+                record = os.read(fd, 8192).decode(errors="replace")
+            except BlockingIOError:
+                break
+            except OSError:  # EPIPE: a record was overwritten while reading; go on with the next
+                continue
+            if not record:
+                break
+            m = KMSG_STAMP.match(record.split("\n", 1)[0])
+            if m:
+                out.append((int(m.group(1)) / 1e6, m.group(2)))
+    finally:
+        os.close(fd)
+    return out
+
+
+def boot_times(kmsg: list[tuple[float, str]], env: dict[str, str], now: float) -> str:
+    """Where the boot's seconds went, counted from the kernel's start (after its own decompression):
+    the initramfs unpacked from .. to .., /init started, modules loaded, this init running."""
+    parts = []
+    start = next((t for t, m in kmsg if m.startswith("Trying to unpack rootfs")), None)
+    end = next((t for t, m in kmsg if m.startswith("Freeing initrd memory")), None)
+    if start is not None and end is not None:
+        parts.append(f"initramfs unpacked {start:.1f}-{end:.1f} s")
+    for key, label in (("FC_UP_INIT", "/init"), ("FC_UP_MODULES", "modules loaded")):
+        if key in env:
+            parts.append(f"{label} {env[key]} s")
+    parts.append(f"python init {now:.1f} s")
+    return "times since the kernel started: " + ", ".join(parts)
 
 
 def firmware() -> str:
@@ -102,13 +155,68 @@ def agent_argv(settings: CmdlineSettings) -> list[str]:
     return argv
 
 
+# What the agent imports before it can enroll (the slow part of its start under emulation).
+AGENT_MODULES = ("fleetcast.cli.main", "fleetcast.cli.agent", "fleetcast.agent.loop")
+
+
+class ForkedAgent:
+    """The first agent, forked from this init before DHCP: it shares the interpreter and modules
+    already loaded, imports :data:`AGENT_MODULES` while the network comes up, and runs
+    ``fleetcast agent ARGS`` (the CLI's ``main``) once :meth:`start` says so. (Later restarts are
+    fresh processes.)"""
+
+    def __init__(self, argv: list[str]) -> None:
+        read_end, self._go = os.pipe()  # closed unwritten (this init died): the child just exits
+        self.pid = os.fork()
+        if self.pid == 0:
+            os.close(self._go)
+            self._child(read_end, argv)
+        os.close(read_end)
+
+    @staticmethod
+    def _child(read_end: int, argv: list[str]) -> None:
+        code = 1
+        try:
+            import importlib
+
+            for name in AGENT_MODULES:
+                importlib.import_module(name)
+            if os.read(read_end, 1) == b"1":
+                from fleetcast.cli.main import main as cli_main
+
+                code = cli_main(argv)
+            else:
+                code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+
+    def start(self) -> None:
+        os.write(self._go, b"1")
+        os.close(self._go)
+
+    def wait(self) -> int:
+        _, raw = os.waitpid(self.pid, 0)
+        return os.waitstatus_to_exitcode(raw)
+
+
 def main() -> int:
     try:
         settings = read()
     except FleetcastError as exc:
         status(f"error: {exc.message}")
         return 2
+    complete = settings.server is not None and settings.enroll_token is not None
+    first = ForkedAgent(agent_argv(settings)[3:]) if complete else None  # [3:]: after "python3 -m fleetcast"
     status(f"firmware {firmware()}")
+    status(boot_times(_kmsg(), dict(os.environ), uptime()))
     status(f"server {settings.server or '(none: fleetcast.server= missing)'}")
     nics = interfaces()
     name = choose_interface(nics, settings.boot_mac)
@@ -122,8 +230,14 @@ def main() -> int:
         status("error: fleetcast.server= and fleetcast.token= are needed on the kernel command line")
         return 2
     while True:
-        proc = spawn(agent_argv(settings), stdout=None, stderr=None)
-        status(f"agent started (pid {proc.pid}), server {settings.server}")
+        proc: ForkedAgent | subprocess.Popen[bytes]
+        if first is not None:
+            proc, first = first, None
+            proc.start()
+        else:
+            proc = spawn(agent_argv(settings), stdout=None, stderr=None)
+        up = f"{uptime():.1f} s since the kernel started"
+        status(f"agent started (pid {proc.pid}, {up}), server {settings.server}")
         rc = proc.wait()
         if rc == 0:
             status("agent finished")

@@ -10,7 +10,8 @@ from pathlib import Path
 import fleetcast
 
 # Bump when the build recipe itself changes in a way the inputs below do not show.
-RECIPE_VERSION = 1
+# 2: kernel modules compressed one by one (MODULE_ZSTD_LEVEL).
+RECIPE_VERSION = 2
 SUITE = "bookworm"
 
 BASE_PACKAGES: tuple[str, ...] = (
@@ -89,6 +90,11 @@ DROPPED_MODULES: tuple[str, ...] = (
     "kernel/drivers/net/wan",
     "kernel/drivers/atm",
 )
+
+# Kernel modules are stored as .ko.zst (kmod decompresses the few it loads): the kernel unpacks the
+# initramfs into memory at every boot, and 179 MB of plain .ko were half of what it unpacked (14.6 s of
+# a TCG boot; 6.9 s with the modules compressed, for an initrd 1.6 % larger).
+MODULE_ZSTD_LEVEL = 9
 
 # Files of the installed packages the initrd never uses (globs under the root): perl's libraries
 # (linux-image-amd64 pulls perl in; /usr/bin/perl itself stays), ICU (only xfs_scrub links it; the

@@ -5,14 +5,23 @@ the running interpreter's distributions (compiled extensions included) work ther
 
 from __future__ import annotations
 
+import compileall
 import importlib.metadata as md
+import logging
+import py_compile
 import shutil
+import sys
 from pathlib import Path
 
 from fleetcast.bootenv.options import AGENT_DISTRIBUTIONS, source_tree
 from fleetcast.errors import CommandError
 
+logger = logging.getLogger(__name__)
+
 SITE = Path("usr/local/lib/python3.11/dist-packages")
+# Trees compiled to .pyc at build time: without them every boot compiles fleetcast, httpx, pydantic ...
+# again under the client's CPU (2.2 s instead of 0.5 s on the build host; ~10 s under QEMU TCG).
+COMPILED = (SITE, Path("usr/lib/python3/dist-packages"))
 
 
 def closure(names: tuple[str, ...]) -> list[md.Distribution]:
@@ -67,3 +76,35 @@ def install(root: Path) -> list[str]:
         dirs_exist_ok=True,
     )
     return lines
+
+
+def compile_pyc(root: Path) -> int:
+    """Compile :data:`COMPILED` under ``root`` to ``__pycache__/*.cpython-311.pyc`` with unchecked hashes
+    (valid whatever the files' mtimes; the initrd never changes). The build interpreter must be the
+    initrd's Python version (both are Debian's 3.11), else the .pyc would be ignored: CommandError.
+    Returns the number of trees compiled."""
+    want = root / "usr" / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}"
+    if not want.is_dir():
+        found = sorted(p.name for p in (root / "usr" / "lib").glob("python3.*"))
+        raise CommandError(
+            f"boot environment: the build runs Python {sys.version_info.major}.{sys.version_info.minor} "
+            f"but the initrd has {', '.join(found) or 'no python3.X'}: its .pyc would not match",
+            argv=[],
+            hint="build with Debian's python3 of the same release (make setup)",
+        )
+    done = 0
+    for rel in COMPILED:
+        tree = root / rel
+        if not tree.is_dir():
+            continue
+        ok = compileall.compile_dir(
+            tree,
+            ddir=f"/{rel}",
+            quiet=2,
+            workers=0,
+            invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
+        )
+        if not ok:  # such a file is compiled (or fails) at import, as without this step
+            logger.warning("boot environment: some Python files in /%s did not compile", rel)
+        done += 1
+    return done

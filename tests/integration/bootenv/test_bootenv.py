@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from bootenvkit import Serial
 
-from fleetcast.bootenv import BootEnv, BootEnvOptions, ensure
+from fleetcast.bootenv import BootEnv, BootEnvOptions, build, ensure
 from fleetcast.bootenv.iso import make_iso
 from fleetcast.errors import UsageError
 
@@ -16,9 +16,15 @@ pytestmark = pytest.mark.integration
 MAC = "52:54:00:fc:be:01"
 
 
-def test_initrd_is_small_and_the_second_ensure_is_the_cache(bootenv: BootEnv) -> None:
+def test_initrd_is_small_and_the_second_ensure_is_the_cache(
+    bootenv: BootEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert bootenv.initrd.stat().st_size <= 150_000_000
     assert bootenv.kernel.parent.name == bootenv.key
+    # The same inputs as the session's build: the key hashes src/fleetcast, which someone may edit while
+    # this runs (a shared tree) and which would then ask for a new build; a build here fails the test.
+    monkeypatch.setattr(build, "cache_key", lambda options: bootenv.key)
+    monkeypatch.setattr(build, "_build", lambda *args, **kw: pytest.fail("built a second time"))
     again = ensure(BootEnvOptions())
     assert again.key == bootenv.key
     assert again.manifest["built_at"] == bootenv.manifest["built_at"]  # not built a second time
