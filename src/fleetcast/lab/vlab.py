@@ -265,6 +265,7 @@ def _start_server(state: LabState, timeout: float) -> None:
         f"{SERVER_IP}:{PORT}",
     ]
     argv += ["--dhcp", "full", "--interface", BRIDGE, "--range", DHCP_RANGE, "--server-url", state.server_url]
+    argv += ["--dhcp-ping", "off"]  # only the lab's machines are on its bridge: offer at once (~3 s a boot)
     argv += ["--bootenv", state.bootenv]
     with open(server_log(state), "ab") as log:
         # setsid: the server outlives this command and a Ctrl-C in its terminal (ended by PID at down)
@@ -331,75 +332,16 @@ def up(
     ``bootenv``: a folder with ``vmlinuz`` + ``initrd.img`` that machines boot instead of fleetcast's
     boot environment (bench/lab.py boots Debian's installer this way); the golden image is then not
     prepared."""
-    from fleetcast.lab.qemu import resolve_accel
-
     kinds = parse_firmware(firmware, clients)
     size = parse_size(disk_size)
-    if os.geteuid() != 0:
-        raise LabError("the lab needs root (network namespaces, taps)", hint="run it with sudo")
-    for tool, package in (
-        ("qemu-system-x86_64", "qemu-system-x86"),
-        ("dnsmasq", "dnsmasq-base"),
-        ("ip", "iproute2"),
-    ):
-        which(tool, package=package)
-    state_dir = state_dir.resolve() if state_dir.exists() else state_dir.absolute()
-    if (state_dir / "state.json").exists():
-        raise LabError(
-            f"a lab is already up in {state_dir}",
-            hint="'fleetcast lab status', or 'fleetcast lab down' first",
-        )
+    state_dir = _check_can_start(state_dir)
     if bootenv is None:
         bootenv, store = ensure_inputs(progress)
     else:
         store = state_dir / "store"
-    state_dir.mkdir(parents=True, exist_ok=True)
-    state_dir.chmod(0o700)
-    state = LabState(
-        state_dir=str(state_dir),
-        netns=netns_name(state_dir),
-        bootenv=str(bootenv),
-        store=str(store),
-        accel=resolve_accel(accel).value,
-        disk_size=size,
-        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-    )
-    for i, kind in enumerate(kinds, start=1):
-        state.machines.append(
-            MachineRecord(
-                index=i,
-                name=f"client{i}",
-                firmware=kind.value,
-                mac=lab_mac(i),
-                tap=f"fctap{i}",
-                workdir=str(state_dir / "machines" / f"client{i}"),
-            )
-        )
-    state.save()
+    state = _new_state(state_dir, kinds, bootenv=bootenv, store=store, accel=accel, disk_size=size)
     try:
-        if (
-            subprocess.run(["ip", "netns", "pids", state.netns], capture_output=True, check=False).returncode
-            == 0
-        ):
-            raise LabError(
-                f"network namespace {state.netns} already exists", hint="'fleetcast lab down' removes it"
-            )
-        _make_network(state)
-        _say(progress, f"namespace {state.netns}: bridge {BRIDGE} {SERVER_IP}/24, {clients} tap(s)")
-        t = time.monotonic()
-        _start_server(state, server_timeout)
-        _say(
-            progress,
-            f"server {state.server_url} (pid {state.server_pid}, DHCP {DHCP_RANGE} on {BRIDGE}) "
-            f"in {time.monotonic() - t:.1f} s",
-        )
-        if register_secureboot:
-            for m in state.machines:
-                if m.firmware == Firmware.SECUREBOOT:
-                    register(state, m.mac, boot="secureboot")
-        for m in state.machines:
-            machine = state.machine(m)
-            machine.create_disk(size)
+        _bring_up(state, register_secureboot=register_secureboot, progress=progress, timeout=server_timeout)
         if start:
             for m in state.machines:
                 power_on(state, m)
@@ -414,6 +356,83 @@ def up(
             logger.exception("cleaning up the half-built lab failed")
         raise
     return state
+
+
+def _check_can_start(state_dir: Path) -> Path:
+    """Root, the tools, and no lab in ``state_dir`` yet; the state folder's absolute path."""
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root (network namespaces, taps)", hint="run it with sudo")
+    for tool, package in (
+        ("qemu-system-x86_64", "qemu-system-x86"),
+        ("dnsmasq", "dnsmasq-base"),
+        ("ip", "iproute2"),
+    ):
+        which(tool, package=package)
+    state_dir = state_dir.resolve() if state_dir.exists() else state_dir.absolute()
+    if (state_dir / "state.json").exists():
+        raise LabError(
+            f"a lab is already up in {state_dir}",
+            hint="'fleetcast lab status', or 'fleetcast lab down' first",
+        )
+    return state_dir
+
+
+def _new_state(
+    state_dir: Path, kinds: list[Firmware], *, bootenv: Path, store: Path, accel: Accel, disk_size: int
+) -> LabState:
+    """The lab's state folder and ``state.json`` with one record per machine (nothing started yet)."""
+    from fleetcast.lab.qemu import resolve_accel
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir.chmod(0o700)
+    state = LabState(
+        state_dir=str(state_dir),
+        netns=netns_name(state_dir),
+        bootenv=str(bootenv),
+        store=str(store),
+        accel=resolve_accel(accel).value,
+        disk_size=disk_size,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    for i, kind in enumerate(kinds, start=1):
+        state.machines.append(
+            MachineRecord(
+                index=i,
+                name=f"client{i}",
+                firmware=kind.value,
+                mac=lab_mac(i),
+                tap=f"fctap{i}",
+                workdir=str(state_dir / "machines" / f"client{i}"),
+            )
+        )
+    state.save()
+    return state
+
+
+def _bring_up(
+    state: LabState, *, register_secureboot: bool, progress: Callable[[str], None] | None, timeout: float
+) -> None:
+    """Namespace, bridge and taps, the server, Secure Boot registrations, blank disks (the caller removes
+    everything when this raises)."""
+    taken = subprocess.run(["ip", "netns", "pids", state.netns], capture_output=True, check=False)
+    if taken.returncode == 0:
+        hint = "'fleetcast lab down' removes it"
+        raise LabError(f"network namespace {state.netns} already exists", hint=hint)
+    _make_network(state)
+    _say(progress, f"namespace {state.netns}: bridge {BRIDGE} {SERVER_IP}/24, {len(state.machines)} tap(s)")
+    t = time.monotonic()
+    _start_server(state, timeout)
+    _say(
+        progress,
+        f"server {state.server_url} (pid {state.server_pid}, DHCP {DHCP_RANGE} on {BRIDGE}) "
+        f"in {time.monotonic() - t:.1f} s",
+    )
+    if register_secureboot:
+        for m in state.machines:
+            if m.firmware == Firmware.SECUREBOOT:
+                register(state, m.mac, boot="secureboot")
+    for m in state.machines:
+        state.machine(m).create_disk(state.disk_size)
 
 
 def register(
