@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -27,10 +27,12 @@ from fleetcast import __version__
 from fleetcast.errors import CaptureError, UsageError
 from fleetcast.progress import ProgressFn
 from fleetcast.store.chunkstore import DEFAULT_LEVEL, MAX_OBJECT_BYTES, chunk_hash, compress
+from fleetcast.store.ext_unchanged import Reused
 from fleetcast.store.images import ImageStore, check_name
 from fleetcast.store.index import Entry, IndexWriter
 from fleetcast.store.manifest import INDEX_FILE, VERSION_2, Area, Extent, Manifest, PackRef, load_image
-from fleetcast.store.reader import Readers, read_windows, split_zeros
+from fleetcast.store.previous import PreviousImage, reuse_plan
+from fleetcast.store.reader import Readers, read_windows, split_zeros, windows
 from fleetcast.store.sink_local import StoreSink
 from fleetcast.store.source import CaptureSink, KnownChunk
 
@@ -51,6 +53,7 @@ class CaptureStats:
     new_bytes: int = 0
     chunks: int = 0
     read_bytes: int = 0
+    unread_bytes: int = 0  # used bytes not read: provably unchanged since the previous image
 
 
 @dataclass
@@ -79,12 +82,15 @@ def capture(
     pack_size: int = PACK_SIZE,
     sink: CaptureSink | None = None,
     os_info: Mapping[int, dict[str, Any]] | Callable[[], Mapping[int, dict[str, Any]]] | None = None,
+    previous: PreviousImage | None = None,
 ) -> Manifest:
     """Capture ``source`` as image ``name`` (format 2) through ``sink`` (default: the local store's;
     ``store`` may be None when a sink is given, e.g. an agent capturing to a server); the image is
     visible only once complete and durable. ``os_info``: partition number -> what an OS inspection
     found on it (recorded in that area's ``os_info``), or a function giving it, called once the disk is
-    read (probes run meanwhile: ``identity.osinfo.start``)."""
+    read (probes run meanwhile: ``identity.osinfo.start``). ``previous``: the image this one is likely
+    much like (a re-capture): windows of ext areas whose data provably did not change since it are not
+    read, their chunks are the previous ones (``store.ext_unchanged``; docs/image-format.md)."""
     from fleetcast.disk.device import inspect
     from fleetcast.disk.filesystems import probe_os
     from fleetcast.disk.partitions import read_table
@@ -121,6 +127,10 @@ def capture(
         for plan in plans:
             if plan.kind != "gap":
                 plan.os_hint = probe_os(plan.fstype, source, f, plan.start, plan.size)
+        reuse: dict[int, dict[int, Reused]] = {}
+        if previous is not None:
+            areas_now = [(p.kind, p.number, p.start, p.size, p.fstype, p.used) for p in plans]
+            reuse = reuse_plan(f, areas_now, previous, chunk_size=chunk_size, zero_block=ZERO_BLOCK)
         with (
             sink or StoreSink(_need(store), name) as out,
             tempfile.TemporaryDirectory(prefix="fleetcast-capture-") as tmp,
@@ -141,6 +151,7 @@ def capture(
                     progress=progress,
                     source=source,
                     pack_size=pack_size,
+                    reuse=reuse,
                 )
                 info = index.close()
             if callable(os_info):
@@ -178,6 +189,9 @@ def capture(
         stats.new_bytes = packer.new_bytes
         stats.chunks = manifest.entry_count
         stats.read_bytes = manifest.used_bytes
+        stats.unread_bytes = sum(
+            (e.length if e is not None else 0) + _length(z) for r in reuse.values() for e, z in r.values()
+        )
     logger.info(
         "captured %s from %s: %d bytes used, %d stored in %d new packs",
         name,
@@ -386,7 +400,7 @@ class _Window:
     window: int
     extents: list[Extent]
     digest: bytes
-    data: bytes | memoryview  # (a view into its read's buffer when it is one run)
+    data: bytes | memoryview | None  # (a view into its read's buffer when it is one run; None: not read)
 
 
 HAVE_AHEAD = 2  # batches whose have() answers are awaited while the next ones are read and hashed
@@ -434,8 +448,16 @@ class _HaveAhead:
             hit = known.get(w.digest)
             if hit is not None:
                 where = (packs.of_existing(hit), hit.offset)
+            elif w.digest in packer.slices:
+                where = packer.slices[w.digest]
+            elif w.data is None:  # a window not read: its previous chunk must be there
+                raise CaptureError(
+                    f"chunk {w.digest.hex()[:16]} of the previous image (window {w.window} of area "
+                    f"{area_no}) is no longer in the store",
+                    hint="capture again (the previous image changed meanwhile)",
+                )
             else:
-                where = packer.slices.get(w.digest) or packer.add(w.digest, w.data)
+                where = packer.add(w.digest, w.data)
             self.index.add(Entry(area_no, where[0], where[1], w.window, w.digest, tuple(w.extents)))
         self.entries[area_no] = self.entries.get(area_no, 0) + len(batch)
 
@@ -453,18 +475,36 @@ def _capture_areas(
     progress: ProgressFn | None,
     source: Path,
     pack_size: int,
+    reuse: Mapping[int, Mapping[int, Reused]],
 ) -> tuple[list[Area], _Packer]:
     reader = Readers(f.fileno(), source, block=source.is_block_device())
     with ThreadPoolExecutor(workers, thread_name_prefix="capture") as pool:
         packer = _Packer(sink, pool, packs, level=level, pack_size=pack_size, workers=workers)
         ahead = _HaveAhead(sink, packs, packer, index)
         try:
-            areas = _read_areas(reader, plans, ahead, chunk_size=chunk_size, progress=progress, source=source)
+            areas = _read_areas(
+                reader, plans, ahead, chunk_size=chunk_size, progress=progress, source=source, reuse=reuse
+            )
         finally:
             ahead.close()
             reader.close()
         packer.finish()
     return areas, packer
+
+
+@dataclass
+class _Span:
+    start: int
+    size: int
+    used: list[Extent]
+
+
+def _without(plan: _Plan, reused: Mapping[int, Reused], chunk_size: int) -> _Span:
+    """The area with the used extents of the windows in ``reused`` left out (what is still read)."""
+    keep = [
+        p for w, pieces in windows(list(plan.used), plan.size, chunk_size) if w not in reused for p in pieces
+    ]
+    return _Span(plan.start, plan.size, keep)
 
 
 @dataclass
@@ -474,8 +514,35 @@ class _Prepared:
 
     nonzero: list[Extent]
     zeros: list[Extent]
-    chunk: bytes | memoryview
+    chunk: bytes | memoryview | None  # None: a window not read (its previous chunk is reused)
     digest: bytes
+
+
+def _length(runs: list[Extent]) -> int:
+    return sum(n for _, n in runs)
+
+
+def _in_order(
+    read: Iterator[tuple[int, list[Extent], _Prepared]], reused: Mapping[int, Reused]
+) -> Iterator[tuple[int, list[Extent], _Prepared]]:
+    """The windows read, with the windows not read (``reused``: the previous chunk and zero runs) put in
+    among them in window order, as if read (``chunk`` None: the data was not read)."""
+    order = sorted(reused)
+    at = 0
+    for window, pieces, ready in read:
+        while at < len(order) and order[at] < window:
+            yield _as_read(order[at], reused[order[at]])
+            at += 1
+        yield window, pieces, ready
+    for w in order[at:]:
+        yield _as_read(w, reused[w])
+
+
+def _as_read(window: int, reuse: Reused) -> tuple[int, list[Extent], _Prepared]:
+    entry, zero_runs = reuse
+    nonzero = list(entry.extents) if entry is not None else []
+    pieces = sorted(nonzero + zero_runs)
+    return window, pieces, _Prepared(nonzero, zero_runs, None, entry.hash if entry is not None else b"")
 
 
 def _prepare(window: int, pieces: list[Extent], buf: bytes, base: int) -> _Prepared:
@@ -501,6 +568,7 @@ def _read_areas(
     chunk_size: int,
     progress: ProgressFn | None,
     source: Path,
+    reuse: Mapping[int, Mapping[int, Reused]],
 ) -> list[Area]:
     total = sum(sum(n for _, n in p.used) for p in plans)
     done = 0
@@ -511,15 +579,17 @@ def _read_areas(
         zeros: list[Extent] = []
         data_bytes = skipped = 0
         batch: list[_Window] = []
-
-        for window, pieces, ready in read_windows(reader, plan, chunk_size, source, _prepare):
+        reused = reuse.get(area_no, {})
+        span = _without(plan, reused, chunk_size) if reused else plan
+        read = read_windows(reader, span, chunk_size, source, _prepare)
+        for window, pieces, ready in _in_order(read, reused):
             if plan.keep_zeros:
                 _merge_add(zeros, ready.zeros)
             else:
                 skipped += sum(n for _, n in ready.zeros)
             done += sum(n for _, n in pieces)
             if ready.nonzero:
-                data_bytes += len(ready.chunk)
+                data_bytes += len(ready.chunk) if ready.chunk is not None else _length(ready.nonzero)
                 batch.append(_Window(window, ready.nonzero, ready.digest, ready.chunk))
                 if len(batch) >= HAVE_BATCH:
                     ahead.submit(batch, area_no)

@@ -160,8 +160,11 @@ class Superblock:
         return out
 
 
-def used_blocks(f: BinaryIO, offset: int, size: int) -> tuple[Superblock, list[tuple[int, int]]]:
-    """(superblock, [(first block, count)]) of every block the filesystem uses."""
+def group_descriptors(
+    f: BinaryIO, offset: int, size: int
+) -> tuple[Superblock, int, list[tuple[int, int, int, int]]]:
+    """(superblock, inode size, [(block bitmap, inode bitmap, inode table, flags)] per group), every
+    location checked to lie inside the filesystem."""
     sb = Superblock(read_at(f, offset + SB_OFFSET, 1024, what="ext superblock", limit=offset + size))
     if sb.size > size:
         raise FilesystemError(
@@ -184,8 +187,9 @@ def used_blocks(f: BinaryIO, offset: int, size: int) -> tuple[Superblock, list[t
         descs += read_at(
             f, offset + gdt_block * bs, sb.gdt_blocks() * bs, what="ext group descriptors", limit=limit
         )
-    used: list[tuple[int, int]] = [(0, -(-2048 // bs))]
-    inode_table_blocks = -(-sb.inodes_per_group * _inode_size(f, offset, limit) // bs)
+    inode_size = _inode_size(f, offset, limit)
+    inode_table_blocks = -(-sb.inodes_per_group * inode_size // bs)
+    out: list[tuple[int, int, int, int]] = []
     for g in range(sb.groups):
         d = descs[g * sb.desc_size : (g + 1) * sb.desc_size]
         block_bitmap, inode_bitmap, inode_table = struct.unpack_from("<3I", d, 0)
@@ -201,7 +205,19 @@ def used_blocks(f: BinaryIO, offset: int, size: int) -> tuple[Superblock, list[t
                     f"ext group {g} points at block {blk} (+{count}); "
                     f"the filesystem has {sb.blocks_count} blocks"
                 )
-            used.append((blk, count))
+        out.append((block_bitmap, inode_bitmap, inode_table, flags))
+    return sb, inode_size, out
+
+
+def used_blocks(f: BinaryIO, offset: int, size: int) -> tuple[Superblock, list[tuple[int, int]]]:
+    """(superblock, [(first block, count)]) of every block the filesystem uses."""
+    sb, inode_size, descs = group_descriptors(f, offset, size)
+    bs = sb.block_size
+    limit = offset + size
+    used: list[tuple[int, int]] = [(0, -(-2048 // bs))]
+    inode_table_blocks = -(-sb.inodes_per_group * inode_size // bs)
+    for g, (block_bitmap, inode_bitmap, inode_table, flags) in enumerate(descs):
+        used.extend(((block_bitmap, 1), (inode_bitmap, 1), (inode_table, inode_table_blocks)))
         start = sb.group_start(g)
         nblocks = min(sb.blocks_per_group, sb.blocks_count - start)
         if flags & BG_BLOCK_UNINIT:
