@@ -69,6 +69,7 @@ class DeploymentBody(BaseModel):
     max_wait: float | None = Field(default=None, ge=0, le=86_400)
     multicast_from: int | None = Field(default=None, ge=1, le=100_000)  # auto: multicast from K
     drop_below: float | None = Field(default=None, ge=0)  # bytes/s; a slower receiver goes unicast
+    repair: str | None = Field(default=None, max_length=16)  # sooner | cycle | http (server/multicast.py)
 
     # IP list instead of a range, and Windows options (server/presets.py, docs/console.md)
     ip_list: str | None = Field(default=None, max_length=1 << 20)  # CSV lines MAC,NAME,IP/PREFIX
@@ -91,6 +92,7 @@ class DeploymentBody(BaseModel):
             "max_wait": self.max_wait,
             "multicast_from": self.multicast_from,
             "drop_below": self.drop_below,
+            "repair": self.repair,
         }
         return {k: v for k, v in given.items() if v is not None}
 

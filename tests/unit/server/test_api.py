@@ -343,3 +343,15 @@ def test_ids_out_of_range_are_not_found(server: Server) -> None:
     assert a.heartbeat(task_id=big)["cancel"] is True
     assert server.get("/api/events/log", params={"since": big}) == {"events": []}
     assert server.get("/api/events/log", params={"deployment_id": big}) == {"events": []}
+
+
+def test_deployment_body_takes_the_multicast_repair_mode(server: Server) -> None:
+    """``repair`` in POST /api/deployments, as the console's wizard sends it (MULTICAST's request)."""
+    for mac in ("52:54:00:00:07:01", "52:54:00:00:07:02"):
+        server.agent(mac)
+    body = {"image": IMAGE, "clients": "all", "disk": "0", "batch": 2, "transport": "multicast"}
+    dep = server.post("/api/deployments", {**body, "repair": "http"}, status=201)["deployment"]
+    assert server.get(f"/api/deployments/{dep}/multicast")["options"]["repair"] == "http"
+    server.post(f"/api/deployments/{dep}/cancel")
+    bad = server.post("/api/deployments", {**body, "repair": "pigeon"}, status=400)
+    assert "repair must be one of sooner, cycle, http, found 'pigeon'" in bad["message"]
