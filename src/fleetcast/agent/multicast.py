@@ -407,9 +407,11 @@ class MulticastSource:
             line += f"; {self.stats.foreign} frames of another session skipped"
         return line
 
-    def finish(self) -> str:
-        """Tell the session how this client finished (event ``client-transport``); the result line."""
-        self._settle()
+    def finish(self, *, settle: bool = True) -> str:
+        """Tell the session how this client finished (event ``client-transport``); the result line.
+        With ``settle`` it also waits for the receivers still doing udpcast's end handshake (up to its
+        ``--exit-wait``); without, the caller must ``close()`` later (e.g. after personalizing, so the
+        handshake's half second overlaps it)."""
         if self.session is not None:
             final = {
                 "transport": self.transport,
@@ -422,7 +424,10 @@ class MulticastSource:
                 self._report(None, final)
             except FleetcastError as exc:
                 logger.warning("task %d: final multicast report failed: %s", self.task.task_id, exc.message)
+        if settle:
+            self._settle()
         return self.summary()
 
     def close(self) -> None:
+        """End every receiver of this source (waits for one finishing its end handshake, bounded)."""
         self._settle()
