@@ -14,6 +14,8 @@ requests from them and parses the server's answers with them. Every message:
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -271,6 +273,53 @@ def pack_digests(body: bytes) -> list[bytes]:
     if n > MAX_HAVE:
         raise AgentError(f"have request: at most {MAX_HAVE} digests per request, found {n}")
     return [body[i : i + DIGEST_BYTES] for i in range(0, len(body), DIGEST_BYTES)]
+
+
+# POST previous/chunks (a re-capture reading the previous image's inode tables): the body is records of a
+# 32-byte digest and a little-endian u32 length; the answer, for each record in order, a u32 length
+# (MISSING_CHUNK: the server does not have it) and that many bytes. The agent checks every chunk's digest.
+CHUNK_REQUEST = struct.Struct("<32sI")
+MAX_CHUNK_REQUESTS = 256  # chunks one request asks for (at most 16 MiB of answer with 64 KiB chunks)
+MISSING_CHUNK = 0xFFFFFFFF
+
+
+def chunk_requests(body: bytes) -> list[tuple[bytes, int]]:
+    """A previous/chunks body as (digest, length) pairs; AgentError when malformed or too many."""
+    size = CHUNK_REQUEST.size
+    if len(body) % size or len(body) // size > MAX_CHUNK_REQUESTS:
+        raise AgentError(
+            f"previous chunks request: expected up to {MAX_CHUNK_REQUESTS} records of {size} bytes, "
+            f"found {len(body)} bytes"
+        )
+    return [CHUNK_REQUEST.unpack_from(body, at) for at in range(0, len(body), size)]
+
+
+def chunk_answer(wanted: list[tuple[bytes, int]], found: Mapping[bytes, bytes]) -> bytes:
+    out = bytearray()
+    for digest, _ in wanted:
+        data = found.get(digest)
+        out += struct.pack("<I", MISSING_CHUNK if data is None else len(data))
+        out += data or b""
+    return bytes(out)
+
+
+def read_chunk_answer(wanted: Sequence[tuple[bytes, int]], body: bytes) -> dict[bytes, bytes]:
+    """digest -> bytes from a previous/chunks answer (the digests are not checked here); AgentError when
+    it is cut short."""
+    out: dict[bytes, bytes] = {}
+    at = 0
+    for digest, _ in wanted:
+        if at + 4 > len(body):
+            raise AgentError(f"previous chunks answer: cut short at byte {at} of {len(body)}")
+        (n,) = struct.unpack_from("<I", body, at)
+        at += 4
+        if n == MISSING_CHUNK:
+            continue
+        if at + n > len(body):
+            raise AgentError(f"previous chunks answer: chunk of {n} bytes cut short at byte {at}")
+        out[digest] = body[at : at + n]
+        at += n
+    return out
 
 
 _M = TypeVar("_M", bound=BaseModel)

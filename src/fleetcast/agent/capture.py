@@ -23,7 +23,7 @@ import struct
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +36,8 @@ from pydantic import ValidationError
 
 from fleetcast.errors import AgentError, FleetcastError, TransportError
 from fleetcast.protocol import (
+    CHUNK_REQUEST,
+    MAX_CHUNK_REQUESTS,
     MAX_HAVE,
     CaptureBeginReply,
     HaveReply,
@@ -44,9 +46,10 @@ from fleetcast.protocol import (
     PublishReply,
     Task,
     describe,
+    read_chunk_answer,
 )
 from fleetcast.store.index import Entry
-from fleetcast.store.manifest import PackRef
+from fleetcast.store.manifest import Manifest, PackRef
 from fleetcast.store.source import KnownChunk
 from fleetcast.transport.http import HttpStatusError, make_client, request
 
@@ -351,11 +354,21 @@ def _download(api: AgentApi, url: str, path: Path) -> None:
         raise TransportError(f"GET {url}: {type(exc).__name__}: {exc}") from exc
 
 
+@dataclass
+class LoadedPrevious:
+    """The previous image as the agent holds it: its chunks for ``have`` and, while ``keep`` (a directory
+    the caller owns) exists, its manifest with its index for not reading unchanged files."""
+
+    chunks: PreviousChunks
+    manifest: Manifest | None = None
+
+
 def load_previous(
-    api: AgentApi, task_id: int, previous: PreviousImage, stop: Callable[[], bool] | None
-) -> PreviousChunks:
+    api: AgentApi, task_id: int, previous: PreviousImage, stop: Callable[[], bool] | None, keep: Path
+) -> LoadedPrevious:
     """Where the previous image keeps each of its chunks, from its index (verified against its manifest and
-    image id); empty when it is too large to hold or cannot be had (every chunk is asked instead)."""
+    image id, the index kept in ``keep``); empty when it is too large to hold or cannot be had (every chunk
+    is asked instead, every byte read)."""
     from fleetcast.store.manifest import load_image
 
     if previous.entries > PREVIOUS_MAX_ENTRIES:
@@ -363,7 +376,7 @@ def load_previous(
             "previous image %r: %d entries, more than the %d held in memory; asking the server about every "
             "chunk", previous.image, previous.entries, PREVIOUS_MAX_ENTRIES,
         )  # fmt: skip
-        return PreviousChunks()
+        return LoadedPrevious(PreviousChunks())
     base = f"/api/agent/captures/{task_id}/previous"
     what = f"previous image {previous.image!r}"
     try:
@@ -371,18 +384,40 @@ def load_previous(
             api.client, "GET", f"{base}/manifest", outage_limit=api.outage_limit, stop=stop,
             what=f"manifest of the {what}",
         ).content  # fmt: skip
-        with tempfile.TemporaryDirectory(prefix="fleetcast-previous-") as tmp:
-            path = Path(tmp) / "index"
-            _download(api, f"{base}/index", path)
-            m = load_image(manifest, path, expected_id=previous.image_id, what=what)
-            if m.index is None:
-                raise AgentError(f"{what}: expected a format-2 image with an index, found format {m.version}")
-            known = PreviousChunks.from_index(m.index.entries(), m.packs)
+        path = keep / "index"
+        _download(api, f"{base}/index", path)
+        m = load_image(manifest, path, expected_id=previous.image_id, what=what)
+        if m.index is None:
+            raise AgentError(f"{what}: expected a format-2 image with an index, found format {m.version}")
+        known = PreviousChunks.from_index(m.index.entries(), m.packs)
     except FleetcastError as exc:
         logger.warning("%s: %s; asking the server about every chunk", what, exc.message)
-        return PreviousChunks()
+        return LoadedPrevious(PreviousChunks())
     logger.info("task %d: %s: %d chunks known without asking", task_id, what, len(known))
-    return known
+    return LoadedPrevious(known, m)
+
+
+class RemotePrevious:
+    """``store.previous.PreviousSource`` over the agent API: the previous image's manifest (held by the
+    agent) and ``fetch`` through ``POST previous/chunks`` (the engine checks every chunk's digest)."""
+
+    def __init__(self, api: AgentApi, task_id: int, manifest: Manifest, stop: Callable[[], bool]) -> None:
+        self.api, self.task_id, self.manifest, self.stop = api, task_id, manifest, stop
+        self.fetched = 0  # bytes received
+
+    def fetch(self, wanted: Sequence[tuple[bytes, int]]) -> Mapping[bytes, bytes]:
+        out: dict[bytes, bytes] = {}
+        for at in range(0, len(wanted), MAX_CHUNK_REQUESTS):
+            part = list(wanted[at : at + MAX_CHUNK_REQUESTS])
+            response = request(
+                self.api.client, "POST", f"/api/agent/captures/{self.task_id}/previous/chunks",
+                outage_limit=self.api.outage_limit, stop=self.stop, what="previous image's chunks",
+                content=b"".join(CHUNK_REQUEST.pack(d, n) for d, n in part),
+                headers={"Content-Type": "application/octet-stream"},
+            )  # fmt: skip
+            self.fetched += len(response.content)
+            out.update(read_chunk_answer(part, response.content))
+        return out
 
 
 def run_capture(
@@ -410,14 +445,22 @@ def run_capture(
     )  # fmt: skip
     info: CaptureBeginReply = _model(CaptureBeginReply, begin, "capture begin reply")
     runner._check(cancel)
-    previous = load_previous(api, task.task_id, info.previous, stopping) if info.previous else None
+    keep = tempfile.TemporaryDirectory(prefix="fleetcast-previous-")
+    loaded = (
+        load_previous(api, task.task_id, info.previous, stopping, Path(keep.name)) if info.previous else None
+    )
     runner._check(cancel)
     client = make_client(api.server, api.credential, verify=api.verify, workers=UPLOADERS + HAVE_THREADS)
+    remote = (
+        RemotePrevious(api, task.task_id, loaded.manifest, stopping)
+        if loaded is not None and loaded.manifest is not None
+        else None
+    )
     try:
         sink = RemoteSink(
             api, task.task_id, stop=stopping, max_have=info.max_have,
-            on_publish=lambda: reporter.update(phase="publishing", urgent=True), previous=previous,
-            client=client,
+            on_publish=lambda: reporter.update(phase="publishing", urgent=True),
+            previous=loaded.chunks if loaded is not None else None, client=client,
         )  # fmt: skip
         started = time.monotonic()
         before = started - task_started  # disk choice, begin, the previous image's manifest and index
@@ -455,6 +498,7 @@ def run_capture(
             sink=sink,
             workers=workers,
             os_info=os_info,
+            previous=remote,
         )
         seconds = time.monotonic() - started
         runner._check(cancel)
@@ -463,12 +507,15 @@ def run_capture(
         logger.info(
             "task %d: capture timing: %.1f s in all, %.1f s before it (disk, begin, previous image), "
             "%.1f s waiting for the OS probes, %.1f s in %d have requests, %.1f s waiting for upload slots, "
-            "%.1f s publishing (uploads left, index, manifest); %d packs sent, %d skipped",
+            "%.1f s publishing (uploads left, index, manifest); %d packs sent, %d skipped; %.1f MiB not "
+            "read (unchanged since the previous image; %.1f MiB of its inode tables fetched)",
             task.task_id, seconds, before, probed, s.have_seconds, s.have_requests, s.wait_seconds,
-            s.publish_seconds, s.packs_sent, s.packs_skipped,
+            s.publish_seconds, s.packs_sent, s.packs_skipped, stats.unread_bytes / (1 << 20),
+            (remote.fetched if remote else 0) / (1 << 20),
         )  # fmt: skip
     finally:
         client.close()
+        keep.cleanup()
     lines = [
         f"capture: image {task.image!r} ({manifest.image_id[:16]}) from {disk.path}",
         f"capture: bytes_read {stats.read_bytes}, bytes_sent {s.bytes_sent}, chunks_new "

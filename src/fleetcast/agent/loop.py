@@ -21,7 +21,7 @@ from typing import Any
 from fleetcast.agent.api import AgentApi
 from fleetcast.agent.inventory import Inventory, collect
 from fleetcast.agent.runner import Stopped, TaskRunner
-from fleetcast.agent.state import DEFAULT_STATE_DIR, StateStore, claim
+from fleetcast.agent.state import DEFAULT_STATE_DIR, StateStore, claim, load_pin, save_pin
 from fleetcast.errors import AgentError, FleetcastError, TransportError
 from fleetcast.pidlock import PidLock
 from fleetcast.protocol import HEARTBEAT_MAX_WAIT, parse_task
@@ -53,9 +53,11 @@ class Agent:
     def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
         self.stop_event = threading.Event()
+        # the server certificate's pin: the flag's, else the one kept from an earlier enrollment
+        pin = settings.tls_fingerprint or load_pin(settings.state_dir, settings.server)
         self.api = AgentApi(
             settings.server, outage_limit=settings.outage_limit, stop=self.stop_event.is_set,
-            tls_fingerprint=settings.tls_fingerprint,
+            tls_fingerprint=pin,
         )  # fmt: skip
         self.state = StateStore(settings.state_dir)
         self.lock: PidLock | None = None
@@ -108,6 +110,8 @@ class Agent:
         )
         assert self.api.credential is not None
         self.state.save_credential(self.api.server, self.api.credential)
+        if self.api.tls_fingerprint:
+            save_pin(self.settings.state_dir, self.api.server, self.api.tls_fingerprint)
         logger.info(
             "enrolled with %s as client %d (MAC %s, %d disk(s))",
             self.api.server, client_id, self.inventory.primary_mac, len(self.inventory.disks),
@@ -174,6 +178,9 @@ class Agent:
                 logger.warning("heartbeat failed: %s", exc.message)
                 self.stop_event.wait(5)
                 continue
+            interval = reply.interval
+            if inv is not None and reply.task is None:
+                continue  # an inventory heartbeat is answered at once: go straight into a held one
             if reply.task is not None:
                 state = self._run_task(runner, reply.task)
                 _forget_windows()  # the task may have rewritten a disk: read its Windows volumes again
@@ -183,7 +190,6 @@ class Agent:
                 if self.settings.once:
                     return 0 if state == "done" else 1
                 continue
-            interval = reply.interval
             # a server that held the reply (long poll) has used up the interval; one that answered at once
             # leaves the rest of it to sleep here
             self.stop_event.wait(max(0.0, reply.interval - (time.monotonic() - sent if wait else 0.0)))

@@ -315,19 +315,23 @@ class TaskRunner:
                 on_checkpoint=checkpoint,
                 checkpoint_bytes=self.checkpoint_bytes,
             )
-        self._check(cancel)
-        changes = list(restored.notes)
-        if mcast is not None:
-            changes.append(mcast.finish())  # which transport it finished with, packs repaired
-        if task.name or task.ip or manifest.os_hint:
-            reporter.update(phase="personalizing", urgent=True)
-            from fleetcast.agent.options import identity_settings
-            from fleetcast.agent.personalize import personalize
+        try:
+            self._check(cancel)
+            changes = list(restored.notes)
+            if mcast is not None:  # which transport it finished with, packs repaired; udpcast's end
+                changes.append(mcast.finish(settle=False))  # handshake overlaps personalizing (close below)
+            if task.name or task.ip or manifest.os_hint:
+                reporter.update(phase="personalizing", urgent=True)
+                from fleetcast.agent.options import identity_settings
+                from fleetcast.agent.personalize import personalize
 
-            # name, IP and the Windows options (new SID, reset IDs, drivers folder, unattend.xml)
-            with identity_settings(task, self.api, self.mac) as settings:
-                kind, lines = personalize(target, manifest, settings)
-            changes += [f"{kind}: {line}" for line in lines]
+                # name, IP and the Windows options (new SID, reset IDs, drivers folder, unattend.xml)
+                with identity_settings(task, self.api, self.mac) as settings:
+                    kind, lines = personalize(target, manifest, settings)
+                changes += [f"{kind}: {line}" for line in lines]
+        finally:
+            if mcast is not None:
+                mcast.close()  # the receivers' end handshake (bounded), also after a failure
         self._check(cancel)
         reporter.update(phase="finishing", urgent=True)
         _, line = plan_post_action(task.then, disk=disk.path, execute=self.execute_post_action)

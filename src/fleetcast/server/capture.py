@@ -26,12 +26,21 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from fleetcast.errors import UsageError
-from fleetcast.protocol import DIGEST_BYTES, MAX_HAVE, CaptureBeginReply, HaveReply, PackStatus, PublishReply
+from fleetcast.protocol import (
+    CHUNK_REQUEST,
+    DIGEST_BYTES,
+    MAX_CHUNK_REQUESTS,
+    MAX_HAVE,
+    CaptureBeginReply,
+    HaveReply,
+    PackStatus,
+    PublishReply,
+)
 from fleetcast.server.api_admin import require_admin
 from fleetcast.server.api_agent import AgentId, peer
 from fleetcast.server.capture_service import CaptureService
@@ -162,6 +171,17 @@ def previous(task_id: int, part: Literal["manifest", "index"], svc: Svc, client_
     return FileResponse(
         path, media_type="application/json" if part == "manifest" else "application/octet-stream"
     )
+
+
+@agent_router.post("/{task_id}/previous/chunks", response_class=Response)
+async def previous_chunks(task_id: int, request: Request, svc: Svc, client_id: AgentId) -> Response:
+    """Chunks of the previous image by digest and length (docs/agent-protocol.md: a re-capture reads
+    the previous inode tables from them); octet-stream records of a u32 length and the bytes."""
+    body = await request.body()
+    if len(body) > MAX_CHUNK_REQUESTS * CHUNK_REQUEST.size:
+        raise UsageError(f"previous chunks request: at most {MAX_CHUNK_REQUESTS} chunks")
+    data = await asyncio.to_thread(svc.previous_chunks, client_id, task_id, body)
+    return Response(data, media_type="application/octet-stream")
 
 
 @agent_router.post("/{task_id}/publish", response_model=PublishReply)

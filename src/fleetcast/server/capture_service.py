@@ -32,6 +32,8 @@ from fleetcast.protocol import (
     PackStatus,
     PreviousImage,
     PublishReply,
+    chunk_answer,
+    chunk_requests,
     pack_digests,
 )
 from fleetcast.server.auth import ForbiddenError
@@ -307,6 +309,26 @@ class CaptureService:
                 hint="the agent asks the server about every chunk instead",
             )
         return path if part == "manifest" else path.parent / INDEX_FILE
+
+    def previous_chunks(self, client_id: int, task_id: int, body: bytes) -> bytes:
+        """Some chunks of the previous image (its inode tables, for a re-capture that skips unchanged
+        files): ``protocol.chunk_requests`` in, ``chunk_answer`` out; only that image's chunks."""
+        from fleetcast.store.previous import StorePrevious
+
+        self.previous_file(client_id, task_id, "manifest")  # there, and unchanged since begin
+        live = self.session(client_id, task_id)
+        assert live.previous is not None  # (previous_file checked it)
+        try:
+            wanted = chunk_requests(body)
+        except FleetcastError as exc:
+            raise UsageError(exc.message) from exc
+        name, expected = live.previous
+        store = self.ingest.store
+        with store.locked(exclusive=False, wait=True):  # no gc while its packs are read
+            manifest = store.open(name)
+            if manifest.image_id != expected:
+                raise ConflictError(f"image {name!r} changed since the capture began; capture without it")
+            return chunk_answer(wanted, StorePrevious(store, name, manifest).fetch(wanted))
 
     def have(self, client_id: int, task_id: int, body: bytes) -> dict[str, Any]:
         t0 = time.monotonic()

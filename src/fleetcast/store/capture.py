@@ -31,7 +31,7 @@ from fleetcast.store.ext_unchanged import Reused
 from fleetcast.store.images import ImageStore, check_name
 from fleetcast.store.index import Entry, IndexWriter
 from fleetcast.store.manifest import INDEX_FILE, VERSION_2, Area, Extent, Manifest, PackRef, load_image
-from fleetcast.store.previous import PreviousImage, reuse_plan
+from fleetcast.store.previous import PreviousSource, reuse_plan
 from fleetcast.store.reader import Readers, read_windows, split_zeros, windows
 from fleetcast.store.sink_local import StoreSink
 from fleetcast.store.source import CaptureSink, KnownChunk
@@ -82,7 +82,7 @@ def capture(
     pack_size: int = PACK_SIZE,
     sink: CaptureSink | None = None,
     os_info: Mapping[int, dict[str, Any]] | Callable[[], Mapping[int, dict[str, Any]]] | None = None,
-    previous: PreviousImage | None = None,
+    previous: PreviousSource | None = None,
 ) -> Manifest:
     """Capture ``source`` as image ``name`` (format 2) through ``sink`` (default: the local store's;
     ``store`` may be None when a sink is given, e.g. an agent capturing to a server); the image is

@@ -17,10 +17,10 @@ from fleetcast.store.index import Entry
 from fleetcast.store.manifest import Extent, Manifest
 
 MAX_ENTRIES = 2_000_000  # a previous image with more index entries is not used (its windows are held here)
-MAX_FETCH = 4096  # chunks one fetch asks for
+MAX_FETCH = 256  # chunks one fetch asks for (protocol.MAX_CHUNK_REQUESTS: one request of the agent)
 
 
-class PreviousImage(Protocol):
+class PreviousSource(Protocol):
     manifest: Manifest
 
     def fetch(self, wanted: Sequence[tuple[bytes, int]]) -> Mapping[bytes, bytes]:
@@ -61,7 +61,7 @@ class StorePrevious:
 def reuse_plan(
     f: BinaryIO,
     plans: Sequence[tuple[str, int | None, int, int, str, list[Extent]]],
-    previous: PreviousImage,
+    previous: PreviousSource,
     *,
     chunk_size: int,
     zero_block: int,
@@ -104,7 +104,7 @@ def _entries(m: Manifest) -> Iterator[Entry]:
         yield from m.index.entries()
 
 
-def _batched(previous: PreviousImage) -> Fetch:
+def _batched(previous: PreviousSource) -> Fetch:
     def fetch(wanted: Sequence[tuple[bytes, int]]) -> Mapping[bytes, bytes]:
         out: dict[bytes, bytes] = {}
         for at in range(0, len(wanted), MAX_FETCH):

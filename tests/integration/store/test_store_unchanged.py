@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from tests.fixtures.ext4_files import in_private_mount, make_ext4, random_files
 
 from fleetcast.store.capture import CaptureStats, capture
 from fleetcast.store.images import ImageStore
@@ -22,26 +23,14 @@ pytestmark = pytest.mark.integration
 MiB = 1 << 20
 
 
-def _in_private_mount(img: Path, script: str) -> None:
-    """Run ``script`` with the ext4 image mounted on $M (a mount namespace of its own: nobody sees it)."""
-    code = f'M=$(mktemp -d); mount -o loop "{img}" "$M"; cd "$M"; {script}; cd /; umount "$M"; rmdir "$M"'
-    subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-ec", code], check=True)
-
-
 def _fs(tmp: Path) -> Path:
-    rng = random.Random(5)
     tree = tmp / "tree"
-    sizes = [3_000, 70_000, 200_000, 900_000]
-    for i in range(60):
-        (tree / f"d{i % 4}").mkdir(parents=True, exist_ok=True)
-        (tree / f"d{i % 4}" / f"f{i}").write_bytes(rng.randbytes(sizes[i % 4]))
-    swap = bytearray(rng.randbytes(256 << 10))
+    random_files(tree, 60, [3_000, 70_000, 200_000, 900_000])
+    swap = bytearray(random.Random(6).randbytes(256 << 10))
     swap[4086:4096] = b"SWAPSPACE2"
     (tree / "swapfile").write_bytes(bytes(swap))
     (tree / "grubenv").write_bytes(b"# GRUB Environment Block\n" + b"#" * 998)
-    img = tmp / "disk.img"
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-b", "4096", "-d", str(tree), str(img), "48M"], check=True)
-    return img
+    return make_ext4(tmp / "disk.img", tree)
 
 
 def _raw_write(img: Path, path: str, block: int, data: bytes) -> None:
@@ -61,7 +50,7 @@ def test_unchanged_files_are_not_read_and_the_image_is_the_same(tmp_path: Path) 
     store = ImageStore(tmp_path / "store")
     store.ensure()
     capture(img, "v1", store)
-    _in_private_mount(
+    in_private_mount(
         img,
         "printf 'changed in place' | dd of=d3/f3 bs=1 seek=100 conv=notrunc status=none; "  # 900 kB
         "touch -r d3/f7 d3/f3; "  # the old mtime back: ctime still moves

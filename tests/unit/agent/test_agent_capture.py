@@ -148,8 +148,10 @@ def test_a_re_capture_starts_from_the_previous_image_without_asking(
     assert begin.previous is not None and begin.previous.image == "gen1"
     gen1 = ImageStore(srv.settings.store).open("gen1")
     assert {p.id for p in gen1.packs} <= leased_packs(_db_of(http))
-    previous = load_previous(api, task_id, begin.previous, None)
+    loaded = load_previous(api, task_id, begin.previous, None, tmp_path)
+    previous = loaded.chunks
     assert len(previous) == gen1.entry_count
+    assert loaded.manifest is not None and loaded.manifest.image_id == gen1.image_id
     with RemoteSink(api, task_id, previous=previous) as sink:
         capture(disk, "gen2", None, sink=sink, pack_size=MiB)
     s = sink.stats
@@ -183,3 +185,46 @@ def test_previous_chunks_are_found_by_bisection() -> None:
         assert prev.get(d) == ("a" * 64, i * 65536, 10, "b" * 64)
     assert prev.get(b"\x01" * 32) is None and prev.get(b"\xff" * 32) is None
     assert PreviousChunks().get(digests[0]) is None
+
+
+def test_a_re_capture_of_ext4_does_not_read_unchanged_files_and_fetches_the_old_inode_tables(
+    server: tuple[Server, TestClient], tmp_path: Path
+) -> None:
+    """Over the agent API: the previous image's inode-table chunks come from POST previous/chunks, the
+    unchanged files' data is not read, and the published image restores to the disk as it is now."""
+    from tests.fixtures.ext4_files import in_private_mount, make_ext4, random_files
+
+    from fleetcast.agent.capture import RemotePrevious, load_previous
+    from fleetcast.protocol import CaptureBeginReply
+    from fleetcast.store.capture import CaptureStats
+
+    srv, http = server
+    tree = tmp_path / "tree"
+    random_files(tree, 24, [300_000, 700_000])
+    disk = make_ext4(tmp_path / "disk.img", tree, "32M")
+    agent, task_id, _ = _task(srv, "e1")
+    api = _api(http, agent.credential)
+    api._client.post(f"/api/agent/captures/{task_id}/begin")
+    with RemoteSink(api, task_id) as sink:
+        capture(disk, "e1", None, sink=sink)
+    agent.result(task_id)
+    in_private_mount(disk, "printf 'new bytes' | dd of=d1/f1 bs=1 seek=5000 conv=notrunc status=none")
+
+    agent, task_id, _ = _task(srv, "e2", agent)
+    api = _api(http, agent.credential)
+    begin = CaptureBeginReply.model_validate_json(
+        api._client.post(f"/api/agent/captures/{task_id}/begin").content
+    )
+    assert begin.previous is not None
+    loaded = load_previous(api, task_id, begin.previous, None, tmp_path)
+    assert loaded.manifest is not None
+    remote = RemotePrevious(api, task_id, loaded.manifest, lambda: False)
+    stats = CaptureStats()
+    with RemoteSink(api, task_id, previous=loaded.chunks) as sink:
+        capture(disk, "e2", None, sink=sink, previous=remote, stats=stats)
+    assert stats.unread_bytes > 10 * MiB  # 23 of the 24 files were not read
+    assert remote.fetched > 0  # the changed inode's table window came from the server
+    out = tmp_path / "out.img"
+    store = ImageStore(srv.settings.store)
+    restore(store.open("e2"), store.source(), out)
+    assert out.read_bytes() == disk.read_bytes()
