@@ -126,9 +126,10 @@ def upgrade(engine: Engine) -> list[str]:
                 done.append(f"schema revision {revision} (the previous release's schema version {legacy})")
             command.stamp(config, revision)
             _mark_moved(conn)
-        pending = list(SCRIPT.iterate_revisions(HEAD, revision))
-        command.upgrade(config, "head")
-        done += [f"schema revision {s.revision}: {s.doc}" for s in reversed(pending)]
+        if revision != HEAD:  # at the head (every start but the first after an upgrade): nothing to load
+            pending = list(SCRIPT.iterate_revisions(HEAD, revision))
+            command.upgrade(config, "head")
+            done += [f"schema revision {s.revision}: {s.doc}" for s in reversed(pending)]
     for line in done:
         logger.warning("database: %s", line)
     return done
