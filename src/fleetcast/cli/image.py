@@ -27,6 +27,11 @@ def register(
     p.add_argument(
         "--force-raw", action="store_true", help="capture BitLocker/hibernated/unclean volumes raw"
     )
+    p.add_argument(
+        "--previous", metavar="IMAGE",
+        help="an earlier image of the same disk: ext4 files provably unchanged since it are not read "
+        "(docs/image-format.md, 'Re-capture: windows not read')",
+    )  # fmt: skip
     add_store(p)
     add_json(p)
     p.set_defaults(func=cmd_capture)
@@ -105,10 +110,12 @@ def cmd_capture(args: argparse.Namespace) -> int:
     started = time.monotonic()
     with ProgressBar(f"capture {args.name}", enabled=not args.json) as bar:
         from fleetcast.identity.osinfo import start  # Windows/Linux facts for the image (read-only)
+        from fleetcast.store.previous import StorePrevious
 
+        previous = StorePrevious(store, args.previous) if args.previous else None
         probes = start(Path(args.source))  # they run while the disk is read
         m = capture(args.source, args.name, store, force_raw=args.force_raw, progress=bar, stats=stats,
-                    os_info=probes.result)  # fmt: skip
+                    os_info=probes.result, previous=previous)  # fmt: skip
     seconds = time.monotonic() - started
     out = summary(m, store.usage().get(m.name)) | {
         "source": str(args.source),
@@ -117,6 +124,8 @@ def cmd_capture(args: argparse.Namespace) -> int:
         "new_bytes": stats.new_bytes,
         "seconds": round(seconds, 3),
     }
+    if args.previous:
+        out["unread_bytes"] = stats.unread_bytes  # not read: unchanged since --previous
     if args.json:
         print_json(out)
     else:
