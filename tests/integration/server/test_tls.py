@@ -67,7 +67,7 @@ def test_serve_speaks_https_with_the_printed_fingerprint(tmp_path: Path) -> None
         r = httpx.get(url + "/api/clients", verify=verify, headers={"Authorization": f"Bearer {admin}"})
         assert r.json() == {"clients": []}
         enroll = cli("--data", str(data), "admin", "enroll-token").stdout.strip()
-        agents_pin(url, printed, enroll, self_signed(tmp_path, "impostor")[0])
+        agents_pin(url, printed, enroll, self_signed(tmp_path, "impostor")[0], tmp_path / "agent")
     finally:
         proc.terminate()
         try:
@@ -77,7 +77,7 @@ def test_serve_speaks_https_with_the_printed_fingerprint(tmp_path: Path) -> None
             proc.wait(5)
 
 
-def agents_pin(url: str, printed: str, enroll: str, impostor: Path) -> None:
+def agents_pin(url: str, printed: str, enroll: str, impostor: Path, state: Path) -> None:
     """The agent's side (agent/tlspin.py): the printed fingerprint is accepted in the forms people
     paste, any other certificate is refused before the enrollment token leaves the agent, and a
     self-signed server without a pin fails the system's authorities."""
@@ -104,6 +104,7 @@ def agents_pin(url: str, printed: str, enroll: str, impostor: Path) -> None:
         f"the server's certificate {printed} is not the pinned {wrong} (fleetcast.tls=)"
         in refused.value.message
     )
+    restarted_agent_keeps_its_pin(url, printed, wrong, enroll, state)
     api = AgentApi(url, outage_limit=0)
     with pytest.raises(TransportError, match="CERTIFICATE_VERIFY_FAILED"):
         api.enroll(enroll, {"macs": ["52:54:00:12:00:03"]})
@@ -114,6 +115,27 @@ def agents_pin(url: str, printed: str, enroll: str, impostor: Path) -> None:
     with pytest.raises(AgentError) as bad:
         AgentApi(url, tls_fingerprint="sha256:1234")
     assert bad.value.message == "TLS fingerprint 'sha256:1234' is not a SHA-256 fingerprint (64 hex digits)"
+
+
+def restarted_agent_keeps_its_pin(url: str, printed: str, wrong: str, enroll: str, state: Path) -> None:
+    """An agent started without a fingerprint uses the one kept for this URL in its state directory
+    (agent/state.py): the kept wrong pin refuses the real server, the kept right one enrolls."""
+    from fleetcast.agent.loop import Agent, AgentSettings
+    from fleetcast.agent.state import save_pin
+
+    for kept, ok in ((wrong, False), (printed, True)):
+        save_pin(state, url, kept)
+        agent = Agent(AgentSettings(server=url, enroll_token=enroll, state_dir=state, outage_limit=0))
+        try:
+            assert agent.api.tls_fingerprint == kept
+            if ok:
+                assert agent.api.enroll(enroll, {"macs": ["52:54:00:12:00:04"]}) > 0
+            else:
+                with pytest.raises(TransportError) as refused:
+                    agent.api.enroll(enroll, {"macs": ["52:54:00:12:00:04"]})
+                assert f"is not the pinned {wrong}" in refused.value.message
+        finally:
+            agent.api.close()
 
 
 def test_bad_tls_files_are_refused_before_start(tmp_path: Path) -> None:
