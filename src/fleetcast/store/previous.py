@@ -16,7 +16,8 @@ from fleetcast.store.images import ImageStore
 from fleetcast.store.index import Entry
 from fleetcast.store.manifest import Extent, Manifest
 
-MAX_ENTRIES = 2_000_000  # a previous image with more index entries is not used (its windows are held here)
+MAX_ENTRIES = 300_000  # a previous image with more index entries is not used: its ext windows are held here
+# as objects (~200 B each; 300,000 chunks of 64 KiB = 18 GiB used), on an agent that runs from RAM
 MAX_FETCH = 256  # chunks one fetch asks for (protocol.MAX_CHUNK_REQUESTS: one request of the agent)
 
 
