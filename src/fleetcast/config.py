@@ -143,15 +143,6 @@ SETTINGS: tuple[Setting, ...] = (
         commands="serve",
     ),
     Setting(
-        "dhcp_ping",
-        "--dhcp-ping",
-        "on",
-        "full DHCP pings an address before its first offer (~3 s per new client); off where nothing else "
-        "can use the range (a lab)",
-        metavar="on|off",
-        commands="serve",
-    ),
-    Setting(
         "tls_cert",
         "--tls-cert",
         "",

@@ -28,7 +28,7 @@ def register(
 
     for key in ("listen", "database", "store"):
         config.add_flag(p, key)
-    for key in ("interface", "dhcp", "dhcp_range", "server_url", "bootenv", "uefi_boot", "dhcp_ping"):
+    for key in ("interface", "dhcp", "dhcp_range", "server_url", "bootenv", "uefi_boot"):
         config.add_flag(p, key, dest=key)  # network boot (docs/boot-chain.md)
     p.add_argument(
         "--force",

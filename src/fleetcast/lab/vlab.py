@@ -265,7 +265,6 @@ def _start_server(state: LabState, timeout: float) -> None:
         f"{SERVER_IP}:{PORT}",
     ]
     argv += ["--dhcp", "full", "--interface", BRIDGE, "--range", DHCP_RANGE, "--server-url", state.server_url]
-    argv += ["--dhcp-ping", "off"]  # only the lab's machines are on its bridge: offer at once (~3 s a boot)
     argv += ["--bootenv", state.bootenv]
     with open(server_log(state), "ab") as log:
         # setsid: the server outlives this command and a Ctrl-C in its terminal (ended by PID at down)

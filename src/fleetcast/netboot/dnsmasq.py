@@ -72,8 +72,6 @@ class NetbootConfig:
     it after dropping root, so it must not lie inside the 0700 data directory; default ``state_dir/tftp``).
     ``secureboot_macs``: clients that get the Secure Boot chain (shim → signed GRUB) when UEFI.
     ``uefi_boot``: ``ipxe`` (UEFI clients get snponly.efi) or ``shim`` (every UEFI client gets shim).
-    ``dhcp_ping``: full DHCP pings an address before offering it (dnsmasq's default; the offer then
-    comes only with the client's second retransmission, ~3 s); False writes ``no-ping``.
     """
 
     interface: str
@@ -86,7 +84,6 @@ class NetbootConfig:
     bootenv_dir: Path | None = None
     extra: tuple[str, ...] = field(default_factory=tuple)  # more dnsmasq lines (tests, experts)
     tftp_dir: Path | None = None
-    dhcp_ping: bool = True
 
     @property
     def tftp_root(self) -> Path:
@@ -229,8 +226,6 @@ def render(cfg: NetbootConfig, iface: InterfaceInfo) -> str:
             "dhcp-option=option:router",
             "dhcp-option=option:dns-server",
         ]
-        if not cfg.dhcp_ping:
-            lines += ["# --dhcp-ping off: offer at once (no host outside DHCP uses the range)", "no-ping"]
     elif cfg.mode is DhcpMode.PROXY:
         # proxyDHCP answers only PXE clients and only for pxe-service lines: iPXE gets its URL from the
         # dhcp-boot line above (no pxe-service matches it), UEFI asks again on port 4011

@@ -190,9 +190,6 @@ def netboot_from_args(args: argparse.Namespace, settings: ServerSettings) -> Ser
     interface, dhcp, rng_text = value("interface"), value("dhcp"), value("dhcp_range")
     url, bootenv, uefi_boot = value("server_url"), value("bootenv"), value("uefi_boot") or "ipxe"
     force = bool(getattr(args, "force", False))
-    ping = value("dhcp_ping") or "on"
-    if ping not in ("on", "off"):
-        raise UsageError(f"--dhcp-ping {ping!r} is not one of on, off")
     if uefi_boot not in UEFI_BOOT_CHOICES:
         raise UsageError(f"--uefi-boot {uefi_boot!r} is not one of {', '.join(UEFI_BOOT_CHOICES)}")
     bootenv_dir = check_bootenv(Path(bootenv)) if bootenv else None
@@ -243,7 +240,6 @@ def netboot_from_args(args: argparse.Namespace, settings: ServerSettings) -> Ser
         dhcp_range=rng,
         uefi_boot=uefi_boot,
         bootenv_dir=bootenv_dir,
-        dhcp_ping=ping == "on",
     )
     service = NetbootService(cfg, force=force)
     service.check()

@@ -52,13 +52,6 @@ def test_full_mode_config() -> None:
         assert expected in lines, expected
     assert not any(line.startswith("pxe-service") for line in lines)
     assert not any(",proxy" in line for line in lines)
-    assert "no-ping" not in lines  # dnsmasq's ping before a first offer stays on by default
-
-
-def test_dhcp_ping_off_writes_no_ping_in_full_mode_only() -> None:
-    rng = parse_range("10.0.0.100-10.0.0.200")
-    assert "no-ping" in render(cfg(DhcpMode.FULL, dhcp_range=rng, dhcp_ping=False), IFACE).splitlines()
-    assert "no-ping" not in render(cfg(DhcpMode.PROXY, dhcp_ping=False), IFACE).splitlines()
 
 
 def test_proxy_mode_never_leases() -> None:
