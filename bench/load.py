@@ -315,6 +315,10 @@ def bench(
                 )
             )  # fmt: skip
             print(f"  load generator CPU, whole run: {time.process_time() - own0:.1f} s", flush=True)
+            log.flush()
+            for line in (Path(tmp) / "server.log").read_text(errors="replace").splitlines():
+                if "heartbeats in the last" in line:  # the server's own count: memory vs full path
+                    print("  server:", line.split("heartbeats in the last", 1)[1].strip(), flush=True)
         finally:
             proc.terminate()
             try:

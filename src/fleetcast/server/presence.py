@@ -20,7 +20,11 @@ one process can do. Here:
   data directory's lock), so the generation alone says whether the set is current, and age only
   past ``BUSY_MAX_AGE``: under load the loop's re-read can come late, and a set that expired by age
   sent every idle heartbeat down the full path at once -- 5 ms of CPU each instead of 30 µs, which
-  made the re-read later still (seen at 3,000 agents on the loaded machine: 250 a second);
+  made the re-read later still (seen at 3,000 agents on the loaded machine: 250 a second). With
+  several servers, another server's ``client-queued`` event (LISTEN/NOTIFY, server/pgfanout.py)
+  makes the set stale as a local commit does, so age counts only past ``BUSY_SHARED_MAX_AGE`` (a
+  backstop for a lost notification; at 2 s the same feedback loop held 5,000 agents' heartbeats on
+  PostgreSQL behind full-path ones);
 - **online clients**: the ids the slow path saw online; the stale sweep removes the ones it marks
   offline, so a client coming back still takes the slow path and gets its ``client-seen`` event;
 - **last seen**: the fast path notes (time, address) here; ``flush()`` writes them in one
@@ -55,7 +59,8 @@ from fleetcast.server.db import Client, Target
 logger = logging.getLogger(__name__)
 
 AUTH_REFRESH = 5.0
-BUSY_TTL = 2.0
+BUSY_TTL = 2.0  # re-read at least every BUSY_TTL / 2 with several servers
+BUSY_SHARED_MAX_AGE = 10.0
 BUSY_MAX_AGE = 60.0  # one server per database: the generation is exact, age is a backstop
 ACTIVE_TARGET = ("queued", "running")
 
@@ -74,7 +79,7 @@ class Presence:
     def __init__(self, sessions: sessionmaker[Session], *, shared: bool = True) -> None:
         """``shared``: other server processes may write the same database (PostgreSQL)."""
         self._sessions = sessions
-        self._max_age = BUSY_TTL if shared else BUSY_MAX_AGE
+        self._max_age = BUSY_SHARED_MAX_AGE if shared else BUSY_MAX_AGE
         # one server per database: every credential change is this process's own commit (dropped at
         # once, new ones cached at enrollment), so the whole re-read is only a backstop
         self._auth_every = AUTH_REFRESH if shared else BUSY_MAX_AGE
@@ -145,9 +150,11 @@ class Presence:
             loop.call_soon_threadsafe(_resolve, future, True)
 
     def wake_for_event(self, event: dict[str, Any]) -> None:
-        """Another server's event (server/pgfanout.py): a client it queued may be held here."""
+        """Another server's event (server/pgfanout.py): a client it queued is busy now (the busy set is
+        stale) and may be held here."""
         client_id = event.get("client_id")
         if event.get("type") == "client-queued" and isinstance(client_id, int):
+            self.targets_changed()  # the busy set is stale, as after a local commit
             self.wake({client_id})
 
     async def wait_for_work(self, client_id: int, timeout: float) -> bool:

@@ -93,7 +93,9 @@ def test_another_servers_client_queued_event_wakes_the_held_client(server: Serve
         waiting = asyncio.create_task(p.wait_for_work(a.client_id, 30.0))
         await asyncio.sleep(0)
         p.wake_for_event({"type": "deployment-created", "client_id": a.client_id})  # not for a client
+        assert p.idle(a.client_id)
         p.wake_for_event({"type": "client-queued", "client_id": a.client_id + 1})  # another client
+        assert not p.idle(a.client_id)  # its busy set is stale now: no fast answer until it is re-read
         await asyncio.sleep(0.05)
         assert not waiting.done()
         event = {"type": "client-queued", "client_id": a.client_id}

@@ -16,7 +16,7 @@ from fleetcast.server.auth import hash_credential
 from fleetcast.server.db import Client, utcnow
 from fleetcast.server.fastlane import FastLane
 from fleetcast.server.orchestrator import Orchestrator
-from fleetcast.server.presence import BUSY_TTL
+from fleetcast.server.presence import BUSY_SHARED_MAX_AGE, BUSY_TTL
 
 
 def orch(server: Server) -> Orchestrator:
@@ -233,7 +233,8 @@ def test_one_server_database_keeps_the_fast_path_when_the_read_is_late(server: S
 
 
 def test_shared_database_expires_the_busy_set_by_age() -> None:
-    """Several servers on one PostgreSQL: another may have started a deployment, so age counts."""
+    """Several servers on one PostgreSQL: another may have started a deployment; its notification
+    makes the set stale (wake_for_event), and age counts past BUSY_SHARED_MAX_AGE as a backstop."""
     from sqlalchemy import create_engine
     from sqlalchemy.orm import sessionmaker
 
@@ -244,4 +245,6 @@ def test_shared_database_expires_the_busy_set_by_age() -> None:
     p._busy_gen, p._busy_read_at = p._gen, time.monotonic()
     assert p.idle(7)
     p._busy_read_at = time.monotonic() - BUSY_TTL * 1.5
+    assert p.idle(7)  # a late re-read (the loop busy) does not send every heartbeat the full path
+    p._busy_read_at = time.monotonic() - BUSY_SHARED_MAX_AGE * 1.1
     assert not p.idle(7)
