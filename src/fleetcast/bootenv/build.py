@@ -288,6 +288,7 @@ def _build(options: BootEnvOptions, key: str, work: Path, progress: StepFn) -> d
     shutil.copyfile(root / "boot" / f"vmlinuz-{version}", work / "vmlinuz")
     progress(f"boot environment {key}: installing fleetcast and its Python dependencies")
     installed = pydeps.install(root)
+    pydeps.strip_debug(root)
     pydeps.compile_pyc(root)
     rootfs.install_init(root, key)
     packages = rootfs.package_list(root)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from fleetcast.bootenv.options import AGENT_DISTRIBUTIONS, source_tree
 from fleetcast.errors import CommandError
+from fleetcast.run import run
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +77,21 @@ def install(root: Path) -> list[str]:
         dirs_exist_ok=True,
     )
     return lines
+
+
+def strip_debug(root: Path) -> int:
+    """``strip --strip-debug`` the compiled extensions copied into :data:`SITE` (zstandard's wheel ships
+    two with their debug info: 23.7 MB of a 251 MiB initrd tree, 2 MB stripped); the count stripped.
+    Without binutils' ``strip`` on the build host they stay as they are (a warning)."""
+    if shutil.which("strip") is None:
+        logger.warning("boot environment: no 'strip' (binutils): Python extensions keep their debug info")
+        return 0
+    count = 0
+    for so in sorted((root / SITE).rglob("*.so")):
+        if so.is_file() and not so.is_symlink():
+            run(["strip", "--strip-debug", so])
+            count += 1
+    return count
 
 
 def compile_pyc(root: Path) -> int:

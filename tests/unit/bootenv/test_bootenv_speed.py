@@ -87,3 +87,21 @@ def test_the_forked_agent_runs_the_cli_only_once_started(capfd: pytest.CaptureFi
     os.close(idle._go)  # the init went away before starting it: the child exits, running nothing
     assert idle.wait() == 0
     assert capfd.readouterr().err == ""
+
+
+def test_strip_debug_shrinks_an_extension_that_carries_debug_info(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    if shutil.which("cc") is None or shutil.which("strip") is None:
+        pytest.skip("needs a C compiler and binutils")
+    site = tmp_path / pydeps.SITE / "demo"
+    site.mkdir(parents=True)
+    src = tmp_path / "x.c"
+    src.write_text("int fc_answer(void) { return 42; }\n")
+    so = site / "x.cpython-311-x86_64-linux-gnu.so"
+    subprocess.run(["cc", "-g", "-shared", "-fPIC", "-o", so, src], check=True)
+    before = so.stat().st_size
+    assert pydeps.strip_debug(tmp_path) == 1
+    assert so.stat().st_size < before
+    assert b".debug_info" not in so.read_bytes()
