@@ -325,7 +325,7 @@ def test_multicast_wizard_rules_start_now_and_results(room: Room, page: Page) ->
     expect(panel.locator("#mc-rules")).to_have_count(0)
     shot(page, "live-10-multicast-started")
     types = [e["type"] for e in room.server.get("/api/events/log", deployment_id=dep)["events"]]
-    assert types.count("multicast-rules-changed") == 3, types  # the repair mode at creation, rules, start now
+    assert types.count("multicast-rules-changed") == 2, types
     # per client: the transport it finished with and the packs it repaired
     finished = [
         ("multicast", 3, 0, "received"),

@@ -326,6 +326,7 @@ class MulticastManager:
             "image_id": session.image_id,
             "group": session.channel.group,
             "port": session.channel.port,
+            "drop_below": session.drop_below,  # 0: no drop rule, the agent reports less often
         }
 
     def report(self, client_id: int, task_id: int, body: MemberReport) -> dict[str, Any]:

@@ -285,10 +285,7 @@ function transport(f) { // the wizard's transport fields -> the body keys of POS
   const drop = num(f.drop_below.value);
   return { transport: t, min_clients: num(f.min_clients.value), max_wait: num(f.max_wait.value),
     multicast_from: t === "auto" ? num(f.multicast_from.value) : null,
-    drop_below: drop === null ? null : drop * MBIT };
-}
-function repairMode(f) { // set on the deployment once created (POST /api/deployments/ID/multicast)
-  return f.transport.value === "unicast" ? "" : f.repair.value;
+    drop_below: drop === null ? null : drop * MBIT, repair: f.repair.value || null };
 }
 function transportProblem(f) { // what the API would refuse with a less plain message
   if (f.transport.value === "unicast") return "";
@@ -301,14 +298,14 @@ function transportProblem(f) { // what the API would refuse with a less plain me
   return "";
 }
 const REPAIR_WORDS = { sooner: "the next cycle of the stream or HTTP, whichever is sooner", cycle: "the next cycle of the stream", http: "HTTP at once" };
-function transportLine(p, batch, repair) { // the review's words for the plan's transport
+function transportLine(p, batch) { // the review's words for the plan's transport
   if (!p.transport) return "";
   const why = (p.transport_reason || "").startsWith("auto") ? ` (${p.transport_reason})` : "";
   const mc = p.multicast;
   if (p.transport !== "multicast" || !mc) return `Transport: ${p.transport}${why}.`;
   const n = mc.min_clients || Math.min(batch, p.clients.length);
   const drop = mc.drop_below ? ` A client below ${+(mc.drop_below / MBIT).toFixed(1)} Mbit/s is dropped and finishes by HTTP.` : "";
-  const late = repair ? ` Late joiners and missing packs: ${REPAIR_WORDS[repair]}.` : "";
+  const late = mc.repair ? ` Late joiners and missing packs: ${REPAIR_WORDS[mc.repair]}.` : "";
   return `Transport: multicast${why}, one stream per batch; it starts when ${n} client${n === 1 ? " has" : "s have"} joined, ` +
     `or after ${duration(mc.max_wait)} (min:s) at most.${drop}${late}`;
 }
@@ -448,7 +445,7 @@ async function wizard() {
           const addressing = p.ip_source === "list" ? "addresses from the IP list" : p.ip_source === "range" ? "addresses from the range" : "addresses by DHCP";
           $("#review").replaceChildren(...[
             el("p", {}, `Image ${p.image} (${disksize(p.image_size)}) to ${p.clients.length} client${p.clients.length === 1 ? "" : "s"}, disk rule ${p.disk}, ${b.batch} at a time, then ${THEN_WORDS[b.then]}.`),
-            p.transport ? el("p", { id: "review-transport" }, transportLine(p, b.batch, repairMode(form.elements))) : null,
+            p.transport ? el("p", { id: "review-transport" }, transportLine(p, b.batch)) : null,
             el("p", {}, `${cap(addressing)} · gateway ${p.gateway || "(none)"} · DNS ${(p.dns || []).join(", ") || "(none)"}`),
             el("p", { id: "review-windows" }, windowsLine(p.windows)),
             warnings(p), planTable(p),
@@ -469,8 +466,6 @@ async function wizard() {
     $("#start").disabled = true;
     try {
       const d = await api("POST", "/api/deployments", body());
-      const repair = repairMode(form.elements);
-      if (repair && d.transport === "multicast") await api("POST", `/api/deployments/${d.deployment}/multicast`, { repair });
       location.assign(`/deployments/${d.deployment}`);
     } catch (err) {
       $("#start").disabled = false;
