@@ -88,10 +88,11 @@ class FleetLab:
         database: str | None = None,
         server_config: dict[str, float] | None = None,
         agent_args: Sequence[str] = (),
+        net_prefix: str = "fc",
     ) -> None:
         self.workdir = Path(workdir)
         self.data = self.workdir / "data"
-        self.net = LabNetwork(clients=clients)
+        self.net = LabNetwork(clients=clients, prefix=net_prefix)  # net_prefix: e.g. "fc-mc-" (LabNetwork)
         self.disk_size = disk_size
         self.disk_sizes = list(disk_sizes) if disk_sizes is not None else [disk_size] * clients
         if len(self.disk_sizes) != clients:

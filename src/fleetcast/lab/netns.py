@@ -112,11 +112,18 @@ def stop_process(proc: subprocess.Popen[bytes], *, timeout: float = 10.0) -> Non
 class LabNetwork:
     """Context manager building the namespaces; see the module docstring."""
 
-    def __init__(self, clients: int, *, subnet: str = DEFAULT_SUBNET, server: bool = True) -> None:
+    def __init__(
+        self, clients: int, *, subnet: str = DEFAULT_SUBNET, server: bool = True, prefix: str = "fc"
+    ) -> None:
+        """``prefix`` starts every namespace name (``{prefix}{token}-hub``, ``...-client1``): an area's
+        own prefix such as ``fc-mc-`` (namespace names have no 15-character limit; the veths inside
+        are ``v{index}``/``eth0`` whatever the prefix)."""
         if not 1 <= clients <= 200:
             raise LabError(f"a lab network holds 1 to 200 clients, not {clients}")
+        if not prefix or not all(c.isalnum() or c in "-_" for c in prefix):
+            raise LabError(f"lab network prefix {prefix!r}: use letters, digits, '-' or '_'")
         self.token = secrets.token_hex(3)
-        self.prefix = f"fc{self.token}-"
+        self.prefix = f"{prefix}{self.token}-"
         self.subnet = subnet
         self.hub = f"{self.prefix}hub"
         self._mac_prefix = f"52:54:00:{self.token[0:2]}:{self.token[2:4]}"

@@ -26,3 +26,14 @@ def test_interrupted_create_deletes_what_it_made(monkeypatch: pytest.MonkeyPatch
         lab.create()
     deleted = [c[3] for c in calls if c[:3] == ["ip", "netns", "del"]]
     assert deleted == [lab.hub]  # the only namespace that was made
+
+
+def test_an_area_prefix_starts_every_namespace_name() -> None:
+    lab = LabNetwork(clients=2, prefix="fc-mc-")
+    names = [lab.hub, *(n.name for n in lab.nodes)]
+    assert names == [f"fc-mc-{lab.token}-{label}" for label in ("hub", "server", "client1", "client2")]
+    assert [n.hub_port for n in lab.nodes] == ["v0", "v1", "v2"]  # the veths do not carry the prefix
+    default = LabNetwork(clients=1)
+    assert default.hub == f"fc{default.token}-hub"  # unchanged without a prefix
+    with pytest.raises(netns.LabError, match="prefix 'fc mc'"):
+        LabNetwork(clients=1, prefix="fc mc")
