@@ -127,7 +127,7 @@ def capture(
         for plan in plans:
             if plan.kind != "gap":
                 plan.os_hint = probe_os(plan.fstype, source, f, plan.start, plan.size)
-        reuse: dict[int, dict[int, Reused]] = {}
+        reuse: dict[int, Mapping[int, Reused]] = {}
         if previous is not None:
             areas_now = [(p.kind, p.number, p.start, p.size, p.fstype, p.used) for p in plans]
             reuse = reuse_plan(f, areas_now, previous, chunk_size=chunk_size, zero_block=ZERO_BLOCK)

@@ -27,9 +27,10 @@ from __future__ import annotations
 import bisect
 import logging
 import struct
-from collections.abc import Callable, Mapping, Sequence
+from array import array
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import blake3
 
@@ -59,12 +60,73 @@ Reused = tuple[Entry | None, list[Extent]]
 Fetch = Callable[[Sequence[tuple[bytes, int]]], Mapping[bytes, bytes]]  # (digest, length) -> chunk bytes
 
 
+class WindowEntries(Protocol):
+    def get(self, window: int) -> Entry | None: ...
+
+
+class AreaEntries:
+    """One area's index entries, compact (no Python object per chunk: about 70 bytes each, in arrays), by
+    window; an ``Entry`` is made on ``get``. ``add`` them in window order."""
+
+    _REC = struct.Struct("<32sIQII")  # digest, pack number, offset, first extent, extent count
+
+    def __init__(self, area: int) -> None:
+        self.area = area
+        self.windows = array("q")
+        self.recs = bytearray()
+        self.exts = array("q")
+        self.ordered = True
+
+    def add(self, e: Entry) -> None:
+        if self.windows and e.window <= self.windows[-1]:
+            self.ordered = False  # (not in window order: the caller does not use the area)
+        self.windows.append(e.window)
+        self.recs += self._REC.pack(e.hash, e.pack, e.offset, len(self.exts) // 2, len(e.extents))
+        for off, n in e.extents:
+            self.exts.append(off)
+            self.exts.append(n)
+
+    def get(self, window: int) -> Entry | None:
+        i = bisect.bisect_left(self.windows, window)
+        if i == len(self.windows) or self.windows[i] != window:
+            return None
+        digest, pack, offset, first, count = self._REC.unpack_from(self.recs, i * self._REC.size)
+        ext = self.exts
+        extents = tuple((ext[2 * k], ext[2 * k + 1]) for k in range(first, first + count))
+        return Entry(self.area, pack, offset, window, digest, extents)
+
+
 @dataclass(frozen=True)
 class PreviousArea:
     """The previous image's version of the area: its chunk per window and its zero runs (sorted)."""
 
-    entries: Mapping[int, Entry]
+    entries: WindowEntries
     zeros: Sequence[Extent]
+
+
+class ReusedWindows(Mapping[int, Reused]):
+    """The windows not read (sorted, in an array: no object per window), each giving its previous chunk
+    and zero runs when asked."""
+
+    def __init__(self, windows: array[int], previous: PreviousArea, chunk_size: int) -> None:
+        self.windows, self.previous, self.chunk_size = windows, previous, chunk_size
+
+    def __getitem__(self, window: int) -> Reused:
+        if window not in self:
+            raise KeyError(window)
+        return self.previous.entries.get(window), _clip(self.previous.zeros, window, self.chunk_size)
+
+    def __contains__(self, window: object) -> bool:
+        if not isinstance(window, int):
+            return False
+        i = bisect.bisect_left(self.windows, window)
+        return i < len(self.windows) and self.windows[i] == window
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.windows)
+
+    def __len__(self) -> int:
+        return len(self.windows)
 
 
 class _Doubt(Exception):
@@ -83,7 +145,7 @@ class Area:
 
 def reusable(
     area: Area, *, previous: PreviousArea, fetch: Fetch, chunk_size: int, zero_block: int
-) -> dict[int, Reused]:
+) -> Mapping[int, Reused]:
     """Window -> what it reuses, for the windows of the ext ``area`` that need not be read; {} when
     anything is in doubt."""
     try:
@@ -96,7 +158,7 @@ def reusable(
 
 def _reusable(
     area: Area, previous: PreviousArea, fetch: Fetch, *, chunk_size: int, zero_block: int
-) -> dict[int, Reused]:
+) -> Mapping[int, Reused]:
     f, start, size, used = area.f, area.start, area.size, area.used
     limit = start + size
     raw_sb = read_at(f, start + SB_OFFSET, 1024, what="ext superblock", limit=limit)
@@ -336,9 +398,9 @@ def _windows(
     bs: int,
     previous: PreviousArea,
     chunk_size: int,
-) -> dict[int, Reused]:
+) -> ReusedWindows:
     proven = [(p * bs, n * bs) for p, n in proven_blocks]
-    out: dict[int, Reused] = {}
+    out = array("q")
     for w, pieces in windows(list(used), size, chunk_size):
         if not all(_covers(proven, o, n) for o, n in pieces):
             continue
@@ -347,8 +409,8 @@ def _windows(
         before = _merged(list(zeros) + (list(entry.extents) if entry is not None else []))
         if before != _merged(list(pieces)):
             continue
-        out[w] = (entry, zeros)
-    return out
+        out.append(w)
+    return ReusedWindows(out, previous, chunk_size)
 
 
 def _merged(runs: list[Extent]) -> list[Extent]:
