@@ -1,7 +1,8 @@
 """A re-capture with the previous image does not read the ext4 data of files that provably did not change
 (store/ext_unchanged.py) and makes exactly the image a capture that reads everything makes: the same index
 bytes and areas. Files changed in place (same size, even with the old mtime put back), appended to,
-replaced, deleted and added are all read; so are small files and a file that looks like a swap file."""
+replaced, deleted and added are all read; so are small files (a boot loader's in-place write) and a swap
+file (the kernel's)."""
 
 from __future__ import annotations
 
@@ -86,3 +87,34 @@ def test_a_filesystem_not_cleanly_unmounted_is_read_whole(tmp_path: Path) -> Non
     stats = CaptureStats()
     capture(img, "v2", store, previous=StorePrevious(store, "v1"), stats=stats)
     assert stats.unread_bytes == 0
+
+
+def test_a_small_file_written_in_place_by_a_boot_loader_is_read(tmp_path: Path) -> None:
+    """GRUB's save_env writes its 1 KiB grubenv in place, not through the filesystem: a file that small is
+    never trusted, even when its window holds nothing but data of unchanged files (debugfs places it
+    between two large files)."""
+    img = tmp_path / "disk.img"
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-b", "4096", str(img), "32M"], check=True)
+    rng = random.Random(7)
+    for name, data in (
+        ("big1", rng.randbytes(200_000)),
+        ("grubenv", b"# GRUB Environment Block\n" + b"#" * 999),
+        ("big2", rng.randbytes(300_000)),
+    ):
+        (tmp_path / name).write_bytes(data)
+        subprocess.run(
+            ["debugfs", "-w", "-R", f"write {tmp_path / name} {name}", str(img)],
+            check=True,
+            capture_output=True,
+        )
+    store = ImageStore(tmp_path / "store")
+    store.ensure()
+    capture(img, "v1", store)
+    _raw_write(img, "/grubenv", 0, b"saved_entry=2")
+    capture(img, "v2-full", store)
+    stats = CaptureStats()
+    capture(img, "v2", store, previous=StorePrevious(store, "v1"), stats=stats)
+    assert stats.unread_bytes > 0  # the large files were not read
+    index = (store.images_dir / "v2-full" / INDEX_FILE).read_bytes()
+    assert (store.images_dir / "v2" / INDEX_FILE).read_bytes() == index
+    assert index != (store.images_dir / "v1" / INDEX_FILE).read_bytes()  # the raw write is in the image
