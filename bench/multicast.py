@@ -416,7 +416,7 @@ def main() -> int:
         build_golden(golden, size=512 * MiB, extra_mib=args.data_mib)
         image, offset = (None, 0) if args.no_partclone else partclone_image(golden, work)
         top = max(args.clients)
-        with FleetLab(work / "lab", top, disk_size=512 * MiB) as lab:
+        with FleetLab(work / "lab", top, disk_size=512 * MiB, net_prefix="fc-mc-") as lab:
             lab.capture_image(golden, IMAGE)
             lab.start_server()
             lab.add_disks()

@@ -115,7 +115,7 @@ def main() -> int:
     try:
         golden = work / "golden.img"
         build_golden(golden, size=(args.data_mib + 160) * MiB, extra_mib=args.data_mib)
-        with FleetLab(work, most, disk_size=(args.data_mib + 160) * MiB) as lab:
+        with FleetLab(work, most, disk_size=(args.data_mib + 160) * MiB, net_prefix="fc-mc-") as lab:
             manifest = lab.capture_image(golden, "bench")
             stored = manifest.stored_bytes
             lab.start_server()

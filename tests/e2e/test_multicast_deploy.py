@@ -47,9 +47,9 @@ def _mine(lab: FleetLab) -> FleetLab:
 
 
 def udpcast_pids(*names: str) -> list[int]:
-    """PIDs of every udp-sender / udp-receiver (or only ``names``) in a namespace of these tests' labs (read from /proc,
-    nothing is killed; a namespace outlives its name while a process holds it, so a stray is found
-    after the lab is gone too)."""
+    """PIDs of every udp-sender / udp-receiver (or only ``names``) in a namespace of these tests' labs
+    (read from /proc, nothing is killed; a namespace outlives its name while a process holds it, so a
+    stray is found after the lab is gone too)."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -90,7 +90,7 @@ def _check_disks(lab: FleetLab, golden: Path, view: dict[str, Any]) -> None:
 
 @pytest.fixture
 def lab3(tmp_path: Path, golden: Path) -> Iterator[FleetLab]:
-    with FleetLab(tmp_path, 3) as lab:
+    with FleetLab(tmp_path, 3, net_prefix="fc-mc-") as lab:
         _mine(lab)
         lab.capture_image(golden, IMAGE, pack_size=1 * MiB)
         lab.start_server()
@@ -147,7 +147,7 @@ def test_six_clients_late_lossy_killed_and_slow(tmp_path: Path, golden: Path) ->
     The deployment's late joiners are set to wait for the next cycle (``repair: cycle``; the default,
     whichever is sooner by estimate, is checked in tests/unit/server/test_multicast_repair.py): the late
     joiner and the restarted agent get what they lack from a second (or third) stream."""
-    with FleetLab(tmp_path, 6) as lab:
+    with FleetLab(tmp_path, 6, net_prefix="fc-mc-") as lab:
         _mine(lab)
         lab.capture_image(golden, IMAGE, pack_size=1 * MiB)
         lab.start_server()

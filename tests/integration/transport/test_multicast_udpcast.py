@@ -34,7 +34,7 @@ IMAGE = blake3.blake3(b"image").hexdigest()
 def test_foreign_session_frames_write_nothing() -> None:
     foreign = [os.urandom(300_000) for _ in range(3)]
     mine = [os.urandom(200_000) for _ in range(2)]
-    with LabNetwork(clients=1) as net:
+    with LabNetwork(clients=1, prefix="fc-mc-") as net:
         server, client = net.server, net.clients[0]
         channel = Channel("239.255.42.200", 9400, "eth0")
         receiver = Receiver(channel, start_timeout=30)
