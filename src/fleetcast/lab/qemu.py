@@ -1,7 +1,7 @@
 """One QEMU machine of the virtual lab: firmware, a blank disk, a tap NIC on the lab bridge, serial log.
 
     m = Machine(MachineSpec(name="client1", firmware=Firmware.UEFI, mac=lab_mac(1), tap="tap1",
-                            workdir=Path("/run/fleetcast-lab/machines/client1"), netns="fclab"))
+                            workdir=Path("/run/fleetcast-lab/machines/client1"), netns="fc-nb-lab"))
     m.create_disk("8G")
     m.start()          # daemonized QEMU, its PID in workdir/qemu.pid
     m.serial_text()    # what the guest printed on ttyS0 (workdir/serial.log)

@@ -1,7 +1,7 @@
 """The virtual lab: QEMU machines that network-boot from a fleetcast server, all inside one network
 namespace (``fleetcast lab up | status | console | down``; ``fleetcast lab demo`` in lab/labdemo.py).
 
-Inside the namespace ``fclab-XXXXXX`` (XXXXXX from the state folder, so two labs never meet):
+Inside the namespace ``fc-nb-lab-XXXXXX`` (XXXXXX from the state folder, so two labs never meet):
 
     br0 10.78.0.1/24 + fd78::1/64 ── fctap1 ── QEMU client1 (52:54:00:fc:00:01)
                                   ── fctap2 ── QEMU client2 (52:54:00:fc:00:02) ...
@@ -186,7 +186,7 @@ class LabState:
 def netns_name(state_dir: Path) -> str:
     import hashlib
 
-    return "fclab-" + hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:6]
+    return "fc-nb-lab-" + hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:6]
 
 
 def _ip(netns: str, *args: str) -> None:

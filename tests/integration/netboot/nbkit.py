@@ -116,7 +116,7 @@ def _sh(*argv: str) -> None:
 @contextmanager
 def lan(subnet: int, *, site: bool = False, client_ip: bool = False) -> Iterator[Lan]:
     """The namespaces above; ``site`` adds the site namespace, ``client_ip`` gives cli 10.81.N.50/24."""
-    tag = f"fcnb{os.getpid() % 100000}{subnet}"
+    tag = f"fc-nb-{os.getpid() % 100000}-{subnet}"  # the area prefix of the team rules
     net = Lan(tag=tag, subnet=subnet)
     try:
         for ns in (net.srv, net.cli, *([net.site] if site else [])):
