@@ -369,12 +369,13 @@ class MulticastSource:
         """Report once every STREAM_REPORT_SECONDS; end the receiver when dropped or stopping, or when
         no frame came within RECEIVER_START_TIMEOUT of the session's start."""
         started = last = time.monotonic()
+        frames = self.stats.frames  # this stream's count starts here (the stats span every cycle)
         every = STREAM_REPORT_SECONDS if self._drop_rule else QUIET_REPORT_SECONDS
         while not done.wait(STREAM_REPORT_SECONDS):
             if self.stop():
                 receiver.stop()
                 return
-            if self.stats.frames == 0 and time.monotonic() - started > RECEIVER_START_TIMEOUT:
+            if self.stats.frames == frames and time.monotonic() - started > RECEIVER_START_TIMEOUT:
                 self._silent.set()
                 logger.warning("task %d: no multicast frame %.0f s after the start; HTTP instead",
                                self.task.task_id, RECEIVER_START_TIMEOUT)  # fmt: skip
