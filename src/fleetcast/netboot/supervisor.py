@@ -40,6 +40,8 @@ from fleetcast.netboot.dnsmasq import (
     prepare_tftp_root,
     render,
 )
+from fleetcast.netboot.httpproxy import HttpBootProxy
+from fleetcast.netboot.methods import HttpBoot
 from fleetcast.run import spawn, which
 
 logger = logging.getLogger(__name__)
@@ -82,6 +84,7 @@ class NetbootService:
         self._started = threading.Event()
         self._respawn = threading.Event()
         self._respawned = threading.Event()
+        self._http_proxy: HttpBootProxy | None = None
 
     @property
     def pid(self) -> int | None:
@@ -137,6 +140,12 @@ class NetbootService:
             self._spawn(first=True)
             self._monitor = threading.Thread(target=self._watch, name="dnsmasq-monitor", daemon=True)
             self._monitor.start()
+            if self.cfg.mode is DhcpMode.PROXY and iface.ipv4 is not None:
+                # dnsmasq's proxy answers PXEClient only: UEFI HTTP boot (HTTPClient) gets ours
+                url = HttpBoot.boot_target(self.cfg.server_url)
+                self._http_proxy = HttpBootProxy(self.cfg.interface, str(iface.ipv4.ip), url)
+                if not self._http_proxy.start():
+                    self._http_proxy = None
         logger.info(
             "network boot: dnsmasq (pid %s) on %s, DHCP %s%s, TFTP %s, server %s",
             self.pid, self.cfg.interface, self.cfg.mode.value,
@@ -265,6 +274,9 @@ class NetbootService:
         self._stopping.set()
         with self._lock:
             proc, self._proc = self._proc, None
+            http_proxy, self._http_proxy = self._http_proxy, None
+        if http_proxy is not None:
+            http_proxy.stop()
         if proc is not None:
             _terminate(proc)
             logger.info("network boot: dnsmasq (pid %d) stopped", proc.pid)

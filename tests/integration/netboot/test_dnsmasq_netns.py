@@ -102,6 +102,11 @@ def test_proxy_mode_never_offers_an_address(tmp_path: Path) -> None:
             for o in net.discover(MAC, arch=arch, user_class=uc):
                 if o["server"] == net.server_ip:
                     assert o["yiaddr"] == "0.0.0.0", (arch, uc, o)
+        # UEFI HTTP boot (HTTPClient): dnsmasq's proxy ignores it; fleetcast's own responder answers
+        http = [o for o in net.discover(MAC, arch=16) if o["server"] == net.server_ip]
+        assert [(o["yiaddr"], o["file"], o["vendor"]) for o in http] == [
+            ("0.0.0.0", f"http://{net.server_ip}:8080/boot/tftp/ipxe.efi", "HTTPClient")
+        ], http
         ipxe = [o for o in net.discover(MAC, arch=7, user_class="iPXE") if o["server"] == net.server_ip]
         assert [o["file"] for o in ipxe] == [f"http://{net.server_ip}:8080/boot/ipxe?mac=${{net0/mac}}"]
         # UEFI PXE asks the proxy again on port 4011, from the address the site gave it
