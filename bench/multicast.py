@@ -252,25 +252,41 @@ def _timed(
     return seconds
 
 
-def engine_udpcast(lab: FleetLab, n: int, data: Path, work: Path, port: int, *extra: str) -> float:
-    """udp-sender --file -> n udp-receivers (started first, as the baseline does); ``extra``: more
-    udp-sender options."""
-    group = "239.255.44.1"
+def udpcast(
+    server: Node,
+    nodes: list[Node],
+    data: Path,
+    *,
+    outs: list[str],
+    port: int,
+    group: str,
+    extra: tuple[str, ...],
+) -> float:
+    """udp-sender --file -> one udp-receiver per node (started first, as the baseline does), each
+    writing to its ``outs`` entry; ``extra``: more udp-sender options; seconds from the sender's start
+    until every process exited."""
     receivers = [
-        subprocess.Popen(a.node.cmd(["sh", "-c",
+        subprocess.Popen(node.cmd(["sh", "-c",
             f"udp-receiver --nokbd --no-progress --portbase {port} --mcast-rdv-address {group} "
-            f"--interface eth0 --start-timeout 60 --file {work / f'udpcast-{i}.bin'} 2>/dev/null"]))
-        for i, a in enumerate(lab.agents[:n])
+            f"--interface eth0 --start-timeout 60 --file {out} 2>/dev/null"]))
+        for node, out in zip(nodes, outs, strict=True)
     ]  # fmt: skip
     time.sleep(1.0)
     start = time.monotonic()
-    sender = subprocess.Popen(lab.net.server.cmd([
+    sender = subprocess.Popen(server.cmd([
         "timeout", "600", "udp-sender", "--nokbd", "--no-progress", "--file", str(data), "--portbase",
         str(port), "--mcast-rdv-address", group, "--mcast-data-address", group, "--interface", "eth0",
-        "--min-receivers", str(n), "--max-wait", "60", *extra]), stdout=subprocess.DEVNULL,
+        "--min-receivers", str(len(nodes)), "--max-wait", "60", *extra]), stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    return _timed(receivers, sender, start, "udpcast engine probe")
+    return _timed(receivers, sender, start, f"udpcast probe ({len(nodes)} receivers)")
+
+
+def engine_udpcast(lab: FleetLab, n: int, data: Path, work: Path, port: int, *extra: str) -> float:
+    """udp-sender --file -> n udp-receivers writing to files; ``extra``: more udp-sender options."""
+    nodes = [a.node for a in lab.agents[:n]]
+    outs = [str(work / f"udpcast-{i}.bin") for i in range(n)]
+    return udpcast(lab.net.server, nodes, data, outs=outs, port=port, group="239.255.44.1", extra=extra)
 
 
 def engine_uftp(lab: FleetLab, n: int, data: Path, work: Path, rate: float, *, tfmcc: bool) -> float:
@@ -342,6 +358,48 @@ def engines(lab: FleetLab, work: Path, mib: int, rate: float, rate_text: str) ->
     data.unlink()
 
 
+def floor_run(lab: FleetLab, n: int, data: Path, work: Path, port: int, *, sink: str) -> float:
+    """The floor: bare ``udp-sender --file`` (fleetcast's hello interval) -> ``n`` bare udp-receivers on
+    the lab's client namespaces (no server, no agent, no verify/fsync), each writing to ``/dev/null``
+    (``sink`` "null") or to a file on the work directory's disk (``sink`` "file")."""
+    outs = ["/dev/null" if sink == "null" else str(work / f"floor-{i}.bin") for i in range(n)]
+    hello = ("--rexmit-hello-interval", str(HELLO_INTERVAL_MS))
+    nodes = lab.net.clients[:n]
+    seconds = udpcast(lab.net.server, nodes, data, outs=outs, port=port, group="239.255.44.21", extra=hello)
+    for path in work.glob("floor-*.bin"):
+        path.unlink()
+    return seconds
+
+
+def floors(
+    lab: FleetLab, work: Path, size: int, rates: list[str], clients: list[int]
+) -> dict[tuple[str, str], dict[int, float]]:
+    """The floor of T(N)/T(1) and utilization on this machine: ``size`` bytes of random data (the
+    image's stored size) at each link rate in ``rates``, to ``/dev/null`` and to a file; printed with
+    the load average beside each line. The links are left at the last rate (the caller resets them)."""
+    data = work / "floor.bin"
+    with open(data, "wb") as f:
+        for left in range(size, 0, -MiB):
+            f.write(os.urandom(min(MiB, left)))
+    results: dict[tuple[str, str], dict[int, float]] = {}
+    for rate_text in rates:
+        limit_links(lab, rate_text)
+        rate = parse_rate(rate_text)
+        for sink in ("null", "file"):
+            times = {n: floor_run(lab, n, data, work, 9800, sink=sink) for n in clients}
+            results[(rate_text, sink)] = times
+            t1 = times.get(1)
+            parts = [f"floor {rate_text:>8} -> {sink:4}:"]
+            for n, seconds in times.items():
+                parts.append(f"N={n} {seconds:5.2f} s ({100 * size * 8 / seconds / rate:4.1f} % of link)")
+            if t1:
+                parts.append("T(N)/T(1) " + "/".join(f"{times[n] / t1:4.2f}" for n in times if n != 1))
+            parts.append(f"load {os.getloadavg()[0]:.1f}")
+            print("  ".join(parts), flush=True)
+    data.unlink()
+    return results
+
+
 def limit_links(lab: FleetLab, rate: str) -> None:
     lab.net.limit(lab.net.server, rate)
     for node in lab.net.clients:  # each agent's downlink: the hub's port towards it
@@ -406,11 +464,32 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--no-engines", action="store_true", help="skip the udpcast/uftp/NORM comparison")
     parser.add_argument("--engine-mib", type=int, default=48)
+    parser.add_argument(
+        "--floor-rates",
+        nargs="*",
+        default=["100mbit", "200mbit"],
+        help="link rates of the bare-udpcast floor (also at --rate); none: no floor",
+    )
+    parser.add_argument(
+        "--floor-only",
+        action="store_true",
+        help="only the floor (no server, agents or deploys; --floor-mib sets the size)",
+    )
+    parser.add_argument("--floor-mib", type=int, default=0, help="floor data size (default: the image's)")
     args = parser.parse_args()
     setup_logging(debug=False)
     rate = parse_rate(args.rate)
     work = Path(tempfile.mkdtemp(prefix="fleetcast-bench-mc-"))
     rows: list[dict[str, Any]] = []
+    floor_rates = list(dict.fromkeys([args.rate, *args.floor_rates])) if args.floor_rates else []
+    if args.floor_only:
+        try:
+            with FleetLab(work / "lab", max(args.clients), net_prefix="fc-mc-") as lab:
+                floors(lab, work, (args.floor_mib or 120) * MiB, floor_rates, sorted({1, *args.clients}))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return 0
+    floor: dict[tuple[str, str], dict[int, float]] = {}
     try:
         golden = work / "golden.img"
         build_golden(golden, size=512 * MiB, extra_mib=args.data_mib)
@@ -430,6 +509,10 @@ def main() -> int:
                   f"{image.stat().st_size / 1e6 if image else 0:.1f} MB", flush=True)  # fmt: skip
             if not args.no_engines:
                 engines(lab, work, args.engine_mib, rate, args.rate)
+            if floor_rates:
+                size = args.floor_mib * MiB or stored
+                floor = floors(lab, work, size, floor_rates, sorted({1, *args.clients}))
+                limit_links(lab, args.rate)
             for n in args.clients:
                 macs = [a.node.mac for a in agents[:n]]
                 row: dict[str, Any] = {"n": n}
@@ -450,7 +533,7 @@ def main() -> int:
                 print(loss, flush=True)
                 if rows:
                     rows[-1]["loss"] = loss  # repeated in the summary
-        _summary(rows, stored, rate)
+        _summary(rows, stored, rate, floor.get((args.rate, "null")))
         return 0
     finally:
         if args.keep:
@@ -459,8 +542,11 @@ def main() -> int:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _summary(rows: list[dict[str, Any]], stored: int, rate: float) -> None:
-    """The ratios the issue's targets are stated in, one line each."""
+def _summary(
+    rows: list[dict[str, Any]], stored: int, rate: float, floor: dict[int, float] | None = None
+) -> None:
+    """The ratios the issue's targets are stated in, one line each; ``floor``: bare udpcast's seconds
+    per N at the same link rate (to /dev/null), printed beside ours."""
     if not rows:
         return
     print("ratios (targets: T(16)/T(1) <= 1.10, utilization >= 90 %, baseline/multicast > 1 at every N):")
@@ -470,6 +556,8 @@ def _summary(rows: list[dict[str, Any]], stored: int, rate: float) -> None:
         parts = [f"  N={row['n']:>2}:"]
         if t1:
             parts.append(f"T(N)/T(1) {mc['seconds'] / t1:4.2f}")
+        if floor and 1 in floor and row["n"] in floor:
+            parts.append(f"(floor {floor[row['n']] / floor[1]:4.2f})")
         if mc.get("stream_seconds"):
             parts.append(f"utilization {100 * stored * 8 / mc['stream_seconds'] / rate:5.1f} %")
         for other in ("unicast", "partclone", "partclone-tuned"):
